@@ -1,0 +1,121 @@
+"""Runs and run steps as metric `Observation`s: pure functions, no I/O, no SDK objects, no clock.
+
+Tokens are counted from step usage only, each terminal step once; run usage is never added on top, so summing
+`stepscope_tokens_total` never double counts. Every observation carries the trace and span id of the span it
+describes, which the Prometheus sink turns into an exemplar.
+"""
+
+from __future__ import annotations
+
+from stepscope.mapping import attributes as a
+from stepscope.mapping.ids import span_id_for
+from stepscope.mapping.spans import run_trace
+from stepscope.models import Run, RunStep
+from stepscope.types import Observation
+
+RUN_STEPS_TOTAL = "stepscope_run_steps_total"
+TOKENS_TOTAL = "stepscope_tokens_total"
+RUNS_TOTAL = "stepscope_runs_total"
+RUN_STEP_DURATION = "stepscope_run_step_duration_seconds"
+RUN_DURATION = "stepscope_run_duration_seconds"
+RUN_QUEUE = "stepscope_run_queue_seconds"
+TOOL_CALLS_TOTAL = "stepscope_tool_calls_total"
+
+METRIC_LABELS: dict[str, tuple[str, ...]] = {
+    RUN_STEPS_TOTAL: (a.LABEL_STEP_TYPE, a.LABEL_STATUS, a.LABEL_MODEL, a.LABEL_ASSISTANT_ID),
+    TOKENS_TOTAL: (a.LABEL_TOKEN_TYPE, a.LABEL_STEP_TYPE, a.LABEL_MODEL, a.LABEL_ASSISTANT_ID),
+    RUNS_TOTAL: (a.LABEL_STATUS, a.LABEL_MODEL, a.LABEL_ASSISTANT_ID),
+    RUN_STEP_DURATION: (a.LABEL_STEP_TYPE, a.LABEL_STATUS),
+    RUN_DURATION: (a.LABEL_STATUS,),
+    RUN_QUEUE: (),
+    TOOL_CALLS_TOTAL: (a.LABEL_TOOL_TYPE, a.LABEL_TOOL_NAME),
+}
+"""Every metric the mapping emits, with its label names in exposition order."""
+
+
+def step_observations(run: Run, step: RunStep, *, span_id: int | None = None) -> list[Observation]:
+    """What one terminal step adds to the metrics. `span_id` is the step span's (derived when omitted).
+
+    Sample: `RunStep(id="step_1", assistant_id="asst_1", type="tool_calls", status="completed", created_at=103,
+    completed_at=105, usage=Usage(20, 3, 23), tool_calls=(ToolCall("call_1", "function", name="get_weather"),))`
+    in a run with model `gpt-4o` yields
+    - `stepscope_run_steps_total{step_type=tool_calls,status=completed,model=gpt-4o,assistant_id=asst_1}` +1
+    - `stepscope_tokens_total{token_type=input,step_type=tool_calls,model=gpt-4o,assistant_id=asst_1}` +20
+    - `stepscope_tokens_total{token_type=output,…}` +3 (both token series only when the step has usage)
+    - `stepscope_run_step_duration_seconds{step_type=tool_calls,status=completed}` observes 2.0 (only with an end)
+    - `stepscope_tool_calls_total{tool_type=function,tool_name=get_weather}` +1, exemplar on the tool span
+    All carry the run's trace id; all but the tool-call ones the step span's id. A run without `model` reads
+    `_unknown`.
+    """
+    trace_id = run_trace(run).trace_id
+    if span_id is None:
+        span_id = span_id_for("step", step.id)
+    model = run.model or a.UNKNOWN
+    assistant = step.assistant_id
+    step_type = step.type
+    status = step.status
+    out = [
+        Observation(
+            RUN_STEPS_TOTAL,
+            {
+                a.LABEL_STEP_TYPE: step_type,
+                a.LABEL_STATUS: status,
+                a.LABEL_MODEL: model,
+                a.LABEL_ASSISTANT_ID: assistant,
+            },
+            1.0,
+            trace_id,
+            span_id,
+        )
+    ]
+    if step.usage is not None:
+        for token_type, value in (("input", step.usage.prompt_tokens), ("output", step.usage.completion_tokens)):
+            labels = {
+                a.LABEL_TOKEN_TYPE: token_type,
+                a.LABEL_STEP_TYPE: step_type,
+                a.LABEL_MODEL: model,
+                a.LABEL_ASSISTANT_ID: assistant,
+            }
+            out.append(Observation(TOKENS_TOTAL, labels, float(value), trace_id, span_id))
+    ended = step.ended_at
+    if ended is not None:
+        seconds = float(max(0, ended - step.created_at))
+        labels = {a.LABEL_STEP_TYPE: step_type, a.LABEL_STATUS: status}
+        out.append(Observation(RUN_STEP_DURATION, labels, seconds, trace_id, span_id))
+    for call in step.tool_calls:
+        labels = {a.LABEL_TOOL_TYPE: a.tool_type(call.type), a.LABEL_TOOL_NAME: call.name or call.type}
+        out.append(Observation(TOOL_CALLS_TOTAL, labels, 1.0, trace_id, span_id_for("call", step.id, call.id)))
+    return out
+
+
+def run_observations(run: Run, *, span_id: int | None = None) -> list[Observation]:
+    """What one finished run adds to the metrics. `span_id` is the run span's (derived when omitted).
+
+    Sample: `Run(id="run_1", assistant_id="asst_1", status="completed", model="gpt-4o", created_at=100,
+    started_at=102, completed_at=130)` yields
+    - `stepscope_runs_total{status=completed,model=gpt-4o,assistant_id=asst_1}` +1
+    - `stepscope_run_duration_seconds{status=completed}` observes 30.0 (created to terminal; only with an end)
+    - `stepscope_run_queue_seconds` observes 2.0 (created to started; only when `started_at` is set)
+    """
+    where = run_trace(run)
+    trace_id = where.trace_id
+    if span_id is None:
+        span_id = where.run_span_id
+    status = run.status
+    out = [
+        Observation(
+            RUNS_TOTAL,
+            {a.LABEL_STATUS: status, a.LABEL_MODEL: run.model or a.UNKNOWN, a.LABEL_ASSISTANT_ID: run.assistant_id},
+            1.0,
+            trace_id,
+            span_id,
+        )
+    ]
+    ended = run.ended_at
+    if ended is not None:
+        seconds = float(max(0, ended - run.created_at))
+        out.append(Observation(RUN_DURATION, {a.LABEL_STATUS: status}, seconds, trace_id, span_id))
+    if run.started_at is not None:
+        seconds = float(max(0, run.started_at - run.created_at))
+        out.append(Observation(RUN_QUEUE, {}, seconds, trace_id, span_id))
+    return out
