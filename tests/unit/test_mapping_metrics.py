@@ -1,0 +1,126 @@
+"""Runs and steps as metric observations: exact expected output."""
+
+from __future__ import annotations
+
+from stepscope.mapping import run_observations, step_observations
+from stepscope.mapping.ids import span_id_for, trace_id_for_run
+from stepscope.models import Run, RunStep, ToolCall, Usage
+from stepscope.types import Observation
+
+TRACE = trace_id_for_run("run_1")
+STEP_SPAN = span_id_for("step", "step_1")
+RUN_SPAN = span_id_for("run", "run_1")
+
+
+def make_run(**kw: object) -> Run:
+    base: dict[str, object] = {
+        "id": "run_1",
+        "thread_id": "thread_1",
+        "assistant_id": "asst_1",
+        "status": "completed",
+        "created_at": 100,
+        "model": "gpt-4o",
+        "started_at": 102,
+        "completed_at": 130,
+        "usage": Usage(500, 70, 570),
+    }
+    base.update(kw)
+    return Run(**base)  # type: ignore[arg-type]
+
+
+def make_step(**kw: object) -> RunStep:
+    base: dict[str, object] = {
+        "id": "step_1",
+        "run_id": "run_1",
+        "thread_id": "thread_1",
+        "assistant_id": "asst_1",
+        "type": "tool_calls",
+        "status": "completed",
+        "created_at": 103,
+        "completed_at": 105,
+        "usage": Usage(20, 3, 23),
+        "tool_calls": (ToolCall("call_1", "function", name="get_weather"), ToolCall("call_2", "file_search")),
+    }
+    base.update(kw)
+    return RunStep(**base)  # type: ignore[arg-type]
+
+
+class TestStepObservations:
+    def test_tool_calls_step(self) -> None:
+        """A terminal tool_calls step counts once, adds its own tokens, its duration and one count per call."""
+        labels4 = {"step_type": "tool_calls", "status": "completed", "model": "gpt-4o", "assistant_id": "asst_1"}
+        tok = {"step_type": "tool_calls", "model": "gpt-4o", "assistant_id": "asst_1"}
+        assert step_observations(make_run(), make_step(), span_id=STEP_SPAN) == [
+            Observation("stepscope_run_steps_total", labels4, 1.0, TRACE, STEP_SPAN),
+            Observation("stepscope_tokens_total", {"token_type": "input", **tok}, 20.0, TRACE, STEP_SPAN),
+            Observation("stepscope_tokens_total", {"token_type": "output", **tok}, 3.0, TRACE, STEP_SPAN),
+            Observation(
+                "stepscope_run_step_duration_seconds",
+                {"step_type": "tool_calls", "status": "completed"},
+                2.0,
+                TRACE,
+                STEP_SPAN,
+            ),
+            Observation(
+                "stepscope_tool_calls_total",
+                {"tool_type": "function", "tool_name": "get_weather"},
+                1.0,
+                TRACE,
+                span_id_for("call", "step_1", "call_1"),
+            ),
+            Observation(
+                "stepscope_tool_calls_total",
+                {"tool_type": "datastore", "tool_name": "file_search"},
+                1.0,
+                TRACE,
+                span_id_for("call", "step_1", "call_2"),
+            ),
+        ]
+
+    def test_no_usage_no_tokens(self) -> None:
+        """A step without usage adds no token observations, and run usage is never used instead."""
+        obs = step_observations(make_run(), make_step(usage=None, tool_calls=()))
+        assert [o.metric for o in obs] == ["stepscope_run_steps_total", "stepscope_run_step_duration_seconds"]
+
+    def test_defaults_and_unknown_model(self) -> None:
+        """The span id defaults to the step span's; a run without model reads _unknown."""
+        obs = step_observations(make_run(model=None), make_step(tool_calls=()))
+        assert obs[0].span_id == STEP_SPAN
+        assert obs[0].labels["model"] == "_unknown"
+
+    def test_no_end_no_duration(self) -> None:
+        """A step without a terminal timestamp contributes no duration."""
+        obs = step_observations(make_run(), make_step(status="weird", completed_at=None, usage=None, tool_calls=()))
+        assert [o.metric for o in obs] == ["stepscope_run_steps_total"]
+        assert obs[0].labels["status"] == "weird"
+
+
+class TestRunObservations:
+    def test_completed_run(self) -> None:
+        """A finished run counts once and observes its duration and queue time; it adds no tokens."""
+        assert run_observations(make_run()) == [
+            Observation(
+                "stepscope_runs_total",
+                {"status": "completed", "model": "gpt-4o", "assistant_id": "asst_1"},
+                1.0,
+                TRACE,
+                RUN_SPAN,
+            ),
+            Observation("stepscope_run_duration_seconds", {"status": "completed"}, 30.0, TRACE, RUN_SPAN),
+            Observation("stepscope_run_queue_seconds", {}, 2.0, TRACE, RUN_SPAN),
+        ]
+
+    def test_never_started_expired_run(self) -> None:
+        """A run that expired in the queue has no queue-time observation."""
+        run = make_run(status="expired", started_at=None, completed_at=None, expires_at=700, model=None)
+        obs = run_observations(run, span_id=7)
+        assert [(o.metric, o.value, o.span_id) for o in obs] == [
+            ("stepscope_runs_total", 1.0, 7),
+            ("stepscope_run_duration_seconds", 600.0, 7),
+        ]
+        assert obs[0].labels == {"status": "expired", "model": "_unknown", "assistant_id": "asst_1"}
+
+    def test_traceparent_run_exemplar_trace(self) -> None:
+        """Exemplars of a joined run point into the application's trace."""
+        run = make_run(traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        assert {o.trace_id for o in run_observations(run)} == {0x0AF7651916CD43DD8448EB211C80319C}
