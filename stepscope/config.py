@@ -1,0 +1,365 @@
+"""Configuration: frozen dataclasses, layered CLI flags > environment > TOML file > defaults, validated up front.
+
+Every setting is declared once in `SETTINGS` with its dotted path, environment variable and parser. `load()`
+collects *all* problems (`STEPSCOPE_POLL_INTERVAL (poll.interval): must be > 0`) and raises one `ConfigError`.
+The standard `OTEL_*` variables are read here too, so the exporters never touch `os.environ` themselves.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from stepscope.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_AZURE_API_VERSION = "v1"
+DEFAULT_LISTEN = "127.0.0.1:9464"
+DEFAULT_STATE = "stepscope-state.db"
+FLAVORS = ("openai", "azure")
+AUTH_MODES = ("bearer", "api-key", "token-file", "azure-identity")
+TRACES_EXPORTERS = ("otlp", "console", "none")
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_ID_RE = re.compile(r"^thread_[A-Za-z0-9_-]{1,64}$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class Secret(str):
+    """A string that never shows itself in `repr()` (and so not in config summaries or tracebacks)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'" if self else "''"
+
+
+EMPTY_SECRET = Secret("")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    base_url: str = DEFAULT_BASE_URL
+    api_key: Secret = EMPTY_SECRET
+    org_id: str | None = None
+    project_id: str | None = None
+    flavor: str = "openai"
+    api_version: str | None = None
+    auth: str = "bearer"
+    token_file: str | None = None
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PollConfig:
+    interval: float = 1.0
+    max_interval: float | None = None  # None: 4 x interval
+    lookback: float = 3600.0
+    discovery_interval: float = 5.0
+    concurrency: int = 16
+    max_tracked_runs: int = 10_000
+    threads: tuple[str, ...] = ()
+    shard_index: int = 0
+    shard_count: int = 1
+
+    @property
+    def slow_interval(self) -> float:
+        """Poll interval for runs that wait (queued, requires_action): the upper bound of the schedule."""
+        return self.max_interval if self.max_interval is not None else 4 * self.interval
+
+
+@dataclass(frozen=True, slots=True)
+class ExportConfig:
+    capture_content: bool = False
+    label_cap: int = 100
+    traces_exporter: str = "otlp"
+    otlp_endpoint: str | None = None
+    otlp_traces_endpoint: str | None = None
+    otlp_protocol: str = "http/protobuf"
+    otlp_headers: Secret = EMPTY_SECRET
+    service_name: str = "stepscope"
+    resource_attributes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    watch_token: Secret = EMPTY_SECRET
+    max_body_bytes: int = 16_384
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    api: ApiConfig = field(default_factory=ApiConfig)
+    poll: PollConfig = field(default_factory=PollConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    state: str = DEFAULT_STATE
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def summary(self) -> dict[str, Any]:
+        """The effective settings as a flat dict with secrets redacted, for the start-up log line."""
+        out: dict[str, Any] = {}
+        for section in ("api", "poll", "export", "server"):
+            obj = getattr(self, section)
+            for f in fields(obj):
+                value = getattr(obj, f.name)
+                out[f"{section}.{f.name}"] = ("***" if value else "") if isinstance(value, Secret) else value
+        out.update(state=self.state, log_level=self.log_level, log_format=self.log_format)
+        out["poll.threads"] = len(self.poll.threads)
+        return out
+
+
+# --- parsers: each returns the value or raises ValueError with the reason ------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """`"90"`, `"90s"`, `"1.5m"`, `"1h"`, `"2d"`, `"250ms"` -> seconds."""
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError("must be a duration such as 30s, 5m, 1h or a number of seconds")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("must be an integer") from None
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().upper() if upper else text.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _url(text: str) -> str:
+    value = text.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+def _threads(text: str) -> tuple[str, ...]:
+    ids = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [t for t in ids if not _ID_RE.match(t)]
+    if bad:
+        raise ValueError(f"invalid thread id(s) {', '.join(bad[:3])}: expected thread_...")
+    return ids
+
+
+def _listen(text: str) -> str:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
+    return text.strip()
+
+
+def _shard(text: str) -> tuple[int, int]:
+    match = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", text)
+    if not match:
+        raise ValueError("must be INDEX/COUNT, e.g. 0/3")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or index >= count:
+        raise ValueError("needs 0 <= INDEX < COUNT")
+    return index, count
+
+
+def _str(text: str) -> str:
+    return text.strip()
+
+
+def _secret(text: str) -> Secret:
+    return Secret(text.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    path: str  # dotted path into Config; "poll.shard" is special-cased into shard_index/shard_count
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("api.api_key", "OPENAI_API_KEY", _secret, "API key (Bearer or api-key header)"),
+    Setting("api.base_url", "OPENAI_BASE_URL", _url, f"API base URL (default {DEFAULT_BASE_URL})"),
+    Setting("api.org_id", "OPENAI_ORG_ID", _str, "OpenAI-Organization header"),
+    Setting("api.project_id", "OPENAI_PROJECT_ID", _str, "OpenAI-Project header"),
+    Setting("api.flavor", "STEPSCOPE_FLAVOR", _choice(FLAVORS), "openai or azure"),
+    Setting("api.api_version", "STEPSCOPE_API_VERSION", _str, "api-version query parameter (Azure)"),
+    Setting("api.auth", "STEPSCOPE_AUTH", _choice(AUTH_MODES), "bearer, api-key, token-file or azure-identity"),
+    Setting("api.token_file", "STEPSCOPE_TOKEN_FILE", _str, "file holding a bearer token, re-read on change"),
+    Setting("api.timeout", "STEPSCOPE_API_TIMEOUT", _positive_duration, "per-request timeout"),
+    Setting("poll.threads", "STEPSCOPE_THREADS", _threads, "comma-separated thread ids to watch"),
+    Setting("poll.interval", "STEPSCOPE_POLL_INTERVAL", _positive_duration, "poll interval of active runs"),
+    Setting("poll.max_interval", "STEPSCOPE_POLL_MAX_INTERVAL", _positive_duration, "slowest poll interval"),
+    Setting("poll.lookback", "STEPSCOPE_LOOKBACK", parse_duration, "history backfilled on first sight"),
+    Setting("poll.discovery_interval", "STEPSCOPE_DISCOVERY_INTERVAL", _positive_duration, "thread re-list"),
+    Setting("poll.concurrency", "STEPSCOPE_CONCURRENCY", _positive_int, "API requests in flight at most"),
+    Setting("poll.max_tracked_runs", "STEPSCOPE_MAX_TRACKED_RUNS", _positive_int, "runs tracked at once"),
+    Setting("poll.shard", "STEPSCOPE_SHARD", _shard, "INDEX/COUNT: own only threads hashing to INDEX"),
+    Setting("export.capture_content", "STEPSCOPE_CAPTURE_CONTENT", _bool, "put tool arguments/outputs on spans"),
+    Setting("export.label_cap", "STEPSCOPE_LABEL_CAP", _positive_int, "distinct values per capped label"),
+    Setting("export.traces_exporter", "OTEL_TRACES_EXPORTER", _choice(TRACES_EXPORTERS), "otlp, console, none"),
+    Setting("export.otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", _url, "OTLP endpoint"),
+    Setting("export.otlp_traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _url, "OTLP traces endpoint"),
+    Setting("export.otlp_protocol", "OTEL_EXPORTER_OTLP_PROTOCOL", _choice(OTLP_PROTOCOLS), "OTLP protocol"),
+    Setting("export.otlp_headers", "OTEL_EXPORTER_OTLP_HEADERS", _secret, "OTLP headers k=v,k2=v2"),
+    Setting("export.service_name", "OTEL_SERVICE_NAME", _str, "service.name resource attribute"),
+    Setting("export.resource_attributes", "OTEL_RESOURCE_ATTRIBUTES", _str, "extra resource attributes"),
+    Setting("server.listen", "STEPSCOPE_LISTEN", _listen, f"HTTP listen address (default {DEFAULT_LISTEN})"),
+    Setting("server.watch_token", "STEPSCOPE_WATCH_TOKEN", _secret, "bearer token protecting /v1/watch"),
+    Setting("state", "STEPSCOPE_STATE", _str, "checkpoint store path (SQLite)"),
+    Setting("log_level", "STEPSCOPE_LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "log level"),
+    Setting("log_format", "STEPSCOPE_LOG_FORMAT", _choice(LOG_FORMATS), "text or json"),
+)
+SETTINGS_BY_PATH = {s.path: s for s in SETTINGS}
+# Aliases resolved into STEPSCOPE_SHARD when it is unset: Kubernetes passes the pod index and replica count.
+ENV_SHARD_INDEX = "STEPSCOPE_SHARD_INDEX"
+ENV_SHARD_COUNT = "STEPSCOPE_SHARD_COUNT"
+ENV_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def _file_values(path: str, problems: list[str]) -> dict[str, str]:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(f"--config: cannot read {path}: {exc.strerror}")
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"--config: {path} is not valid TOML: {exc}")
+        return {}
+    values: dict[str, str] = {}
+    for key, value in _flatten(data).items():
+        if key not in SETTINGS_BY_PATH:
+            problems.append(f"{key}: unknown setting in {path}")
+            continue
+        if isinstance(value, list):
+            values[key] = ",".join(str(v) for v in value)
+        else:
+            values[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return values
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, str]:
+    values = {s.path: env[s.env] for s in SETTINGS if env.get(s.env, "").strip()}
+    if "poll.shard" not in values and env.get(ENV_SHARD_INDEX) and env.get(ENV_SHARD_COUNT):
+        values["poll.shard"] = f"{env[ENV_SHARD_INDEX]}/{env[ENV_SHARD_COUNT]}"
+    if env.get(ENV_TRACES_PROTOCOL):
+        values["export.otlp_protocol"] = env[ENV_TRACES_PROTOCOL]
+    return values
+
+
+def load(*, env: Mapping[str, str], file: str | None = None, overrides: Mapping[str, str] | None = None) -> Config:
+    """Build the effective configuration; raise `ConfigError` listing every problem.
+
+    `overrides` are CLI flag values keyed by setting path (`"poll.interval": "2s"`).
+    """
+    problems: list[str] = []
+    raw: dict[str, str] = {}
+    if file:
+        raw.update(_file_values(file, problems))
+    raw.update(_env_values(env))
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    sections: dict[str, dict[str, Any]] = {"api": {}, "poll": {}, "export": {}, "server": {}, "": {}}
+    for path, text in raw.items():
+        setting = SETTINGS_BY_PATH[path]
+        try:
+            value = setting.parse(str(text))
+        except ValueError as exc:
+            problems.append(f"{setting.env} ({path}): {exc}")
+            continue
+        if path == "poll.shard":
+            sections["poll"]["shard_index"], sections["poll"]["shard_count"] = value
+            continue
+        section, _, name = path.rpartition(".")
+        sections[section][name] = value
+    config = Config(
+        api=ApiConfig(**sections["api"]),
+        poll=PollConfig(**sections["poll"]),
+        export=ExportConfig(**sections["export"]),
+        server=ServerConfig(**sections["server"]),
+        **sections[""],
+    )
+    config = _apply_flavor_defaults(config)
+    problems.extend(validate(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _apply_flavor_defaults(config: Config) -> Config:
+    if config.api.flavor == "azure" and config.api.api_version is None:
+        return replace(config, api=replace(config.api, api_version=DEFAULT_AZURE_API_VERSION))
+    return config
+
+
+def validate(config: Config) -> list[str]:
+    """Cross-field checks; each problem names its setting."""
+    problems: list[str] = []
+    api, poll = config.api, config.poll
+    if api.auth in ("bearer", "api-key") and not api.api_key:
+        problems.append(f"OPENAI_API_KEY (api.api_key): required with STEPSCOPE_AUTH={api.auth}")
+    if api.auth == "token-file" and not api.token_file:
+        problems.append("STEPSCOPE_TOKEN_FILE (api.token_file): required with STEPSCOPE_AUTH=token-file")
+    if api.flavor == "azure" and api.base_url == DEFAULT_BASE_URL:
+        problems.append("OPENAI_BASE_URL (api.base_url): set the Azure project endpoint with STEPSCOPE_FLAVOR=azure")
+    if poll.max_interval is not None and poll.max_interval < poll.interval:
+        problems.append("STEPSCOPE_POLL_MAX_INTERVAL (poll.max_interval): must be >= STEPSCOPE_POLL_INTERVAL")
+    return problems
+
+
+def env_help() -> str:
+    """One line per environment variable, for `--help`."""
+    return "\n".join(f"  {s.env:<38} {s.help}" for s in SETTINGS)

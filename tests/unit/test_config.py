@@ -1,0 +1,129 @@
+"""Configuration layering and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stepscope.config import Config, Secret, load, parse_duration
+from stepscope.errors import ConfigError
+
+BASE_ENV = {"OPENAI_API_KEY": "sk-test-123"}
+
+
+class TestLoad:
+    def test_defaults(self) -> None:
+        """With only a key, every setting takes its documented default."""
+        config = load(env=BASE_ENV)
+        assert config.api.base_url == "https://api.openai.com/v1"
+        assert config.server.listen == "127.0.0.1:9464"
+        assert config.poll.interval == 1.0
+        assert config.poll.slow_interval == 4.0
+        assert config.poll.lookback == 3600.0
+        assert config.export.capture_content is False
+        assert config.export.service_name == "stepscope"
+        assert config.export.otlp_protocol == "http/protobuf"
+
+    def test_precedence_flags_over_env_over_file(self, tmp_path: Path) -> None:
+        """A CLI flag beats the environment, which beats the TOML file, which beats the default."""
+        file = tmp_path / "stepscope.toml"
+        file.write_text('[poll]\ninterval = "7s"\nlookback = "2h"\n[server]\nlisten = "0.0.0.0:1"\n')
+        env = {**BASE_ENV, "STEPSCOPE_POLL_INTERVAL": "3", "STEPSCOPE_LISTEN": "127.0.0.1:2"}
+        config = load(env=env, file=str(file), overrides={"server.listen": "127.0.0.1:3"})
+        assert config.poll.interval == 3.0
+        assert config.poll.lookback == 7200.0
+        assert config.server.listen == "127.0.0.1:3"
+
+    def test_every_problem_is_reported_with_its_setting(self) -> None:
+        """All bad values are collected at once and each names its environment variable and path."""
+        env = {
+            "STEPSCOPE_POLL_INTERVAL": "-1",
+            "STEPSCOPE_LISTEN": "nowhere",
+            "STEPSCOPE_THREADS": "thread_ok,bogus",
+            "STEPSCOPE_CAPTURE_CONTENT": "maybe",
+            "OTEL_TRACES_EXPORTER": "zipkin",
+            "STEPSCOPE_SHARD": "3/3",
+        }
+        with pytest.raises(ConfigError) as info:
+            load(env=env)
+        text = "\n".join(info.value.problems)
+        for name in (
+            "STEPSCOPE_POLL_INTERVAL (poll.interval)",
+            "STEPSCOPE_LISTEN (server.listen)",
+            "STEPSCOPE_THREADS (poll.threads)",
+            "STEPSCOPE_CAPTURE_CONTENT (export.capture_content)",
+            "OTEL_TRACES_EXPORTER (export.traces_exporter)",
+            "STEPSCOPE_SHARD (poll.shard)",
+            "OPENAI_API_KEY (api.api_key)",
+        ):
+            assert name in text
+        assert len(info.value.problems) == 7
+
+    def test_unknown_file_setting_is_an_error(self, tmp_path: Path) -> None:
+        """A typo in the TOML file is reported rather than silently ignored."""
+        file = tmp_path / "c.toml"
+        file.write_text("[poll]\nintervall = 3\n")
+        with pytest.raises(ConfigError, match=r"poll\.intervall: unknown setting"):
+            load(env=BASE_ENV, file=str(file))
+
+    def test_unreadable_file(self, tmp_path: Path) -> None:
+        """A missing config file is a configuration error naming --config."""
+        with pytest.raises(ConfigError, match="--config: cannot read"):
+            load(env=BASE_ENV, file=str(tmp_path / "absent.toml"))
+
+    def test_shard_from_pod_index(self) -> None:
+        """STEPSCOPE_SHARD_INDEX and STEPSCOPE_SHARD_COUNT stand in for STEPSCOPE_SHARD."""
+        config = load(env={**BASE_ENV, "STEPSCOPE_SHARD_INDEX": "2", "STEPSCOPE_SHARD_COUNT": "5"})
+        assert (config.poll.shard_index, config.poll.shard_count) == (2, 5)
+
+    def test_azure_defaults_and_requirements(self) -> None:
+        """The Azure flavour needs a project endpoint and gets a default api-version."""
+        with pytest.raises(ConfigError, match="OPENAI_BASE_URL"):
+            load(env={**BASE_ENV, "STEPSCOPE_FLAVOR": "azure"})
+        config = load(
+            env={
+                **BASE_ENV,
+                "STEPSCOPE_FLAVOR": "azure",
+                "OPENAI_BASE_URL": "https://x.services.ai.azure.com/api/projects/p",
+            }
+        )
+        assert config.api.api_version == "v1"
+
+    def test_token_file_mode_needs_no_key(self) -> None:
+        """token-file auth requires the file setting instead of an API key."""
+        with pytest.raises(ConfigError, match="STEPSCOPE_TOKEN_FILE"):
+            load(env={"STEPSCOPE_AUTH": "token-file"})
+        assert load(env={"STEPSCOPE_AUTH": "token-file", "STEPSCOPE_TOKEN_FILE": "/t"}).api.token_file == "/t"
+
+
+class TestSecrets:
+    def test_repr_and_summary_redact(self) -> None:
+        """Neither repr() nor the start-up summary shows the key, the OTLP headers or the watch token."""
+        env = {**BASE_ENV, "OTEL_EXPORTER_OTLP_HEADERS": "x-api=hdr-secret", "STEPSCOPE_WATCH_TOKEN": "tok-secret"}
+        config = load(env=env)
+        for text in (repr(config), str(config.summary())):
+            assert "sk-test-123" not in text
+            assert "hdr-secret" not in text
+            assert "tok-secret" not in text
+        assert config.api.api_key == "sk-test-123"
+        assert repr(Secret("")) == "''"
+
+    def test_default_config_is_constructible(self) -> None:
+        """Config() alone is a valid value object for tests and tools."""
+        assert Config().state == "stepscope-state.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90.0), ("90s", 90.0), ("1.5m", 90.0), ("1h", 3600.0), ("2d", 172800.0), ("250ms", 0.25)],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    """Durations accept plain seconds and ms/s/m/h/d units."""
+    assert parse_duration(text) == seconds
+
+
+def test_parse_duration_rejects_garbage() -> None:
+    """A duration without a number is rejected with a readable reason."""
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("soon")
