@@ -203,9 +203,12 @@ class RequestBudget:
     def acquire(self, now: float) -> float:
         """Reserve the next send slot and return how long to wait before sending (never past the reset)."""
         gap = self.spacing(now)
-        slot = now if self._last_slot is None else max(now, self._last_slot + gap)
-        if self._window_end is not None and slot > self._window_end:
-            slot = max(now, self._window_end)
+        if self._window_end is None or gap == 0.0:
+            slot = now
+        elif gap >= self._window_end - now:  # nothing left to share before the reset: wait for it
+            slot = self._window_end
+        else:
+            slot = now if self._last_slot is None else min(max(now, self._last_slot + gap), self._window_end)
         self._last_slot = slot
         return slot - now
 
