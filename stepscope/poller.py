@@ -1,0 +1,367 @@
+"""The poller: a schedule per tracked run, reading new and unfinished steps, yielding `StepBatch`es.
+
+Per run it keeps the committed cursor (every step up to it is exported), steps committed past it, steps handed to
+the exporter but not yet acknowledged (`inflight`) and steps seen unfinished (`open`). One poll lists steps in
+ascending order *after the cursor*, so a single request returns both the unfinished steps and the new ones; the run
+itself is re-read only when no step is open or the run waits. A terminal run gets a final sweep; its run span goes
+out once every step is committed, and after that acknowledgement the run is forgotten.
+
+Bounded: at most `max_tracked_runs` runs (overflow counted as `tracked_runs_full` and retried by discovery), at most
+`concurrency` polls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from stepscope.errors import (
+    AuthError,
+    FatalSourceError,
+    InvalidObject,
+    RateLimited,
+    SourceError,
+    StoreError,
+)
+from stepscope.models import Run, RunRef, RunStep
+from stepscope.store import RunProgress, SqliteStore
+from stepscope.types import StepBatch, StepSource
+
+log = logging.getLogger("stepscope.poller")
+
+WAITING = frozenset({"queued", "requires_action"})
+AUTH_PAUSE_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PollSchedule:
+    """When to poll a run next, as data: `fast` while steps run, `slow` while the run waits or errors."""
+
+    fast: float = 1.0
+    slow: float = 4.0
+    final_sweeps: int = 3  # polls of a terminal run whose steps still look open before they are given up
+
+    def interval(self, run: Run | None) -> float:
+        if run is None or run.status in WAITING:
+            return self.slow
+        return self.fast
+
+
+class BatchSink(Protocol):
+    """Where batches go (the pipeline). `emit` must not block or raise."""
+
+    def emit(self, batch: StepBatch, assistant_name: str | None) -> None: ...
+
+
+class PollerHealth(Protocol):
+    def dropped(self, reason: str, n: int = 1) -> None: ...
+
+
+@dataclass(slots=True)
+class TrackedRun:
+    ref: RunRef
+    run: Run | None = None
+    cursor: str | None = None
+    committed: set[str] = field(default_factory=set)
+    order: list[str] = field(default_factory=list)  # ids listed after the cursor, creation order
+    inflight: set[str] = field(default_factory=set)
+    open: set[str] = field(default_factory=set)
+    sweeps_after_end: int = 0
+    run_inflight: bool = False
+    due: float = 0.0
+    scheduled: bool = False
+    polling: bool = False
+
+
+class Poller:
+    """Tracks runs and polls them. `start()` returns at once; `shutdown()` is idempotent and waits for polls."""
+
+    def __init__(
+        self,
+        source: StepSource,
+        store: SqliteStore,
+        sink: BatchSink,
+        health: PollerHealth,
+        *,
+        schedule: PollSchedule,
+        concurrency: int = 16,
+        max_tracked_runs: int = 10_000,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._store = store
+        self._sink = sink
+        self._health = health
+        self._schedule = schedule
+        self._max_tracked = max_tracked_runs
+        self._sem = asyncio.Semaphore(concurrency)
+        self._wall = wall
+        self._monotonic = monotonic
+        self._runs: dict[str, TrackedRun] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._assistant_names: dict[str, str | None] = {}
+        self._paused_until = 0.0
+        self.api_state = "unknown"
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self._full_logged = False
+
+    # --- intake -----------------------------------------------------------------------------------------------
+
+    @property
+    def tracked_count(self) -> int:
+        return len(self._runs)
+
+    def is_tracked(self, run_id: str) -> bool:
+        return run_id in self._runs
+
+    def resume(self, progress: Iterable[RunProgress]) -> None:
+        """Re-track the active runs of a previous process with their committed progress."""
+        for p in progress:
+            self._add(TrackedRun(p.ref, cursor=p.cursor, committed=set(p.committed)))
+
+    def track(self, ref: RunRef) -> bool:
+        """Start tracking a run; False when it was already tracked or the bound is reached (counted)."""
+        if ref.run_id in self._runs or self._stopping.is_set():
+            return False
+        if len(self._runs) >= self._max_tracked:
+            self._health.dropped("tracked_runs_full")
+            if not self._full_logged:
+                log.warning("tracking %d runs, the maximum: new runs wait for a slot", self._max_tracked)
+                self._full_logged = True
+            return False
+        self._full_logged = False
+        try:
+            self._store.add_run(ref, self._wall())
+        except StoreError:
+            log.exception("checkpoint store: cannot record run %s", ref.run_id)
+            self._health.dropped("store_error")
+            return False
+        self._add(TrackedRun(ref))
+        return True
+
+    def untrack(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+    def _add(self, tracked: TrackedRun) -> None:
+        self._runs[tracked.ref.run_id] = tracked
+        self._push(tracked, self._monotonic())
+
+    def _push(self, t: TrackedRun, due: float) -> None:
+        t.due, t.scheduled = due, True
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, t.ref.run_id))
+        self._wake.set()
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._loop(), name="stepscope-poller")
+
+    async def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Stop scheduling, let polls in flight finish (up to `timeout_s`), then cancel what is left."""
+        self._stopping.set()
+        self._wake.set()
+        if self._loop_task is not None:
+            await asyncio.wait({self._loop_task}, timeout=timeout_s)
+        pending = set(self._tasks)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            now = self._monotonic()
+            while self._heap and self._heap[0][0] <= now and not self._stopping.is_set():
+                due, _, run_id = heapq.heappop(self._heap)
+                t = self._runs.get(run_id)
+                if t is None or not t.scheduled or t.due != due or t.polling:
+                    continue
+                t.scheduled = False
+                await self._sem.acquire()
+                t.polling = True
+                task = asyncio.create_task(self._poll_guarded(t))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            delay = (self._heap[0][0] - self._monotonic()) if self._heap else 3600.0
+            self._wake.clear()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    # --- one poll -----------------------------------------------------------------------------------------------
+
+    async def _poll_guarded(self, t: TrackedRun) -> None:
+        next_in: float | None = None
+        try:
+            wait = self._paused_until - self._monotonic()
+            if wait > 0:
+                next_in = wait
+            else:
+                next_in = await self._poll(t)
+                self._api_ok()
+        except RateLimited as exc:
+            next_in = max(exc.retry_after or 0.0, self._schedule.slow)
+            self._api_failed("rate_limited", exc)
+        except AuthError as exc:
+            self._paused_until = self._monotonic() + AUTH_PAUSE_S
+            next_in = AUTH_PAUSE_S
+            self._api_failed("auth_failed", exc)
+        except FatalSourceError as exc:
+            # 404 or another permanent 4xx for this run: it cannot be polled, so it is dropped and counted.
+            log.warning("run %s dropped: %s", t.ref.run_id, exc)
+            self._health.dropped("not_found" if exc.status_code == 404 else "bad_request")
+            self._forget(t)
+        except SourceError as exc:
+            next_in = self._schedule.slow
+            self._api_failed("unavailable", exc)
+        except InvalidObject:
+            next_in = self._schedule.slow  # already counted and logged by the source
+        except StoreError:
+            log.exception("checkpoint store error while polling run %s", t.ref.run_id)
+            next_in = self._schedule.slow
+        except Exception:  # a stage boundary: never let one run's bug stop the others
+            log.exception("unexpected error while polling run %s", t.ref.run_id)
+            self._health.dropped("internal_error")
+            next_in = self._schedule.slow
+        finally:
+            t.polling = False
+            self._sem.release()
+        if next_in is not None and t.ref.run_id in self._runs and not self._stopping.is_set():
+            self._push(t, self._monotonic() + next_in)
+
+    async def _poll(self, t: TrackedRun) -> float | None:
+        """Poll one run; return seconds until the next poll, or None when nothing is left to poll."""
+        if t.run_inflight:
+            return None  # the run span is with the exporter; its acknowledgement decides
+        previous = t.run.status if t.run is not None else None
+        if t.run is None or not t.open or t.run.status != "in_progress":
+            t.run = await self._source.get_run(t.ref)
+        run = t.run
+        # A waiting run's steps cannot change until the application acts, so only the run is re-read; the steps
+        # are listed once on the way in, to catch those that finished just before the wait.
+        if run.status not in WAITING or run.status != previous:
+            fresh = await self._list_new_steps(t)
+            if fresh:
+                self._sink.emit(StepBatch(run=run, steps=tuple(fresh)), None)
+        if not run.is_terminal:
+            return self._schedule.interval(run)
+        if t.open:
+            t.sweeps_after_end += 1
+            if t.sweeps_after_end <= self._schedule.final_sweeps:
+                return self._schedule.fast
+            log.warning("run %s ended but %d step(s) never finished; exporting the run without them",
+                        run.id, len(t.open))  # fmt: skip
+            self._health.dropped("step_unfinished", len(t.open))
+            t.open.clear()
+        if t.inflight:
+            return self._schedule.fast  # wait for the step acknowledgements before the run span
+        name = await self._assistant_name(run.assistant_id)
+        t.run_inflight = True
+        self._sink.emit(StepBatch(run=run, run_finished=True), name)
+        return None
+
+    async def _list_new_steps(self, t: TrackedRun) -> list[RunStep]:
+        fresh: list[RunStep] = []
+        t.open.clear()
+        order: list[str] = []
+        async for step in self._source.list_steps(t.ref, after=t.cursor):
+            order.append(step.id)
+            if step.id in t.committed or step.id in t.inflight:
+                continue
+            if step.is_terminal:
+                fresh.append(step)
+                t.inflight.add(step.id)
+            else:
+                t.open.add(step.id)
+        t.order = order
+        return fresh
+
+    async def _assistant_name(self, assistant_id: str) -> str | None:
+        if assistant_id not in self._assistant_names:
+            try:
+                self._assistant_names[assistant_id] = (await self._source.get_assistant(assistant_id)).name
+            except (SourceError, InvalidObject):
+                return None  # the span falls back to the id; try again for the next run
+            if len(self._assistant_names) > 1000:
+                self._assistant_names.pop(next(iter(self._assistant_names)))
+        return self._assistant_names[assistant_id]
+
+    # --- acknowledgements (from the pipeline, on the event loop) ------------------------------------------------
+
+    def steps_acknowledged(self, ref: RunRef, step_ids: list[str], ok: bool) -> None:
+        """Steps were exported (`ok`) or refused: commit progress, or let the next poll emit them again."""
+        t = self._runs.get(ref.run_id)
+        if t is None:
+            return
+        t.inflight.difference_update(step_ids)
+        if not ok:
+            self._reschedule_soon(t)
+            return
+        t.committed.update(step_ids)
+        # Move the cursor over the committed prefix, so the next listing starts after it.
+        while t.order and t.order[0] in t.committed:
+            t.cursor = t.order.pop(0)
+            t.committed.discard(t.cursor)
+        try:
+            self._store.commit_steps(ref, step_ids, t.cursor, self._wall())
+        except StoreError:
+            log.exception("checkpoint store: cannot commit steps of run %s", ref.run_id)
+
+    def run_acknowledged(self, ref: RunRef, ok: bool) -> None:
+        """The run span was exported (`ok`): the run is done; otherwise poll it again."""
+        t = self._runs.get(ref.run_id)
+        if t is None:
+            return
+        t.run_inflight = False
+        if not ok:
+            self._reschedule_soon(t)
+            return
+        try:
+            self._store.finish_run(ref, self._wall())
+        except StoreError:
+            log.exception("checkpoint store: cannot finish run %s", ref.run_id)
+        self._runs.pop(ref.run_id, None)
+
+    def _reschedule_soon(self, t: TrackedRun) -> None:
+        if not t.scheduled and not t.polling and not self._stopping.is_set():
+            self._push(t, self._monotonic() + self._schedule.slow)
+
+    def _forget(self, t: TrackedRun) -> None:
+        self._runs.pop(t.ref.run_id, None)
+        try:
+            self._store.forget_run(t.ref)
+        except StoreError:
+            log.exception("checkpoint store: cannot forget run %s", t.ref.run_id)
+
+    # --- API health -------------------------------------------------------------------------------------------
+
+    def _api_ok(self) -> None:
+        self.last_success = self._wall()
+        if self.api_state != "ok":
+            if self.api_state not in ("unknown", "ok"):
+                log.info("Assistants API recovered (was %s)", self.api_state)
+            self.api_state = "ok"
+            self.last_error = None
+
+    def _api_failed(self, state: str, exc: SourceError) -> None:
+        self.last_error = str(exc)
+        if self.api_state != state:
+            log.warning("Assistants API %s: %s", state.replace("_", " "), exc)
+            self.api_state = state

@@ -1,0 +1,115 @@
+"""Injected fakes for poller and discovery unit tests: an in-memory StepSource and recorders."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from stepscope.errors import SourceError
+from stepscope.models import Assistant, Run, RunRef, RunStep
+from stepscope.types import StepBatch
+
+
+def make_run(run_id: str = "run_1", thread_id: str = "thread_a", status: str = "in_progress", **kw: object) -> Run:
+    fields: dict[str, object] = {"created_at": 1000, "model": "gpt-4o", "started_at": 1001, **kw}
+    if status == "completed":
+        fields.setdefault("completed_at", 1010)
+    return Run(id=run_id, thread_id=thread_id, assistant_id="asst_1", status=status, **fields)  # type: ignore[arg-type]
+
+
+def make_step(step_id: str, run: Run, status: str = "completed", created_at: int = 1002, **kw: object) -> RunStep:
+    fields: dict[str, object] = dict(kw)
+    if status == "completed":
+        fields.setdefault("completed_at", created_at + 1)
+    return RunStep(
+        id=step_id, run_id=run.id, thread_id=run.thread_id, assistant_id="asst_1", type="message_creation",
+        status=status, created_at=created_at, **fields,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@dataclass
+class FakeSource:
+    """Runs and steps held in memory; tests mutate them between polls. Raises `fail_with` once when set."""
+
+    runs: dict[str, Run] = field(default_factory=dict)
+    steps: dict[str, list[RunStep]] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    fail_with: SourceError | None = None
+
+    def put_run(self, run: Run) -> None:
+        self.runs[run.id] = run
+        self.steps.setdefault(run.id, [])
+
+    def put_step(self, step: RunStep) -> None:
+        steps = self.steps.setdefault(step.run_id, [])
+        for i, existing in enumerate(steps):
+            if existing.id == step.id:
+                steps[i] = step
+                return
+        steps.append(step)
+
+    def set_run_status(self, run_id: str, status: str, **kw: object) -> None:
+        self.runs[run_id] = replace(self.runs[run_id], status=status, **kw)  # type: ignore[arg-type]
+
+    def _maybe_fail(self) -> None:
+        if self.fail_with is not None:
+            exc, self.fail_with = self.fail_with, None
+            raise exc
+
+    async def list_runs(self, thread_id: str, *, limit: int = 20) -> AsyncIterator[Run]:
+        self.calls.append(f"list_runs {thread_id}")
+        self._maybe_fail()
+        for run in sorted(self.runs.values(), key=lambda r: (r.created_at, r.id), reverse=True):
+            if run.thread_id == thread_id:
+                yield run
+
+    async def get_run(self, ref: RunRef) -> Run:
+        self.calls.append(f"get_run {ref.run_id}")
+        self._maybe_fail()
+        return self.runs[ref.run_id]
+
+    async def list_steps(self, ref: RunRef, *, after: str | None = None, limit: int = 100) -> AsyncIterator[RunStep]:
+        self.calls.append(f"list_steps {ref.run_id} after={after}")
+        self._maybe_fail()
+        steps = self.steps.get(ref.run_id, [])
+        ids = [s.id for s in steps]
+        start = ids.index(after) + 1 if after in ids else 0
+        for step in steps[start:]:
+            yield step
+
+    async def get_step(self, ref: RunRef, step_id: str) -> RunStep:
+        self.calls.append(f"get_step {step_id}")
+        return next(s for s in self.steps[ref.run_id] if s.id == step_id)
+
+    async def get_assistant(self, assistant_id: str) -> Assistant:
+        self.calls.append(f"get_assistant {assistant_id}")
+        return Assistant(id=assistant_id, name="Helper", model="gpt-4o")
+
+
+@dataclass
+class RecordingBatches:
+    batches: list[tuple[StepBatch, str | None]] = field(default_factory=list)
+
+    def emit(self, batch: StepBatch, assistant_name: str | None) -> None:
+        self.batches.append((batch, assistant_name))
+
+    def step_ids(self) -> list[str]:
+        return [s.id for b, _ in self.batches for s in b.steps]
+
+    def finished_runs(self) -> list[str]:
+        return [b.run.id for b, _ in self.batches if b.run_finished]
+
+
+@dataclass
+class Counters:
+    counts: dict[str, int] = field(default_factory=dict)
+    lags: list[float] = field(default_factory=list)
+
+    def dropped(self, reason: str, n: int = 1) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + n
+
+    def export_failed(self, n: int = 1) -> None:
+        self.dropped("export_failed", n)
+
+    def observe_export_lag(self, seconds: float) -> None:
+        self.lags.append(seconds)

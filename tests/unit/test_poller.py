@@ -1,0 +1,213 @@
+"""The poller: every terminal step emitted once, commits on acknowledgement, bounded and error-tolerant."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from stepscope.errors import AuthError, NotFound, RateLimited
+from stepscope.models import RunRef
+from stepscope.poller import Poller, PollSchedule
+from stepscope.store import RunProgress, SqliteStore
+from tests.unit._fakes import Counters, FakeSource, RecordingBatches, make_run, make_step
+
+pytestmark = pytest.mark.anyio
+REF = RunRef("thread_a", "run_1")
+FAST = PollSchedule(fast=0.01, slow=0.03, final_sweeps=2)
+
+
+async def until(predicate: Callable[[], bool], limit_s: float = 3.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def store() -> SqliteStore:
+    s = SqliteStore(":memory:")
+    s.open()
+    return s
+
+
+@pytest.fixture
+async def rig(store: SqliteStore) -> AsyncIterator[tuple[FakeSource, RecordingBatches, Counters, Poller]]:
+    source, sink, health = FakeSource(), RecordingBatches(), Counters()
+    poller = Poller(source, store, sink, health, schedule=FAST, concurrency=4, max_tracked_runs=3)
+    await poller.start()
+    yield source, sink, health, poller
+    await poller.shutdown(timeout_s=1.0)
+
+
+Rig = tuple[FakeSource, RecordingBatches, Counters, Poller]
+
+
+async def test_in_progress_step_waits_until_terminal(rig: Rig) -> None:
+    """A finished step is emitted at once; an in-progress one only after it completes, and then exactly once."""
+    source, sink, _, poller = rig
+    run = make_run()
+    source.put_run(run)
+    source.put_step(make_step("step_1", run))
+    source.put_step(make_step("step_2", run, status="in_progress", created_at=1003))
+    poller.track(REF)
+    await until(lambda: sink.step_ids() == ["step_1"])
+    poller.steps_acknowledged(REF, ["step_1"], ok=True)
+    await asyncio.sleep(0.05)
+    assert sink.step_ids() == ["step_1"]
+    source.put_step(make_step("step_2", run, status="completed", created_at=1003))
+    await until(lambda: sink.step_ids() == ["step_1", "step_2"])
+    await asyncio.sleep(0.05)
+    assert sink.step_ids() == ["step_1", "step_2"]
+
+
+async def test_ack_moves_cursor_and_commits(rig: Rig, store: SqliteStore) -> None:
+    """An acknowledged prefix of steps moves the cursor, so later listings start after it."""
+    source, sink, _, poller = rig
+    run = make_run()
+    source.put_run(run)
+    for i in (1, 2):
+        source.put_step(make_step(f"step_{i}", run, created_at=1000 + i))
+    poller.track(REF)
+    await until(lambda: len(sink.step_ids()) == 2)
+    poller.steps_acknowledged(REF, ["step_1", "step_2"], ok=True)
+    (progress,) = store.active_runs()
+    assert progress.cursor == "step_2"
+    source.calls.clear()
+    await until(lambda: any("list_steps run_1 after=step_2" in c for c in source.calls))
+
+
+async def test_refused_export_is_emitted_again(rig: Rig) -> None:
+    """A step whose export failed is emitted again by a later poll, with nothing committed in between."""
+    source, sink, _, poller = rig
+    run = make_run()
+    source.put_run(run)
+    source.put_step(make_step("step_1", run))
+    poller.track(REF)
+    await until(lambda: sink.step_ids() == ["step_1"])
+    poller.steps_acknowledged(REF, ["step_1"], ok=False)
+    await until(lambda: sink.step_ids() == ["step_1", "step_1"])
+
+
+async def test_terminal_run_finishes_after_its_steps(rig: Rig, store: SqliteStore) -> None:
+    """The run span goes out only after every step is acknowledged; its acknowledgement finishes the run."""
+    source, sink, _, poller = rig
+    run = make_run(status="completed")
+    source.put_run(run)
+    source.put_step(make_step("step_1", run))
+    poller.track(REF)
+    await until(lambda: sink.step_ids() == ["step_1"])
+    await asyncio.sleep(0.05)
+    assert sink.finished_runs() == []
+    poller.steps_acknowledged(REF, ["step_1"], ok=True)
+    await until(lambda: sink.finished_runs() == ["run_1"])
+    assert sink.batches[-1][1] == "Helper"
+    poller.run_acknowledged(REF, ok=True)
+    assert not poller.is_tracked("run_1")
+    assert store.known_runs(["run_1"]) == {"run_1"}
+    assert store.active_runs() == []
+
+
+async def test_run_span_refused_is_retried(rig: Rig) -> None:
+    """A refused run span is emitted again."""
+    source, sink, _, poller = rig
+    source.put_run(make_run(status="completed"))
+    poller.track(REF)
+    await until(lambda: sink.finished_runs() == ["run_1"])
+    poller.run_acknowledged(REF, ok=False)
+    await until(lambda: sink.finished_runs() == ["run_1", "run_1"])
+
+
+async def test_unfinished_steps_of_ended_run_are_given_up(rig: Rig) -> None:
+    """If a run ended but a step never does, the step is dropped (counted) after the final sweeps."""
+    source, sink, health, poller = rig
+    run = make_run(status="completed")
+    source.put_run(run)
+    source.put_step(make_step("step_1", run, status="in_progress"))
+    poller.track(REF)
+    await until(lambda: sink.finished_runs() == ["run_1"])
+    assert health.counts == {"step_unfinished": 1}
+
+
+async def test_waiting_run_is_only_reread(rig: Rig) -> None:
+    """While a run waits in requires_action its steps are listed once, then only the run is re-read."""
+    source, _, _, poller = rig
+    source.put_run(make_run(status="requires_action"))
+    poller.track(REF)
+    await until(lambda: source.calls.count("get_run run_1") >= 3)
+    assert sum(c.startswith("list_steps") for c in source.calls) == 1
+
+
+async def test_resume_skips_committed_steps(store: SqliteStore) -> None:
+    """After a restart, steps the store has committed are not emitted again."""
+    source, sink, health = FakeSource(), RecordingBatches(), Counters()
+    run = make_run()
+    source.put_run(run)
+    for i in (1, 2, 3):
+        source.put_step(make_step(f"step_{i}", run, created_at=1000 + i))
+    poller = Poller(source, store, sink, health, schedule=FAST)
+    poller.resume([RunProgress(REF, cursor="step_1", committed={"step_3"})])
+    await poller.start()
+    try:
+        await until(lambda: sink.step_ids() == ["step_2"])
+        await asyncio.sleep(0.05)
+        assert sink.step_ids() == ["step_2"]
+    finally:
+        await poller.shutdown()
+
+
+async def test_tracking_is_bounded(rig: Rig) -> None:
+    """Beyond max_tracked_runs new runs are refused and counted."""
+    source, _, health, poller = rig
+    for i in range(4):
+        source.put_run(make_run(f"run_{i}", status="queued"))
+    results = [poller.track(RunRef("thread_a", f"run_{i}")) for i in range(4)]
+    assert results == [True, True, True, False]
+    assert health.counts == {"tracked_runs_full": 1}
+    assert poller.tracked_count == 3
+
+
+async def test_not_found_run_is_dropped(rig: Rig, store: SqliteStore) -> None:
+    """A 404 for a run drops it, counts it and forgets it in the store."""
+    source, _, health, poller = rig
+    source.put_run(make_run())
+    source.fail_with = NotFound("gone", status_code=404)
+    poller.track(REF)
+    await until(lambda: not poller.is_tracked("run_1"))
+    assert health.counts == {"not_found": 1}
+    assert store.known_runs(["run_1"]) == set()
+
+
+async def test_rate_limit_delays_the_run(rig: Rig) -> None:
+    """A 429 with retry-after pushes that run's next poll back by at least the server's delay."""
+    source, _, _, poller = rig
+    source.put_run(make_run(status="queued"))
+    source.fail_with = RateLimited("slow down", retry_after=0.3, status_code=429)
+    poller.track(REF)
+    await until(lambda: poller.api_state == "rate_limited")
+    started = time.monotonic()
+    await until(lambda: source.calls.count("get_run run_1") >= 2)
+    assert time.monotonic() - started >= 0.25
+
+
+async def test_auth_failure_is_reported_and_recovers(rig: Rig) -> None:
+    """A 401 sets the API state to auth_failed with the error kept for /v1/status."""
+    source, _, _, poller = rig
+    source.put_run(make_run(status="queued"))
+    source.fail_with = AuthError("bad key", status_code=401)
+    poller.track(REF)
+    await until(lambda: poller.api_state == "auth_failed")
+    assert poller.last_error == "bad key"
+
+
+async def test_shutdown_is_idempotent(store: SqliteStore) -> None:
+    """shutdown() works before start() and twice."""
+    poller = Poller(FakeSource(), store, RecordingBatches(), Counters(), schedule=FAST)
+    await poller.shutdown()
+    await poller.start()
+    await poller.shutdown()
+    await poller.shutdown()
+    assert not poller.track(REF)
