@@ -1,0 +1,146 @@
+"""`Simulator`: one simulated Assistants v2 service (state, workload, faults) and its ASGI app.
+
+```python
+sim = Simulator(scenario_named("lively"), flavor="openai", clock=SimClock(speed=10))
+transport = sim.transport()           # in-process httpx transport (drops become RemoteProtocolError)
+with SimulatorServer(sim) as server:  # or over real HTTP on 127.0.0.1
+    client = openai.OpenAI(base_url=server.url, api_key="sk-sim")
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import httpx
+
+from stepscope.simulator.api import DROP_HEADER, SimApp
+from stepscope.simulator.engine import Engine
+from stepscope.simulator.faults import FaultConfig, FaultInjector
+from stepscope.simulator.handlers import Handlers
+from stepscope.simulator.scenario import Scenario, SimClock, SimTime
+
+log = logging.getLogger(__name__)
+
+FLAVORS = ("openai", "azure")
+AZURE_API_VERSIONS = ("2025-05-01", "v1", "2025-05-15-preview")
+
+
+class Simulator:
+    """Holds the simulated service. Not thread-safe: use it from the event loop that serves `app`.
+
+    `flavor` is `openai` (paths under `/v1`) or `azure` (under `/api/projects/{project}`). `api_key` is accepted
+    as Bearer token (and as `api-key` on Azure) together with `accepted_tokens`. `seed` defaults to the
+    scenario's. `max_runs` bounds memory: housekeeping forgets the oldest terminal runs beyond it.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario | None = None,
+        faults: FaultConfig | None = None,
+        *,
+        flavor: str = "openai",
+        api_key: str = "sk-sim",
+        accepted_tokens: tuple[str, ...] = (),
+        clock: SimTime | None = None,
+        seed: int | None = None,
+        project: str = "sim",
+        max_runs: int = 200_000,
+        housekeeping_s: float = 1.0,
+    ) -> None:
+        if flavor not in FLAVORS:
+            raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}")
+        self.scenario = scenario or Scenario()
+        problems = self.scenario.validate() + (faults.validate() if faults else [])
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.flavor = flavor
+        self.api_key = api_key
+        self.seed = self.scenario.seed if seed is None else seed
+        self.clock: SimTime = clock or SimClock()
+        self.max_runs = max_runs
+        self.base_path = "/v1" if flavor == "openai" else f"/api/projects/{project}"
+        self.engine = Engine(self.scenario, clock=self.clock, seed=self.seed, azure=flavor == "azure")
+        self.injector = FaultInjector(faults, seed=self.seed)
+        self.app = SimApp(
+            Handlers(self.engine),
+            self.injector,
+            prefix=self.base_path,
+            azure=flavor == "azure",
+            accepted_keys=frozenset({api_key, *accepted_tokens}),
+            lifespan=(self.start, self.shutdown),
+        )
+        self._housekeeping_s = housekeeping_s
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Simulator(scenario={self.scenario.name!r}, flavor={self.flavor!r}, seed={self.seed}, api_key='***')"
+
+    @property
+    def thread_ids(self) -> list[str]:
+        """The threads the workload creates runs on; fixed by the seed and known before any run exists."""
+        return list(self.engine.workload_threads)
+
+    @property
+    def faults(self) -> FaultConfig:
+        return self.injector.config
+
+    def set_faults(self, faults: FaultConfig | None) -> None:
+        """Replace the fault configuration at runtime (None: no faults). Raises `ValueError` when invalid."""
+        faults = faults or FaultConfig()
+        problems = faults.validate()
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.injector.replace(faults)
+
+    def truth(self) -> dict[str, Any]:
+        """What really happened, as of now: `{"now", "threads", "workload_threads", "assistants", "runs", "stats"}`.
+
+        `runs` holds every run object as the API serialises it, plus `"steps"`: its steps in creation order.
+        """
+        return self.engine.truth()
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """An httpx transport that calls `app` in-process (base URL: `http://sim` + `base_path`)."""
+        return SimTransport(self.app)
+
+    async def start(self) -> None:
+        """Start housekeeping (workload catch-up, pruning). Returns at once; idempotent."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._housekeeping(), name="sim-housekeeping")
+
+    async def shutdown(self) -> None:
+        """Stop housekeeping. Idempotent and safe without `start`."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(self._housekeeping_s)
+            t = self.engine.now()
+            dropped = self.engine.prune(t, self.max_runs)
+            if dropped:
+                log.info("simulator forgot %d old terminal runs (max_runs=%d)", dropped, self.max_runs)
+
+
+class SimTransport(httpx.AsyncBaseTransport):
+    """`httpx.ASGITransport` that turns the simulator's drop signal into a transport error, as a socket would."""
+
+    def __init__(self, app: SimApp) -> None:
+        self._inner = httpx.ASGITransport(app=app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if DROP_HEADER.decode() in response.headers:
+            await response.aclose()
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
