@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-from yamllint import linter
-from yamllint.config import YamlLintConfig
+from yamllint import linter  # type: ignore[import-untyped]
+from yamllint.config import YamlLintConfig  # type: ignore[import-untyped]
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
