@@ -1,0 +1,157 @@
+"""stepscope's own health metrics, apart from the domain metrics (guideline 12).
+
+Events are Counters and Histograms, updated as they happen; `stepscope_tracked_runs` is read at scrape time by a
+custom collector. Known label sets exist from start-up so rates and alerts read 0 rather than "no data":
+
+- `stepscope_api_requests_total{endpoint,code}`, `stepscope_api_request_duration_seconds{endpoint}`
+- `stepscope_tracked_runs`, `stepscope_export_lag_seconds`, `stepscope_dropped_total{reason}`,
+  `stepscope_invalid_objects_total{kind}`, `stepscope_span_export_failures_total`, `stepscope_build_info{version}`
+- `stepscope_last_successful_poll_timestamp_seconds` (0 until the first successful API request)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from stepscope.errors import InvalidObject
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = ("list_runs", "get_run", "list_steps", "get_step", "get_assistant")
+DROP_REASONS = (
+    "tracked_runs_full",
+    "span_queue_full",
+    "label_cap",
+    "mapping_error",
+    "store_error",
+    "not_found",
+    "bad_request",
+    "internal_error",
+    "step_unfinished",
+)
+INVALID_KINDS = ("run", "run_step", "tool_call", "list", "assistant")
+API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LAG_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+"""Seconds from a step's terminal timestamp to its export: poll interval plus batch delay, typically 2-20 s."""
+
+
+class _TrackedRuns(Collector):
+    """`stepscope_tracked_runs`, read from a callable at scrape time; 0 until a source is set."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], int] | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily("stepscope_tracked_runs", "Runs currently tracked by the poller.")]
+
+    def collect(self) -> Iterable[Metric]:
+        value = 0.0
+        if self.source is not None:
+            try:
+                value = float(self.source())
+            except Exception:
+                # A scrape must never fail because of one gauge; the gauge is left out instead.
+                log.exception("tracked runs source failed")
+                return []
+        family = GaugeMetricFamily("stepscope_tracked_runs", "Runs currently tracked by the poller.")
+        family.add_metric([], value)
+        return [family]
+
+
+class SelfMetrics:
+    """Health metrics on `registry`; implements `RequestObserver` and the pipeline's and poller's health hooks.
+
+    No method blocks or raises. Reasons and kinds outside the known sets are recorded as given (they come from
+    code, not data, so they stay few).
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, version: str, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._requests = Counter(
+            "stepscope_api_requests",
+            "Assistants API requests by endpoint and HTTP status (or error).",
+            ["endpoint", "code"],
+            registry=registry,
+        )
+        self._request_seconds = Histogram(
+            "stepscope_api_request_duration_seconds",
+            "Assistants API request duration by endpoint, in seconds.",
+            ["endpoint"],
+            registry=registry,
+            buckets=API_BUCKETS,
+        )
+        self._lag = Histogram(
+            "stepscope_export_lag_seconds",
+            "Seconds from a step's terminal timestamp to its acknowledged export.",
+            registry=registry,
+            buckets=LAG_BUCKETS,
+        )
+        self._dropped = Counter(
+            "stepscope_dropped", "Items dropped or degraded, by reason.", ["reason"], registry=registry
+        )
+        self._invalid = Counter(
+            "stepscope_invalid_objects", "API objects that could not be parsed, by kind.", ["kind"], registry=registry
+        )
+        self._export_failures = Counter(
+            "stepscope_span_export_failures", "Spans the trace backend did not accept.", registry=registry
+        )
+        self._last_poll = Gauge(
+            "stepscope_last_successful_poll_timestamp_seconds",
+            "Unix time of the last successful Assistants API request.",
+            registry=registry,
+        )
+        build = Gauge("stepscope_build_info", "stepscope build; the value is always 1.", ["version"], registry=registry)
+        build.labels(version).set(1)
+        self._tracked = _TrackedRuns()
+        registry.register(self._tracked)
+        self._request_children: dict[tuple[str, str], Counter] = {}
+        for endpoint in ENDPOINTS:
+            self._request_seconds.labels(endpoint)
+        for reason in DROP_REASONS:
+            self._dropped.labels(reason)
+        for kind in INVALID_KINDS:
+            self._invalid.labels(kind)
+
+    def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
+        """One HTTP attempt: `code` is the status as text, or `error` when no response came back."""
+        key = (endpoint, code)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._requests_child(key)
+        child.inc()
+        self._request_seconds.labels(endpoint).observe(max(0.0, seconds))
+        if code.startswith("2"):
+            self._last_poll.set(self._clock())
+
+    def _requests_child(self, key: tuple[str, str]) -> Counter:
+        child = self._requests.labels(*key)
+        self._request_children[key] = child
+        return child
+
+    def observe_invalid(self, error: InvalidObject) -> None:
+        """One API object skipped because it could not be parsed."""
+        self._invalid.labels(error.kind).inc()
+
+    def dropped(self, reason: str, n: int = 1) -> None:
+        """`n` items dropped (or degraded, for `label_cap`) for `reason`."""
+        if n > 0:
+            self._dropped.labels(reason).inc(n)
+
+    def export_failed(self, n: int = 1) -> None:
+        """`n` spans the trace backend refused or never received."""
+        if n > 0:
+            self._export_failures.inc(n)
+
+    def observe_export_lag(self, seconds: float) -> None:
+        """Seconds from a step's terminal timestamp to the acknowledgement of its export."""
+        self._lag.observe(max(0.0, seconds))
+
+    def set_tracked_runs_source(self, source: Callable[[], int]) -> None:
+        """Read `stepscope_tracked_runs` from `source` at every scrape."""
+        self._tracked.source = source
