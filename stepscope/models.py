@@ -8,6 +8,8 @@ the parser then raises `InvalidObject`, which the caller counts and skips.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -191,7 +193,7 @@ def _ts(obj: Mapping[str, Any], key: str, kind: str, oid: str | None, *, require
     if value is None and not required:
         return None
     # bool is an int subclass; a timestamp of True is a malformed object, not 1970-01-01T00:00:01.
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         if required:
             raise InvalidObject(kind, f"field {key!r} must be a Unix timestamp", object_id=oid)
         return None
@@ -235,7 +237,12 @@ def _object_id(obj: object) -> str | None:
 def _text(value: object) -> str | None:
     if value is None:
         return None
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping | list):
+        # Azure tools may send structured arguments; keep them as JSON text like function arguments.
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
 
 
 def parse_tool_call(obj: object, *, step_id: str | None = None) -> ToolCall:
@@ -250,9 +257,10 @@ def parse_tool_call(obj: object, *, step_id: str | None = None) -> ToolCall:
     name = _opt_str(body, "name")
     if call_type == "code_interpreter":
         arguments = _text(body.get("input"))
+        outputs = body.get("outputs")
         logs = [
             o.get("logs")
-            for o in body.get("outputs") or ()
+            for o in (outputs if isinstance(outputs, list) else ())
             if isinstance(o, Mapping) and isinstance(o.get("logs"), str)
         ]
         output = "\n".join(logs) if logs else None  # type: ignore[arg-type]
