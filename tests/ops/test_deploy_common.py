@@ -18,6 +18,8 @@ import yaml
 from yamllint import linter  # type: ignore[import-untyped]
 from yamllint.config import YamlLintConfig  # type: ignore[import-untyped]
 
+from stepscope import config
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
@@ -154,3 +156,9 @@ def test_owned_yaml_files_are_found() -> None:
 def test_image_pin_rule(image: str, pinned: bool) -> None:
     """The pin rule accepts version tags and rejects `latest`, missing tags and tags without a version."""
     assert is_pinned_image(image) is pinned
+
+
+def test_documented_env_names_are_read_by_stepscope() -> None:
+    """Every documented name is one stepscope's configuration loader actually reads."""
+    read = {setting.env for setting in config.SETTINGS} | {config.ENV_SHARD_INDEX, config.ENV_SHARD_COUNT}
+    assert DOCUMENTED_ENV - read == set()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from stepscope import config
 from tests.ops.test_deploy_common import (
     COMPOSE_FILE,
     DEPLOY,
@@ -208,3 +209,25 @@ def test_published_ports_bind_to_loopback(port: str) -> None:
     """The demo's user-facing ports are published on 127.0.0.1 only."""
     published = [p for s in services().values() for p in s.get("ports", []) if p.endswith(f":{port}")]
     assert published == [f"127.0.0.1:{port}:{port}"]
+
+
+def test_compose_settings_load_in_stepscope() -> None:
+    """stepscope's own loader accepts the compose environment once the entrypoint has added the simulator's threads."""
+    env = {**services()["stepscope"]["environment"], "STEPSCOPE_THREADS": "thread_a,thread_b"}
+    loaded = config.load(env=env)
+    assert loaded.api.base_url == "http://sim:8080/v1"
+    assert loaded.poll.threads == ("thread_a", "thread_b")
+    assert loaded.export.otlp_protocol == "http/protobuf"
+
+
+def test_grafana_datasources_point_at_compose_services() -> None:
+    """Each provisioned data source URL names a service of the stack (Prometheus, Tempo) by its in-network host."""
+    sources = [
+        source
+        for path in sorted((DEPLOY.parent / "grafana" / "provisioning" / "datasources").glob("*.y*ml"))
+        for source in load_yaml(path)["datasources"]
+    ]
+    assert sources
+    for source in sources:
+        host = source["url"].split("://", 1)[1].split(":", 1)[0]
+        assert host in services(), source["name"]

@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from stepscope import config
 from tests.ops.test_deploy_common import (
     DOCUMENTED_ENV,
     KUBERNETES,
@@ -341,3 +342,45 @@ def test_images_are_pinned(shape: str) -> None:
     pod = workload(shape)["spec"]["template"]["spec"]
     for container in pod.get("initContainers", []) + pod["containers"]:
         assert is_pinned_image(container["image"]), container["image"]
+
+
+def pod_environment(shape: str, pod_index: int) -> dict[str, str]:
+    """The environment the kubelet would give the stepscope container of pod ``pod_index`` (downward API resolved)."""
+    objects = rendered(shape)
+    container = stepscope_container(shape)
+    configmaps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    secret = one(objects, "Secret")["stringData"]
+    field_values = {
+        "metadata.name": f"{workload(shape)['metadata']['name']}-{pod_index}",
+        "metadata.namespace": "default",
+        "metadata.labels['apps.kubernetes.io/pod-index']": str(pod_index),
+    }
+    env: dict[str, str] = {}
+    for source in container["envFrom"]:
+        env.update(configmaps[source["configMapRef"]["name"]]["data"])
+    for entry in container["env"]:
+        if "value" in entry:
+            env[entry["name"]] = _EXPANSION.sub(lambda m: env[m.group(1)], entry["value"])
+        elif "secretKeyRef" in entry["valueFrom"]:
+            env[entry["name"]] = secret[entry["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            env[entry["name"]] = field_values[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_manifest_settings_load_in_stepscope(shape: str) -> None:
+    """stepscope's own loader accepts the manifest's settings: all interfaces on :9464, state on the volume."""
+    loaded = config.load(env=pod_environment(shape, pod_index=1))
+    assert (loaded.server.host, loaded.server.port) == ("0.0.0.0", 9464)
+    assert loaded.state == "/var/lib/stepscope/state.db"
+    assert loaded.log_format == "json"
+    assert "k8s.pod.name=" in loaded.export.resource_attributes
+
+
+def test_central_replicas_get_distinct_shards() -> None:
+    """Replica i of the StatefulSet loads as shard i of N, so the replicas cover every shard exactly once."""
+    replicas = workload("central")["spec"]["replicas"]
+    shards = [config.load(env=pod_environment("central", i)).poll for i in range(replicas)]
+    assert [(p.shard_index, p.shard_count) for p in shards] == [(i, replicas) for i in range(replicas)]
+    assert all(p.threads for p in shards)
