@@ -1,0 +1,307 @@
+"""Test doubles shipped in the package (guideline 11): sinks that record, a fake clock, a real OTLP receiver.
+
+`OtlpReceiver` is a real OTLP/HTTP server on 127.0.0.1 (and optionally OTLP/gRPC) that decodes what an exporter
+sends into plain `ReceivedSpan` records, so tests can check exported spans over the wire without a collector.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from stepscope.types import AckCallback, Observation, SpanSpec
+
+_KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+_STATUS_NAMES = {0: "unset", 1: "ok", 2: "error"}
+
+
+class RecordingSpanSink:
+    """`SpanSink` that keeps every spec. Acks at once (`auto_ack=True`) or when `ack_pending()` is called.
+
+    Set `fail = True` to acknowledge with failure instead of success.
+    """
+
+    def __init__(self, on_ack: AckCallback | None = None, *, auto_ack: bool = True) -> None:
+        self.on_ack = on_ack
+        self.auto_ack = auto_ack
+        self.fail = False
+        self.specs: list[SpanSpec] = []
+        self.pending: list[SpanSpec] = []
+        self.flushes = 0
+        self.closed = False
+
+    def export(self, specs: Sequence[SpanSpec]) -> None:
+        self.specs.extend(specs)
+        if self.auto_ack:
+            self._ack(list(specs))
+        else:
+            self.pending.extend(specs)
+
+    def ack_pending(self, ok: bool | None = None) -> int:
+        """Acknowledge everything held back; returns how many spans that was."""
+        specs, self.pending = self.pending, []
+        self._ack(specs, ok)
+        return len(specs)
+
+    def _ack(self, specs: list[SpanSpec], ok: bool | None = None) -> None:
+        if self.on_ack is not None and specs:
+            self.on_ack([s.key for s in specs], (not self.fail) if ok is None else ok)
+
+    def force_flush(self, timeout_s: float) -> bool:
+        self.flushes += 1
+        return True
+
+    def shutdown(self) -> None:
+        self.closed = True
+
+    def by_key(self, key: str) -> SpanSpec:
+        """The last recorded spec with this key; KeyError when there is none."""
+        for spec in reversed(self.specs):
+            if spec.key == key:
+                return spec
+        raise KeyError(key)
+
+
+class RecordingMetricSink:
+    """`MetricSink` that keeps every observation."""
+
+    def __init__(self) -> None:
+        self.observations: list[Observation] = []
+
+    def record(self, observations: Sequence[Observation]) -> None:
+        self.observations.extend(observations)
+
+    def total(self, metric: str, **labels: str) -> float:
+        """Sum of values recorded for `metric` whose labels include `labels`."""
+        return sum(
+            o.value
+            for o in self.observations
+            if o.metric == metric and all(o.labels.get(k) == v for k, v in labels.items())
+        )
+
+
+class FakeClock:
+    """`Clock` whose time moves only with `advance()`; wall and monotonic move together."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._wall = start
+        self._mono = 0.0
+
+    def time(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._wall += seconds
+        self._mono += seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedSpan:
+    """One span as an OTLP receiver decoded it. Ids are lowercase hex; `parent_span_id` is "" for a root."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    status: str
+    events: tuple[tuple[str, int, dict[str, Any]], ...] = ()
+    resource: dict[str, Any] = field(default_factory=dict)
+    flags: int = 0
+
+
+def _value(v: AnyValue) -> Any:
+    which = v.WhichOneof("value")
+    if which == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
+    return getattr(v, which) if which else None
+
+
+def _attrs(kvs: Any) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in kvs}
+
+
+def decode_request(body: bytes) -> list[ReceivedSpan]:
+    """Every span in a serialized `ExportTraceServiceRequest`."""
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    return _spans_of(request)
+
+
+def _spans_of(request: trace_service_pb2.ExportTraceServiceRequest) -> list[ReceivedSpan]:
+    out = []
+    for rs in request.resource_spans:
+        resource = _attrs(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                out.append(
+                    ReceivedSpan(
+                        trace_id=s.trace_id.hex(),
+                        span_id=s.span_id.hex(),
+                        parent_span_id=s.parent_span_id.hex(),
+                        name=s.name,
+                        kind=_KIND_NAMES.get(s.kind, str(s.kind)),
+                        start_ns=s.start_time_unix_nano,
+                        end_ns=s.end_time_unix_nano,
+                        attributes=_attrs(s.attributes),
+                        status=_STATUS_NAMES.get(s.status.code, str(s.status.code)),
+                        events=tuple((e.name, e.time_unix_nano, _attrs(e.attributes)) for e in s.events),
+                        resource=resource,
+                        flags=s.flags,
+                    )
+                )
+    return out
+
+
+class OtlpReceiver:
+    """A real OTLP receiver on 127.0.0.1: HTTP (`POST /v1/traces`, protobuf) always, gRPC with `grpc=True`.
+
+    `refuse_status` set (e.g. 503, or 400 for a non-retryable refusal) makes HTTP answer that status and gRPC
+    answer UNAVAILABLE, without keeping the spans. `requests` counts export requests received, refused ones too.
+    Use as a context manager, or call `start()` and `shutdown()`.
+    """
+
+    def __init__(self, *, grpc: bool = False) -> None:
+        self.spans: list[ReceivedSpan] = []
+        self.requests = 0
+        self.headers: list[dict[str, str]] = []
+        self.refuse_status: int | None = None
+        self._grpc_enabled = grpc
+        self._cond = threading.Condition()
+        self._http: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._grpc: Any = None
+        self.grpc_port = 0
+
+    @property
+    def url(self) -> str:
+        """The full traces URL, e.g. `http://127.0.0.1:41234/v1/traces`."""
+        assert self._http is not None, "receiver not started"
+        return f"http://127.0.0.1:{self._http.server_address[1]}/v1/traces"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def _accept(self, spans: list[ReceivedSpan], headers: dict[str, str]) -> bool:
+        with self._cond:
+            self.requests += 1
+            self.headers.append(headers)
+            if self.refuse_status is not None:
+                return False
+            self.spans.extend(spans)
+            self._cond.notify_all()
+            return True
+
+    def start(self) -> OtlpReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path != "/v1/traces":
+                    self._answer(404)
+                    return
+                try:
+                    spans = decode_request(body)
+                except Exception:
+                    self._answer(400)
+                    return
+                ok = receiver._accept(spans, {k.lower(): v for k, v in self.headers.items()})
+                self._answer(200 if ok else (receiver.refuse_status or 503))
+
+            def _answer(self, status: int) -> None:
+                payload = trace_service_pb2.ExportTraceServiceResponse().SerializeToString() if status == 200 else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http.daemon_threads = True
+        self._thread = threading.Thread(target=self._http.serve_forever, name="otlp-receiver", daemon=True)
+        self._thread.start()
+        if self._grpc_enabled:
+            self._start_grpc()
+        return self
+
+    def _start_grpc(self) -> None:
+        import grpc  # type: ignore[import-untyped]  # noqa: PLC0415 - only gRPC tests pay for loading grpcio
+
+        receiver = self
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - generated service method name
+                headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+                if not receiver._accept(_spans_of(request), headers):
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "refused by test")
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), server)  # type: ignore[no-untyped-call]
+        self.grpc_port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._grpc = server
+
+    def wait_for(self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 5.0) -> bool:
+        """Block until `predicate(spans)` holds or `timeout` seconds pass; returns whether it held."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.spans):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
+        """Block until at least `n` export requests arrived (accepted or refused)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.requests >= n:
+                return True
+            time.sleep(0.01)
+        return self.requests >= n
+
+    def by_name(self, name: str) -> ReceivedSpan:
+        """The first received span with this name; KeyError when there is none."""
+        for span in self.spans:
+            if span.name == name:
+                return span
+        raise KeyError(name)
+
+    def shutdown(self) -> None:
+        """Stop both servers; safe to call twice or without `start()`."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        if self._grpc is not None:
+            self._grpc.stop(grace=None)
+            self._grpc = None
+
+    def __enter__(self) -> OtlpReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
