@@ -85,6 +85,8 @@ class ExportConfig:
     otlp_headers: Secret = EMPTY_SECRET
     service_name: str = "stepscope"
     resource_attributes: str = ""
+    # 500 ms instead of the SDK's 5 s: export lag is a product metric here, and batches stay small anyway.
+    schedule_delay_ms: float = 500.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,16 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise ValueError("must be an integer") from None
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
     if value <= 0:
         raise ValueError("must be > 0")
     return value
@@ -247,6 +259,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("export.otlp_headers", "OTEL_EXPORTER_OTLP_HEADERS", _secret, "OTLP headers k=v,k2=v2"),
     Setting("export.service_name", "OTEL_SERVICE_NAME", _str, "service.name resource attribute"),
     Setting("export.resource_attributes", "OTEL_RESOURCE_ATTRIBUTES", _str, "extra resource attributes"),
+    Setting("export.schedule_delay_ms", "OTEL_BSP_SCHEDULE_DELAY", _positive_float, "span batch delay (ms)"),
     Setting("server.listen", "STEPSCOPE_LISTEN", _listen, f"HTTP listen address (default {DEFAULT_LISTEN})"),
     Setting("server.watch_token", "STEPSCOPE_WATCH_TOKEN", _secret, "bearer token protecting /v1/watch"),
     Setting("state", "STEPSCOPE_STATE", _str, "checkpoint store path (SQLite)"),

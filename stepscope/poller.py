@@ -124,6 +124,14 @@ class Poller:
     def tracked_count(self) -> int:
         return len(self._runs)
 
+    def status_counts(self) -> dict[str, int]:
+        """Tracked runs by their last seen status (`pending` before the first read)."""
+        counts: dict[str, int] = {}
+        for t in self._runs.values():
+            status = t.run.status if t.run is not None else "pending"
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
     def is_tracked(self, run_id: str) -> bool:
         return run_id in self._runs
 

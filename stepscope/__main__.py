@@ -1,0 +1,5 @@
+"""`python -m stepscope` runs the CLI."""
+
+from stepscope.cli import main
+
+main()

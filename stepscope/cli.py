@@ -1,0 +1,189 @@
+"""The `stepscope` command: serve, demo, simulate, inspect, backfill, config check, dashboards.
+
+The only module that calls `sys.exit`. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from stepscope import __version__
+from stepscope.config import Config, env_help, load
+from stepscope.errors import ConfigError, StepscopeError
+from stepscope.logs import setup_logging
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+# CLI flags of `serve`/`backfill`/`config check`, as (flag, setting path, help): flags beat the environment.
+SETTING_FLAGS = (
+    ("--base-url", "api.base_url", "API base URL (OPENAI_BASE_URL)"),
+    ("--threads", "poll.threads", "comma-separated thread ids (STEPSCOPE_THREADS)"),
+    ("--listen", "server.listen", "HOST:PORT for /metrics and the API (STEPSCOPE_LISTEN)"),
+    ("--poll-interval", "poll.interval", "poll interval, e.g. 1s (STEPSCOPE_POLL_INTERVAL)"),
+    ("--lookback", "poll.lookback", "history to backfill on first sight, e.g. 1h (STEPSCOPE_LOOKBACK)"),
+    ("--state", "state", "checkpoint store path (STEPSCOPE_STATE)"),
+    ("--shard", "poll.shard", "INDEX/COUNT of this replica (STEPSCOPE_SHARD)"),
+    ("--flavor", "api.flavor", "openai or azure (STEPSCOPE_FLAVOR)"),
+    ("--log-level", "log_level", "DEBUG, INFO, WARNING, ERROR (STEPSCOPE_LOG_LEVEL)"),
+    ("--log-format", "log_format", "text or json (STEPSCOPE_LOG_FORMAT)"),
+)
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file (lowest precedence above defaults)")
+    for flag, path, text in SETTING_FLAGS:
+        parser.add_argument(flag, dest=f"setting:{path}", metavar="VALUE", help=text)
+    parser.add_argument(
+        "--capture-content",
+        dest="setting:export.capture_content",
+        action="store_const",
+        const="true",
+        help="put tool arguments and outputs on spans (STEPSCOPE_CAPTURE_CONTENT)",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    return {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("setting:") and v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stepscope.simulator import cli as simulator_cli  # noqa: PLC0415 - keeps `--help` of other commands fast
+
+    parser = argparse.ArgumentParser(
+        prog="stepscope",
+        description="Turn Assistants v2 run steps into OpenTelemetry spans and Prometheus metrics.",
+        epilog="Environment variables (flags win over them, they win over --config):\n" + env_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stepscope {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the sidecar: poll runs, export spans and metrics")
+    _add_setting_flags(serve)
+
+    demo = sub.add_parser("demo", help="the simulator plus the bridge, with a live terminal view")
+    demo.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    demo.add_argument("--listen", default="127.0.0.1:9464", help="where /metrics is served (default %(default)s)")
+    demo.add_argument("--speed", type=float, default=10.0, help="simulated seconds per real second")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--scenario", default="lively")
+    demo.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
+
+    simulate = sub.add_parser("simulate", help="run the Assistants v2 simulator on its own")
+    simulator_cli.add_arguments(simulate)
+
+    inspect = sub.add_parser("inspect", help="a waterfall of one run's steps and tool calls")
+    inspect.add_argument("run_id", metavar="RUN_ID")
+    inspect.add_argument("--thread", required=True, metavar="THREAD_ID")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_setting_flags(inspect)
+
+    backfill = sub.add_parser("backfill", help="export a thread's finished runs once and exit")
+    backfill.add_argument("--thread", action="append", required=True, metavar="THREAD_ID", dest="backfill_threads")
+    backfill.add_argument("--since", default="24h", help="how far back, e.g. 2h or 7d (default %(default)s)")
+    _add_setting_flags(backfill)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser("check", help="validate the configuration and print the effective values")
+    _add_setting_flags(check)
+
+    dashboards = sub.add_parser("dashboards", help="render the Grafana dashboards")
+    group = dashboards.add_mutually_exclusive_group(required=True)
+    group.add_argument("--write", metavar="DIR", help="write dashboard JSON files into DIR")
+    group.add_argument("--check", metavar="DIR", help="exit 1 if DIR differs from the generated dashboards")
+    return parser
+
+
+def _load(args: argparse.Namespace, env: Mapping[str, str], extra: Mapping[str, str] | None = None) -> Config:
+    return load(env=env, file=args.config, overrides={**_overrides(args), **(extra or {})})
+
+
+def _print_problems(exc: ConfigError) -> None:
+    print("stepscope: invalid configuration:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  - {problem}", file=sys.stderr)
+
+
+def run(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Parse arguments and run a command; returns the exit code."""
+    env = dict(os.environ if env is None else env)
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args, env)
+    except ConfigError as exc:
+        _print_problems(exc)
+        return EXIT_CONFIG
+    except StepscopeError as exc:
+        print(f"stepscope: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    command = args.command
+    if command == "simulate":
+        from stepscope.simulator import cli as simulator_cli  # noqa: PLC0415
+
+        return simulator_cli.run(args)
+    if command == "dashboards":
+        return _dashboards(write=args.write, check=args.check)
+    if command == "demo":
+        from stepscope.demo import run_demo  # noqa: PLC0415
+
+        setup_logging("WARNING" if not args.no_view else "INFO")
+        return asyncio.run(run_demo(args, env))
+    if command == "config":
+        config = _load(args, env)
+        width = max(len(k) for k in config.summary())
+        for key, value in config.summary().items():
+            print(f"{key:<{width}}  {value}")
+        print("configuration OK", file=sys.stderr)
+        return EXIT_OK
+    if command == "inspect":
+        from stepscope.views import inspect_run  # noqa: PLC0415
+
+        config = _load(args, env)
+        return asyncio.run(inspect_run(config, args.thread, args.run_id, as_json=args.json))
+    if command == "backfill":
+        from stepscope.backfill import run_backfill  # noqa: PLC0415
+
+        threads = ",".join(args.backfill_threads)
+        config = _load(args, env, {"poll.threads": threads, "poll.lookback": args.since})
+        setup_logging(config.log_level, config.log_format)
+        return asyncio.run(run_backfill(config))
+    # serve
+    from stepscope.app import run_service  # noqa: PLC0415
+
+    config = _load(args, env)
+    setup_logging(config.log_level, config.log_format)
+    return asyncio.run(run_service(config))
+
+
+def _dashboards(*, write: str | None, check: str | None) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from stepscope import dashboards  # noqa: PLC0415
+
+    if write:
+        dashboards.write(Path(write))
+        print(f"wrote {len(dashboards.render_all())} dashboard(s) to {write}")
+        return EXIT_OK
+    assert check is not None
+    stale = [
+        name
+        for name, text in dashboards.render_all().items()
+        if not (Path(check) / name).is_file() or (Path(check) / name).read_text(encoding="utf-8") != text
+    ]
+    for name in stale:
+        print(f"stale or missing: {Path(check) / name} (run: stepscope dashboards --write {check})", file=sys.stderr)
+    return EXIT_FAILURE if stale else EXIT_OK
+
+
+def main() -> None:
+    sys.exit(run())

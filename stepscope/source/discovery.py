@@ -1,0 +1,153 @@
+"""Discovery: which runs to watch.
+
+Three combinable sources: configured thread ids, threads and runs registered through `/v1/watch` (kept in the
+store), and, for every watched thread, its runs listed newest first until a known run or the lookback horizon.
+A thread has at most one active run at a time, so older runs than a known one are known or finished already.
+With sharding (`INDEX/COUNT`) a replica owns only the threads whose stable hash falls in its shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from stepscope.errors import AuthError, InvalidObject, NotFound, SourceError, StoreError
+from stepscope.models import RunRef
+from stepscope.store import SqliteStore
+from stepscope.types import StepSource
+
+log = logging.getLogger("stepscope.discovery")
+
+
+def shard_of(thread_id: str, count: int) -> int:
+    """Stable shard of a thread: the same on every replica, every restart and every Python process."""
+    digest = hashlib.sha256(thread_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+class RunTracker(Protocol):
+    def track(self, ref: RunRef) -> bool: ...
+
+    def is_tracked(self, run_id: str) -> bool: ...
+
+
+class Discovery:
+    """Finds runs on watched threads every `interval` seconds. `start()` returns at once."""
+
+    def __init__(
+        self,
+        source: StepSource,
+        store: SqliteStore,
+        tracker: RunTracker,
+        *,
+        threads: Iterable[str] = (),
+        lookback_s: float = 3600.0,
+        interval_s: float = 5.0,
+        shard_index: int = 0,
+        shard_count: int = 1,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._source = source
+        self._store = store
+        self._tracker = tracker
+        self._configured = list(dict.fromkeys(threads))
+        self._lookback = lookback_s
+        self._interval = interval_s
+        self._shard = (shard_index, shard_count)
+        self._wall = wall
+        self._missing: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.last_pass: float | None = None
+
+    def owns(self, thread_id: str) -> bool:
+        index, count = self._shard
+        return count == 1 or shard_of(thread_id, count) == index
+
+    def threads(self) -> list[str]:
+        """Threads this replica watches: configured and registered ones in its shard."""
+        registered = [t for t, run in self._store.watched() if run is None]
+        return [t for t in dict.fromkeys(self._configured + registered) if self.owns(t) and t not in self._missing]
+
+    # --- registration (from the HTTP server) --------------------------------------------------------------------
+
+    def watch(self, thread_id: str, run_id: str | None) -> bool:
+        """Register a thread (and optionally one run); False when another shard owns the thread."""
+        if not self.owns(thread_id):
+            return False
+        self._store.watch(thread_id, run_id, self._wall())
+        self._missing.discard(thread_id)
+        if run_id is not None:
+            self._tracker.track(RunRef(thread_id, run_id))
+        self._wake.set()
+        return True
+
+    def unwatch(self, thread_id: str, run_id: str | None) -> None:
+        self._store.unwatch(thread_id, run_id)
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            for thread_id, run_id in self._store.watched():
+                if run_id is not None and self.owns(thread_id):
+                    self._tracker.track(RunRef(thread_id, run_id))
+            self._task = asyncio.create_task(self._loop(), name="stepscope-discovery")
+
+    async def shutdown(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            await self.run_once()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+
+    async def run_once(self) -> int:
+        """One discovery pass over every watched thread; returns how many runs started being tracked."""
+        found = 0
+        try:
+            self._store.prune(self._wall() - 2 * self._lookback)
+            threads = self.threads()
+        except StoreError:
+            log.exception("checkpoint store error during discovery")
+            return 0
+        for thread_id in threads:
+            if self._stopping.is_set():
+                break
+            found += await self._discover_thread(thread_id)
+        self.last_pass = self._wall()
+        return found
+
+    async def _discover_thread(self, thread_id: str) -> int:
+        horizon = self._wall() - self._lookback
+        new: list[RunRef] = []
+        try:
+            async for run in self._source.list_runs(thread_id):
+                if run.created_at < horizon or self._tracker.is_tracked(run.id):
+                    break
+                if self._store.known_runs([run.id]):
+                    break
+                new.append(run.ref)
+        except NotFound:
+            log.warning("thread %s not found; no longer watching it", thread_id)
+            self._missing.add(thread_id)
+            self._store.unwatch(thread_id, None)
+            return 0
+        except AuthError:
+            return 0  # the poller reports authentication state; discovery just waits for the next pass
+        except (SourceError, InvalidObject) as exc:
+            log.debug("listing runs of %s failed: %s", thread_id, exc)
+        # Oldest first, so a backfill exports history in order.
+        return sum(1 for ref in reversed(new) if self._tracker.track(ref))
