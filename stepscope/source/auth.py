@@ -137,7 +137,7 @@ class AzureIdentityAuth:
     """An Entra ID bearer token from an azure-identity credential, refreshed `refresh_margin` s before expiry.
 
     `credential` is anything with `get_token(scope)` returning an object with `token` and `expires_on` (Unix
-    seconds), sync or async; a sync one runs in a worker thread. Without it, `azure.identity.aio`'s
+    seconds), sync or async; a sync one runs in a worker thread. Without it, `azure.identity`'s (sync)
     `DefaultAzureCredential` is created on first use (needs the `stepscope[azure]` extra) and closed by
     `aclose()`. Concurrent callers share one refresh.
     """
@@ -221,8 +221,10 @@ class AzureIdentityAuth:
 
     @staticmethod
     def _default_credential() -> Any:
+        # The sync credential (run in a worker thread) needs only azure-identity's own dependencies; the aio one
+        # also needs aiohttp, which the extra does not pull in. A token fetch is rare, so a thread costs nothing.
         try:
-            from azure.identity.aio import DefaultAzureCredential  # noqa: PLC0415 - optional extra, import lazily
+            from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - optional extra, import lazily
         except ImportError:
             raise AuthError(
                 "STEPSCOPE_AUTH=azure-identity needs azure-identity: pip install 'stepscope[azure]'"
