@@ -95,7 +95,7 @@ def waterfall_table(rows: list[Row], title: str) -> Table:
     last = max([r.end for r in rows if r.end is not None] + [r.start for r in rows])
     span = max(1, last - origin)
     table = Table(title=title, title_justify="left", expand=False)
-    table.add_column("span")
+    table.add_column("span", no_wrap=True)
     table.add_column("status")
     table.add_column("start", justify="right")
     table.add_column("duration", justify="right")
@@ -166,5 +166,7 @@ async def inspect_run(config: Config, thread_id: str, run_id: str, *, as_json: b
     if as_json:
         print(waterfall_json(run, rows))
     else:
-        Console().print(waterfall_table(rows, f"run {run.id} on {run.thread_id}: {run.status}"))
+        # Pipes get a wide fixed width so the timeline is not squeezed into 80 columns.
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+        console.print(waterfall_table(rows, f"run {run.id} on {run.thread_id}: {run.status}"))
     return 0
