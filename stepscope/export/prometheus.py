@@ -86,10 +86,11 @@ class _LabelCap:
 class _Family:
     """One metric family with its label order, capped label positions and a cache of children."""
 
-    __slots__ = ("caps", "children", "fan_out", "fanned", "metric", "names")
+    __slots__ = ("caps", "children", "fan_out", "fanned", "is_histogram", "metric", "names")
 
     def __init__(self, metric: Any, names: tuple[str, ...], caps: tuple[tuple[int, _LabelCap], ...]) -> None:
         self.metric = metric
+        self.is_histogram = isinstance(metric, Histogram)
         self.names = names
         self.caps = caps
         self.children: dict[tuple[str, ...], Any] = {}
@@ -213,7 +214,7 @@ class PrometheusMetrics:
                 self._exemplar_key = key
                 self._exemplar = {"trace_id": f"{obs.trace_id:032x}", "span_id": f"{obs.span_id:016x}"}
             exemplar = self._exemplar
-        if isinstance(family.metric, Histogram):
+        if family.is_histogram:
             child.observe(obs.value, exemplar)
         else:
             child.inc(obs.value, exemplar)

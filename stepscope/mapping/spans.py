@@ -9,6 +9,7 @@ sub-second step lasts 0 s.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from stepscope.mapping import attributes as a
 from stepscope.mapping.ids import parse_traceparent, span_id_for, trace_id_for_run
@@ -35,10 +36,16 @@ def run_trace(run: Run) -> RunTrace:
     `Run(id="run_1", traceparent=None, …)` -> `RunTrace(trace_id_for_run("run_1"), span_id_for("run", "run_1"),
     None, False, 1)`; with `traceparent="00-<t>-<s>-01"` -> `RunTrace(t, span_id_for("run", "run_1"), s, True, 1)`.
     """
-    run_span_id = span_id_for("run", run.id)
-    parent = parse_traceparent(run.traceparent)
+    return _run_trace(run.id, run.traceparent)
+
+
+# Every step of a run needs the same two hashes and parse; memoising the pure function keeps the per-step path lean.
+@lru_cache(maxsize=4096)
+def _run_trace(run_id: str, traceparent: str | None) -> RunTrace:
+    run_span_id = span_id_for("run", run_id)
+    parent = parse_traceparent(traceparent)
     if parent is None:
-        return RunTrace(trace_id_for_run(run.id), run_span_id, None, False, 1)
+        return RunTrace(trace_id_for_run(run_id), run_span_id, None, False, 1)
     trace_id, parent_span_id, flags = parent
     return RunTrace(trace_id, run_span_id, parent_span_id, True, flags)
 
