@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--scenario", default="lively")
     demo.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
+    demo.add_argument("--svg", metavar="FILE", help="save the final frame of the view as SVG")
 
     simulate = sub.add_parser("simulate", help="run the Assistants v2 simulator on its own")
     simulator_cli.add_arguments(simulate)

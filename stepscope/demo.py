@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import signal
 import socket
 import tempfile
@@ -158,6 +159,10 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=0.25)
             console.print(view.render() if args.no_view else "")
+            if args.svg:
+                recorder = Console(record=True, width=110, file=io.StringIO())
+                recorder.print(view.render())
+                recorder.save_svg(args.svg, title="stepscope demo")
             console.print(
                 f"demo finished: {view.steps} steps and {sum(view.runs.values())} runs exported; "
                 f"metrics were at {metrics_url}"
