@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+_MIN_RESET = 0.01
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 SleepFn = Callable[[float], Awaitable[None]]
@@ -186,7 +187,9 @@ class RequestBudget:
             self._limit = max(remaining, 1)
         self._remaining = remaining
         reset = parse_go_duration(headers.get("x-ratelimit-reset-requests"))
-        self._window_end = now + (reset if reset is not None else self._default_reset)
+        # Servers round resets down ("0ms" a moment before the window turns); a floor keeps a spent budget from
+        # reading as an already-reset one and bursting into 429s.
+        self._window_end = now + max(reset if reset is not None else self._default_reset, _MIN_RESET)
 
     def spacing(self, now: float) -> float:
         """The gap to keep between requests right now (0 when the budget is comfortable or unknown)."""

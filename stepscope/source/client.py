@@ -5,18 +5,14 @@ headers (plus `api-version` when set), retries transient failures under a `Retry
 before a server's `retry-after` has elapsed (the rule is client-wide: rate limits belong to the key, not to a
 run), paces itself with a `RequestBudget`, pages lists lazily and parses objects tolerantly.
 
-HTTP outcome -> exception (after retries, for the retryable ones):
+HTTP outcome -> exception, after retries for the retried ones (`x-should-retry: true|false` overrides):
+401/403 `AuthError`, 404 `NotFound`, other 3xx/4xx `BadRequest` (none retried); 429 `RateLimited`; 408, 409,
+5xx, transport errors, timeouts and unreadable bodies `Unavailable` (all retried).
 
-| outcome                                        | raised        | retried |
-|------------------------------------------------|---------------|---------|
-| 401, 403                                       | `AuthError`   | no      |
-| 404                                            | `NotFound`    | no      |
-| 429                                            | `RateLimited` | yes     |
-| 408, 409, 5xx, transport error, timeout, bad JSON | `Unavailable` | yes  |
-| other 3xx/4xx                                  | `BadRequest`  | no      |
-
-`x-should-retry: true|false` overrides the "retried" column. Messages name the endpoint, status and the
-server's `error.message` (truncated), never a credential: the values of the auth headers are redacted.
+A retry-after beyond `RetryPolicy.max_retry_after` is not slept through: calls fail fast with `RateLimited`
+until it passes. Messages name the endpoint, status and the server's `error.message` (truncated), never a
+credential: the values of the auth headers are redacted. A single GET whose object cannot be parsed raises
+`InvalidObject` (list endpoints skip such items); both kinds of bad object go to `observe_invalid`.
 """
 
 from __future__ import annotations
@@ -142,7 +138,7 @@ class AssistantsClient:
         """Runs of a thread, newest first (`order=desc`), paging with `after=<last run id>` while `has_more`."""
         path = f"threads/{_seg(thread_id)}/runs"
         async for run in self._paginate(
-            "list_runs", path, {"limit": limit, "order": "desc"}, parse_run, thread_id=thread_id
+            "list_runs", path, {"limit": _clamp(limit), "order": "desc"}, parse_run, thread_id=thread_id
         ):
             yield run
 
@@ -154,7 +150,7 @@ class AssistantsClient:
     async def list_steps(self, ref: RunRef, *, after: str | None = None, limit: int = 100) -> AsyncIterator[RunStep]:
         """Steps of a run, oldest first (`order=asc`), starting after step id `after`, paging while `has_more`."""
         path = f"threads/{_seg(ref.thread_id)}/runs/{_seg(ref.run_id)}/steps"
-        params: dict[str, str | int] = {"limit": limit, "order": "asc"}
+        params: dict[str, str | int] = {"limit": _clamp(limit), "order": "asc"}
         if after:
             params["after"] = after
         async for step in self._paginate(
@@ -397,3 +393,8 @@ def _redact(text: str, secrets: tuple[str, ...]) -> str:
 def _seg(value: str) -> str:
     """One path segment: ids are quoted so that an odd id can never change the path."""
     return quote(value, safe="")
+
+
+def _clamp(limit: int) -> int:
+    """The API accepts page sizes 1..100 and answers 400 otherwise."""
+    return max(1, min(limit, 100))

@@ -269,6 +269,14 @@ class TestPaging:
         assert len(h.observer.invalid) == 2
 
     @pytest.mark.anyio
+    async def test_limit_clamped_to_api_range(self) -> None:
+        """Page sizes outside 1..100 are clamped instead of earning a 400."""
+        async with harness([reply(page([], False))]) as h:
+            await collect(h.client.list_steps(REF, limit=500))
+            await collect(h.client.list_runs(THREAD, limit=0))
+        assert [p["limit"] for p in h.params] == ["100", "1"]
+
+    @pytest.mark.anyio
     async def test_caller_may_stop_early(self) -> None:
         """Breaking out of the iteration sends no further page request."""
         async with harness([reply(page([run_obj("run_2"), run_obj("run_1")], True))]) as h:
@@ -299,6 +307,17 @@ class TestParsing:
         assert [s.id for s in first] == [s.id for s in second] == ["step_1", "step_2"]
         assert [e.object_id for e in h.observer.invalid] == ["step_bad", "step_bad"]
         assert sum("step_bad" in r.getMessage() for r in caplog.records) == 1
+
+    @pytest.mark.anyio
+    async def test_logged_ids_are_bounded(self, caplog: pytest.LogCaptureFixture) -> None:
+        """Only recent ids are remembered: once 1024 newer ones were logged, an old bad id is logged again."""
+        caplog.set_level(logging.WARNING, logger="stepscope.source")
+        bad = [{"id": f"step_bad{i}"} for i in range(1025)]
+        async with harness([reply(page(bad, False)), reply(page(bad[:1], False))]) as h:
+            await collect(h.client.list_steps(REF))
+            await collect(h.client.list_steps(REF))
+        assert sum("step_bad0:" in r.getMessage() for r in caplog.records) == 2
+        assert len(h.observer.invalid) == 1026
 
     @pytest.mark.anyio
     async def test_invalid_single_object_raises(self) -> None:

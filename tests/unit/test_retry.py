@@ -155,6 +155,12 @@ class TestRequestBudget:
         assert budget.acquire(1.0) == pytest.approx(5.0)
         assert budget.acquire(7.0) == 0.0
 
+    def test_zero_reset_still_waits_a_moment(self) -> None:
+        """A spent budget with a rounded-down `0ms` reset still waits briefly instead of bursting."""
+        budget = RequestBudget()
+        budget.update(_headers(0, reset="0ms"), 5.0)
+        assert budget.acquire(5.0) == pytest.approx(0.01)
+
     def test_window_end_restores_full_speed(self) -> None:
         """Once the window has reset, stale low numbers no longer delay anything."""
         budget = RequestBudget()
