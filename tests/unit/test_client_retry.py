@@ -129,6 +129,16 @@ class TestRetryAfter:
         assert h.sleeps == [pytest.approx(7.0)]
 
     @pytest.mark.anyio
+    async def test_past_http_date_means_backoff(self) -> None:
+        """A retry-after date in the past is ignored: plain backoff, no delay reported."""
+        date = email.utils.formatdate(FakeClock().time() - 60, usegmt=True)
+        async with harness([limited(date)], retry=RetryPolicy(max_retries=1)) as h:
+            with pytest.raises(RateLimited) as info:
+                await h.client.get_run(REF)
+        assert h.sleeps == [0.5]
+        assert info.value.retry_after is None
+
+    @pytest.mark.anyio
     async def test_exhausted_429_carries_retry_after(self) -> None:
         """After the last retry a 429 raises RateLimited with the server's delay for the poller."""
         async with harness([limited("3")]) as h:
