@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from stepscope.simulator.faults import FaultConfig, FaultInjector
+from stepscope.simulator.faults import FaultConfig, FaultInjector, FaultSpec
 from stepscope.simulator.handlers import ApiError, Handlers, Reply, Request
 from stepscope.simulator.serializers import dumps
 
@@ -149,28 +149,16 @@ class SimApp:
             if not allowed:
                 retry = max(1, int(reset + 0.999))
                 headers.append((b"retry-after", str(retry).encode()))
-                raise ApiError(429, f"Rate limit reached for requests: Limit {limit}, Used {limit}, Requested 1. "
-                               f"Please try again in {retry}s.", type_="requests", code="rate_limit_exceeded")  # fmt: skip
+                message = f"Rate limit reached for requests: Limit {limit}, Used {limit}, Requested 1. Try in {retry}s."
+                raise ApiError(429, message, type_="requests", code="rate_limit_exceeded")
             query, include = _query(scope["query_string"])
             if self.azure and not query.get("api-version"):
                 raise ApiError(400, "Missing required query parameter: api-version", param="api-version",
                                code="BadRequest")  # fmt: skip
             if not self.azure and req_headers.get(b"openai-beta") != b"assistants=v2":
                 raise ApiError(400, _BETA_MESSAGE, code="invalid_beta")
-            if spec.active:
-                delay = injector.latency_s(spec)
-                if delay:
-                    await asyncio.sleep(delay)
-                if injector.rate_limited(endpoint, spec):
-                    headers.append((b"retry-after", str(spec.retry_after_s).encode()))
-                    raise ApiError(429, "Rate limit reached for requests. Please try again later.", type_="requests",
-                                   code="rate_limit_exceeded")  # fmt: skip
-                if injector.chance(spec.error_rate):
-                    raise ApiError(injector.error_status(spec), "The server had an error while processing your "
-                                   "request. Sorry about that!", type_="server_error")  # fmt: skip
-                if injector.chance(spec.drop_rate):
-                    await _respond(send, 500, b"", [(DROP_HEADER, b"1")])
-                    return
+            if spec.active and await self._inject(endpoint, spec, headers, send):
+                return
             body = await _body(receive) if scope["method"] == "POST" else {}
             req = Request(ids, query, include, body, self.engine.now(), self.azure, as_dicts=spec.drift_rate > 0)
             reply: Reply = getattr(self.handlers, endpoint)(req)
@@ -187,6 +175,24 @@ class SimApp:
         ms = int((time.perf_counter() - started) * 1000)
         headers.append((b"openai-processing-ms", str(ms).encode()))
         await _respond(send, status, payload, headers)
+
+    async def _inject(self, endpoint: str, spec: FaultSpec, headers: list[tuple[bytes, bytes]], send: Send) -> bool:
+        """Apply the faults that replace an answer; True when the connection was dropped (nothing more to send)."""
+        injector = self.injector
+        delay = injector.latency_s(spec)
+        if delay:
+            await asyncio.sleep(delay)
+        if injector.rate_limited(endpoint, spec):
+            headers.append((b"retry-after", str(spec.retry_after_s).encode()))
+            raise ApiError(429, "Rate limit reached for requests. Please try again later.", type_="requests",
+                           code="rate_limit_exceeded")  # fmt: skip
+        if injector.chance(spec.error_rate):
+            raise ApiError(injector.error_status(spec), "The server had an error while processing your request. "
+                           "Sorry about that!", type_="server_error")  # fmt: skip
+        if injector.chance(spec.drop_rate):
+            await _respond(send, 500, b"", [(DROP_HEADER, b"1")])
+            return True
+        return False
 
     def _authorize(self, headers: dict[bytes, bytes], force_fail: bool) -> None:
         auth = headers.get(b"authorization", b"").decode("latin-1")

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         simulator = build(args)
     except (ValueError, KeyError, OSError) as exc:
-        log.error("simulate: %s", exc)  # noqa: TRY400 - a bad option, not a crash: no traceback
+        log.error("simulate: %s", exc)
         return 2
     server = SimulatorServer(simulator, args.host, args.port)
     stop = threading.Event()

@@ -147,7 +147,7 @@ class Handlers:
         limit, desc = self._paging(req)
         items = list(self.engine.assistants.values())
         pos = {a["id"]: i for i, a in enumerate(items)}
-        return self._page(req, items, pos, limit, desc, lambda a: a)
+        return self._page(req, items, pos, limit=limit, desc=desc, to_obj=lambda a: a)
 
     def create_thread(self, req: Request) -> Reply:
         return Reply(ser.thread_dict(self.engine.create_thread(self._metadata(req.body), req.t)))
@@ -190,7 +190,12 @@ class Handlers:
         limit, desc = self._paging(req)
         # Every stored run was created at or before now (the workload creates runs at their scheduled time).
         return self._page(
-            req, thread.runs, thread.run_pos, limit, desc, lambda r: ser.run_dict(r, req.t, azure=req.azure)
+            req,
+            thread.runs,
+            thread.run_pos,
+            limit=limit,
+            desc=desc,
+            to_obj=lambda r: ser.run_dict(r, req.t, azure=req.azure),
         )
 
     def cancel_run(self, req: Request) -> Reply:
@@ -253,7 +258,7 @@ class Handlers:
         return i
 
     def _page(
-        self, req: Request, items: list[Any], pos: dict[str, int], limit: int, desc: bool,
+        self, req: Request, items: list[Any], pos: dict[str, int], *, limit: int, desc: bool,
         to_obj: Callable[[Any], dict[str, Any]],
     ) -> Reply:  # fmt: skip
         n = len(items)

@@ -77,11 +77,11 @@ def tool_call(rng: random.Random, kind: str) -> dict[str, Any]:
             {"file_id": new_id(rng, "file"), "file_name": f"doc{i}.pdf", "score": round(rng.uniform(0.3, 1.0), 3)}
             for i in range(rng.randint(1, 3))
         ]
-        body: dict[str, Any] = {
+        search: dict[str, Any] = {
             "ranking_options": {"ranker": "default_2024_08_21", "score_threshold": 0.0},
             "results": results,
         }
-        return {"id": call_id, "type": "file_search", "file_search": body}
+        return {"id": call_id, "type": "file_search", "file_search": search}
     if kind == "mcp":
         body = {"name": "fetch", "arguments": "{}", "output": "ok", "server_label": "docs"}
         return {"id": call_id, "type": "mcp", "mcp": body}

@@ -142,14 +142,7 @@ class SimRun:
                 end = t + sp.duration
                 if sp.needs_action:
                     block = t + min(sp.duration, _ACTION_LAG_S)
-                    answer = self.submits.get(k)
-                    if answer is not None:
-                        sub_t: float | None = answer[0]
-                        outputs = answer[1]
-                    else:
-                        auto = self.auto and sp.submit_delay is not None
-                        sub_t = block + sp.submit_delay if auto and sp.submit_delay is not None else None
-                        outputs = sp.outputs
+                    sub_t, outputs = self._answer(k, sp, block)
                     if block < x:
                         trans.append((block, "requires_action", k))
                     if sub_t is None or sub_t >= x or block >= x:
@@ -171,16 +164,8 @@ class SimRun:
             else:
                 end_t, end_status = t, "incomplete" if plan.outcome == "incomplete" else "completed"
         if self.cancel_at is not None and self.cancel_at < end_t:
-            cut = self.cancel_at
-            end_t, end_status = cut + CANCEL_DELAY_S, "cancelled"
-            trans = [tr for tr in trans if tr[0] <= cut]
-            trans.append((cut, "cancelling", -1))
-            steps = [s for s in steps if s.created <= cut]
-            for step in steps:
-                if step.end > cut:
-                    step.end, step.end_status, step.error = end_t, "cancelled", None
-                if step.outputs_at is not None and step.outputs_at > cut:
-                    step.outputs_at = None
+            end_t, end_status = self.cancel_at + CANCEL_DELAY_S, "cancelled"
+            trans, steps = _cut(trans, steps, self.cancel_at, end_t)
         trans.append((end_t, end_status, -1))
         self.trans = trans
         self.trans_times = [tr[0] for tr in trans]
@@ -188,6 +173,15 @@ class SimRun:
         self.step_created = [s.created for s in steps]
         self.terminal_at = end_t
         self.terminal_status = end_status
+
+    def _answer(self, k: int, sp: StepPlan, block: float) -> tuple[float | None, dict[str, str]]:
+        """When step `k`'s function outputs arrive, and which: the client's, else the workload's, else never."""
+        answer = self.submits.get(k)
+        if answer is not None:
+            return answer
+        if self.auto and sp.submit_delay is not None:
+            return block + sp.submit_delay, sp.outputs
+        return None, {}
 
     def status_at(self, t: float) -> tuple[str, int]:
         """The run status at `t`, and the index of the step awaiting outputs (-1 unless requires_action)."""
@@ -226,6 +220,21 @@ class SimRun:
         self.submits[k] = (t, dict(outputs))
         self.rebuild()
         return None
+
+
+def _cut(
+    trans: list[tuple[float, str, int]], steps: list[SimStep], cut: float, done: float
+) -> tuple[list[tuple[float, str, int]], list[SimStep]]:
+    """Apply a cancel requested at `cut` and completed at `done` to a timeline."""
+    trans = [tr for tr in trans if tr[0] <= cut]
+    trans.append((cut, "cancelling", -1))
+    steps = [s for s in steps if s.created <= cut]
+    for step in steps:
+        if step.end > cut:
+            step.end, step.end_status, step.error = done, "cancelled", None
+        if step.outputs_at is not None and step.outputs_at > cut:
+            step.outputs_at = None
+    return trans, steps
 
 
 def page_window(count: int, limit: int, desc: bool, after: int | None, before: int | None) -> tuple[range, bool]:

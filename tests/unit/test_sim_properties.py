@@ -92,7 +92,12 @@ def test_page_window_stays_within_bounds_and_between_cursors(
 
 def _check_run(run: dict[str, Any]) -> None:
     status = run["status"]
-    ends = {"completed": "completed_at", "failed": "failed_at", "cancelled": "cancelled_at", "incomplete": "completed_at"}
+    ends = {
+        "completed": "completed_at",
+        "failed": "failed_at",
+        "cancelled": "cancelled_at",
+        "incomplete": "completed_at",
+    }
     set_ends = {k for k in ("completed_at", "failed_at", "cancelled_at") if run[k] is not None}
     terminal = status in ("completed", "failed", "cancelled", "expired", "incomplete")
     assert set_ends == ({ends[status]} if status in ends else set()), run

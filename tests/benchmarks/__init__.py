@@ -1,0 +1,1 @@
+"""Benchmarks: scripts run by hand (`python tests/benchmarks/bench_*.py`), not collected by pytest."""
