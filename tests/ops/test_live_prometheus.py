@@ -142,6 +142,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, prometheus_binary: str) -> I
             ],
         )
         stack.wait_for("Prometheus /-/ready", lambda: _healthy(client, f"{stack.prometheus}/-/ready"), 30)
+        # Results stay empty until scrapes land; every test starts after the first successful one.
+        stack.wait_for("a successful scrape", lambda: stack.query('up{job="stepscope"} == 1'), 30)
         yield stack
     finally:
         client.close()
@@ -192,10 +194,12 @@ def test_every_recording_rule_returns_data(stack: Stack) -> None:
 
 def test_template_variables_have_values(stack: Stack) -> None:
     """The job, assistant_id and model variables' label_values() queries return values."""
-    assert "stepscope" in stack.api("label/job/values", **{"match[]": "stepscope_build_info"})
+    jobs = stack.wait_for("job values", lambda: stack.api("label/job/values", **{"match[]": "stepscope_build_info"}))
+    assert jobs == ["stepscope"]
+    match = {"match[]": 'stepscope_runs_total{job=~"stepscope"}'}
     for label in ("assistant_id", "model"):
-        values = stack.api(f"label/{label}/values", **{"match[]": 'stepscope_runs_total{job=~"stepscope"}'})
-        assert values, label
+        values = stack.wait_for(f"{label} values", lambda label=label: stack.api(f"label/{label}/values", **match))
+        assert all(isinstance(v, str) and v for v in values), values
 
 
 @pytest.mark.parametrize("metric", sorted(dashboards.EXEMPLAR_METRICS))
