@@ -108,6 +108,7 @@ class Service:
             limits=httpx.Limits(max_connections=cfg.poll.concurrency + 4),
         )
         auth = self._auth or make_auth(cfg.api.auth, key=str(cfg.api.api_key), token_file=cfg.api.token_file)
+        self._auth = auth
         self.source = AssistantsClient(
             self._http,
             base_url=cfg.api.base_url,
@@ -205,6 +206,9 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if "_http" in built:
             await self._http.aclose()
+        close_auth = getattr(self._auth, "aclose", None)
+        if close_auth is not None:
+            await close_auth()
         self.store.close()
         if self.http_server is not None:
             await self.http_server.shutdown()
