@@ -63,7 +63,11 @@ class Engine:
     def advance(self, t: float) -> None:
         """Create every workload run scheduled at or before `t`, each at its own scheduled time."""
         rate = self.scenario.runs_per_second
+        limit = self.scenario.total_runs
         while self._next_due <= t:
+            if limit is not None and self._workload_runs >= limit:
+                self._next_due = float("inf")  # a bounded workload is done: tests can wait for quiescence
+                return
             self._spawn(self._next_due)
             self._next_due += self._rng.expovariate(rate)
 

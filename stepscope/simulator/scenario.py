@@ -112,12 +112,15 @@ class Scenario:
     prompt_tokens: tuple[int, int] = (150, 2500)
     completion_tokens: tuple[int, int] = (10, 600)
     expires_after_s: float = 600.0
+    total_runs: int | None = None  # the workload stops after creating this many runs (None: never)
 
     def validate(self) -> list[str]:
         """Every problem as `field: reason`; empty when the scenario is usable."""
         problems: list[str] = []
         if self.runs_per_second < 0:
             problems.append("runs_per_second: must be >= 0")
+        if self.total_runs is not None and self.total_runs < 0:
+            problems.append("total_runs: must be >= 0")
         if self.threads < 1:
             problems.append("threads: must be >= 1")
         if self.assistants < 1:
