@@ -15,11 +15,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/stepscope demo
 
-# System tools the tests drive for real (promtool and prometheus for rules and dashboard queries).
+# System tools the tests drive for real: prometheus/promtool (rules, dashboard queries), amtool (Alertmanager
+# config) and docker-compose v1 (`config -q` validates the demo stack without a Docker engine).
+APT_PACKAGES := prometheus prometheus-alertmanager docker-compose
 deps:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || \
-	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) || \
-	    (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null); }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null && \
+	  command -v docker-compose >/dev/null || { \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check stepscope tests
