@@ -92,18 +92,13 @@ class RunStep:
     @property
     def ended_at(self) -> int | None:
         """The terminal timestamp that matches the status, else the first one present."""
-        by_status = {
+        ends = {
             "completed": self.completed_at,
             "failed": self.failed_at,
             "cancelled": self.cancelled_at,
             "expired": self.expired_at,
-        }.get(self.status)
-        if by_status is not None:
-            return by_status
-        for value in (self.completed_at, self.failed_at, self.cancelled_at, self.expired_at):
-            if value is not None:
-                return value
-        return None
+        }
+        return _terminal_time(self.status, ends)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,21 +132,24 @@ class Run:
     @property
     def ended_at(self) -> int | None:
         """The terminal timestamp: `expires_at` stands in for expired runs, which have no `expired_at`."""
-        by_status = {
+        if not self.is_terminal:
+            return None
+        ends = {
             "completed": self.completed_at,
             "failed": self.failed_at,
             "cancelled": self.cancelled_at,
             "expired": self.expires_at,
-            "incomplete": self.completed_at or self.failed_at,
-        }.get(self.status)
-        if by_status is not None:
-            return by_status
-        if not self.is_terminal:
-            return None
-        for value in (self.completed_at, self.failed_at, self.cancelled_at, self.expires_at):
-            if value is not None:
-                return value
-        return None
+        }
+        # incomplete has no timestamp of its own; the server sets completed_at (or failed_at) for it.
+        return _terminal_time(self.status, ends)
+
+
+def _terminal_time(status: str, ends: dict[str, int | None]) -> int | None:
+    """The timestamp named by `status`, else the first terminal timestamp present (unknown or open statuses)."""
+    by_status = ends.get(status)
+    if by_status is not None:
+        return by_status
+    return next((value for value in ends.values() if value is not None), None)
 
 
 @dataclass(frozen=True, slots=True)

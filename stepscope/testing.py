@@ -6,6 +6,7 @@ sends into plain `ReceivedSpan` records, so tests can check exported spans over 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -305,3 +306,12 @@ class OtlpReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+async def eventually(predicate: Callable[[], bool], limit_s: float = 5.0, what: str = "the condition") -> None:
+    """Poll `predicate` on the event loop every 5 ms until it holds; `AssertionError` naming `what` after `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
+        await asyncio.sleep(0.005)

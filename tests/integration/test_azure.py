@@ -18,20 +18,12 @@ from stepscope.app import Service
 from stepscope.config import load
 from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
 from stepscope.source.auth import Auth, AzureIdentityAuth
-from stepscope.testing import OtlpReceiver
+from stepscope.testing import OtlpReceiver, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 KEY = "az-key-0123456789"
 TERMINAL = {"completed", "failed", "cancelled", "expired", "incomplete"}
 RUNS = 12
-
-
-async def until(predicate: Callable[[], bool], limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -105,7 +97,7 @@ async def _run_to_quiescence(
             done = len(runs) == RUNS and all(r["status"] in TERMINAL for r in runs)
             return done and sum(1 for s in receiver.spans if s.kind == "client") >= RUNS and also()
 
-        await until(settled, 60, "every Azure run exported")
+        await eventually(settled, 60, "every Azure run exported")
     finally:
         await service.shutdown()
         receiver.shutdown()

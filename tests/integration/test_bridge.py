@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,11 @@ from prometheus_client import CollectorRegistry
 from stepscope.app import Service
 from stepscope.config import Config, load
 from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
-from stepscope.testing import OtlpReceiver, ReceivedSpan
+from stepscope.testing import OtlpReceiver, ReceivedSpan, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 NS = 1_000_000_000
 TERMINAL_RUN = {"completed", "failed", "cancelled", "expired", "incomplete"}
-
-
-async def until(predicate: Callable[[], bool], limit_s: float, what: str) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -98,7 +89,7 @@ async def test_every_step_exactly_once_across_a_restart(
 
     first = Service(config, registry=registries[0], serve_http=False)
     await first.start()
-    await until(lambda: len(receiver.spans) > 30, 30, "first spans")
+    await eventually(lambda: len(receiver.spans) > 30, 30, "first spans")
     # A step exported is a step the server calls terminal (read the spans first: terminal is permanent).
     exported = {
         s.attributes["openai.run_step.id"] for s in list(receiver.spans) if "openai.run_step.id" in s.attributes
@@ -121,7 +112,7 @@ async def test_every_step_exactly_once_across_a_restart(
                 and sum(1 for s in receiver.spans if s.kind == "client") >= 24
             )
 
-        await until(settled, 90, "every run exported")
+        await eventually(settled, 90, "every run exported")
     finally:
         await second.shutdown()
 
@@ -193,7 +184,7 @@ async def test_shards_together_export_every_run_exactly_once(
             done = len(runs) == 24 and all(r["status"] in TERMINAL_RUN for r in runs)
             return done and sum(1 for s in receiver.spans if s.kind == "client") >= 24
 
-        await until(settled, 90, "every run exported")
+        await eventually(settled, 90, "every run exported")
         await asyncio.sleep(0.5)  # a duplicate, if any, would arrive now
         owned = [len(s.discovery.threads()) for s in services]
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,19 +12,12 @@ from stepscope.errors import AuthError, NotFound, RateLimited
 from stepscope.models import RunRef
 from stepscope.poller import Poller, PollSchedule
 from stepscope.store import RunProgress, SqliteStore
+from stepscope.testing import eventually
 from tests.unit._fakes import Counters, FakeSource, RecordingBatches, make_run, make_step
 
 pytestmark = pytest.mark.anyio
 REF = RunRef("thread_a", "run_1")
 FAST = PollSchedule(fast=0.01, slow=0.03, final_sweeps=2)
-
-
-async def until(predicate: Callable[[], bool], limit_s: float = 3.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
@@ -54,12 +47,12 @@ async def test_in_progress_step_waits_until_terminal(rig: Rig) -> None:
     source.put_step(make_step("step_1", run))
     source.put_step(make_step("step_2", run, status="in_progress", created_at=1003))
     poller.track(REF)
-    await until(lambda: sink.step_ids() == ["step_1"])
+    await eventually(lambda: sink.step_ids() == ["step_1"])
     poller.steps_acknowledged(REF, ["step_1"], ok=True)
     await asyncio.sleep(0.05)
     assert sink.step_ids() == ["step_1"]
     source.put_step(make_step("step_2", run, status="completed", created_at=1003))
-    await until(lambda: sink.step_ids() == ["step_1", "step_2"])
+    await eventually(lambda: sink.step_ids() == ["step_1", "step_2"])
     await asyncio.sleep(0.05)
     assert sink.step_ids() == ["step_1", "step_2"]
 
@@ -72,12 +65,12 @@ async def test_ack_moves_cursor_and_commits(rig: Rig, store: SqliteStore) -> Non
     for i in (1, 2):
         source.put_step(make_step(f"step_{i}", run, created_at=1000 + i))
     poller.track(REF)
-    await until(lambda: len(sink.step_ids()) == 2)
+    await eventually(lambda: len(sink.step_ids()) == 2)
     poller.steps_acknowledged(REF, ["step_1", "step_2"], ok=True)
     (progress,) = store.active_runs()
     assert progress.cursor == "step_2"
     source.calls.clear()
-    await until(lambda: any("list_steps run_1 after=step_2" in c for c in source.calls))
+    await eventually(lambda: any("list_steps run_1 after=step_2" in c for c in source.calls))
 
 
 async def test_refused_export_is_emitted_again(rig: Rig) -> None:
@@ -87,9 +80,9 @@ async def test_refused_export_is_emitted_again(rig: Rig) -> None:
     source.put_run(run)
     source.put_step(make_step("step_1", run))
     poller.track(REF)
-    await until(lambda: sink.step_ids() == ["step_1"])
+    await eventually(lambda: sink.step_ids() == ["step_1"])
     poller.steps_acknowledged(REF, ["step_1"], ok=False)
-    await until(lambda: sink.step_ids() == ["step_1", "step_1"])
+    await eventually(lambda: sink.step_ids() == ["step_1", "step_1"])
 
 
 async def test_terminal_run_finishes_after_its_steps(rig: Rig, store: SqliteStore) -> None:
@@ -99,11 +92,11 @@ async def test_terminal_run_finishes_after_its_steps(rig: Rig, store: SqliteStor
     source.put_run(run)
     source.put_step(make_step("step_1", run))
     poller.track(REF)
-    await until(lambda: sink.step_ids() == ["step_1"])
+    await eventually(lambda: sink.step_ids() == ["step_1"])
     await asyncio.sleep(0.05)
     assert sink.finished_runs() == []
     poller.steps_acknowledged(REF, ["step_1"], ok=True)
-    await until(lambda: sink.finished_runs() == ["run_1"])
+    await eventually(lambda: sink.finished_runs() == ["run_1"])
     assert sink.batches[-1][1] == "Helper"
     poller.run_acknowledged(REF, ok=True)
     assert not poller.is_tracked("run_1")
@@ -116,9 +109,9 @@ async def test_run_span_refused_is_retried(rig: Rig) -> None:
     source, sink, _, poller = rig
     source.put_run(make_run(status="completed"))
     poller.track(REF)
-    await until(lambda: sink.finished_runs() == ["run_1"])
+    await eventually(lambda: sink.finished_runs() == ["run_1"])
     poller.run_acknowledged(REF, ok=False)
-    await until(lambda: sink.finished_runs() == ["run_1", "run_1"])
+    await eventually(lambda: sink.finished_runs() == ["run_1", "run_1"])
 
 
 async def test_unfinished_steps_of_ended_run_are_given_up(rig: Rig) -> None:
@@ -128,7 +121,7 @@ async def test_unfinished_steps_of_ended_run_are_given_up(rig: Rig) -> None:
     source.put_run(run)
     source.put_step(make_step("step_1", run, status="in_progress"))
     poller.track(REF)
-    await until(lambda: sink.finished_runs() == ["run_1"])
+    await eventually(lambda: sink.finished_runs() == ["run_1"])
     assert health.counts == {"step_unfinished": 1}
 
 
@@ -137,7 +130,7 @@ async def test_waiting_run_is_only_reread(rig: Rig) -> None:
     source, _, _, poller = rig
     source.put_run(make_run(status="requires_action"))
     poller.track(REF)
-    await until(lambda: source.calls.count("get_run run_1") >= 3)
+    await eventually(lambda: source.calls.count("get_run run_1") >= 3)
     assert sum(c.startswith("list_steps") for c in source.calls) == 1
 
 
@@ -152,7 +145,7 @@ async def test_resume_skips_committed_steps(store: SqliteStore) -> None:
     poller.resume([RunProgress(REF, cursor="step_1", committed={"step_3"})])
     await poller.start()
     try:
-        await until(lambda: sink.step_ids() == ["step_2"])
+        await eventually(lambda: sink.step_ids() == ["step_2"])
         await asyncio.sleep(0.05)
         assert sink.step_ids() == ["step_2"]
     finally:
@@ -176,7 +169,7 @@ async def test_not_found_run_is_dropped(rig: Rig, store: SqliteStore) -> None:
     source.put_run(make_run())
     source.fail_with = NotFound("gone", status_code=404)
     poller.track(REF)
-    await until(lambda: not poller.is_tracked("run_1"))
+    await eventually(lambda: not poller.is_tracked("run_1"))
     assert health.counts == {"not_found": 1}
     assert store.known_runs(["run_1"]) == set()
 
@@ -187,9 +180,9 @@ async def test_rate_limit_delays_the_run(rig: Rig) -> None:
     source.put_run(make_run(status="queued"))
     source.fail_with = RateLimited("slow down", retry_after=0.3, status_code=429)
     poller.track(REF)
-    await until(lambda: poller.api_state == "rate_limited")
+    await eventually(lambda: poller.api_state == "rate_limited")
     started = time.monotonic()
-    await until(lambda: source.calls.count("get_run run_1") >= 2)
+    await eventually(lambda: source.calls.count("get_run run_1") >= 2)
     assert time.monotonic() - started >= 0.25
 
 
@@ -199,7 +192,7 @@ async def test_auth_failure_is_reported_and_recovers(rig: Rig) -> None:
     source.put_run(make_run(status="queued"))
     source.fail_with = AuthError("bad key", status_code=401)
     poller.track(REF)
-    await until(lambda: poller.api_state == "auth_failed")
+    await eventually(lambda: poller.api_state == "auth_failed")
     assert poller.last_error == "bad key"
 
 
