@@ -287,9 +287,15 @@ class Poller:
 
     async def _list_new_steps(self, t: TrackedRun) -> list[RunStep]:
         fresh: list[RunStep] = []
+        listed = [step async for step in self._source.list_steps(t.ref, after=t.cursor)]
+        # Acknowledgements that arrived during the listing may have moved the cursor past steps it still holds;
+        # those steps left `committed` with the move, so without this cut they would be exported a second time.
+        ids = [step.id for step in listed]
+        if t.cursor in ids:
+            listed = listed[ids.index(t.cursor) + 1 :]
         t.open.clear()
         order: list[str] = []
-        async for step in self._source.list_steps(t.ref, after=t.cursor):
+        for step in listed:
             order.append(step.id)
             if step.id in t.committed or step.id in t.inflight:
                 continue
