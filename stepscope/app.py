@@ -221,7 +221,8 @@ class Service:
     # --- what the HTTP server asks ------------------------------------------------------------------------------
 
     def alive(self) -> bool:
-        return self._started and not self._shut and time.monotonic() - self._heartbeat < 10 * HEARTBEAT_S
+        beating = time.monotonic() - self._heartbeat < 10 * HEARTBEAT_S
+        return self._started and not self._shut and beating and self.poller.running
 
     def ready(self) -> bool:
         return (

@@ -223,14 +223,14 @@ class Poller:
                 next_in = wait
             else:
                 next_in = await self._poll(t)
-                self._api_ok()
+                self.api_ok()
         except RateLimited as exc:
             next_in = max(exc.retry_after or 0.0, self._schedule.slow)
-            self._api_failed("rate_limited", exc)
+            self.api_failed("rate_limited", exc)
         except AuthError as exc:
             self._paused_until = self._monotonic() + AUTH_PAUSE_S
             next_in = AUTH_PAUSE_S
-            self._api_failed("auth_failed", exc)
+            self.api_failed("auth_failed", exc)
         except FatalSourceError as exc:
             # 404 or another permanent 4xx for this run: it cannot be polled, so it is dropped and counted.
             log.warning("run %s dropped: %s", t.ref.run_id, exc)
@@ -238,7 +238,7 @@ class Poller:
             self._forget(t)
         except SourceError as exc:
             next_in = self._schedule.slow
-            self._api_failed("unavailable", exc)
+            self.api_failed("unavailable", exc)
         except InvalidObject:
             next_in = self._schedule.slow  # already counted and logged by the source
         except StoreError:
@@ -366,7 +366,13 @@ class Poller:
 
     # --- API health -------------------------------------------------------------------------------------------
 
-    def _api_ok(self) -> None:
+    @property
+    def running(self) -> bool:
+        """True while the scheduling loop runs (False before start, after shutdown or if it crashed)."""
+        return self._loop_task is not None and not self._loop_task.done()
+
+    def api_ok(self) -> None:
+        """A request succeeded: record it and log a recovery once."""
         self.last_success = self._wall()
         if self.api_state != "ok":
             if self.api_state not in ("unknown", "ok"):
@@ -374,7 +380,8 @@ class Poller:
             self.api_state = "ok"
             self.last_error = None
 
-    def _api_failed(self, state: str, exc: SourceError) -> None:
+    def api_failed(self, state: str, exc: SourceError) -> None:
+        """A request failed for good: log the state change once, keep the error for /v1/status."""
         self.last_error = str(exc)
         if self.api_state != state:
             log.warning("Assistants API %s: %s", state.replace("_", " "), exc)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from stepscope.errors import AuthError, InvalidObject, NotFound, SourceError, StoreError
+from stepscope.errors import AuthError, InvalidObject, NotFound, RateLimited, SourceError, StoreError
 from stepscope.models import RunRef
 from stepscope.store import SqliteStore
 from stepscope.types import StepSource
@@ -31,9 +31,15 @@ def shard_of(thread_id: str, count: int) -> int:
 
 
 class RunTracker(Protocol):
+    """The poller as discovery sees it: where new runs go, and where API health is reported."""
+
     def track(self, ref: RunRef) -> bool: ...
 
     def is_tracked(self, run_id: str) -> bool: ...
+
+    def api_ok(self) -> None: ...
+
+    def api_failed(self, state: str, exc: SourceError) -> None: ...
 
 
 class Discovery:
@@ -145,9 +151,16 @@ class Discovery:
             self._missing.add(thread_id)
             self._store.unwatch(thread_id, None)
             return 0
-        except AuthError:
-            return 0  # the poller reports authentication state; discovery just waits for the next pass
-        except (SourceError, InvalidObject) as exc:
-            log.debug("listing runs of %s failed: %s", thread_id, exc)
+        except AuthError as exc:
+            self._tracker.api_failed("auth_failed", exc)
+            return 0
+        except RateLimited as exc:
+            self._tracker.api_failed("rate_limited", exc)
+        except SourceError as exc:
+            self._tracker.api_failed("unavailable", exc)
+        except InvalidObject as exc:
+            log.debug("listing runs of %s failed: %s", thread_id, exc)  # counted by the source
+        else:
+            self._tracker.api_ok()
         # Oldest first, so a backfill exports history in order.
         return sum(1 for ref in reversed(new) if self._tracker.track(ref))

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from stepscope.errors import NotFound
+from stepscope.errors import AuthError, NotFound, SourceError
 from stepscope.models import RunRef
 from stepscope.source.discovery import Discovery, shard_of
 from stepscope.store import SqliteStore
@@ -19,6 +19,7 @@ NOW = 10_000.0
 @dataclass
 class Tracker:
     refs: list[RunRef] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)
 
     def track(self, ref: RunRef) -> bool:
         self.refs.append(ref)
@@ -26,6 +27,12 @@ class Tracker:
 
     def is_tracked(self, run_id: str) -> bool:
         return any(r.run_id == run_id for r in self.refs)
+
+    def api_ok(self) -> None:
+        self.states.append("ok")
+
+    def api_failed(self, state: str, exc: SourceError) -> None:
+        self.states.append(state)
 
 
 @pytest.fixture
@@ -103,3 +110,13 @@ async def test_registration_for_another_shard_is_refused(store: SqliteStore) -> 
     discovery = _discovery(FakeSource(), store, Tracker(), shard_index=0, shard_count=2)
     assert not discovery.watch(thread, None)
     assert discovery.threads() == []
+
+
+async def test_api_state_is_reported(store: SqliteStore) -> None:
+    """Discovery reports a 401 and a later success to the tracker, so /v1/status shows auth failures with no runs."""
+    source, tracker = FakeSource(), Tracker()
+    source.fail_with = AuthError("bad key", status_code=401)
+    discovery = _discovery(source, store, tracker, threads=["thread_a"])
+    await discovery.run_once()
+    await discovery.run_once()
+    assert tracker.states == ["auth_failed", "ok"]
