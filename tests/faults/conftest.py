@@ -55,6 +55,16 @@ def step_spans(spans: list[ReceivedSpan]) -> dict[str, list[ReceivedSpan]]:
     return out
 
 
+def reexports_with_other_ids(received: dict[str, list[ReceivedSpan]]) -> dict[str, set[tuple[str, str]]]:
+    """Steps whose copies do not all carry the same (trace id, span id): what a backend could not deduplicate."""
+    out = {}
+    for step_id, copies in received.items():
+        ids = {(c.trace_id, c.span_id) for c in copies}
+        if len(ids) > 1:
+            out[step_id] = ids
+    return out
+
+
 def terminal_steps(truth: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every step the simulator reports terminal, by id."""
     return {s["id"]: s for run in truth["runs"] for s in run["steps"] if s["status"] in STEP_TERMINAL}
