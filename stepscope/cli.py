@@ -167,22 +167,16 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _dashboards(*, write: str | None, check: str | None) -> int:
-    from pathlib import Path  # noqa: PLC0415
-
     from stepscope import dashboards  # noqa: PLC0415
 
     if write:
-        dashboards.write(Path(write))
-        print(f"wrote {len(dashboards.render_all())} dashboard(s) to {write}")
+        for path in dashboards.write(write):
+            print(f"wrote {path}")
         return EXIT_OK
     assert check is not None
-    stale = [
-        name
-        for name, text in dashboards.render_all().items()
-        if not (Path(check) / name).is_file() or (Path(check) / name).read_text(encoding="utf-8") != text
-    ]
+    stale = dashboards.check(check)
     for name in stale:
-        print(f"stale or missing: {Path(check) / name} (run: stepscope dashboards --write {check})", file=sys.stderr)
+        print(f"{name} is out of date: run `stepscope dashboards --write {check}`", file=sys.stderr)
     return EXIT_FAILURE if stale else EXIT_OK
 
 

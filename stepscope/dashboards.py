@@ -17,7 +17,6 @@ Output is deterministic: ``json.dumps(..., indent=2, sort_keys=True)`` plus a tr
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXEMPLAR_METRICS", "Panel", "Query", "check", "dashboards", "iter_panels", "main", "render_all", "write"]
+__all__ = ["EXEMPLAR_METRICS", "Panel", "Query", "check", "dashboards", "iter_panels", "render_all", "write"]
 
 JSON = dict[str, Any]
 
@@ -378,20 +377,3 @@ def iter_panels(panels: Sequence[JSON]) -> Iterator[JSON]:
     for panel in panels:
         yield panel
         yield from iter_panels(panel.get("panels", []))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``--write DIR`` regenerates the JSON; ``--check DIR`` returns 1 and names stale files. Never exits."""
-    parser = argparse.ArgumentParser(prog="stepscope dashboards", description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", metavar="DIR", help="write the dashboard JSON files into DIR")
-    mode.add_argument("--check", metavar="DIR", help="fail if the JSON files in DIR differ from the generator")
-    args = parser.parse_args(argv)
-    if args.write is not None:
-        for path in write(args.write):
-            print(f"wrote {path}")
-        return 0
-    stale = check(args.check)
-    for name in stale:
-        print(f"{name} is out of date: run `stepscope dashboards --write {args.check}`")
-    return 1 if stale else 0

@@ -12,7 +12,7 @@ import promql_parser
 import pytest
 import yaml
 
-from stepscope import dashboards
+from stepscope import cli, dashboards
 from tests.ops.conftest import REPO, in_contract, metric_names, walk
 
 GRAFANA = REPO / "grafana"
@@ -101,12 +101,12 @@ def test_rendering_is_deterministic_and_sorted() -> None:
 
 
 def test_write_and_check_round_trip(tmp_path: Path) -> None:
-    """write() then check() is clean; an edited file is reported; main() maps that to exit codes."""
-    assert dashboards.main(["--write", str(tmp_path)]) == 0
+    """write() then check() is clean; an edited file is reported; the CLI maps that to exit codes."""
+    assert cli.run(["dashboards", "--write", str(tmp_path)], env={}) == 0
     assert dashboards.check(tmp_path) == []
     (tmp_path / "stepscope-health.json").write_text("{}\n", encoding="utf-8")
     assert dashboards.check(tmp_path) == ["stepscope-health.json"]
-    assert dashboards.main(["--check", str(tmp_path)]) == 1
+    assert cli.run(["dashboards", "--check", str(tmp_path)], env={}) == 1
     assert dashboards.check(tmp_path / "missing") == sorted(dashboards.render_all(), reverse=True)
 
 
