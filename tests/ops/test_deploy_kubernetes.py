@@ -1,9 +1,9 @@
-"""Offline validation of deploy/kubernetes: both kustomize shapes render, built-in kinds pass kubernetes-validate
+"""Offline validation of deploy/kubernetes: every kustomize shape renders, built-in kinds pass kubernetes-validate
 --strict, the CRDs pass their own checks (PodMonitor: a hand-written JSON Schema; PrometheusRule: promtool), and the
-sidecar/central contracts hold (probes, hardening, shard wiring, documented env names).
+sidecar/central/azure contracts hold (probes, hardening, shard wiring, workload identity, documented env names).
 
-Rendering uses a minimal kustomize (resources only) so the tests need no kubectl; the kustomizations are kept to
-that subset and a test fails if one starts using more.
+Rendering uses a minimal kustomize (`resources`, plus `patches` given by path as strategic-merge patches of maps) so
+the tests need no kubectl; the kustomizations are kept to that subset and a test fails if one starts using more.
 """
 
 from __future__ import annotations
@@ -29,11 +29,15 @@ from tests.ops.test_deploy_common import (
     run_tool,
 )
 
-SHAPES = ("sidecar", "central")
+# Each shape and the kind of its workload.
+WORKLOAD_KINDS = {"sidecar": "Deployment", "central": "StatefulSet", "azure": "Deployment"}
+SHAPES = tuple(WORKLOAD_KINDS)
+NATIVE_SIDECAR_SHAPES = ("sidecar", "azure")
+API_KEY_SHAPES = ("sidecar", "central")
 # Native sidecars (initContainers[].restartPolicy) exist from 1.29; 1.33 is where they are GA.
 K8S_VERSIONS = ("1.29", "1.33")
 CRD_KINDS = {"PodMonitor", "PrometheusRule"}
-SUPPORTED_KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources"}
+SUPPORTED_KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources", "patches"}
 _EXPANSION = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 # The subset of monitoring.coreos.com/v1 PodMonitor these manifests use, written from the operator's API reference.
@@ -95,8 +99,24 @@ PODMONITOR_SCHEMA: dict[str, Any] = {
 }
 
 
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    """Apply a strategic-merge patch made only of maps: keys merge recursively, a null value deletes its key.
+
+    Lists merge by per-field strategies in real kustomize, which this renderer does not model, so it refuses them.
+    """
+    for key, value in patch.items():
+        assert not isinstance(value, list), f"list in a patch ({key}): extend merge_patch() first"
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge_patch(target[key], value)
+        else:
+            target[key] = value
+
+
 def render(directory: Path) -> list[dict[str, Any]]:
-    """Render a kustomization that uses only `resources` (files or directories holding a kustomization)."""
+    """Render a kustomization that uses `resources` (files, or directories holding a kustomization) and `patches`
+    given by `path` (each patch names its target by kind and metadata.name, which must render exactly once)."""
     kustomization = load_yaml(directory / "kustomization.yaml")
     unsupported = set(kustomization) - SUPPORTED_KUSTOMIZE_KEYS
     assert not unsupported, f"{directory}: extend render() before using {sorted(unsupported)}"
@@ -104,7 +124,21 @@ def render(directory: Path) -> list[dict[str, Any]]:
     for entry in kustomization["resources"]:
         target = (directory / entry).resolve()
         objects.extend(render(target) if target.is_dir() else load_yaml_docs(target))
+    for entry in kustomization.get("patches", []):
+        assert set(entry) == {"path"}, f"{directory}: only `patches: [{{path: ...}}]` is supported, not {entry}"
+        patch = load_yaml(directory / entry["path"])
+        key = (patch["kind"], patch["metadata"]["name"])
+        targets = [o for o in objects if (o["kind"], o["metadata"]["name"]) == key]
+        assert len(targets) == 1, f"{directory}: patch {entry['path']} matches {len(targets)} objects"
+        merge_patch(targets[0], {k: v for k, v in patch.items() if k not in {"apiVersion", "kind"}})
     return objects
+
+
+def kustomization_files(kustomization: Path) -> list[Path]:
+    """The resource and patch paths a kustomization names, resolved (directories included)."""
+    content = load_yaml(kustomization)
+    entries = list(content["resources"]) + [p["path"] for p in content.get("patches", [])]
+    return [(kustomization.parent / e).resolve() for e in entries]
 
 
 def rendered(shape: str) -> list[dict[str, Any]]:
@@ -118,7 +152,7 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def workload(shape: str) -> dict[str, Any]:
-    return one(rendered(shape), "Deployment" if shape == "sidecar" else "StatefulSet")
+    return one(rendered(shape), WORKLOAD_KINDS[shape])
 
 
 def stepscope_container(shape: str) -> dict[str, Any]:
@@ -135,16 +169,33 @@ def test_kustomization_renders_expected_kinds(shape: str) -> None:
     assert len(keys) == len(set(keys))
     kinds = {o["kind"] for o in objects}
     assert {"ConfigMap", "Secret", "PodMonitor", "PrometheusRule"} <= kinds
-    assert ("Deployment" if shape == "sidecar" else "StatefulSet") in kinds
+    assert WORKLOAD_KINDS[shape] in kinds
 
 
 def test_every_manifest_belongs_to_a_kustomization() -> None:
-    """No YAML under deploy/kubernetes is orphaned: each is rendered by one of the shapes."""
+    """No YAML under deploy/kubernetes is orphaned: each is a resource or a patch of one of the shapes."""
     listed: set[Path] = set()
     for kustomization in KUBERNETES.rglob("kustomization.yaml"):
-        listed |= {(kustomization.parent / r).resolve() for r in load_yaml(kustomization)["resources"]}
+        listed |= set(kustomization_files(kustomization))
     manifests = {p.resolve() for p in KUBERNETES.rglob("*.yaml") if p.name != "kustomization.yaml"}
     assert manifests - listed == set()
+
+
+def test_files_stay_inside_their_kustomization() -> None:
+    """Only directories step up (`../base`): kustomize refuses files outside a kustomization's root by default."""
+    for kustomization in KUBERNETES.rglob("kustomization.yaml"):
+        root = kustomization.parent.resolve()
+        for path in kustomization_files(kustomization):
+            assert path.is_dir() or path.is_relative_to(root), f"{kustomization}: {path} is outside {root}"
+
+
+def test_patch_merge_deletes_nulls_and_refuses_lists() -> None:
+    """The renderer's patch merge deletes null keys, merges nested maps, and fails on lists it cannot merge."""
+    target: dict[str, Any] = {"data": {"A": "1", "B": "2"}, "keep": True}
+    merge_patch(target, {"data": {"A": None, "C": "3"}})
+    assert target == {"data": {"B": "2", "C": "3"}, "keep": True}
+    with pytest.raises(AssertionError, match="list in a patch"):
+        merge_patch(target, {"items": ["x"]})
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -213,9 +264,10 @@ def test_prometheusrule_spec_passes_promtool(tmp_path: Path) -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_sidecar_is_native() -> None:
+@pytest.mark.parametrize("shape", NATIVE_SIDECAR_SHAPES)
+def test_sidecar_is_native(shape: str) -> None:
     """stepscope is an initContainer with restartPolicy Always, so it starts before and stops after the app."""
-    pod = workload("sidecar")["spec"]["template"]["spec"]
+    pod = workload(shape)["spec"]["template"]["spec"]
     sidecar = next(c for c in pod["initContainers"] if c["name"] == "stepscope")
     assert sidecar["restartPolicy"] == "Always"
     assert all(c["name"] != "stepscope" for c in pod["containers"])
@@ -270,14 +322,19 @@ def test_resources_are_set(shape: str) -> None:
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_credentials_come_from_the_secret_and_settings_from_the_configmap(shape: str) -> None:
-    """OPENAI_API_KEY is a secretKeyRef into the rendered Secret; the ConfigMap is loaded with envFrom."""
+    """Secrets are secretKeyRefs into the rendered Secret (the API key only where auth uses one); the ConfigMap is
+    loaded with envFrom."""
     objects = rendered(shape)
     container = stepscope_container(shape)
     env = {e["name"]: e for e in container["env"]}
-    ref = env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]
     secret = one(objects, "Secret")
-    assert ref["name"] == secret["metadata"]["name"]
-    assert ref["key"] in secret["stringData"]
+    secret_names = {"OPENAI_API_KEY", "STEPSCOPE_WATCH_TOKEN"} if shape in API_KEY_SHAPES else {"STEPSCOPE_WATCH_TOKEN"}
+    assert {n for n in env if "secretKeyRef" in env[n].get("valueFrom", {})} == secret_names
+    for name in secret_names:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == secret["metadata"]["name"]
+        assert ref["key"] in secret["stringData"]
+    assert set(secret["stringData"]) == secret_names, "the Secret holds exactly what the workload reads"
     config_names = {o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"}
     sources = {s["configMapRef"]["name"] for s in container["envFrom"]}
     assert "stepscope-config" in sources
@@ -376,6 +433,34 @@ def test_manifest_settings_load_in_stepscope(shape: str) -> None:
     assert loaded.state == "/var/lib/stepscope/state.db"
     assert loaded.log_format == "json"
     assert "k8s.pod.name=" in loaded.export.resource_attributes
+    assert loaded.api.flavor == ("azure" if shape == "azure" else "openai")
+
+
+def test_azure_settings_load_as_foundry_with_entra_auth() -> None:
+    """The azure shape loads as the Foundry flavour on a project endpoint with azure-identity auth and no API key."""
+    loaded = config.load(env=pod_environment("azure", pod_index=0))
+    assert (loaded.api.flavor, loaded.api.auth, loaded.api.api_version) == ("azure", "azure-identity", "v1")
+    assert re.fullmatch(r"https://[\w-]+\.services\.ai\.azure\.com/api/projects/[\w-]+", loaded.api.base_url)
+    assert not loaded.api.api_key
+
+
+def test_azure_workload_identity_is_wired() -> None:
+    """The pod opts into the webhook, runs under the ServiceAccount carrying the client id, and leaves AZURE_* to it."""
+    objects = rendered("azure")
+    template = workload("azure")["spec"]["template"]
+    account = one(objects, "ServiceAccount")
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert template["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    client_id = account["metadata"]["annotations"]["azure.workload.identity/client-id"]
+    assert re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", client_id)
+    env = pod_environment("azure", pod_index=0)
+    assert (env["STEPSCOPE_FLAVOR"], env["STEPSCOPE_AUTH"]) == ("azure", "azure-identity")
+    # The webhook never overwrites a variable the manifest sets, so a literal AZURE_* would shadow the injected one.
+    assert not [name for name in env if name.startswith("AZURE_")]
+    # The webhook adds its own projected token volume; a manifest volume of that name would collide with it.
+    assert "azure-identity-token" not in {v["name"] for v in template["spec"]["volumes"]}
+    image = stepscope_container("azure")["image"]
+    assert image.rsplit(":", 1)[1].endswith("-azure"), "the image must be the EXTRAS=azure build"
 
 
 def test_central_replicas_get_distinct_shards() -> None:
