@@ -18,28 +18,45 @@ _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 
 class DuplicateFilter(logging.Filter):
-    """Drops a record whose (logger, level, template, args) was already emitted within `window_s` seconds."""
+    """Lets at most `burst` records of one message template through per `window_s` seconds.
 
-    def __init__(self, window_s: float = 60.0, *, clock: Callable[[], float] = time.monotonic, size: int = 512):
+    Keyed on (logger, level, template), not on the formatted text, so "refusing %d spans" with ever-changing numbers
+    is still one flood. When a window with suppressed records ends, the next record of that template says how many
+    were dropped.
+    """
+
+    def __init__(
+        self,
+        window_s: float = 60.0,
+        *,
+        burst: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+        size: int = 512,
+    ) -> None:
         super().__init__()
         self._window = window_s
+        self._burst = burst
         self._clock = clock
         self._size = size
-        self._seen: OrderedDict[tuple[str, int, str, str], float] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()  # [window start, count]
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info:
             return True  # tracebacks are rare and each one matters
-        key = (record.name, record.levelno, str(record.msg), repr(record.args))
+        key = (record.name, record.levelno, str(record.msg))
         now = self._clock()
-        last = self._seen.get(key)
-        if last is not None and now - last < self._window:
-            return False
-        self._seen[key] = now
-        self._seen.move_to_end(key)
-        while len(self._seen) > self._size:
-            self._seen.popitem(last=False)
-        return True
+        state = self._seen.get(key)
+        if state is None or now - state[0] >= self._window:
+            suppressed = int(state[1]) - self._burst if state is not None else 0
+            if suppressed > 0:
+                record.msg = f"{record.msg} ({suppressed} similar message(s) suppressed)"
+            self._seen[key] = [now, 1.0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+            return True
+        state[1] += 1
+        return state[1] <= self._burst
 
 
 class JsonFormatter(logging.Formatter):
