@@ -1,0 +1,90 @@
+"""Fault cases 4 and 5: kill -9 under load three times on one store; a 401 and a missing thread."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stepscope.source.client import ENDPOINTS
+from stepscope.testing import OtlpReceiver
+from tests.faults.conftest import (
+    metric_sum,
+    reexports_with_other_ids,
+    serve_env,
+    step_spans,
+    terminal_steps,
+    wait_all_exported,
+)
+from tests.procs import serve, simulator, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_kill_9_three_times_under_load(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    """Three kill -9 at random moments under load, restarting on the same store, lose no step, re-export only
+    with the same ids, and count a step twice only within the one-commit window before each crash."""
+    rng = random.Random(4)
+    counted = 0.0
+    with simulator(tmp_path, "--scenario", "lively", "--speed", "30", "--seed", "15") as sim:
+        threads = sim.truth()["threads"]
+        assert isinstance(threads, list)
+        env = serve_env(sim.url, receiver, threads)
+        for life in range(3):
+            with serve(tmp_path, env, name=f"life{life}") as (proc, base):
+                time.sleep(rng.uniform(1.5, 4.0))
+                counted += metric_sum(httpx.get(f"{base}/metrics").text, "stepscope_run_steps_total")
+                proc.popen.kill()
+                assert proc.popen.wait(10) == -9
+        with serve(tmp_path, env, name="last") as (proc, base):
+            time.sleep(3)
+            expected = set(terminal_steps(sim.truth()))
+            missing = wait_all_exported(receiver, expected, 40)
+            counted += metric_sum(httpx.get(f"{base}/metrics").text, "stepscope_run_steps_total")
+            assert proc.stop() == 0, proc.output()
+    received = step_spans(receiver.spans)
+    assert not missing, f"{len(missing)} of {len(expected)} terminal steps lost across the crashes"
+    assert not reexports_with_other_ids(received), "a re-exported span changed its ids"
+    again = sum(1 for copies in received.values() if len(copies) > 1)
+    # A store that lost its commits would replay whole lives; the crash window is one commit per kill.
+    assert again < 0.1 * len(received), f"{again} of {len(received)} steps exported again"
+    assert counted <= len(received) + again, "a step was counted twice outside a crash window"
+    assert counted >= 0.9 * len(expected)
+
+
+def test_auth_failure_and_missing_thread(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    """A 404 thread is dropped with a log line while the others export; a 401 leaves readiness alone and shows
+    in /v1/status, in a metric and in one state-change log line (not one per request), never with the key."""
+    with simulator(tmp_path, "--scenario", "steady", "--speed", "20", "--seed", "16") as sim:
+        threads = sim.truth()["threads"]
+        assert isinstance(threads, list)
+        ghost = "thread_doesnotexist00000000000"
+        with serve(tmp_path, serve_env(sim.url, receiver, [*threads[:10], ghost])) as (proc, base):
+            wait_until(lambda: ghost in proc.output(), 15, "the missing thread to be logged", proc)
+            assert receiver.wait_for(lambda spans: len(step_spans(spans)) > 10, 30), "the other threads stalled"
+            status = httpx.get(f"{base}/v1/status").json()
+            assert status["watched_threads"] == 10
+            assert status["api"]["state"] == "ok"
+
+            sim.set_faults({"default": {"auth_fail": True}})
+            failing_at = time.monotonic()
+            wait_until(lambda: httpx.get(f"{base}/v1/status").json()["api"]["state"] == "auth_failed", 15,
+                       "auth_failed in /v1/status", proc)  # fmt: skip
+            assert httpx.get(f"{base}/readyz").status_code == 200
+            assert httpx.get(f"{base}/healthz").status_code == 200
+            metrics = httpx.get(f"{base}/metrics").text
+            time.sleep(max(0.0, 3 - (time.monotonic() - failing_at)))  # long enough for repeats to show
+            output = proc.output()
+            assert proc.stop() == 0, output
+    assert metric_sum(metrics, "stepscope_api_requests_total", 'code="401"') > 0
+    # Known weakness: the client logs each give-up too, so a 404 thread reads as two lines (client + discovery)
+    # and a 401 as one line per endpoint plus the state change; what must not happen is a line per request.
+    ghost_lines = [line for line in output.splitlines() if ghost in line]
+    assert len(ghost_lines) <= 2 and any("no longer watching" in line for line in ghost_lines), ghost_lines
+    auth_lines = [line for line in output.splitlines() if "401" in line or "auth failed" in line]
+    assert 1 <= len(auth_lines) <= 1 + len(ENDPOINTS), auth_lines
+    assert sum("Assistants API auth failed" in line for line in auth_lines) == 1
+    assert "sk-sim" not in output
