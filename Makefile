@@ -32,8 +32,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Coverage is gated where correctness is pure logic (guideline 14): mapping, records, config, store, retry policy.
+COVERED := --cov=stepscope.mapping --cov=stepscope.models --cov=stepscope.config --cov=stepscope.store \
+	--cov=stepscope.source._retry --cov-report=term-missing:skip-covered --cov-fail-under=95
+
 test: $(STAMP) deps lint typecheck
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 -q $(COVERED)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks

@@ -166,6 +166,8 @@ class SimRun:
         if self.cancel_at is not None and self.cancel_at < end_t:
             end_t, end_status = self.cancel_at + CANCEL_DELAY_S, "cancelled"
             trans, steps = _cut(trans, steps, self.cancel_at, end_t)
+            if self.started is not None and self.started > self.cancel_at:
+                self.started = None  # cancelled while queued: the run never started
         trans.append((end_t, end_status, -1))
         self.trans = trans
         self.trans_times = [tr[0] for tr in trans]

@@ -127,3 +127,61 @@ def test_parse_duration_rejects_garbage() -> None:
     """A duration without a number is rejected with a readable reason."""
     with pytest.raises(ValueError, match="duration"):
         parse_duration("soon")
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"STEPSCOPE_POLL_INTERVAL": "0"}, "STEPSCOPE_POLL_INTERVAL (poll.interval): must be > 0"),
+        ({"STEPSCOPE_CONCURRENCY": "many"}, "STEPSCOPE_CONCURRENCY (poll.concurrency): must be an integer"),
+        ({"STEPSCOPE_CONCURRENCY": "0"}, "STEPSCOPE_CONCURRENCY (poll.concurrency): must be > 0"),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "soon"}, "OTEL_BSP_SCHEDULE_DELAY (export.schedule_delay_ms): must be a number"),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "-5"}, "OTEL_BSP_SCHEDULE_DELAY (export.schedule_delay_ms): must be > 0"),
+        ({"OPENAI_BASE_URL": "ftp://x"}, "OPENAI_BASE_URL (api.base_url): must be an http:// or https:// URL"),
+        ({"STEPSCOPE_SHARD": "first"}, "STEPSCOPE_SHARD (poll.shard): must be INDEX/COUNT"),
+        ({"STEPSCOPE_FLAVOR": "bedrock"}, "STEPSCOPE_FLAVOR (api.flavor): must be one of openai, azure"),
+        (
+            {"STEPSCOPE_POLL_INTERVAL": "5", "STEPSCOPE_POLL_MAX_INTERVAL": "2"},
+            "STEPSCOPE_POLL_MAX_INTERVAL (poll.max_interval): must be >= STEPSCOPE_POLL_INTERVAL",
+        ),
+    ],
+)
+def test_each_bad_value_names_its_setting(env: dict[str, str], problem: str) -> None:
+    """Every parser rejects a bad value with a reason prefixed by the variable and the setting path."""
+    with pytest.raises(ConfigError) as info:
+        load(env={**BASE_ENV, **env})
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+
+
+def test_booleans_lists_and_protocol_overrides(tmp_path: Path) -> None:
+    """TOML booleans and lists load; the traces-specific protocol variable wins over the generic one."""
+    file = tmp_path / "c.toml"
+    file.write_text('[poll]\nthreads = ["thread_a", "thread_b"]\n[export]\ncapture_content = true\n')
+    env = {**BASE_ENV, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
+    config = load(env=env, file=str(file))
+    assert config.poll.threads == ("thread_a", "thread_b")
+    assert config.export.capture_content is True
+    assert config.export.otlp_protocol == "http/protobuf"
+    assert load(env={**BASE_ENV, "STEPSCOPE_CAPTURE_CONTENT": "off"}).export.capture_content is False
+
+
+def test_invalid_toml_is_reported(tmp_path: Path) -> None:
+    """A file that is not TOML is a configuration error naming the file."""
+    file = tmp_path / "c.toml"
+    file.write_text("[poll\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load(env=BASE_ENV, file=str(file))
+
+
+def test_listen_address_parts() -> None:
+    """The listen address splits into host and port, IPv6 brackets included."""
+    config = load(env={**BASE_ENV, "STEPSCOPE_LISTEN": "[::1]:9000"})
+    assert (config.server.host, config.server.port) == ("::1", 9000)
+
+
+def test_env_help_lists_every_variable() -> None:
+    """--help's environment section names every setting's variable."""
+    from stepscope.config import SETTINGS, env_help  # noqa: PLC0415
+
+    text = env_help()
+    assert all(s.env in text for s in SETTINGS)

@@ -175,3 +175,12 @@ def test_same_seed_gives_same_objects_and_other_seed_differs() -> None:
     first = truth(7)
     assert first == truth(7) and len(first["runs"]) > 20
     assert first["threads"] != truth(8)["threads"]
+
+
+def test_run_cancelled_while_queued_never_started() -> None:
+    """A seeded run cancelled before it left the queue has no started_at (found by the lifecycle property)."""
+    clock = ManualClock()
+    sim = Simulator(scenario_named("faulty", runs_per_second=0.5, expires_after_s=60.0), clock=clock, seed=9615)
+    clock.advance(262.0)
+    for run in sim.truth()["runs"]:
+        _check_run(run)

@@ -113,3 +113,21 @@ class TestLifecycle:
         s.open()
         s.add_run(REF, 1.0)
         assert [p.ref for p in s.active_runs()] == [REF]
+
+
+class TestFailures:
+    def test_broken_database_raises_store_errors(self, tmp_path: Path) -> None:
+        """SQLite failures on write, read and prune surface as StoreError, and a failed write leaves no transaction."""
+        path = tmp_path / "x.db"
+        s = SqliteStore(str(path))
+        s.open()
+        other = sqlite3.connect(path)
+        other.executescript("DROP TABLE steps; DROP TABLE runs;")
+        other.close()
+        with pytest.raises(StoreError, match="write failed"):
+            s.commit_steps(REF, ["step_1"], None, 1.0)
+        assert not s._conn().in_transaction
+        with pytest.raises(StoreError, match="read failed"):
+            s.active_runs()
+        with pytest.raises(StoreError, match="prune failed"):
+            s.prune(1.0)
