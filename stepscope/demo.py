@@ -66,9 +66,11 @@ class DemoView:
             return
         tokens = step.usage.total_tokens if step.usage else 0
         ended = step.ended_at
-        self.recent.appendleft(
-            SeenStep(now, run.id, step.type, step.status, None if ended is None else ended - step.created_at, tokens)
-        )
+        kind = step.type
+        if step.tool_calls:
+            kind += ": " + ", ".join(call.name or call.type for call in step.tool_calls)
+        duration = None if ended is None else ended - step.created_at
+        self.recent.appendleft(SeenStep(now, run.id, kind, step.status, duration, tokens))
         self._tokens.append((now, tokens))
         self.steps += 1
         self.failed_steps += step.status in ("failed", "expired")
@@ -82,19 +84,21 @@ class DemoView:
     def render(self) -> Group:
         finished = sum(self.runs.values())
         failed_runs = sum(self.runs.get(s, 0) for s in ("failed", "expired", "incomplete"))
-        summary = Table.grid(padding=(0, 3))
+        summary = Table.grid(padding=(0, 4))
         summary.add_row(
             f"runs in flight [bold]{self._service.poller.tracked_count}[/]",
             f"runs finished [bold]{finished}[/]",
+            f"run failure ratio [bold]{failed_runs / finished if finished else 0:.1%}[/]",
+        )
+        summary.add_row(
             f"steps exported [bold]{self.steps}[/]",
             f"tokens/s [bold]{self.tokens_per_second():.0f}[/]",
             f"step failure ratio [bold]{self.failed_steps / self.steps if self.steps else 0:.1%}[/]",
-            f"run failure ratio [bold]{failed_runs / finished if finished else 0:.1%}[/]",
         )
         states = ", ".join(f"{k} {v}" for k, v in sorted(self._service.poller.status_counts().items())) or "none"
         table = Table(title="recent steps", title_justify="left", expand=True)
-        for column in ("run", "step type", "status", "duration", "tokens"):
-            table.add_column(column)
+        for column in ("run", "step", "status", "duration", "tokens"):
+            table.add_column(column, no_wrap=True, overflow="ellipsis")
         for s in self.recent:
             table.add_row(
                 s.run_id,
