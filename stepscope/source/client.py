@@ -253,7 +253,7 @@ class AssistantsClient:
             error = outcome.error
             if error is None:
                 if self._failing.pop(endpoint, None) is not None:
-                    log.info("%s: requests succeed again", endpoint)
+                    log.debug("%s: requests succeed again", endpoint)
                 return outcome.body
             server_after = getattr(error, "retry_after", None)
             if (
@@ -275,7 +275,8 @@ class AssistantsClient:
         status = str(error.status_code) if error.status_code is not None else type(error).__name__
         if self._failing.get(endpoint) != status:
             self._failing[endpoint] = status
-            log.warning("giving up: %s", error)
+            # DEBUG: the stage that acts on the error (poller, discovery, CLI) reports it once, in its own words.
+            log.debug("giving up: %s", error)
         raise error
 
     def _stopping(self) -> bool:
