@@ -132,6 +132,10 @@ class Poller:
             counts[status] = counts.get(status, 0) + 1
         return counts
 
+    def busy_threads(self) -> set[str]:
+        """Threads with a tracked run not known to be terminal: they cannot start another run meanwhile."""
+        return {t.ref.thread_id for t in self._runs.values() if t.run is None or not t.run.is_terminal}
+
     def is_tracked(self, run_id: str) -> bool:
         return run_id in self._runs
 

@@ -2,7 +2,9 @@
 
 Three combinable sources: configured thread ids, threads and runs registered through `/v1/watch` (kept in the
 store), and, for every watched thread, its runs listed newest first until a known run or the lookback horizon.
-A thread has at most one active run at a time, so older runs than a known one are known or finished already.
+A thread has at most one active run at a time, so older runs than a known one are known or finished already, and
+a thread whose run is still being tracked is skipped: it cannot have started another. That keeps discovery cheap
+enough to run every second on idle threads, which is what bounds the delay before a new run's first poll.
 With sharding (`INDEX/COUNT`) a replica owns only the threads whose stable hash falls in its shard.
 """
 
@@ -36,6 +38,8 @@ class RunTracker(Protocol):
     def track(self, ref: RunRef) -> bool: ...
 
     def is_tracked(self, run_id: str) -> bool: ...
+
+    def busy_threads(self) -> set[str]: ...
 
     def api_ok(self) -> None: ...
 
@@ -129,10 +133,12 @@ class Discovery:
         except StoreError:
             log.exception("checkpoint store error during discovery")
             return 0
+        busy = self._tracker.busy_threads()
         for thread_id in threads:
             if self._stopping.is_set():
                 break
-            found += await self._discover_thread(thread_id)
+            if thread_id not in busy:
+                found += await self._discover_thread(thread_id)
         self.last_pass = self._wall()
         return found
 

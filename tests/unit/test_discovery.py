@@ -20,6 +20,7 @@ NOW = 10_000.0
 class Tracker:
     refs: list[RunRef] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
+    busy: set[str] = field(default_factory=set)
 
     def track(self, ref: RunRef) -> bool:
         self.refs.append(ref)
@@ -27,6 +28,9 @@ class Tracker:
 
     def is_tracked(self, run_id: str) -> bool:
         return any(r.run_id == run_id for r in self.refs)
+
+    def busy_threads(self) -> set[str]:
+        return self.busy
 
     def api_ok(self) -> None:
         self.states.append("ok")
@@ -120,3 +124,11 @@ async def test_api_state_is_reported(store: SqliteStore) -> None:
     await discovery.run_once()
     await discovery.run_once()
     assert tracker.states == ["auth_failed", "ok"]
+
+
+async def test_threads_with_a_tracked_active_run_are_not_listed(store: SqliteStore) -> None:
+    """A thread whose run is still tracked cannot have a newer run, so discovery does not spend a request on it."""
+    source, tracker = FakeSource(), Tracker()
+    tracker.busy = {"thread_a"}
+    await _discovery(source, store, tracker, threads=["thread_a", "thread_b"]).run_once()
+    assert source.calls == ["list_runs thread_b"]

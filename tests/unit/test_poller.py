@@ -204,3 +204,15 @@ async def test_shutdown_is_idempotent(store: SqliteStore) -> None:
     await poller.shutdown()
     await poller.shutdown()
     assert not poller.track(REF)
+
+
+async def test_busy_threads_are_those_with_unfinished_runs(rig: Rig) -> None:
+    """A thread is busy while its tracked run is unread or not terminal, and free once the run ended."""
+    source, sink, _, poller = rig
+    source.put_run(make_run("run_1", thread_id="thread_a", status="in_progress"))
+    source.put_run(make_run("run_2", thread_id="thread_b", status="completed"))
+    poller.track(RunRef("thread_a", "run_1"))
+    poller.track(RunRef("thread_b", "run_2"))
+    assert poller.busy_threads() == {"thread_a", "thread_b"}  # nothing read yet
+    await eventually(lambda: sink.finished_runs() == ["run_2"])
+    assert poller.busy_threads() == {"thread_a"}
