@@ -61,7 +61,7 @@ class PollConfig:
     interval: float = 1.0
     max_interval: float | None = None  # None: 4 x interval
     lookback: float = 3600.0
-    discovery_interval: float = 5.0
+    discovery_interval: float = 2.0
     concurrency: int = 16
     max_tracked_runs: int = 10_000
     threads: tuple[str, ...] = ()
@@ -85,8 +85,8 @@ class ExportConfig:
     otlp_headers: Secret = EMPTY_SECRET
     service_name: str = "stepscope"
     resource_attributes: str = ""
-    # 500 ms instead of the SDK's 5 s: export lag is a product metric here, and batches stay small anyway.
-    schedule_delay_ms: float = 500.0
+    # 200 ms instead of the SDK's 5 s: export lag is a product metric here, and batches stay small anyway.
+    schedule_delay_ms: float = 200.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,16 +41,23 @@ AUTH_PAUSE_S = 30.0
 
 @dataclass(frozen=True, slots=True)
 class PollSchedule:
-    """When to poll a run next, as data: `fast` while steps run, `slow` while the run waits or errors."""
+    """When to poll a run next, as data.
+
+    `fast` while steps run. A waiting run (queued, requires_action) backs off from `fast` by `backoff` per poll up
+    to `slow`: an application usually submits tool outputs within seconds, and the step that then completes should
+    not wait a whole `slow` interval to be seen, while a run parked for minutes costs little. Errors use `slow`.
+    """
 
     fast: float = 1.0
     slow: float = 4.0
+    backoff: float = 1.5
     final_sweeps: int = 3  # polls of a terminal run whose steps still look open before they are given up
 
-    def interval(self, run: Run | None) -> float:
-        if run is None or run.status in WAITING:
-            return self.slow
-        return self.fast
+    def interval(self, run: Run | None, waiting_polls: int = 0) -> float:
+        """`waiting_polls`: consecutive polls that found the run waiting, this one included."""
+        if run is None or run.status not in WAITING:
+            return self.fast
+        return min(self.slow, self.fast * self.backoff ** max(0, waiting_polls - 1))
 
 
 class BatchSink(Protocol):
@@ -73,6 +80,7 @@ class TrackedRun:
     inflight: set[str] = field(default_factory=set)
     open: set[str] = field(default_factory=set)
     sweeps_after_end: int = 0
+    waiting_polls: int = 0
     run_inflight: bool = False
     due: float = 0.0
     scheduled: bool = False
@@ -273,7 +281,8 @@ class Poller:
             if fresh:
                 self._sink.emit(StepBatch(run=run, steps=tuple(fresh)), None)
         if not run.is_terminal:
-            return self._schedule.interval(run)
+            t.waiting_polls = t.waiting_polls + 1 if run.status in WAITING else 0
+            return self._schedule.interval(run, t.waiting_polls)
         if t.open:
             t.sweeps_after_end += 1
             if t.sweeps_after_end <= self._schedule.final_sweeps:
