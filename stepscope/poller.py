@@ -43,21 +43,23 @@ AUTH_PAUSE_S = 30.0
 class PollSchedule:
     """When to poll a run next, as data.
 
-    `fast` while steps run. A waiting run (queued, requires_action) backs off from `fast` by `backoff` per poll up
-    to `slow`: an application usually submits tool outputs within seconds, and the step that then completes should
-    not wait a whole `slow` interval to be seen, while a run parked for minutes costs little. Errors use `slow`.
+    `fast` while steps run. A run that waits (queued, requires_action) is polled `fast` for its first `grace` polls
+    in that status, then backs off by `backoff` per poll up to `slow`: an application usually submits tool outputs
+    within seconds, and the step that completes right after should not wait a `slow` interval to be seen, while a
+    run parked for minutes costs little. Errors use `slow`.
     """
 
     fast: float = 1.0
     slow: float = 4.0
+    grace: int = 4
     backoff: float = 1.5
     final_sweeps: int = 3  # polls of a terminal run whose steps still look open before they are given up
 
     def interval(self, run: Run | None, waiting_polls: int = 0) -> float:
-        """`waiting_polls`: consecutive polls that found the run waiting, this one included."""
+        """`waiting_polls`: consecutive polls that found the run in the same waiting status, this one included."""
         if run is None or run.status not in WAITING:
             return self.fast
-        return min(self.slow, self.fast * self.backoff ** max(0, waiting_polls - 1))
+        return min(self.slow, self.fast * self.backoff ** max(0, waiting_polls - self.grace))
 
 
 class BatchSink(Protocol):
@@ -281,7 +283,7 @@ class Poller:
             if fresh:
                 self._sink.emit(StepBatch(run=run, steps=tuple(fresh)), None)
         if not run.is_terminal:
-            t.waiting_polls = t.waiting_polls + 1 if run.status in WAITING else 0
+            t.waiting_polls = t.waiting_polls + 1 if run.status in WAITING and run.status == previous else 1
             return self._schedule.interval(run, t.waiting_polls)
         if t.open:
             t.sweeps_after_end += 1

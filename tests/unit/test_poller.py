@@ -219,9 +219,9 @@ async def test_busy_threads_are_those_with_unfinished_runs(rig: Rig) -> None:
 
 
 def test_waiting_runs_back_off_from_fast_to_slow() -> None:
-    """A waiting run is polled fast at first, then each poll 1.5x later, never slower than `slow`."""
-    schedule = PollSchedule(fast=1.0, slow=4.0)
+    """A waiting run is polled fast for its grace polls, then each poll 1.5x later, never slower than `slow`."""
+    schedule = PollSchedule(fast=1.0, slow=4.0, grace=2)
     waiting, running = make_run(status="requires_action"), make_run(status="in_progress")
-    assert [schedule.interval(waiting, n) for n in (1, 2, 3, 4, 5)] == [1.0, 1.5, 2.25, 3.375, 4.0]
+    assert [schedule.interval(waiting, n) for n in (1, 2, 3, 4, 5, 6)] == [1.0, 1.0, 1.5, 2.25, 3.375, 4.0]
     assert schedule.interval(running, 7) == 1.0
     assert schedule.interval(None) == 1.0
