@@ -1,5 +1,5 @@
 # Two entry points for newcomers: `make demo` and `make test`. Both create .venv on first use.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test check lint typecheck unit bench dashboards clean deps
 
 $(STAMP): pyproject.toml
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || { echo "Python's venv module is missing: apt-get install python3-venv"; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
