@@ -19,8 +19,10 @@ and histogram observation (rendered only in OpenMetrics).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -86,11 +88,19 @@ class _LabelCap:
 class _Family:
     """One metric family with its label order, capped label positions and a cache of children."""
 
-    __slots__ = ("caps", "children", "fan_out", "fanned", "is_histogram", "metric", "names")
+    __slots__ = ("bounds", "caps", "children", "fan_out", "fanned", "metric", "name", "names")
 
-    def __init__(self, metric: Any, names: tuple[str, ...], caps: tuple[tuple[int, _LabelCap], ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        metric: Any,
+        names: tuple[str, ...],
+        caps: tuple[tuple[int, _LabelCap], ...],
+        bounds: tuple[float, ...] | None,
+    ) -> None:
+        self.name = name
         self.metric = metric
-        self.is_histogram = isinstance(metric, Histogram)
+        self.bounds = bounds  # a histogram's upper bounds, +Inf last; None for a counter
         self.names = names
         self.caps = caps
         self.children: dict[tuple[str, ...], Any] = {}
@@ -148,18 +158,19 @@ class PrometheusMetrics:
         for metric_name, names in m.METRIC_LABELS.items():
             metric: Any
             short = metric_name.removesuffix("_total")
+            bounds: tuple[float, ...] | None = None
             if metric_name in _BUCKETS:
+                bounds = (*_BUCKETS[metric_name], math.inf)
                 metric = Histogram(
                     metric_name, _HELP[metric_name], names, registry=registry, buckets=_BUCKETS[metric_name]
                 )
             else:
                 metric = Counter(short, _HELP[metric_name], names, registry=registry)
-            family = _Family(metric, names, tuple((i, caps[n]) for i, n in enumerate(names) if n in caps))
+            capped = tuple((i, caps[n]) for i, n in enumerate(names) if n in caps)
+            family = _Family(metric_name, metric, names, capped, bounds)
             family.fan_out = [(names.index(label), known) for label, known in _FAN_OUT.get(metric_name, {}).items()]
             self._families[metric_name] = family
         self._warned: set[str] = set()
-        self._exemplar_key: tuple[int, int] | None = None
-        self._exemplar: dict[str, str] | None = None
         self._preinit()
 
     @property
@@ -192,29 +203,71 @@ class PrometheusMetrics:
         return tuple(out)
 
     def record(self, observations: Sequence[Observation]) -> None:
-        """Add each observation to its counter or histogram, with an exemplar when it carries both ids."""
+        """Add each observation to its counter or histogram, with an exemplar when it carries both ids.
+
+        The result is that of recording them one by one, in order, but each series is touched once per call where
+        it can be: a counter gets the sum of its increments, then the last increment that carries ids again with
+        its exemplar (exemplar value and ids as the last one left them); a histogram observes every value, and only
+        the last value landing in each bucket brings its exemplar (earlier ones would be overwritten). Validating
+        and formatting an exemplar is most of prometheus_client's cost per increment, so callers should pass all
+        observations they have at once.
+        """
+        groups: dict[int, tuple[_Family, Any, list[Observation]]] = {}
         for obs in observations:
             try:
-                self._record_one(obs)
-            except Exception:
-                if obs.metric not in self._warned:
-                    self._warned.add(obs.metric)
-                    log.exception("cannot record observation of %s; skipping such observations", obs.metric)
+                family = self._families[obs.metric]
+                labels: Mapping[str, str] = obs.labels
+                values = self._capped(family, tuple([labels[n] for n in family.names]))
+                if family.bounds is None and obs.value < 0:
+                    raise ValueError("Counters can only be incremented by non-negative amounts.")
+                child = family.child(values)
+            except Exception as exc:
+                self._warn(obs.metric, exc)
+                continue
+            group = groups.get(id(child))
+            if group is None:
+                groups[id(child)] = (family, child, [obs])
+            else:
+                group[2].append(obs)
+        for family, child, group_obs in groups.values():
+            try:
+                if family.bounds is None:
+                    _inc(child, group_obs)
+                else:
+                    _observe(child, family.bounds, group_obs)
+            except Exception as exc:
+                self._warn(family.name, exc)
 
-    def _record_one(self, obs: Observation) -> None:
-        family = self._families[obs.metric]
-        labels: Mapping[str, str] = obs.labels
-        values = self._capped(family, tuple([labels[n] for n in family.names]))
-        child = family.child(values)
-        exemplar = None
-        if obs.trace_id is not None and obs.span_id is not None:
-            key = (obs.trace_id, obs.span_id)
-            if key != self._exemplar_key:
-                # Consecutive observations of one step share ids: format them once.
-                self._exemplar_key = key
-                self._exemplar = {"trace_id": f"{obs.trace_id:032x}", "span_id": f"{obs.span_id:016x}"}
-            exemplar = self._exemplar
-        if family.is_histogram:
-            child.observe(obs.value, exemplar)
-        else:
-            child.inc(obs.value, exemplar)
+    def _warn(self, metric: str, exc: Exception) -> None:
+        if metric not in self._warned:
+            self._warned.add(metric)
+            log.error("cannot record observation of %s; skipping such observations", metric, exc_info=exc)
+
+
+def _exemplar(obs: Observation) -> dict[str, str] | None:
+    if obs.trace_id is None or obs.span_id is None:
+        return None
+    return {"trace_id": f"{obs.trace_id:032x}", "span_id": f"{obs.span_id:016x}"}
+
+
+def _inc(child: Any, group: list[Observation]) -> None:
+    last = len(group) - 1
+    while last >= 0 and (group[last].trace_id is None or group[last].span_id is None):
+        last -= 1
+    if last < 0:
+        child.inc(sum(obs.value for obs in group))
+        return
+    if len(group) > 1:
+        child.inc(sum(obs.value for i, obs in enumerate(group) if i != last))
+    child.inc(group[last].value, _exemplar(group[last]))
+
+
+def _observe(child: Any, bounds: tuple[float, ...], group: list[Observation]) -> None:
+    # prometheus_client puts a value in the first bucket whose bound is >= it (bisect_left); NaN goes in none.
+    last_in_bucket: dict[int, int] = {}
+    for i, obs in enumerate(group):
+        if obs.trace_id is not None and obs.span_id is not None and obs.value == obs.value:
+            last_in_bucket[bisect.bisect_left(bounds, obs.value)] = i
+    exemplar_at = set(last_in_bucket.values())
+    for i, obs in enumerate(group):
+        child.observe(obs.value, _exemplar(obs) if i in exemplar_at else None)

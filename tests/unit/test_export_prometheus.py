@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.exposition import generate_latest
 
@@ -175,3 +177,36 @@ class TestExemplars:
         assert "# {" + ids + "} 3.0" in bucket
         tool_line = next(line for line in text.splitlines() if 'tool_name="get_weather"' in line and "_total{" in line)
         assert f'span_id="{obs[-1].span_id:016x}"' in tool_line
+
+
+def _exposition(registry: CollectorRegistry) -> list[str]:
+    # Exemplar timestamps and _created samples are wall-clock times: drop them, keep values and exemplar ids.
+    lines = generate_latest(registry).decode().splitlines()
+    return [re.sub(r"( # \{.*\} \S+) \S+$", r"\1", line) for line in lines if "_created" not in line]
+
+
+class TestBatching:
+    def test_one_call_equals_one_observation_at_a_time(self) -> None:
+        """Recording many steps in one call gives the same values and exemplars as recording each observation alone."""
+        run = make_run()
+        observations: list[Observation] = []
+        for i in range(40):
+            step = make_step(
+                id=f"step_{i}",
+                type="tool_calls" if i % 3 else "message_creation",
+                status="failed" if i % 7 == 0 else "completed",
+                completed_at=None if i % 7 == 0 else 103 + i % 9,
+                failed_at=110 if i % 7 == 0 else None,
+                usage=None if i % 5 == 0 else Usage(i, i % 4, i + i % 4),
+                tool_calls=(ToolCall(f"call_{i}", "function", name=f"f{i % 2}"),) if i % 3 else (),
+            )
+            observations += step_observations(run, step)
+        observations.append(Observation("stepscope_run_queue_seconds", {}, 0.3))  # no ids: no exemplar
+        observations.append(Observation("stepscope_runs_total", {"status": "expired", "model": "m"}, 1.0))  # bad
+        batched, single = CollectorRegistry(), CollectorRegistry()
+        PrometheusMetrics(batched).record(observations)
+        one_by_one = PrometheusMetrics(single)
+        for obs in observations:
+            one_by_one.record([obs])
+        assert _exposition(batched) == _exposition(single)
+        assert sum(" # {" in line for line in _exposition(batched)) > 10
