@@ -92,12 +92,17 @@ class Pipeline:
     # --- intake (event loop) ----------------------------------------------------------------------------------
 
     def emit(self, batch: StepBatch, assistant_name: str | None) -> None:
-        """Map and export one batch. Never raises: a step that cannot be mapped is dropped and counted."""
+        """Map and export one batch. Never raises: a step that cannot be mapped is dropped and counted.
+
+        Each step's spans (its step span and tool-call spans) go to the sink as one `export` call, which the sink
+        takes or refuses whole; the run span is a unit of its own.
+        """
         run = batch.run
-        specs: list[SpanSpec] = []
+        options = self._options
+        export = self._spans.export
         for step in batch.steps:
             try:
-                step_specs = step_spans(run, step, options=self._options)
+                step_specs = step_spans(run, step, options=options)
                 observations = step_observations(run, step, span_id=step_specs[0].span_id)
             except Exception:
                 log.exception("cannot map step %s of run %s; dropping it", step.id, run.id)
@@ -105,10 +110,10 @@ class Pipeline:
                 self._acknowledge_now(run.ref, step, ok=True)
                 continue
             self._register(_Pending(run, step, observations), step_specs)
-            specs.extend(step_specs)
+            export(step_specs)
         if batch.run_finished:
             try:
-                spec = run_span(run, assistant_name=assistant_name, options=self._options)
+                spec = run_span(run, assistant_name=assistant_name, options=options)
                 observations = run_observations(run, span_id=spec.span_id)
             except Exception:
                 log.exception("cannot map run %s; dropping its run span", run.id)
@@ -116,14 +121,15 @@ class Pipeline:
                 self._acknowledge_now(run.ref, None, ok=True)
             else:
                 self._register(_Pending(run, None, observations), [spec])
-                specs.append(spec)
-        if specs:
-            self._spans.export(specs)
+                export([spec])
 
     def _register(self, pending: _Pending, specs: Sequence[SpanSpec]) -> None:
+        # Registered before export: the sink may acknowledge synchronously (refusal, traces off).
+        pending_by_key = self._pending
+        remaining = pending.remaining
         for spec in specs:
-            pending.remaining.add(spec.key)
-            self._pending[spec.key] = pending
+            remaining.add(spec.key)
+            pending_by_key[spec.key] = pending
 
     def _acknowledge_now(self, ref: RunRef, step: RunStep | None, *, ok: bool) -> None:
         if self._receiver is None:
@@ -146,34 +152,49 @@ class Pipeline:
 
     def _acked(self, keys: list[str], ok: bool) -> None:
         done: list[_Pending] = []
+        pending_by_key = self._pending
         for key in keys:
-            pending = self._pending.pop(key, None)
+            pending = pending_by_key.pop(key, None)
             if pending is None:
                 continue
-            pending.remaining.discard(key)
-            pending.failed |= not ok
-            if not pending.remaining:
+            remaining = pending.remaining
+            remaining.discard(key)
+            if not ok:
+                pending.failed = True
+            if not remaining:
                 done.append(pending)
         self._set_exporter_state("ok" if ok else "failing")
+        if not done:
+            return
+        committed = [pending for pending in done if not pending.failed]
+        if committed:
+            # One call for the whole acknowledgement: the sink can merge increments of the same series.
+            self._metrics.record([obs for pending in committed for obs in pending.observations])
+            listeners = self._listeners
+            if listeners:
+                for pending in committed:
+                    for listener in listeners:
+                        listener(pending.run, pending.step)
+        receiver = self._receiver
         steps_by_run: dict[tuple[RunRef, bool], list[str]] = defaultdict(list)
         now = self._wall()
+        observe_lag = self._health.observe_export_lag
         for pending in done:
-            committed = not pending.failed
+            ok_step = not pending.failed
             ref = pending.run.ref
-            if committed:
-                self._metrics.record(pending.observations)
-                for listener in self._listeners:
-                    listener(pending.run, pending.step)
-            if pending.step is None:
-                if self._receiver is not None:
-                    self._receiver.run_acknowledged(ref, committed)
+            step = pending.step
+            if step is None:
+                if receiver is not None:
+                    receiver.run_acknowledged(ref, ok_step)
                 continue
-            if committed and pending.step.ended_at is not None:
-                self._health.observe_export_lag(max(0.0, now - pending.step.ended_at))
-            steps_by_run[(ref, committed)].append(pending.step.id)
-        if self._receiver is not None:
-            for (ref, committed), step_ids in steps_by_run.items():
-                self._receiver.steps_acknowledged(ref, step_ids, committed)
+            if ok_step:
+                ended = step.ended_at
+                if ended is not None:
+                    observe_lag(max(0.0, now - ended))
+            steps_by_run[(ref, ok_step)].append(step.id)
+        if receiver is not None:
+            for (ref, ok_step), step_ids in steps_by_run.items():
+                receiver.steps_acknowledged(ref, step_ids, ok_step)
 
     def _set_exporter_state(self, state: str) -> None:
         if state != self.exporter_state:

@@ -4,7 +4,8 @@
 `BatchSpanProcessor`, whose worker thread exports them so a slow collector never stalls the event loop. An
 acknowledging wrapper around the real exporter reports each batch's `SpanSpec.key`s and whether the backend took
 them, which is what lets the pipeline commit progress only for delivered spans. Nothing is dropped silently: the
-sink refuses (acks False, reports `span_queue_full`) whatever would overflow the processor's queue.
+sink refuses (acks False, reports `span_queue_full`) a whole unit (one step's spans) that would overflow the
+processor's queue, so a retried step never re-exports half of itself.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from stepscope.types import AckCallback, SpanSpec
 log = logging.getLogger(__name__)
 
 DROP_QUEUE_FULL = "span_queue_full"
+_PARENT_CACHE = 256
+"""Parent contexts kept for reuse; cleared when full (runs in flight at once share few parents each)."""
 _KINDS = {"client": SpanKind.CLIENT, "internal": SpanKind.INTERNAL, "server": SpanKind.SERVER}
 
 
@@ -159,9 +162,11 @@ class _PresetIds(IdGenerator):
 
 
 class _AckingExporter(SpanExporter):
-    """Exports through `inner`, then reports the batch's keys to `on_ack` and frees their queue slots.
+    """Exports through `inner`, then reports the batch's keys to `on_ack`; owns the queue's admission count.
 
-    Runs on the processor's worker thread. Keys are kept here (span ids -> keys), never sent to the backend.
+    Runs on the processor's worker thread. Keys are kept here (span ids -> keys), never sent to the backend. One
+    lock guards both the in-flight count and the key map, so admitting a unit and retiring a batch each take it
+    once rather than once per span.
     """
 
     def __init__(
@@ -169,49 +174,74 @@ class _AckingExporter(SpanExporter):
         inner: SpanExporter,
         on_ack: AckCallback,
         on_failure: Callable[[int], None] | None,
-        release: Callable[[int], None],
+        max_queue: int,
     ) -> None:
         self._inner = inner
         self._on_ack = on_ack
         self._on_failure = on_failure
-        self._release = release
+        self._max_queue = max_queue
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, int], list[str]] = {}
+        self.in_flight = 0
 
-    def register(self, trace_id: int, span_id: int, key: str) -> None:
+    def admit(self, specs: Sequence[SpanSpec]) -> bool:
+        """Take the whole unit (count it in flight, remember its keys) if it fits the queue now, else nothing."""
+        n = len(specs)
         with self._lock:
-            self._pending.setdefault((trace_id, span_id), []).append(key)
+            if self.in_flight + n > self._max_queue:
+                return False
+            self.in_flight += n
+            pending = self._pending
+            for spec in specs:
+                ids = (spec.trace_id, spec.span_id)
+                keys = pending.get(ids)
+                if keys is None:
+                    pending[ids] = [spec.key]
+                else:
+                    keys.append(spec.key)
+        return True
 
-    def take(self, trace_id: int, span_id: int) -> str | None:
+    def forget(self, spec: SpanSpec) -> None:
+        """Undo `admit` for one spec that never reached the processor."""
         with self._lock:
-            keys = self._pending.get((trace_id, span_id))
-            if not keys:
-                return None
-            key = keys.pop(0)
-            if not keys:
-                del self._pending[(trace_id, span_id)]
-            return key
+            self.in_flight = max(0, self.in_flight - 1)
+            self._take(spec.trace_id, spec.span_id)
+
+    def _take(self, trace_id: int, span_id: int) -> str | None:
+        # Caller holds the lock.
+        keys = self._pending.get((trace_id, span_id))
+        if not keys:
+            return None
+        key = keys.pop(0)
+        if not keys:
+            del self._pending[(trace_id, span_id)]
+        return key
 
     def take_all(self) -> list[str]:
         with self._lock:
             keys = [key for group in self._pending.values() for key in group]
             self._pending.clear()
+            self.in_flight = 0
             return keys
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         keys = []
-        for span in spans:
-            ctx = span.context
-            key = self.take(ctx.trace_id, ctx.span_id) if ctx is not None else None
-            if key is not None:
-                keys.append(key)
+        with self._lock:
+            for span in spans:
+                ctx = span.context
+                key = self._take(ctx.trace_id, ctx.span_id) if ctx is not None else None
+                if key is not None:
+                    keys.append(key)
         try:
             result = self._inner.export(spans)
         except Exception:
             log.exception("span exporter raised; treating the batch as failed")
             result = SpanExportResult.FAILURE
         ok = result is SpanExportResult.SUCCESS
-        self._release(len(spans))
+        # Slots are freed only now: the processor already popped these spans, but a span being exported still
+        # holds memory, and counting it keeps `in_flight` an upper bound of the processor's queue.
+        with self._lock:
+            self.in_flight = max(0, self.in_flight - len(spans))
         if not ok and self._on_failure is not None:
             self._on_failure(len(spans))
         _call_ack(self._on_ack, keys, ok)
@@ -239,9 +269,16 @@ class OtlpSpanSink:
     Processor sizes come from the keyword arguments, else from `settings`, else `TraceSettings` defaults; the
     resource from `resource`, else `build_resource(settings)`.
 
+    Each `export` call is one unit (the pipeline passes one step's spans, or one run span): the unit is taken whole
+    or refused whole, so a step is never split between an accepted step span and a refused tool span (which would
+    export the accepted one twice when the step is retried). A unit is refused when it does not fit beside the
+    `max_queue_size` spans already waiting: its keys are acked False at once and counted as `span_queue_full`
+    through `on_drop(reason, n)`, and the pipeline retries the step on a later poll. A unit larger than the whole
+    queue could never fit, so retrying it would loop forever: it is dropped instead, counted the same way, logged,
+    and acked True so its step commits (its metrics still count) and polling moves on.
+
     `exporter=None` means traces are off: every spec is acknowledged at once, successfully. `on_failure(n)` counts
-    spans whose export failed (`stepscope_span_export_failures_total`); `on_drop(reason, n)` counts spans refused
-    because `max_queue_size` spans are already waiting (`span_queue_full`); those are acked False immediately.
+    spans whose export failed (`stepscope_span_export_failures_total`).
     The sampler is always-on and `OTEL_TRACES_SAMPLER` is ignored: an unsampled span would never be acked.
     """
 
@@ -264,16 +301,16 @@ class OtlpSpanSink:
         self._on_ack = on_ack
         self._on_drop = on_drop
         self._max_queue = max_queue_size
-        self._in_flight = 0
-        self._count_lock = threading.Lock()
         self._closed = False
         self._wrapper: _AckingExporter | None = None
         self._provider: TracerProvider | None = None
         self._ids = _PresetIds()
         self._root = Context()
+        # Parent contexts by (trace id, parent span id, remote, flags): every step of a run has the same parent.
+        self._parents: dict[tuple[int, int, bool, int], Context] = {}
         if exporter is None:
             return
-        self._wrapper = _AckingExporter(exporter, on_ack, on_failure, self._release)
+        self._wrapper = _AckingExporter(exporter, on_ack, on_failure, max_queue_size)
         self._provider = TracerProvider(
             sampler=ALWAYS_ON,
             resource=resource if resource is not None else build_resource(cfg),
@@ -296,52 +333,58 @@ class OtlpSpanSink:
     @property
     def in_flight(self) -> int:
         """Spans handed to the processor and not yet acknowledged."""
-        return self._in_flight
-
-    def _release(self, n: int) -> None:
-        with self._count_lock:
-            self._in_flight = max(0, self._in_flight - n)
+        return self._wrapper.in_flight if self._wrapper is not None else 0
 
     def export(self, specs: Sequence[SpanSpec]) -> None:
-        """Start and end one SDK span per spec; never blocks on the network, never raises."""
+        """Start and end one SDK span per spec, or refuse them all; never blocks on the network, never raises."""
         if not specs:
             return
-        if self._wrapper is None or self._closed:
+        wrapper = self._wrapper
+        if wrapper is None or self._closed:
             _call_ack(self._on_ack, [s.key for s in specs], not self._closed)
             return
-        with self._count_lock:
-            room = max(0, self._max_queue - self._in_flight)
-            taken = min(room, len(specs))
-            self._in_flight += taken
-        if taken < len(specs):
-            refused = specs[taken:]
-            log.warning("span queue full: refusing %d spans", len(refused))
-            if self._on_drop is not None:
-                self._on_drop(DROP_QUEUE_FULL, len(refused))
-            _call_ack(self._on_ack, [s.key for s in refused], False)
-        for spec in specs[:taken]:
+        if not wrapper.admit(specs):
+            self._refuse(specs)
+            return
+        for spec in specs:
             try:
                 self._emit(spec)
             except Exception:
                 log.exception("could not emit span %s", spec.key)
-                self._release(1)
-                self._wrapper.take(spec.trace_id, spec.span_id)
+                wrapper.forget(spec)
                 _call_ack(self._on_ack, [spec.key], False)
+
+    def _refuse(self, specs: Sequence[SpanSpec]) -> None:
+        oversized = len(specs) > self._max_queue
+        if oversized:
+            log.warning(
+                "dropping %d spans of one step: more than the whole span queue (%d)", len(specs), self._max_queue
+            )
+        else:
+            log.warning("span queue full: refusing %d spans", len(specs))
+        if self._on_drop is not None:
+            self._on_drop(DROP_QUEUE_FULL, len(specs))
+        _call_ack(self._on_ack, [s.key for s in specs], oversized)
+
+    def _parent_context(self, spec: SpanSpec, parent_span_id: int) -> Context:
+        key = (spec.trace_id, parent_span_id, spec.parent_remote, spec.trace_flags)
+        context = self._parents.get(key)
+        if context is None:
+            if len(self._parents) >= _PARENT_CACHE:
+                self._parents.clear()
+            parent = SpanContext(
+                spec.trace_id, parent_span_id, is_remote=spec.parent_remote, trace_flags=TraceFlags(spec.trace_flags)
+            )
+            context = trace.set_span_in_context(NonRecordingSpan(parent), self._root)
+            self._parents[key] = context
+        return context
 
     def _emit(self, spec: SpanSpec) -> None:
         assert self._wrapper is not None
-        context = self._root
-        if spec.parent_span_id is not None:
-            parent = SpanContext(
-                spec.trace_id,
-                spec.parent_span_id,
-                is_remote=spec.parent_remote,
-                trace_flags=TraceFlags(spec.trace_flags),
-            )
-            context = trace.set_span_in_context(NonRecordingSpan(parent), self._root)
+        parent_span_id = spec.parent_span_id
+        context = self._root if parent_span_id is None else self._parent_context(spec, parent_span_id)
         self._ids.trace_id = spec.trace_id
         self._ids.span_id = spec.span_id
-        self._wrapper.register(spec.trace_id, spec.span_id, spec.key)
         span = self._tracer.start_span(
             spec.name,
             context=context,
@@ -353,8 +396,7 @@ class OtlpSpanSink:
         )
         if not span.is_recording():
             # OTEL_SDK_DISABLED=true: nothing will be exported, so nothing would ever be acked.
-            self._wrapper.take(spec.trace_id, spec.span_id)
-            self._release(1)
+            self._wrapper.forget(spec)
             _call_ack(self._on_ack, [spec.key], True)
             return
         for event in spec.events:
@@ -382,7 +424,4 @@ class OtlpSpanSink:
             self._provider.shutdown()
         except Exception:
             log.exception("tracer provider shutdown failed")
-        leftover = self._wrapper.take_all()
-        with self._count_lock:
-            self._in_flight = 0
-        _call_ack(self._on_ack, leftover, False)
+        _call_ack(self._on_ack, self._wrapper.take_all(), False)

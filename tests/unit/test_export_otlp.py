@@ -107,8 +107,8 @@ class TestSink:
         assert acks.flat() == [("step:s1", False), ("step:s2", False)]
         assert failures == [2]
 
-    def test_queue_bound_refuses_instead_of_dropping(self) -> None:
-        """Past max_queue_size in flight, specs are acked False at once and counted as span_queue_full."""
+    def test_queue_bound_refuses_whole_units(self) -> None:
+        """A unit that does not fit beside the spans in flight is acked False whole and counted as span_queue_full."""
         exporter = GatedExporter()
         exporter.gate.clear()
         acks = Acks()
@@ -120,17 +120,48 @@ class TestSink:
             schedule_delay_ms=10,
             on_drop=lambda reason, n: drops.append((reason, n)),
         )
-        sink.export([spec(i) for i in range(5)])
+        sink.export([spec(0), spec(1)])
+        sink.export([spec(2), spec(3)])  # 2 + 2 > 3: refused whole, not split 1 + 1
+        sink.export([spec(4)])
         assert drops == [("span_queue_full", 2)]
-        assert acks.calls == [(["step:s3", "step:s4"], False)]
+        assert acks.calls == [(["step:s2", "step:s3"], False)]
         assert sink.in_flight == 3
         exporter.gate.set()
         sink.force_flush(5.0)
         sink.shutdown()
         assert acks.flat() == sorted(
-            [(f"step:s{i}", True) for i in range(3)] + [("step:s3", False), ("step:s4", False)]
+            [(f"step:s{i}", True) for i in (0, 1, 4)] + [("step:s2", False), ("step:s3", False)]
         )
+        assert sorted(s.context.span_id for s in exporter.spans if s.context) == [0x100, 0x101, 0x104]
         assert sink.in_flight == 0
+
+    def test_unit_larger_than_queue_is_dropped_not_retried(self) -> None:
+        """A unit that could never fit is dropped, counted and acked True, so its step commits instead of looping."""
+        exporter = GatedExporter()
+        acks = Acks()
+        drops: list[tuple[str, int]] = []
+        sink = OtlpSpanSink(
+            exporter, on_ack=acks, max_queue_size=3, on_drop=lambda reason, n: drops.append((reason, n))
+        )
+        sink.export([spec(i) for i in range(5)])
+        assert acks.calls == [([f"step:s{i}" for i in range(5)], True)]
+        assert drops == [("span_queue_full", 5)]
+        assert sink.in_flight == 0
+        sink.force_flush(5.0)
+        sink.shutdown()
+        assert exporter.spans == []
+
+    def test_parent_context_reused_per_parent(self) -> None:
+        """Specs sharing a parent and specs with different parents each get their own parent span id."""
+        exporter = GatedExporter()
+        sink = OtlpSpanSink(exporter, on_ack=Acks(), schedule_delay_ms=10)
+        sink.export([spec(1), spec(2), spec(3, parent_span_id=0x101), spec(4, parent_span_id=0x99, trace_id=0xDEF)])
+        sink.force_flush(5.0)
+        sink.shutdown()
+        parents = {
+            s.context.span_id: (s.parent.trace_id, s.parent.span_id) for s in exporter.spans if s.context and s.parent
+        }
+        assert parents == {0x101: (0xABC, 0x99), 0x102: (0xABC, 0x99), 0x103: (0xABC, 0x101), 0x104: (0xDEF, 0x99)}
 
     def test_same_span_twice_acked_twice(self) -> None:
         """Re-exporting a span still in flight keeps both acks (one key per span handed over)."""
