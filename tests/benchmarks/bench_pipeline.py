@@ -11,7 +11,10 @@ stepscope's own work: mapping to `SpanSpec`/`Observation`, deterministic (hashed
 bookkeeping and its self-metrics (`stepscope_export_lag_seconds`), which the real wiring (`SelfMetrics`) pays here.
 
 Both sides run in this process pinned to one core; the exporter encodes each batch and drops the bytes (no
-network). Each round runs bare then ours; the median ratio is reported.
+network). Cost is the process's CPU time (`time.process_time`: every thread, so the processor's worker thread and
+its encoding count on both sides), not wall time: on a shared machine other processes preempt the pinned core at
+random, which swung wall-clock ratios between 0.5 and 1.3 from one round to the next. Rounds alternate which side
+goes first; the median ratio of CPU times is reported, with the wall-clock rates alongside.
 """
 
 from __future__ import annotations
@@ -82,8 +85,8 @@ def _step(i: int) -> RunStep:
 STEPS = [_step(i) for i in range(N)]
 
 
-async def ours() -> float:
-    """Seconds for N steps through `Pipeline.emit` until every step is acknowledged and counted (app.py's wiring)."""
+async def ours() -> tuple[float, float]:
+    """(CPU, wall) seconds for N steps through `Pipeline.emit` until all are acknowledged (app.py wiring)."""
     registry = CollectorRegistry()
     health = SelfMetrics(registry, version="bench")
     box: list[Pipeline] = []
@@ -101,13 +104,13 @@ async def ours() -> float:
     box.append(pipeline)
     acks = _Acks()
     pipeline.bind(acks, asyncio.get_running_loop())
-    start = time.perf_counter()
+    start, wall = time.process_time(), time.perf_counter()
     for i in range(0, N, BATCH):
         pipeline.emit(StepBatch(run=RUN, steps=tuple(STEPS[i : i + BATCH])), None)
         await asyncio.sleep(0)
     while acks.steps < N:  # noqa: ASYNC110 - acks arrive via call_soon_threadsafe; 1 ms of polling is noise
         await asyncio.sleep(0.001)
-    took = time.perf_counter() - start
+    took = time.process_time() - start, time.perf_counter() - wall
     sink.shutdown()
     return took
 
@@ -116,8 +119,8 @@ def _exemplar(ctx: SpanContext) -> dict[str, str]:
     return {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
 
 
-def bare() -> float:
-    """Seconds for the same spans (same attributes and parents), encoded the same way, plus the same increments."""
+def bare() -> tuple[float, float]:
+    """(CPU, wall) seconds for the same spans (attributes, parents), encoded alike, and the same increments."""
     reg = CollectorRegistry()
     labels4 = ["step_type", "status", "model", "assistant_id"]
     steps = Counter("s", "s", labels4, registry=reg)
@@ -132,7 +135,7 @@ def bare() -> float:
     internal = trace.SpanKind.INTERNAL
     # The run's span is exported on its own when the run ends; steps hang under its context.
     run_ctx = trace.set_span_in_context(NonRecordingSpan(SpanContext(1, 1, False, TraceFlags(1))))
-    start = time.perf_counter()
+    start, wall = time.process_time(), time.perf_counter()
     for st in STEPS:
         attrs: dict[str, str | int] = {"openai.run_step.id": st.id, "openai.run_step.type": st.type,
                                        "openai.run_step.status": st.status, "openai.run.id": st.run_id,
@@ -159,26 +162,34 @@ def bare() -> float:
                 tool.end(105_000_000_000)
                 tools.labels("function", "get_weather").inc(1, _exemplar(tool.get_span_context()))
     provider.force_flush(60_000)
-    took = time.perf_counter() - start
+    took = time.process_time() - start, time.perf_counter() - wall
     provider.shutdown()
     return took
 
 
-def main(rounds: int = 3) -> list[tuple[str, str, str, str]]:
+def main(rounds: int = 5) -> list[tuple[str, str, str, str]]:
     """Rows (figure, value, target, verdict)."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {0})
-    ratios, ours_rates, bare_rates = [], [], []
-    for _ in range(rounds):
-        b = bare()
-        o = asyncio.run(ours())
+    ratios, ours_rates, bare_rates, ours_wall, bare_wall = [], [], [], [], []
+    for r in range(rounds):
+        if r % 2:
+            o, ow = asyncio.run(ours())
+            b, bw = bare()
+        else:
+            b, bw = bare()
+            o, ow = asyncio.run(ours())
         ratios.append(b / o)
         ours_rates.append(N / o)
         bare_rates.append(N / b)
+        ours_wall.append(N / ow)
+        bare_wall.append(N / bw)
     ratio = statistics.median(ratios)
+    med = statistics.median
     return [
-        ("pipeline steps/s, one core (stepscope)", f"{statistics.median(ours_rates):,.0f}", "", ""),
-        ("bare minimum steps/s, one core", f"{statistics.median(bare_rates):,.0f}", "", ""),
+        ("pipeline steps per CPU second, one core (stepscope)", f"{med(ours_rates):,.0f} (wall {med(ours_wall):,.0f})",
+         "", ""),
+        ("bare minimum steps per CPU second, one core", f"{med(bare_rates):,.0f} (wall {med(bare_wall):,.0f})", "", ""),
         ("pipeline ratio to bare (median of rounds)", f"{ratio:.2f} ({', '.join(f'{r:.2f}' for r in ratios)})",
          ">= 0.80", "met" if ratio >= 0.8 else "MISSED"),
     ]  # fmt: skip
