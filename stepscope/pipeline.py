@@ -15,7 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from stepscope.mapping.attributes import MappingOptions
@@ -50,7 +50,7 @@ class _Pending:
     run: Run
     step: RunStep | None  # None for the run span
     observations: list[Observation]
-    remaining: set[str] = field(default_factory=set)
+    remaining: int = 0  # distinct keys still mapped to this entry in `Pipeline._pending`
     failed: bool = False
 
 
@@ -103,7 +103,8 @@ class Pipeline:
         for step in batch.steps:
             try:
                 step_specs = step_spans(run, step, options=options)
-                observations = step_observations(run, step, span_id=step_specs[0].span_id)
+                call_ids = [spec.span_id for spec in step_specs[1:]] if len(step_specs) > 1 else None
+                observations = step_observations(run, step, span_id=step_specs[0].span_id, call_span_ids=call_ids)
             except Exception:
                 log.exception("cannot map step %s of run %s; dropping it", step.id, run.id)
                 self._health.dropped("mapping_error")
@@ -125,11 +126,13 @@ class Pipeline:
 
     def _register(self, pending: _Pending, specs: Sequence[SpanSpec]) -> None:
         # Registered before export: the sink may acknowledge synchronously (refusal, traces off).
+        # A count, not a set of keys: `_pending` maps each key to one entry, so popping a key there decrements
+        # exactly one count; a key repeated within one step (bad data) is counted once.
         pending_by_key = self._pending
-        remaining = pending.remaining
         for spec in specs:
-            remaining.add(spec.key)
-            pending_by_key[spec.key] = pending
+            if pending_by_key.get(spec.key) is not pending:
+                pending.remaining += 1
+                pending_by_key[spec.key] = pending
 
     def _acknowledge_now(self, ref: RunRef, step: RunStep | None, *, ok: bool) -> None:
         if self._receiver is None:
@@ -157,11 +160,10 @@ class Pipeline:
             pending = pending_by_key.pop(key, None)
             if pending is None:
                 continue
-            remaining = pending.remaining
-            remaining.discard(key)
+            pending.remaining -= 1
             if not ok:
                 pending.failed = True
-            if not remaining:
+            if not pending.remaining:
                 done.append(pending)
         self._set_exporter_state("ok" if ok else "failing")
         if not done:
@@ -179,9 +181,13 @@ class Pipeline:
         steps_by_run: dict[tuple[RunRef, bool], list[str]] = defaultdict(list)
         now = self._wall()
         observe_lag = self._health.observe_export_lag
+        last_run: Run | None = None
+        ref = RunRef("", "")
         for pending in done:
             ok_step = not pending.failed
-            ref = pending.run.ref
+            if pending.run is not last_run:  # an acknowledgement mostly holds steps of few runs, in order
+                last_run = pending.run
+                ref = last_run.ref
             step = pending.step
             if step is None:
                 if receiver is not None:

@@ -7,6 +7,8 @@ describes, which the Prometheus sink turns into an exemplar.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from stepscope.mapping import attributes as a
 from stepscope.mapping.ids import span_id_for
 from stepscope.mapping.spans import run_trace
@@ -33,8 +35,11 @@ METRIC_LABELS: dict[str, tuple[str, ...]] = {
 """Every metric the mapping emits, with its label names in exposition order."""
 
 
-def step_observations(run: Run, step: RunStep, *, span_id: int | None = None) -> list[Observation]:
-    """What one terminal step adds to the metrics. `span_id` is the step span's (derived when omitted).
+def step_observations(
+    run: Run, step: RunStep, *, span_id: int | None = None, call_span_ids: Sequence[int] | None = None
+) -> list[Observation]:
+    """What one terminal step adds to the metrics. `span_id` is the step span's, `call_span_ids` its tool-call
+    spans' in `tool_calls` order (`step_spans` already hashed them); each is derived when omitted.
 
     Sample: `RunStep(id="step_1", assistant_id="asst_1", type="tool_calls", status="completed", created_at=103,
     completed_at=105, usage=Usage(20, 3, 23), tool_calls=(ToolCall("call_1", "function", name="get_weather"),))`
@@ -82,9 +87,13 @@ def step_observations(run: Run, step: RunStep, *, span_id: int | None = None) ->
         seconds = float(max(0, ended - step.created_at))
         labels = {a.LABEL_STEP_TYPE: step_type, a.LABEL_STATUS: status}
         out.append(Observation(RUN_STEP_DURATION, labels, seconds, trace_id, span_id))
-    for call in step.tool_calls:
-        labels = {a.LABEL_TOOL_TYPE: a.tool_type(call.type), a.LABEL_TOOL_NAME: call.name or call.type}
-        out.append(Observation(TOOL_CALLS_TOTAL, labels, 1.0, trace_id, span_id_for("call", step.id, call.id)))
+    calls = step.tool_calls
+    if calls:
+        if call_span_ids is None or len(call_span_ids) != len(calls):
+            call_span_ids = [span_id_for("call", step.id, call.id) for call in calls]
+        for call, call_span_id in zip(calls, call_span_ids, strict=True):
+            labels = {a.LABEL_TOOL_TYPE: a.tool_type(call.type), a.LABEL_TOOL_NAME: call.name or call.type}
+            out.append(Observation(TOOL_CALLS_TOTAL, labels, 1.0, trace_id, call_span_id))
     return out
 
 

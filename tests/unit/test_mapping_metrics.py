@@ -94,6 +94,16 @@ class TestStepObservations:
         assert [o.metric for o in obs] == ["stepscope_run_steps_total"]
         assert obs[0].labels["status"] == "weird"
 
+    def test_given_call_span_ids_match_derived_ones(self) -> None:
+        """Tool-call span ids passed in (as step_spans computed them) give the same observations as deriving them."""
+        step = make_step(tool_calls=(ToolCall("call_1", "function", name="f"), ToolCall("call_2", "function")))
+        ids = [span_id_for("call", step.id, "call_1"), span_id_for("call", step.id, "call_2")]
+        assert step_observations(make_run(), step, call_span_ids=ids) == step_observations(make_run(), step)
+        given = step_observations(make_run(), step, call_span_ids=[7, 8])
+        assert [o.span_id for o in given if o.metric == "stepscope_tool_calls_total"] == [7, 8]
+        wrong_length = step_observations(make_run(), step, call_span_ids=[7])
+        assert [o.span_id for o in wrong_length if o.metric == "stepscope_tool_calls_total"] == ids
+
 
 class TestRunObservations:
     def test_completed_run(self) -> None:
