@@ -88,7 +88,7 @@ class _LabelCap:
 class _Family:
     """One metric family with its label order, capped label positions and a cache of children."""
 
-    __slots__ = ("bounds", "caps", "children", "fan_out", "fanned", "metric", "name", "names")
+    __slots__ = ("bounds", "caps", "children", "fan_out", "fanned", "metric", "name", "names", "resolved")
 
     def __init__(
         self,
@@ -104,6 +104,9 @@ class _Family:
         self.names = names
         self.caps = caps
         self.children: dict[tuple[str, ...], Any] = {}
+        # Raw label values the caps left alone -> child. Admitted values stay admitted, so the entry stays right;
+        # tuples with a rewritten value are not kept (they are unbounded) and take the slow path every time.
+        self.resolved: dict[tuple[str, ...], Any] = {}
         self.fan_out: list[tuple[int, tuple[str, ...]]] = []
         self.fanned: set[tuple[str, ...]] = set()
 
@@ -217,10 +220,10 @@ class PrometheusMetrics:
             try:
                 family = self._families[obs.metric]
                 labels: Mapping[str, str] = obs.labels
-                values = self._capped(family, tuple([labels[n] for n in family.names]))
+                raw = tuple([labels[n] for n in family.names])
                 if family.bounds is None and obs.value < 0:
                     raise ValueError("Counters can only be incremented by non-negative amounts.")
-                child = family.child(values)
+                child = self._resolve(family, raw)
             except Exception as exc:
                 self._warn(obs.metric, exc)
                 continue
@@ -237,6 +240,16 @@ class PrometheusMetrics:
                     _observe(child, family.bounds, group_obs)
             except Exception as exc:
                 self._warn(family.name, exc)
+
+    def _resolve(self, family: _Family, raw: tuple[str, ...]) -> Any:
+        """The child for raw label values; every capped rewrite is reported, every time."""
+        child = family.resolved.get(raw)
+        if child is None:
+            before = self._overflows
+            child = family.child(self._capped(family, raw))
+            if self._overflows == before:
+                family.resolved[raw] = child
+        return child
 
     def _warn(self, metric: str, exc: Exception) -> None:
         if metric not in self._warned:

@@ -143,6 +143,19 @@ class TestLabelCap:
         assert reasons == ["label_cap", "label_cap"]
         assert sink.overflows == 2
 
+    def test_repeated_values_past_the_cap_count_every_time(self) -> None:
+        """A value past the cap is rewritten and reported on every observation, not only the first; admitted stay."""
+        reg = CollectorRegistry()
+        reasons: list[str] = []
+        sink = PrometheusMetrics(reg, label_cap=1, overflow=reasons.append)
+        reasons.clear()  # the built-in tools' series already overflowed the tool_name cap of 1
+        for assistant in ("asst_0", "asst_9", "asst_0", "asst_9", "asst_0"):
+            sink.record(run_observations(make_run(assistant_id=assistant)))
+        common = {"status": "completed", "model": "gpt-4o"}
+        assert sample(reg, "stepscope_runs_total", assistant_id="asst_0", **common) == 3
+        assert sample(reg, "stepscope_runs_total", assistant_id="_other", **common) == 2
+        assert reasons == ["label_cap", "label_cap"]
+
     def test_tool_name_cap_counts_builtins(self) -> None:
         """Built-in tools hold cap slots from start-up, so a cap of 2 sends the first function to _other."""
         reg = CollectorRegistry()
