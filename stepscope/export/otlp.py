@@ -181,7 +181,10 @@ class _AckingExporter(SpanExporter):
         self._on_failure = on_failure
         self._max_queue = max_queue
         self._lock = threading.Lock()
-        self._pending: dict[tuple[int, int], list[str]] = {}
+        # (trace id << 64 | span id) -> key, or keys in hand-over order when one span is in flight twice. An int
+        # and a str, unlike a tuple and a list, are not tracked by the garbage collector, whose passes over
+        # thousands of spans in flight were most of the sink's overhead.
+        self._pending: dict[int, str | list[str]] = {}
         self.in_flight = 0
 
     def admit(self, specs: Sequence[SpanSpec]) -> bool:
@@ -193,10 +196,12 @@ class _AckingExporter(SpanExporter):
             self.in_flight += n
             pending = self._pending
             for spec in specs:
-                ids = (spec.trace_id, spec.span_id)
+                ids = spec.trace_id << 64 | spec.span_id
                 keys = pending.get(ids)
                 if keys is None:
-                    pending[ids] = [spec.key]
+                    pending[ids] = spec.key
+                elif isinstance(keys, str):
+                    pending[ids] = [keys, spec.key]
                 else:
                     keys.append(spec.key)
         return True
@@ -205,21 +210,26 @@ class _AckingExporter(SpanExporter):
         """Undo `admit` for one spec that never reached the processor."""
         with self._lock:
             self.in_flight = max(0, self.in_flight - 1)
-            self._take(spec.trace_id, spec.span_id)
+            self._take(spec.trace_id << 64 | spec.span_id)
 
-    def _take(self, trace_id: int, span_id: int) -> str | None:
+    def _take(self, ids: int) -> str | None:
         # Caller holds the lock.
-        keys = self._pending.get((trace_id, span_id))
-        if not keys:
-            return None
+        keys = self._pending.pop(ids, None)
+        if keys is None or isinstance(keys, str):
+            return keys
         key = keys.pop(0)
-        if not keys:
-            del self._pending[(trace_id, span_id)]
+        if keys:
+            self._pending[ids] = keys
         return key
 
     def take_all(self) -> list[str]:
         with self._lock:
-            keys = [key for group in self._pending.values() for key in group]
+            keys: list[str] = []
+            for group in self._pending.values():
+                if isinstance(group, str):
+                    keys.append(group)
+                else:
+                    keys.extend(group)
             self._pending.clear()
             self.in_flight = 0
             return keys
@@ -229,7 +239,7 @@ class _AckingExporter(SpanExporter):
         with self._lock:
             for span in spans:
                 ctx = span.context
-                key = self._take(ctx.trace_id, ctx.span_id) if ctx is not None else None
+                key = self._take(ctx.trace_id << 64 | ctx.span_id) if ctx is not None else None
                 if key is not None:
                     keys.append(key)
         try:
