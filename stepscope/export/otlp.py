@@ -312,6 +312,7 @@ class OtlpSpanSink:
         self._on_drop = on_drop
         self._max_queue = max_queue_size
         self._closed = False
+        self._refusing = False  # between the first refused unit and the next admitted one
         self._wrapper: _AckingExporter | None = None
         self._provider: TracerProvider | None = None
         self._ids = _PresetIds()
@@ -356,6 +357,9 @@ class OtlpSpanSink:
         if not wrapper.admit(specs):
             self._refuse(specs)
             return
+        if self._refusing:
+            self._refusing = False
+            log.info("span queue has room again")
         for spec in specs:
             try:
                 self._emit(spec)
@@ -370,8 +374,10 @@ class OtlpSpanSink:
             log.warning(
                 "dropping %d spans of one step: more than the whole span queue (%d)", len(specs), self._max_queue
             )
-        else:
-            log.warning("span queue full: refusing %d spans", len(specs))
+        elif not self._refusing:
+            # Once per episode, not per step: refusals are counted in span_queue_full.
+            self._refusing = True
+            log.warning("span queue full: refusing steps until it drains (counted in span_queue_full)")
         if self._on_drop is not None:
             self._on_drop(DROP_QUEUE_FULL, len(specs))
         _call_ack(self._on_ack, [s.key for s in specs], oversized)

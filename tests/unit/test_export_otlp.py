@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -107,7 +108,7 @@ class TestSink:
         assert acks.flat() == [("step:s1", False), ("step:s2", False)]
         assert failures == [2]
 
-    def test_queue_bound_refuses_whole_units(self) -> None:
+    def test_queue_bound_refuses_whole_units(self, caplog: pytest.LogCaptureFixture) -> None:
         """A unit that does not fit beside the spans in flight is acked False whole and counted as span_queue_full."""
         exporter = GatedExporter()
         exporter.gate.clear()
@@ -121,16 +122,22 @@ class TestSink:
             on_drop=lambda reason, n: drops.append((reason, n)),
         )
         sink.export([spec(0), spec(1)])
-        sink.export([spec(2), spec(3)])  # 2 + 2 > 3: refused whole, not split 1 + 1
-        sink.export([spec(4)])
-        assert drops == [("span_queue_full", 2)]
-        assert acks.calls == [(["step:s2", "step:s3"], False)]
+        with caplog.at_level(logging.INFO, logger="stepscope.export.otlp"):
+            sink.export([spec(2), spec(3)])  # 2 + 2 > 3: refused whole, not split 1 + 1
+            sink.export([spec(5), spec(6)])
+            sink.export([spec(4)])
+        assert drops == [("span_queue_full", 2), ("span_queue_full", 2)]
+        assert acks.calls == [(["step:s2", "step:s3"], False), (["step:s5", "step:s6"], False)]
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 2, "one warning per episode of refusals, then one line when room is back"
+        assert "span queue full" in messages[0]
+        assert "room again" in messages[1]
         assert sink.in_flight == 3
         exporter.gate.set()
         sink.force_flush(5.0)
         sink.shutdown()
         assert acks.flat() == sorted(
-            [(f"step:s{i}", True) for i in (0, 1, 4)] + [("step:s2", False), ("step:s3", False)]
+            [(f"step:s{i}", True) for i in (0, 1, 4)] + [(f"step:s{i}", False) for i in (2, 3, 5, 6)]
         )
         assert sorted(s.context.span_id for s in exporter.spans if s.context) == [0x100, 0x101, 0x104]
         assert sink.in_flight == 0
