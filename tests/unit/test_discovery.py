@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from stepscope.errors import AuthError, NotFound, SourceError
-from stepscope.models import RunRef
-from stepscope.source.discovery import Discovery, shard_of
+from stepscope.models import Run, RunRef
+from stepscope.source.discovery import DISCOVERY_CONCURRENCY, Discovery, shard_of
 from stepscope.store import SqliteStore
 from tests.unit._fakes import FakeSource, make_run
 
@@ -132,3 +134,28 @@ async def test_threads_with_a_tracked_active_run_are_not_listed(store: SqliteSto
     tracker.busy = {"thread_a"}
     await _discovery(source, store, tracker, threads=["thread_a", "thread_b"]).run_once()
     assert source.calls == ["list_runs thread_b"]
+
+
+class SlowSource(FakeSource):
+    """Counts how many run listings are in flight at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most = 0
+
+    async def list_runs(self, thread_id: str, *, limit: int = 20) -> AsyncIterator[Run]:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        for run in []:  # no runs; the shape of an async generator
+            yield run
+
+
+async def test_threads_are_listed_a_few_at_a_time(store: SqliteStore) -> None:
+    """A pass over many threads keeps DISCOVERY_CONCURRENCY listings in flight, never more."""
+    source = SlowSource()
+    threads = [f"thread_{i}" for i in range(30)]
+    await _discovery(source, store, Tracker(), threads=threads).run_once()
+    assert source.most == DISCOVERY_CONCURRENCY
