@@ -15,7 +15,7 @@ from typing import Any
 from stepscope.simulator import serializers
 from stepscope.simulator.plan import client_plan, new_id, workload_plan
 from stepscope.simulator.scenario import Scenario, SimTime
-from stepscope.simulator.state import RUN_TERMINAL, SimRun, SimThread
+from stepscope.simulator.state import RUN_TERMINAL, SimRun, SimStep, SimThread
 
 _NAMES = ("Support Agent", "Data Analyst", "Research Helper", "Travel Planner", "Code Reviewer", "Billing Bot")
 _DEFAULT_TOOLS: list[dict[str, Any]] = [
@@ -198,6 +198,13 @@ class Engine:
             thread.run_pos = {r.id: i for i, r in enumerate(thread.runs)}
         return len(doomed)
 
+    def _truth_step(self, run: SimRun, step: SimStep, t: float) -> dict[str, Any]:
+        """The step as the API shows it, plus `sim_ended_at`: the exact (sub-second) end once it is terminal, so
+        benchmarks can measure lag without the API's whole-second truncation."""
+        obj = dict(serializers.step_dict(run, step, t, content=False, azure=self.azure))  # a copy: the API caches
+        obj["sim_ended_at"] = step.end if step.end <= t else None
+        return obj
+
     def truth(self) -> dict[str, Any]:
         """Every thread, assistant, run and (visible) step as the API serialises them now; see `Simulator.truth`."""
         t = self.now()
@@ -206,7 +213,7 @@ class Engine:
         for run in self.runs.values():
             obj = serializers.run_dict(run, t, azure=azure)
             n = run.visible(t)
-            obj["steps"] = [serializers.step_dict(run, s, t, content=False, azure=azure) for s in run.steps[:n]]
+            obj["steps"] = [self._truth_step(run, s, t) for s in run.steps[:n]]
             runs.append(obj)
         return {
             "now": int(t),
