@@ -3,46 +3,26 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.exposition import generate_latest
 
 from stepscope.export.prometheus import PrometheusMetrics
 from stepscope.mapping import run_observations, step_observations
-from stepscope.models import Run, RunStep, ToolCall, Usage
+from stepscope.models import ToolCall, Usage
 from stepscope.types import Observation
+from tests.unit import samples
 
+make_run = samples.make_run
 
-def make_run(**kw: object) -> Run:
-    base: dict[str, object] = {
-        "id": "run_1",
-        "thread_id": "thread_1",
-        "assistant_id": "asst_1",
-        "status": "completed",
-        "created_at": 100,
-        "model": "gpt-4o",
-        "started_at": 102,
-        "completed_at": 130,
-    }
-    base.update(kw)
-    return Run(**base)  # type: ignore[arg-type]
-
-
-def make_step(**kw: object) -> RunStep:
-    base: dict[str, object] = {
-        "id": "step_1",
-        "run_id": "run_1",
-        "thread_id": "thread_1",
-        "assistant_id": "asst_1",
-        "type": "tool_calls",
-        "status": "completed",
-        "created_at": 103,
-        "completed_at": 106,
-        "usage": Usage(20, 3, 23),
-        "tool_calls": (ToolCall("call_1", "function", name="get_weather"),),
-    }
-    base.update(kw)
-    return RunStep(**base)  # type: ignore[arg-type]
+make_step = partial(
+    samples.make_step,
+    type="tool_calls",
+    completed_at=106,
+    usage=Usage(20, 3, 23),
+    tool_calls=(ToolCall("call_1", "function", name="get_weather"),),
+)
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

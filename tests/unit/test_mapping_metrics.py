@@ -2,47 +2,27 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from stepscope.mapping import run_observations, step_observations
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
-from stepscope.models import Run, RunStep, ToolCall, Usage
+from stepscope.models import ToolCall, Usage
 from stepscope.types import Observation
+from tests.unit import samples
 
 TRACE = trace_id_for_run("run_1")
 STEP_SPAN = span_id_for("step", "step_1")
 RUN_SPAN = span_id_for("run", "run_1")
 
 
-def make_run(**kw: object) -> Run:
-    base: dict[str, object] = {
-        "id": "run_1",
-        "thread_id": "thread_1",
-        "assistant_id": "asst_1",
-        "status": "completed",
-        "created_at": 100,
-        "model": "gpt-4o",
-        "started_at": 102,
-        "completed_at": 130,
-        "usage": Usage(500, 70, 570),
-    }
-    base.update(kw)
-    return Run(**base)  # type: ignore[arg-type]
+make_run = partial(samples.make_run, usage=Usage(500, 70, 570))
 
-
-def make_step(**kw: object) -> RunStep:
-    base: dict[str, object] = {
-        "id": "step_1",
-        "run_id": "run_1",
-        "thread_id": "thread_1",
-        "assistant_id": "asst_1",
-        "type": "tool_calls",
-        "status": "completed",
-        "created_at": 103,
-        "completed_at": 105,
-        "usage": Usage(20, 3, 23),
-        "tool_calls": (ToolCall("call_1", "function", name="get_weather"), ToolCall("call_2", "file_search")),
-    }
-    base.update(kw)
-    return RunStep(**base)  # type: ignore[arg-type]
+make_step = partial(
+    samples.make_step,
+    type="tool_calls",
+    usage=Usage(20, 3, 23),
+    tool_calls=(ToolCall("call_1", "function", name="get_weather"), ToolCall("call_2", "file_search")),
+)
 
 
 class TestStepObservations:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from stepscope.mapping import MappingOptions, run_span, run_trace, step_spans
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
-from stepscope.models import LastError, Run, RunStep, ToolCall, Usage
+from stepscope.models import LastError, ToolCall, Usage
 from stepscope.types import SpanEvent, SpanSpec
+from tests.unit import samples
 
 S = 1_000_000_000
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -15,37 +18,9 @@ OFF = MappingOptions()
 ON = MappingOptions(capture_content=True)
 
 
-def make_run(**kw: object) -> Run:
-    base: dict[str, object] = {
-        "id": "run_1",
-        "thread_id": "thread_1",
-        "assistant_id": "asst_1",
-        "status": "completed",
-        "created_at": 100,
-        "model": "gpt-4o",
-        "started_at": 102,
-        "completed_at": 130,
-        "usage": Usage(50, 7, 57),
-    }
-    base.update(kw)
-    return Run(**base)  # type: ignore[arg-type]
+make_run = partial(samples.make_run, usage=Usage(50, 7, 57))
 
-
-def make_step(**kw: object) -> RunStep:
-    base: dict[str, object] = {
-        "id": "step_1",
-        "run_id": "run_1",
-        "thread_id": "thread_1",
-        "assistant_id": "asst_1",
-        "type": "message_creation",
-        "status": "completed",
-        "created_at": 103,
-        "completed_at": 105,
-        "usage": Usage(20, 3, 23),
-        "message_id": "msg_1",
-    }
-    base.update(kw)
-    return RunStep(**base)  # type: ignore[arg-type]
+make_step = partial(samples.make_step, usage=Usage(20, 3, 23), message_id="msg_1")
 
 
 TRACE = trace_id_for_run("run_1")
