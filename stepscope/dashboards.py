@@ -299,7 +299,7 @@ def _overview() -> JSON:
 def _health() -> JSON:
     api_all = _rate("stepscope_api_requests_total", JOB, "endpoint")
     api_429 = _rate("stepscope_api_requests_total", JOB + ',code="429"', "endpoint") + f" or {api_all} * 0"
-    api_errors = _ratio("stepscope_api_requests_total", JOB, 'code=~"5..|error|401|403"')
+    api_errors = _ratio("stepscope_api_requests_total", JOB, 'code=~"5..|error|invalid_body|401|403"')
     api = [
         _p(
             "API requests per second by endpoint and code",

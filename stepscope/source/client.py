@@ -318,7 +318,6 @@ class AssistantsClient:
             return _Outcome(error=Unavailable(message, **ctx), retryable=True)
         status = response.status_code
         now = self._clock.monotonic()
-        self._observe(endpoint, str(status), started)
         self._budget.update(response.headers, now)
         retry_after = parse_retry_after(response.headers, now=self._clock.time())
         if retry_after is not None and retry_after < 0:
@@ -327,10 +326,15 @@ class AssistantsClient:
             self._not_before = max(self._not_before, now + retry_after)
         if 200 <= status < 300:
             try:
-                return _Outcome(body=json.loads(response.content))
+                body = json.loads(response.content)
             except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+                # Counted apart from 200: a server answering garbage is an API error, not a success.
+                self._observe(endpoint, "invalid_body", started)
                 unreadable = Unavailable(f"{endpoint}: HTTP {status}: unreadable JSON body", status_code=status, **ctx)
                 return _Outcome(error=unreadable, retryable=True, headers=response.headers)
+            self._observe(endpoint, str(status), started)
+            return _Outcome(body=body)
+        self._observe(endpoint, str(status), started)
         message = f"{endpoint}: HTTP {status}"
         server_message = _redact(_server_message(response), secrets)
         if server_message:

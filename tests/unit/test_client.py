@@ -339,10 +339,11 @@ class TestParsing:
     @pytest.mark.parametrize("content", [b'{"data": [{"id": "run_1"', b"<html>bad gateway</html>", b"\xff\xfe"])
     @pytest.mark.anyio
     async def test_unreadable_body_is_unavailable(self, content: bytes) -> None:
-        """A truncated, non-JSON or undecodable 200 body is Unavailable."""
+        """A truncated, non-JSON or undecodable 200 body is Unavailable and counted as `invalid_body`, not 200."""
         async with harness([reply(content)], retry=NO_RETRY) as h:
             with pytest.raises(Unavailable, match="unreadable JSON body"):
                 await h.client.get_run(REF)
+        assert [(e, c) for e, c, _ in h.observer.requests] == [("get_run", "invalid_body")]
 
 
 class FlakyAuth:
