@@ -82,7 +82,7 @@ class TestRetries:
         """Dropped connections and truncated JSON are retried like 5xx."""
         async with harness([httpx.RemoteProtocolError("peer closed"), reply(b'{"id": "run_a'), OK]) as h:
             assert (await h.client.get_run(REF)).id == "run_abc"
-        assert [c for _, c, _ in h.observer.requests] == ["error", "200", "200"]
+        assert [c for _, c, _ in h.observer.requests] == ["error", "invalid_body", "200"]
 
     @pytest.mark.anyio
     async def test_total_timeout_caps_retries(self) -> None:
