@@ -155,24 +155,23 @@ def _bool(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError("must be an integer") from None
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
+def _positive(cast: Callable[[str], float], kind: str) -> Callable[[str], Any]:
+    """A parser for numbers > 0: `cast` is int or float, `kind` names it in the error."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise ValueError(f"must be {kind}") from None
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("must be a number") from None
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
+_positive_int = _positive(int, "an integer")
+_positive_float = _positive(float, "a number")
 
 
 def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:

@@ -40,44 +40,40 @@ class Auth(Protocol):
     def invalidate(self) -> None: ...
 
 
-class BearerAuth:
+class _StaticKeyAuth:
+    """A static key in one header; subclasses name the header and its format. Nothing to refresh."""
+
+    __slots__ = ("_key",)
+    _header = "Authorization"
+    _format = "{}"
+
+    def __init__(self, key: str) -> None:
+        if not key.strip():
+            raise ConfigError(["api.key: empty"])
+        self._key = key.strip()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key=<redacted>)"
+
+    async def headers(self) -> dict[str, str]:
+        return {self._header: self._format.format(self._key)}
+
+    def invalidate(self) -> None:
+        """Nothing to refresh: a static key stays what it is."""
+
+
+class BearerAuth(_StaticKeyAuth):
     """A static key sent as `Authorization: Bearer <key>` (OpenAI, or an OpenAI-compatible proxy)."""
 
-    __slots__ = ("_key",)
-
-    def __init__(self, key: str) -> None:
-        if not key.strip():
-            raise ConfigError(["api.key: empty"])
-        self._key = key.strip()
-
-    def __repr__(self) -> str:
-        return "BearerAuth(key=<redacted>)"
-
-    async def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._key}"}
-
-    def invalidate(self) -> None:
-        """Nothing to refresh: a static key stays what it is."""
+    __slots__ = ()
+    _format = "Bearer {}"
 
 
-class ApiKeyAuth:
+class ApiKeyAuth(_StaticKeyAuth):
     """A static key sent as `api-key: <key>` (Azure OpenAI key authentication)."""
 
-    __slots__ = ("_key",)
-
-    def __init__(self, key: str) -> None:
-        if not key.strip():
-            raise ConfigError(["api.key: empty"])
-        self._key = key.strip()
-
-    def __repr__(self) -> str:
-        return "ApiKeyAuth(key=<redacted>)"
-
-    async def headers(self) -> dict[str, str]:
-        return {"api-key": self._key}
-
-    def invalidate(self) -> None:
-        """Nothing to refresh: a static key stays what it is."""
+    __slots__ = ()
+    _header = "api-key"
 
 
 class TokenFileAuth:
