@@ -77,10 +77,6 @@ class FakeSource:
         for step in steps[start:]:
             yield step
 
-    async def get_step(self, ref: RunRef, step_id: str) -> RunStep:
-        self.calls.append(f"get_step {step_id}")
-        return next(s for s in self.steps[ref.run_id] if s.id == step_id)
-
     async def get_assistant(self, assistant_id: str) -> Assistant:
         self.calls.append(f"get_assistant {assistant_id}")
         return Assistant(id=assistant_id, name="Helper", model="gpt-4o")
