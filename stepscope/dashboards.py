@@ -246,10 +246,16 @@ DESCRIPTIONS = {
     "429 responses per second by endpoint": "Rate-limited (HTTP 429) Assistants API responses per second; "
     "stepscope honours Retry-After.",
     "API error ratio": "Share of Assistants API requests that failed with 5xx, 401, 403 or a transport error.",
-    "Span export failures per second": "Failed OTLP span exports per second; traces are lost while above zero.",
+    "Span export failures per second": "Failed OTLP span exports per second; the spans stay in the backlog and are "
+    "sent again.",
     "Export lag": "Time from a step's terminal timestamp to its export (p50/p95/p99).",
-    "Dropped objects per second by reason": "Objects dropped because a bound was reached (tracked runs, span "
-    "queue, label cap), per second.",
+    "Dropped objects per second by reason": "Objects dropped or degraded per second, by reason: a bound was reached "
+    "(tracked runs, span queue, label cap), or spans left the backlog undelivered (backlog_full: the oldest made room "
+    "for new ones; backlog_expired: older than the age bound).",
+    "Span backlog": "Spans waiting for delivery to the trace backend. Grows while the backend is down or refusing; "
+    "metrics are counted regardless.",
+    "Oldest span in backlog": "Age of the oldest span waiting for the trace backend. Spans older than the age bound "
+    "are dropped and counted as backlog_expired.",
     "Invalid objects per second by kind": "API objects stepscope could not parse and skipped, per second.",
     "Build info": "Running stepscope versions and how many targets run each.",
     "Targets up": "Scrape targets of the selected jobs that answered their last scrape.",
@@ -315,6 +321,12 @@ def _health() -> JSON:
         _p("Span export failures per second", "ops", failures, width=8),
         _p("Export lag", "s", *_quantiles("stepscope_export_lag_seconds", JOB), width=8),
         _p("Tracked runs", "short", Query(f"sum by (job) (stepscope_tracked_runs{{{JOB}}})", "{{job}}"), width=8),
+        _p("Span backlog", "short", Query(f"sum by (job) (stepscope_span_backlog{{{JOB}}})", "{{job}}")),
+        _p(
+            "Oldest span in backlog",
+            "s",
+            Query(f"max by (job) (stepscope_span_backlog_age_seconds{{{JOB}}})", "{{job}}"),
+        ),
         _p(
             "Dropped objects per second by reason",
             "ops",
@@ -334,7 +346,8 @@ def _health() -> JSON:
     return _dashboard(
         "stepscope-health",
         "stepscope health",
-        "stepscope's own health: Assistants API requests, span export, lag, dropped and invalid data, versions.",
+        "stepscope's own health: Assistants API requests, span export and backlog, lag, dropped and invalid data, "
+        "versions.",
         [("Assistants API", api), ("Export", export), ("Build", build)],
     )
 

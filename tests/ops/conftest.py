@@ -40,6 +40,8 @@ CONTRACT_METRICS = frozenset(
         "stepscope_dropped_total",
         "stepscope_invalid_objects_total",
         "stepscope_span_export_failures_total",
+        "stepscope_span_backlog",
+        "stepscope_span_backlog_age_seconds",
         "stepscope_build_info",
     }
 )

@@ -267,6 +267,8 @@ def test_the_issue_panels_exist() -> None:
         "429 responses per second by endpoint",
         "Span export failures per second",
         "Export lag",
+        "Span backlog",
+        "Oldest span in backlog",
         "Dropped objects per second by reason",
         "Invalid objects per second by kind",
         "Build info",
