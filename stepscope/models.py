@@ -4,6 +4,12 @@ Parsing rules (protocol.md sections 4, 6 and 9): unknown fields are ignored, unk
 plain strings, missing optional fields become None, and Azure's extra step and tool-call types parse like the
 known ones. Only a missing or mistyped *identity* (ids, `created_at`, `status`, `type`) makes an object invalid:
 the parser then raises `InvalidObject`, which the caller counts and skips.
+
+Numbers outside sane bounds also make an object invalid, because no span or counter built from them would be
+true: any timestamp outside [1970-01-01, 2100-01-01) (`MIN_TIMESTAMP`, `MAX_TIMESTAMP`; nanoseconds past 2100 are
+near the end of OTLP's unsigned 64-bit range, and 10^12 seconds is far beyond it) and any usage token count
+outside 0..10^9 (`MAX_TOKENS`). A terminal timestamp before `created_at` is kept; mapping clamps such an end to the
+start, so no span or duration is negative.
 """
 
 from __future__ import annotations
@@ -19,6 +25,12 @@ from stepscope.errors import InvalidObject
 RUN_TERMINAL = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})
 STEP_TERMINAL = frozenset({"completed", "failed", "cancelled", "expired"})
 STEP_OBJECTS = frozenset({"thread.run.step", "assistant.run.step"})
+MIN_TIMESTAMP = 0
+"""Earliest accepted Unix timestamp (inclusive): 1970-01-01T00:00:00Z."""
+MAX_TIMESTAMP = 4_102_444_800
+"""Latest accepted Unix timestamp (exclusive): 2100-01-01T00:00:00Z."""
+MAX_TOKENS = 1_000_000_000
+"""Largest accepted token count in one object's usage; a step's context window is a few million at most."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,20 +207,26 @@ def _ts(obj: Mapping[str, Any], key: str, kind: str, oid: str | None, *, require
         if required:
             raise InvalidObject(kind, f"field {key!r} must be a Unix timestamp", object_id=oid)
         return None
+    # A typed but absurd number is corrupt data, not a schema variant: the whole object is rejected (and counted).
+    if not MIN_TIMESTAMP <= value < MAX_TIMESTAMP:
+        raise InvalidObject(kind, f"field {key!r} is outside 1970-01-01..2100-01-01", object_id=oid)
     return int(value)
 
 
-def _usage(value: object) -> Usage | None:
+def _usage(value: object, kind: str, oid: str | None) -> Usage | None:
+    """Usage when both counts are integers, else None; a count outside 0..`MAX_TOKENS` makes the object invalid."""
     if not isinstance(value, Mapping):
         return None
     numbers = []
     for key in ("prompt_tokens", "completion_tokens"):
         number = value.get(key)
-        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+        if isinstance(number, bool) or not isinstance(number, int):
             return None
+        if not 0 <= number <= MAX_TOKENS:
+            raise InvalidObject(kind, f"usage {key!r} is outside 0..{MAX_TOKENS}", object_id=oid)
         numbers.append(number)
     total = value.get("total_tokens")
-    if isinstance(total, bool) or not isinstance(total, int):
+    if isinstance(total, bool) or not isinstance(total, int) or not 0 <= total <= 2 * MAX_TOKENS:
         total = numbers[0] + numbers[1]
     return Usage(numbers[0], numbers[1], total)
 
@@ -301,7 +319,7 @@ def parse_step(obj: object) -> RunStep:
         cancelled_at=_ts(obj, "cancelled_at", kind, step_id),
         expired_at=_ts(obj, "expired_at", kind, step_id),
         last_error=_last_error(obj.get("last_error")),
-        usage=_usage(obj.get("usage")),
+        usage=_usage(obj.get("usage"), kind, step_id),
         message_id=message_id,
         tool_calls=calls,
     )
@@ -333,7 +351,7 @@ def parse_run(obj: object) -> Run:
         cancelled_at=_ts(obj, "cancelled_at", kind, run_id),
         last_error=_last_error(obj.get("last_error")),
         incomplete_reason=_opt_str(incomplete, "reason") if isinstance(incomplete, Mapping) else None,
-        usage=_usage(obj.get("usage")),
+        usage=_usage(obj.get("usage"), kind, run_id),
         traceparent=traceparent if isinstance(traceparent, str) else None,
     )
 

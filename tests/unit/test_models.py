@@ -221,14 +221,61 @@ class TestStepFields:
         [
             ({"prompt_tokens": 3, "completion_tokens": 4}, Usage(3, 4, 7)),
             ({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": True}, Usage(3, 4, 7)),
-            ({"prompt_tokens": -1, "completion_tokens": 4, "total_tokens": 3}, None),
+            ({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 10**30}, Usage(3, 4, 7)),
+            ({"prompt_tokens": 10**9, "completion_tokens": 0}, Usage(10**9, 0, 10**9)),
             ({"prompt_tokens": "3", "completion_tokens": 4}, None),
+            ({"prompt_tokens": 3.0, "completion_tokens": 4}, None),
             ("lots", None),
         ],
     )
     def test_usage(self, usage: object, expected: Usage | None) -> None:
-        """Usage needs non-negative integer token counts; a missing total is their sum."""
+        """Usage needs integer token counts (else it is dropped); a missing or absurd total is their sum."""
         assert parse_step(step_json(usage=usage)).usage == expected
+
+    @pytest.mark.parametrize(
+        "usage",
+        [
+            {"prompt_tokens": 10**30, "completion_tokens": 4},
+            {"prompt_tokens": 3, "completion_tokens": 10**9 + 1},
+            {"prompt_tokens": -1, "completion_tokens": 4, "total_tokens": 3},
+        ],
+    )
+    def test_absurd_token_count_is_invalid(self, usage: object) -> None:
+        """A token count outside 0..10^9 makes the step invalid, so it is counted and skipped, never summed."""
+        with pytest.raises(InvalidObject, match="usage") as raised:
+            parse_step(step_json(usage=usage))
+        assert (raised.value.kind, raised.value.object_id) == ("run_step", "step_1")
+
+    @pytest.mark.parametrize("field", ["created_at", "completed_at", "failed_at", "cancelled_at", "expired_at"])
+    @pytest.mark.parametrize("value", [10**12, -1, 4_102_444_800, 1e300, -1.5])
+    def test_out_of_range_timestamp_is_invalid(self, field: str, value: float) -> None:
+        """Any step timestamp before 1970 or from 2100 on makes the step invalid, naming the field."""
+        with pytest.raises(InvalidObject, match=field) as raised:
+            parse_step(step_json(**{field: value}))
+        assert raised.value.kind == "run_step"
+
+    def test_timestamp_bounds_are_inclusive_below_exclusive_above(self) -> None:
+        """0 and 2099-12-31T23:59:59Z are accepted timestamps."""
+        step = parse_step(step_json(created_at=0, completed_at=4_102_444_799))
+        assert (step.created_at, step.ended_at) == (0, 4_102_444_799)
+
+    def test_end_before_start_is_kept_for_mapping_to_clamp(self) -> None:
+        """A terminal timestamp before `created_at` parses; mapping clamps it (see test_mapping_spans)."""
+        step = parse_step(step_json(created_at=1_780_000_100, completed_at=1_780_000_000))
+        assert step.ended_at == 1_780_000_000
+
+    def test_bad_step_in_page_spares_its_siblings(self) -> None:
+        """One step with an absurd timestamp or token count is set aside; the sane steps of its page parse."""
+        bad_time = step_json(id="step_bad_time", created_at=10**12)
+        bad_usage = step_json(id="step_bad_usage", usage={"prompt_tokens": 10**30, "completion_tokens": 1})
+        page = parse_page(
+            {"data": [step_json(id="step_a"), bad_time, bad_usage, step_json(id="step_b")], "has_more": False},
+            "run_step",
+            parse_step,
+        )
+        assert [s.id for s in page.data] == ["step_a", "step_b"]
+        assert [e.object_id for e in page.invalid] == ["step_bad_time", "step_bad_usage"]
+        assert page.last_id == "step_b"
 
     def test_last_error_defaults(self) -> None:
         """A `last_error` without code or message keeps an `_OTHER` code and an empty message."""
@@ -292,6 +339,21 @@ class TestRunFields:
     def test_ended_at(self, fields: dict[str, Any], ended: int | None) -> None:
         """A run's end is the status's own timestamp, else the first present on a terminal run."""
         assert parse_run(run_json(**fields)).ended_at == ended
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"created_at": -5},
+            {"started_at": 10**12},
+            {"expires_at": 10**12},
+            {"completed_at": -1},
+            {"usage": {"prompt_tokens": 10**30, "completion_tokens": 1}},
+        ],
+    )
+    def test_absurd_numbers_make_a_run_invalid(self, fields: dict[str, Any]) -> None:
+        """A run timestamp outside 1970..2100 or a token count past 10^9 makes the run invalid."""
+        with pytest.raises(InvalidObject, match="run_1"):
+            parse_run(run_json(**fields))
 
     def test_missing_identity_is_invalid(self) -> None:
         """A run without a thread id is invalid, naming the run."""
