@@ -41,6 +41,22 @@ class Secret(str):
 
 
 EMPTY_SECRET = Secret("")
+# Greedy up to the last "@" before the path: an unescaped "@" in a password must not leave its tail showing.
+_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """`https://user:pass@host/v1` -> `https://***@host/v1`; text without userinfo comes back unchanged."""
+    return _USERINFO_RE.sub(r"\1***@", text, count=1)
+
+
+class Url(str):
+    """A URL whose `repr()` hides its userinfo (`user:pass@`), as `Secret` hides keys; `str()` keeps it for use."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(redact_url(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +138,11 @@ class Config:
             obj = getattr(self, section)
             for f in fields(obj):
                 value = getattr(obj, f.name)
-                out[f"{section}.{f.name}"] = ("***" if value else "") if isinstance(value, Secret) else value
+                if isinstance(value, Secret):
+                    value = "***" if value else ""
+                elif isinstance(value, str):
+                    value = redact_url(value)
+                out[f"{section}.{f.name}"] = value
         out.update(state=self.state, log_level=self.log_level, log_format=self.log_format)
         out["poll.threads"] = len(self.poll.threads)
         return out
@@ -184,11 +204,11 @@ def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str],
     return parse
 
 
-def _url(text: str) -> str:
+def _url(text: str) -> Url:
     value = text.strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError("must be an http:// or https:// URL")
-    return value
+    return Url(value)
 
 
 def _threads(text: str) -> tuple[str, ...]:

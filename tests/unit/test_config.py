@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stepscope.config import Config, Secret, load, parse_duration
+from stepscope.config import Config, Secret, Url, load, parse_duration, redact_url
 from stepscope.errors import ConfigError
 
 BASE_ENV = {"OPENAI_API_KEY": "sk-test-123"}
@@ -108,6 +108,37 @@ class TestSecrets:
             assert "tok-secret" not in text
         assert config.api.api_key == "sk-test-123"
         assert repr(Secret("")) == "''"
+
+    def test_url_userinfo_is_redacted(self) -> None:
+        """A user:password in the API base URL or an OTLP endpoint shows as *** in repr() and the summary."""
+        env = {
+            **BASE_ENV,
+            "OPENAI_BASE_URL": "https://proxy-user:url-pass@proxy.example/v1",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-user:otel-pass@collector:4318",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://:bare-pass@collector:4318/v1/traces",
+        }
+        config = load(env=env)
+        summary = config.summary()
+        printed = "\n".join(f"{key}  {value}" for key, value in summary.items())  # as `stepscope config check`
+        for text in (repr(config), str(summary), printed):
+            for secret in ("url-pass", "proxy-user", "otel-pass", "bare-pass"):
+                assert secret not in text
+        assert summary["api.base_url"] == "https://***@proxy.example/v1"
+        assert summary["export.otlp_traces_endpoint"] == "https://***@collector:4318/v1/traces"
+        assert config.api.base_url == "https://proxy-user:url-pass@proxy.example/v1"  # still usable as given
+
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            ("https://u:p@ss@host/v1?q=a@b", "https://***@host/v1?q=a@b"),
+            ("http://host:8080/path@x", "http://host:8080/path@x"),
+            ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+        ],
+    )
+    def test_redact_url(self, url: str, shown: str) -> None:
+        """Everything up to the last @ before the path is hidden, an unescaped @ in a password included."""
+        assert redact_url(url) == shown
+        assert repr(Url(url)) == repr(shown)
 
     def test_default_config_is_constructible(self) -> None:
         """Config() alone is a valid value object for tests and tools."""
