@@ -9,12 +9,24 @@ Metric families and labels are the telemetry contract (dashboards and alerts rea
   `stepscope_run_queue_seconds` (histograms)
 - `stepscope_tool_calls_total{tool_type,tool_name}`
 
-`assistant_id`, `model` and `tool_name` keep their first `label_cap` distinct values each (across all families);
-later values read `_other`, and every observation rewritten that way is reported to `overflow("label_cap")`.
-Known label sets exist from start-up (histograms by step type and status, built-in tools); the first time a
-`(model, assistant_id)` pair shows up, its counters are created for every known status, step type and token type,
-so failure ratios read 0 rather than "no data". Exemplars `{trace_id, span_id}` ride on every counter increment
-and histogram observation (rendered only in OpenMetrics).
+Cardinality is bounded twice, because every label value comes from the server:
+
+- Per label: `step_type`, `status`, `tool_type`, `tool_name`, `model` and `assistant_id` each admit the values the
+  protocol defines (`attributes.KNOWN_VALUES`), `_unknown` and `_other` always, plus their first `label_cap`
+  other values (shared across families); later values, and values longer than 64 characters, read `_other`.
+- Per family: each family exposes at most `max_series` series, counted as the text exposition shows them (a
+  counter's label set is 2: `_total` and `_created`; a histogram's is its buckets, `_sum`, `_count` and
+  `_created`). A series whose `step_type`, `status` or `tool_type` is outside the known set may use only half of
+  the budget, so garbage never crowds out known values. A new label set past the budget folds into the family's
+  overflow series, with every server-valued label `_other` (one series, two for tokens by `token_type`), which is
+  the only series allowed past the budget.
+
+Each observation rewritten by either bound is reported once to `overflow("label_cap")`; the sum over a family's
+series stays exact. Known label sets exist from start-up (histograms by step type and status, built-in tools);
+the first time a `(model, assistant_id)` pair shows up, its counters are created for every known status, step type
+and token type when the budget allows, so failure ratios read 0 rather than "no data". Exemplars
+`{trace_id, span_id}` ride on every counter increment and histogram observation (rendered only in OpenMetrics),
+folded or not.
 """
 
 from __future__ import annotations
@@ -42,6 +54,10 @@ QUEUE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 """Seconds from `created_at` to `started_at`."""
 
 OVERFLOW_REASON = "label_cap"
+DEFAULT_LABEL_CAP = 100
+DEFAULT_MAX_SERIES = 2000
+"""Series per family: a counter's 1,000 label sets hold 125 (model, assistant) pairs with all known step types
+and statuses, and the issue's hostile mix stays well under 1 MB per scrape."""
 
 _HELP = {
     m.RUN_STEPS_TOTAL: "Terminal run steps, by step type, status, model and assistant.",
@@ -66,29 +82,42 @@ _FAN_OUT: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 class _LabelCap:
-    """Keeps the first `limit` distinct values of one label; later values become `_other`."""
+    """Admits `known` values always and the first `limit` other values of one label; the rest become `_other`."""
 
-    __slots__ = ("_limit", "_report", "_seen")
+    __slots__ = ("_known", "_limit", "_seen")
 
-    def __init__(self, limit: int, report: Callable[[], None]) -> None:
+    def __init__(self, limit: int, known: frozenset[str]) -> None:
         self._seen: set[str] = set()
         self._limit = limit
-        self._report = report
+        self._known = known | {a.UNKNOWN, a.OTHER}
 
     def __call__(self, value: str) -> str:
-        if value in self._seen:
+        if value in self._seen or value in self._known:
             return value
-        if len(self._seen) < self._limit:
+        if len(self._seen) < self._limit and len(value) <= a.MAX_LABEL_CHARS:
             self._seen.add(value)
             return value
-        self._report()
         return a.OTHER
 
 
 class _Family:
-    """One metric family with its label order, capped label positions and a cache of children."""
+    """One metric family: label order, capped label positions, its children and its series budget."""
 
-    __slots__ = ("bounds", "caps", "children", "fan_out", "fanned", "metric", "name", "names", "resolved")
+    __slots__ = (
+        "bounds",
+        "budget",
+        "caps",
+        "children",
+        "enums",
+        "fan_out",
+        "fanned",
+        "metric",
+        "name",
+        "names",
+        "resolved",
+        "used",
+        "weight",
+    )
 
     def __init__(
         self,
@@ -97,66 +126,116 @@ class _Family:
         names: tuple[str, ...],
         caps: tuple[tuple[int, _LabelCap], ...],
         bounds: tuple[float, ...] | None,
+        *,
+        budget: int,
     ) -> None:
         self.name = name
         self.metric = metric
         self.bounds = bounds  # a histogram's upper bounds, +Inf last; None for a counter
         self.names = names
         self.caps = caps
+        self.budget = budget
+        # Series per label set as exposed: _total and _created; or each bucket, _sum, _count and _created.
+        self.weight = 2 if bounds is None else len(bounds) + 3
+        self.used = 0
+        self.enums = tuple((i, a.KNOWN_VALUES[n]) for i, n in enumerate(names) if n in a.ENUM_LABELS)
         self.children: dict[tuple[str, ...], Any] = {}
-        # Raw label values the caps left alone -> child. Admitted values stay admitted, so the entry stays right;
+        # Raw label values the bounds left alone -> child. Admitted values stay admitted, so the entry stays right;
         # tuples with a rewritten value are not kept (they are unbounded) and take the slow path every time.
         self.resolved: dict[tuple[str, ...], Any] = {}
         self.fan_out: list[tuple[int, tuple[str, ...]]] = []
         self.fanned: set[tuple[str, ...]] = set()
 
     def child(self, values: tuple[str, ...]) -> Any:
+        """The child for `values`, created (with its known siblings) regardless of the budget: start-up only."""
         found = self.children.get(values)
         if found is not None:
             return found
-        if not self.names:
-            self.children[values] = self.metric
-            return self.metric
-        if self.fan_out:
-            self._fill_known(values)
-        made = self.metric.labels(*values)
+        missing = self._missing_known(values)
+        if missing is not None:
+            self._fanned(values, missing)
+        found = self.children.get(values)
+        return found if found is not None else self._make(values)
+
+    def admit(self, values: tuple[str, ...]) -> Any | None:
+        """The child for capped `values`, created if the budget has room; None when it has not."""
+        found = self.children.get(values)
+        if found is not None:
+            return found
+        known = all(values[pos] in allowed for pos, allowed in self.enums)
+        room = (self.budget if known else self.budget // 2) - self.used
+        if room < self.weight:
+            return None
+        missing = self._missing_known(values)
+        # Known siblings (failure series at 0) only when they all fit: the observed series comes first.
+        if missing is not None and self.weight * len({*missing, values}) <= room:
+            self._fanned(values, missing)
+        found = self.children.get(values)
+        return found if found is not None else self._make(values)
+
+    def overflow(self, values: tuple[str, ...]) -> Any:
+        """The overflow series for `values`: every capped label `_other`; created past the budget if need be."""
+        folded = list(values)
+        for pos, _ in self.caps:
+            folded[pos] = a.OTHER
+        key = tuple(folded)
+        found = self.children.get(key)
+        return found if found is not None else self._make(key)
+
+    def _make(self, values: tuple[str, ...]) -> Any:
+        made = self.metric.labels(*values) if self.names else self.metric
         self.children[values] = made
+        self.used += self.weight
         return made
 
-    def _fill_known(self, values: tuple[str, ...]) -> None:
-        fixed = tuple(v for i, v in enumerate(values) if i not in {pos for pos, _ in self.fan_out})
-        if fixed in self.fanned:
-            return
-        self.fanned.add(fixed)
-        positions = [pos for pos, _ in self.fan_out]
+    def _missing_known(self, values: tuple[str, ...]) -> list[tuple[str, ...]] | None:
+        """Known-value siblings of `values` (itself among them if known) not yet created, in exposition order;
+        None when there are none to fill in."""
+        if not self.fan_out:
+            return None
+        positions = {pos for pos, _ in self.fan_out}
+        if tuple(v for i, v in enumerate(values) if i not in positions) in self.fanned:
+            return None
+        missing = []
         for combo in itertools.product(*(known for _, known in self.fan_out)):
             filled = list(values)
-            for pos, value in zip(positions, combo, strict=True):
+            for (pos, _), value in zip(self.fan_out, combo, strict=True):
                 filled[pos] = value
             key = tuple(filled)
             if key not in self.children:
-                self.children[key] = self.metric.labels(*key)
+                missing.append(key)
+        return missing
+
+    def _fanned(self, values: tuple[str, ...], missing: list[tuple[str, ...]]) -> None:
+        positions = {pos for pos, _ in self.fan_out}
+        self.fanned.add(tuple(v for i, v in enumerate(values) if i not in positions))
+        for key in missing:
+            self._make(key)
 
 
 class PrometheusMetrics:
     """`MetricSink` writing mapping observations into Counters and Histograms on `registry`.
 
     Never touches the global registry. `record` does not raise: an observation that cannot be recorded (unknown
-    metric, missing label, negative counter value) is skipped and logged once per metric name.
+    metric, missing label, negative counter value) is skipped and logged once per metric name. `label_cap` bounds
+    each server-valued label's unknown values, `max_series` each family's series (see the module docstring).
     """
 
     def __init__(
         self,
         registry: CollectorRegistry,
         *,
-        label_cap: int = 100,
+        label_cap: int = DEFAULT_LABEL_CAP,
+        max_series: int = DEFAULT_MAX_SERIES,
         overflow: Callable[[str], None] | None = None,
     ) -> None:
         if label_cap < 1:
             raise ValueError("label_cap must be >= 1")
+        if max_series < 1:
+            raise ValueError("max_series must be >= 1")
         self._overflow = overflow
         self._overflows = 0
-        caps = {name: _LabelCap(label_cap, self._report_overflow) for name in sorted(a.CAPPED_LABELS)}
+        caps = {name: _LabelCap(label_cap, a.KNOWN_VALUES[name]) for name in sorted(a.CAPPED_LABELS)}
         self._families: dict[str, _Family] = {}
         for metric_name, names in m.METRIC_LABELS.items():
             metric: Any
@@ -170,7 +249,7 @@ class PrometheusMetrics:
             else:
                 metric = Counter(short, _HELP[metric_name], names, registry=registry)
             capped = tuple((i, caps[n]) for i, n in enumerate(names) if n in caps)
-            family = _Family(metric_name, metric, names, capped, bounds)
+            family = _Family(metric_name, metric, names, capped, bounds, budget=max_series)
             family.fan_out = [(names.index(label), known) for label, known in _FAN_OUT.get(metric_name, {}).items()]
             self._families[metric_name] = family
         self._warned: set[str] = set()
@@ -178,8 +257,12 @@ class PrometheusMetrics:
 
     @property
     def overflows(self) -> int:
-        """Observations whose capped labels were rewritten to `_other` so far."""
+        """Observations whose labels were rewritten to `_other` (by a label cap or a series budget) so far."""
         return self._overflows
+
+    def series(self, metric: str) -> int:
+        """Series `metric` exposes now, counted as the budget counts them."""
+        return self._families[metric].used
 
     def _report_overflow(self) -> None:
         self._overflows += 1
@@ -194,16 +277,7 @@ class PrometheusMetrics:
         self._families[m.RUN_QUEUE].child(())
         tools = self._families[m.TOOL_CALLS_TOTAL]
         for tool_name, tool_type in a.BUILTIN_TOOLS:
-            tools.child((tool_type, self._capped(tools, (tool_type, tool_name))[1]))
-
-    @staticmethod
-    def _capped(family: _Family, values: tuple[str, ...]) -> tuple[str, ...]:
-        if not family.caps:
-            return values
-        out = list(values)
-        for pos, cap in family.caps:
-            out[pos] = cap(out[pos])
-        return tuple(out)
+            tools.child((tool_type, tool_name))
 
     def record(self, observations: Sequence[Observation]) -> None:
         """Add each observation to its counter or histogram, with an exemplar when it carries both ids.
@@ -242,13 +316,23 @@ class PrometheusMetrics:
                 self._warn(family.name, exc)
 
     def _resolve(self, family: _Family, raw: tuple[str, ...]) -> Any:
-        """The child for raw label values; every capped rewrite is reported, every time."""
+        """The child for raw label values; every rewrite (label cap or budget fold) is reported, every time."""
         child = family.resolved.get(raw)
+        if child is not None:
+            return child
+        values = raw
+        if family.caps:
+            out = list(raw)
+            for pos, cap in family.caps:
+                out[pos] = cap(out[pos])
+            values = tuple(out)
+        child = family.admit(values)
         if child is None:
-            before = self._overflows
-            child = family.child(self._capped(family, raw))
-            if self._overflows == before:
-                family.resolved[raw] = child
+            child = family.overflow(values)
+        elif values == raw:
+            family.resolved[raw] = child
+            return child
+        self._report_overflow()
         return child
 
     def _warn(self, metric: str, exc: Exception) -> None:

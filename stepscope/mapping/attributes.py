@@ -99,13 +99,12 @@ LABEL_TOKEN_TYPE = "token_type"  # noqa: S105 - a label name, not a credential
 LABEL_TOOL_TYPE = "tool_type"
 LABEL_TOOL_NAME = "tool_name"
 
-CAPPED_LABELS = frozenset({LABEL_MODEL, LABEL_ASSISTANT_ID, LABEL_TOOL_NAME})
-"""Labels whose values come from users' configuration; each keeps its first N values, the rest read `_other`."""
-
 UNKNOWN = "_unknown"
 """Label value when the API did not say (a run without `model`)."""
 OTHER = "_other"
-"""Label value past a capped label's limit."""
+"""Label value past a capped label's limit, and of every label in a metric's overflow series."""
+MAX_LABEL_CHARS = 64
+"""Longer label values read `_other`: function names and Azure deployment names are at most 64 characters."""
 
 STEP_TYPES = ("message_creation", "tool_calls")
 STEP_STATUSES = ("completed", "failed", "cancelled", "expired")
@@ -114,6 +113,22 @@ RUN_STATUSES = ("completed", "failed", "cancelled", "expired", "incomplete")
 TOKEN_TYPES = ("input", "output")
 BUILTIN_TOOLS = (("code_interpreter", TOOL_TYPE_EXTENSION), ("file_search", TOOL_TYPE_DATASTORE))
 """`(tool_name, tool_type)` of the OpenAI built-in tools, whose series exist from start-up."""
+
+KNOWN_VALUES: dict[str, frozenset[str]] = {
+    LABEL_STEP_TYPE: frozenset(STEP_TYPES),
+    LABEL_STATUS: frozenset(STEP_STATUSES + RUN_STATUSES),
+    LABEL_TOOL_TYPE: frozenset(TOOL_TYPES.values()),
+    LABEL_TOOL_NAME: frozenset(TOOL_TYPES) - {"function"},
+    LABEL_MODEL: frozenset(),
+    LABEL_ASSISTANT_ID: frozenset(),
+}
+"""Every label whose values come from the server -> the values the protocol defines (tool names: the tools whose
+calls carry no name). These labels are capped: known values, `_unknown` and `_other` always pass, other values
+share the cap."""
+CAPPED_LABELS = frozenset(KNOWN_VALUES)
+ENUM_LABELS = frozenset({LABEL_STEP_TYPE, LABEL_STATUS, LABEL_TOOL_TYPE})
+"""Capped labels the protocol enumerates: a series with a value outside their known set is presumed garbage and
+may use only half of its metric's series budget, so unknown values never crowd out the known ones."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from functools import partial
 
+import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client import generate_latest as prometheus_text
 from prometheus_client.openmetrics.exposition import generate_latest
 
 from stepscope.export.prometheus import PrometheusMetrics
@@ -128,7 +130,6 @@ class TestLabelCap:
         reg = CollectorRegistry()
         reasons: list[str] = []
         sink = PrometheusMetrics(reg, label_cap=1, overflow=reasons.append)
-        reasons.clear()  # the built-in tools' series already overflowed the tool_name cap of 1
         for assistant in ("asst_0", "asst_9", "asst_0", "asst_9", "asst_0"):
             sink.record(run_observations(make_run(assistant_id=assistant)))
         common = {"status": "completed", "model": "gpt-4o"}
@@ -136,13 +137,171 @@ class TestLabelCap:
         assert sample(reg, "stepscope_runs_total", assistant_id="_other", **common) == 2
         assert reasons == ["label_cap", "label_cap"]
 
-    def test_tool_name_cap_counts_builtins(self) -> None:
-        """Built-in tools hold cap slots from start-up, so a cap of 2 sends the first function to _other."""
+    def test_builtin_tools_take_no_cap_slots(self) -> None:
+        """Tools the protocol names (code_interpreter, bing_grounding) always pass; functions share the cap."""
         reg = CollectorRegistry()
-        sink = PrometheusMetrics(reg, label_cap=2)
-        sink.record(step_observations(make_run(), make_step()))
+        sink = PrometheusMetrics(reg, label_cap=1)
+        calls = (
+            ToolCall("c1", "function", name="get_weather"),
+            ToolCall("c2", "function", name="get_time"),
+            ToolCall("c3", "code_interpreter"),
+            ToolCall("c4", "bing_grounding"),
+        )
+        sink.record(step_observations(make_run(), make_step(tool_calls=calls)))
+        assert sample(reg, "stepscope_tool_calls_total", tool_type="function", tool_name="get_weather") == 1
         assert sample(reg, "stepscope_tool_calls_total", tool_type="function", tool_name="_other") == 1
+        assert sample(reg, "stepscope_tool_calls_total", tool_type="extension", tool_name="code_interpreter") == 1
+        assert sample(reg, "stepscope_tool_calls_total", tool_type="extension", tool_name="bing_grounding") == 1
         assert sink.overflows == 1
+
+    def test_unknown_enum_values_are_capped_known_ones_pass(self) -> None:
+        """Unknown step types, statuses and tool types share the cap; the protocol's values pass once it is full."""
+        reg = CollectorRegistry()
+        sink = PrometheusMetrics(reg, label_cap=1)
+        run = make_run()
+        for i, (step_type, status) in enumerate(
+            [("activities", "paused"), ("x_type", "x_status"), ("message_creation", "failed")]
+        ):
+            step = make_step(id=f"step_{i}", type=step_type, status=status, tool_calls=(ToolCall("c", f"t{i}"),))
+            sink.record(step_observations(run, step))
+        common = {"model": "gpt-4o", "assistant_id": "asst_1"}
+        steps = "stepscope_run_steps_total"
+        assert sample(reg, steps, step_type="activities", status="paused", **common) == 1
+        assert sample(reg, steps, step_type="_other", status="_other", **common) == 1
+        assert sample(reg, steps, step_type="message_creation", status="failed", **common) == 1
+        assert sample(reg, "stepscope_tool_calls_total", tool_type="_other", tool_name="_other") == 2
+        assert sample(reg, "stepscope_tool_calls_total", tool_type="t0", tool_name="t0") == 1
+
+    def test_overlong_value_reads_other(self) -> None:
+        """A label value over 64 characters reads _other even while the cap has room; 64 characters pass."""
+        reg = CollectorRegistry()
+        sink = PrometheusMetrics(reg)
+        sink.record(run_observations(make_run(model="m" * 64)))
+        sink.record(run_observations(make_run(model="m" * 65)))
+        assert sample(reg, "stepscope_runs_total", status="completed", model="m" * 64, assistant_id="asst_1") == 1
+        assert sample(reg, "stepscope_runs_total", status="completed", model="_other", assistant_id="asst_1") == 1
+        assert sink.overflows == 1
+
+
+class TestSeriesBudget:
+    def test_new_series_past_the_budget_fold_into_the_overflow_series(self) -> None:
+        """Past max_series, new label sets count in the family's all-_other series; totals stay exact."""
+        reg = CollectorRegistry()
+        reasons: list[str] = []
+        sink = PrometheusMetrics(reg, max_series=50, overflow=reasons.append)
+        for i in range(40):
+            sink.record(run_observations(make_run(id=f"run_{i}", assistant_id=f"asst_{i}")))
+        # A new pair costs its 5 statuses x 2 series (_total, _created): 5 pairs fit in 50.
+        assert sink.series("stepscope_runs_total") == 52  # 50 plus the overflow series
+        folded = sample(reg, "stepscope_runs_total", status="_other", model="_other", assistant_id="_other")
+        assert folded == 35
+        assert sample(reg, "stepscope_runs_total", status="completed", model="gpt-4o", assistant_id="asst_4") == 1
+        assert sample(reg, "stepscope_runs_total", status="completed", model="gpt-4o", assistant_id="asst_5") is None
+        assert len(reasons) == 35
+        total = sum(
+            s.value for f in reg.collect() if f.name == "stepscope_runs" for s in f.samples if s.name.endswith("_total")
+        )
+        assert total == 40
+        sink.record(run_observations(make_run(assistant_id="asst_2")))  # an admitted pair still counts as itself
+        assert sample(reg, "stepscope_runs_total", status="completed", model="gpt-4o", assistant_id="asst_2") == 2
+
+    def test_garbage_uses_half_the_budget(self) -> None:
+        """Series with unknown statuses stop at half the budget, so a known pair seen later still gets its own."""
+        reg = CollectorRegistry()
+        sink = PrometheusMetrics(reg, max_series=40)
+        run = make_run()
+        for i in range(30):
+            sink.record(step_observations(run, make_step(id=f"s{i}", status=f"junk_{i}", tool_calls=(), usage=None)))
+        assert sink.series("stepscope_run_steps_total") <= 20 + 2
+        common = {"step_type": "tool_calls", "status": "completed", "model": "gpt-4o"}
+        sink.record(step_observations(run, make_step(assistant_id="asst_new", tool_calls=(), usage=None)))
+        assert sample(reg, "stepscope_run_steps_total", assistant_id="asst_new", **common) == 1
+        assert sample(reg, "stepscope_run_steps_total", assistant_id="asst_new", **{**common, "status": "failed"}) == 0
+        assert sink.series("stepscope_run_steps_total") <= 40 + 2
+
+    def test_folded_observations_keep_exemplars(self) -> None:
+        """The overflow series carries the exemplar of the last observation folded into it."""
+        reg = CollectorRegistry()
+        sink = PrometheusMetrics(reg, max_series=1)
+        obs = run_observations(make_run())
+        sink.record(obs)
+        line = next(
+            line
+            for line in generate_latest(reg).decode().splitlines()
+            if line.startswith('stepscope_runs_total{assistant_id="_other"')
+        )
+        assert f'span_id="{obs[0].span_id:016x}"' in line
+
+    def test_max_series_must_be_positive(self) -> None:
+        """A budget below 1 is a programming error, refused at construction."""
+        with pytest.raises(ValueError, match="max_series"):
+            PrometheusMetrics(CollectorRegistry(), max_series=0)
+
+
+def _hostile_steps(n: int, *, pairs: int, cross: bool = False) -> list[Observation]:
+    """`n` terminal steps with unknown step types (10,000 kinds), statuses (1,500), tool types (300) and tool names
+    (700), over `pairs` model/assistant pairs; `cross` instead pairs 100 types with 100 statuses, every combination."""
+    out: list[Observation] = []
+    for i in range(n):
+        pair = i % pairs
+        step_type, status = (i % 100, i // 100 % 100) if cross else (i % 10_000, i % 1_500)
+        run = make_run(id=f"run_{i % 97}", model=f"model-{pair % 50:02d}-deployment")
+        call = ToolCall(f"call_{i}", f"tool_type_{i % 300}", name=f"function_name_{i % 700}")
+        step = make_step(
+            id=f"step_{i}",
+            type=f"step_type_{step_type}",
+            status=f"status_{status}",
+            assistant_id=f"asst_{pair}",
+            tool_calls=(call,),
+        )
+        out += step_observations(run, step)
+    return out
+
+
+def _counted_steps(registry: CollectorRegistry) -> float:
+    return sum(
+        s.value
+        for f in registry.collect()
+        if f.name == "stepscope_run_steps"
+        for s in f.samples
+        if s.name.endswith("_total")
+    )
+
+
+class TestHostileMix:
+    def test_series_and_scrape_size_stay_bounded(self) -> None:
+        """The issue's mix (10,000 step types, 1,500 statuses, 50x50 model/assistant pairs) stays under 2,000 series
+        per family and 1 MB per scrape in both formats, known pairs keep their series, and every step is counted."""
+        reg = CollectorRegistry()
+        reasons: list[str] = []
+        sink = PrometheusMetrics(reg, overflow=reasons.append)
+        garbage = _hostile_steps(10_000, pairs=4) + _hostile_steps(10_000, pairs=1, cross=True)
+        for start in range(0, len(garbage), 1000):
+            sink.record(garbage[start : start + 1000])
+        assert sink.series("stepscope_run_steps_total") <= 1_000 + 2  # garbage gets half the budget
+        legit = step_observations(make_run(model="gpt-4o"), make_step(id="legit", assistant_id="asst_real"))
+        sink.record(legit)
+        common = {"model": "gpt-4o", "assistant_id": "asst_real"}
+        assert sample(reg, "stepscope_run_steps_total", step_type="tool_calls", status="completed", **common) == 1
+        assert sample(reg, "stepscope_run_steps_total", step_type="tool_calls", status="failed", **common) == 0
+        pairs = [
+            obs
+            for i in range(2_500)
+            for obs in step_observations(
+                make_run(id=f"run_p{i}", model=f"model-{i % 50:02d}"),
+                make_step(id=f"step_p{i}", status=("completed", "failed")[i % 2], assistant_id=f"asst_{i // 50}x"),
+            )
+        ]
+        sink.record(pairs)
+        series = {f.name: len(f.samples) for f in reg.collect() if f.name.startswith("stepscope_")}
+        for name, count in series.items():
+            assert count == sink.series(name if name.endswith("_seconds") else f"{name}_total")
+            assert count <= 2_000 + 30  # the budget plus the family's overflow series
+        assert sum(series.values()) <= 6 * 2_030 + 15  # run queue: one unlabelled histogram
+        assert len(generate_latest(reg)) < 1_000_000  # OpenMetrics, with exemplars
+        assert len(prometheus_text(reg)) < 1_000_000
+        assert _counted_steps(reg) == 20_000 + 1 + 2_500
+        assert len(reasons) == sink.overflows > 10_000
 
 
 class TestExemplars:
