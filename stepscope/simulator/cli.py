@@ -2,6 +2,10 @@
 
 Faults: `--fault-*` flags set the default for every endpoint; `--fault ENDPOINT:KEY=VALUE` (repeatable) sets one
 field of one endpoint's spec (starting from the default); `--faults-file PATH` loads a `FaultConfig` JSON.
+
+Bad options never end in a traceback: numbers are range-checked by argparse (usage line plus one error line, exit
+2); what argparse cannot check (`--fault`, `--faults-file`, an address that cannot be bound) raises `ConfigError`
+with one problem that names the flag, which `stepscope`'s CLI and `main()` print as one line and exit 2.
 """
 
 from __future__ import annotations
@@ -10,52 +14,93 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import signal
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from stepscope.errors import ConfigError
 from stepscope.simulator.core import FLAVORS, Simulator
 from stepscope.simulator.faults import ENDPOINTS, FaultConfig, FaultSpec, spec_from_dict
 from stepscope.simulator.scenario import SCENARIOS, SimClock, scenario_named
 from stepscope.simulator.server import SimulatorServer
 
 log = logging.getLogger("stepscope.simulator")
+N = TypeVar("N", int, float)
+
+
+def number(
+    cast: Callable[[str], N], *, minimum: float | None = None, above: float | None = None, maximum: float | None = None
+) -> Callable[[str], N]:
+    """An argparse `type`: `cast(text)` (int or float), finite, `>= minimum`, `> above` and `<= maximum`.
+
+    A bad value becomes argparse's one error line, e.g. `argument --speed: must be > 0, got -1`.
+    """
+    kind = "an integer" if cast is int else "a number"
+
+    def parse(text: str) -> N:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum:g}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be > {above:g}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum:g}, got {text}")
+        return value
+
+    return parse
+
+
+_RATE = number(float, minimum=0, maximum=1)
+_MS = number(float, minimum=0)
+_AT_LEAST_ONE = number(int, minimum=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `simulate` options to `parser`."""
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8089, help="listen port, 0 picks a free one (default 8089)")
+    parser.add_argument("--port", type=number(int, minimum=0, maximum=65535), default=8089,
+                        help="listen port, 0 picks a free one (default 8089)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=None, help="workload seed (default: the scenario's, 0)")
-    parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
+    parser.add_argument("--speed", type=number(float, above=0), default=1.0,
+                        help="simulated seconds per wall second (default 1)")  # fmt: skip
     parser.add_argument("--scenario", default="steady", choices=sorted(SCENARIOS), help="workload preset")
-    parser.add_argument("--runs-per-second", type=float, default=None, help="override: runs started per sim second")
-    parser.add_argument("--threads", type=int, default=None, help="override: number of workload threads")
+    parser.add_argument("--runs-per-second", type=number(float, minimum=0), default=None,
+                        help="override: runs started per sim second")  # fmt: skip
+    parser.add_argument("--threads", type=_AT_LEAST_ONE, default=None, help="override: number of workload threads")
     parser.add_argument("--api-key", default="sk-sim", help="the one accepted key; others get 401 (default sk-sim)")
     parser.add_argument("--flavor", default="openai", choices=FLAVORS, help="openai (/v1) or azure (project path)")
     parser.add_argument("--project", default="sim", help="Azure project name in /api/projects/{project}")
-    parser.add_argument("--fault-latency-ms", type=float, default=0.0)
-    parser.add_argument("--fault-jitter-ms", type=float, default=0.0)
-    parser.add_argument("--fault-error-rate", type=float, default=0.0, help="probability of a 5xx per request")
-    parser.add_argument("--fault-rate-limit", type=float, default=0.0, help="probability of starting a 429 burst")
-    parser.add_argument("--fault-rate-limit-burst", type=int, default=1, help="429s per burst")
-    parser.add_argument("--fault-retry-after", type=int, default=1, help="retry-after seconds on injected 429s")
-    parser.add_argument("--fault-drop-rate", type=float, default=0.0, help="probability of closing the connection")
-    parser.add_argument("--fault-truncate-rate", type=float, default=0.0)
-    parser.add_argument("--fault-malformed-rate", type=float, default=0.0)
-    parser.add_argument("--fault-drift-rate", type=float, default=0.0, help="per-object schema drift probability")
-    parser.add_argument("--request-budget", type=int, default=None, help="requests per --budget-window; then 429")
-    parser.add_argument("--budget-window", type=float, default=1.0, help="seconds (default 1)")
+    parser.add_argument("--fault-latency-ms", type=_MS, default=0.0)
+    parser.add_argument("--fault-jitter-ms", type=_MS, default=0.0)
+    parser.add_argument("--fault-error-rate", type=_RATE, default=0.0, help="probability of a 5xx per request")
+    parser.add_argument("--fault-rate-limit", type=_RATE, default=0.0, help="probability of starting a 429 burst")
+    parser.add_argument("--fault-rate-limit-burst", type=_AT_LEAST_ONE, default=1, help="429s per burst")
+    parser.add_argument("--fault-retry-after", type=_AT_LEAST_ONE, default=1, help="retry-after seconds on 429s")
+    parser.add_argument("--fault-drop-rate", type=_RATE, default=0.0, help="probability of closing the connection")
+    parser.add_argument("--fault-truncate-rate", type=_RATE, default=0.0)
+    parser.add_argument("--fault-malformed-rate", type=_RATE, default=0.0)
+    parser.add_argument("--fault-drift-rate", type=_RATE, default=0.0, help="per-object schema drift probability")
+    parser.add_argument("--request-budget", type=_AT_LEAST_ONE, default=None,
+                        help="requests per --budget-window; then 429")  # fmt: skip
+    parser.add_argument("--budget-window", type=number(float, above=0), default=1.0, help="seconds (default 1)")
     parser.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:KEY=VALUE",
                         help=f"per-endpoint fault; endpoints: {', '.join(sorted(ENDPOINTS))}")  # fmt: skip
     parser.add_argument("--faults-file", type=Path, default=None, help="FaultConfig JSON (overrides --fault-*)")
 
 
 def faults_from_args(args: argparse.Namespace) -> FaultConfig:
-    """The `FaultConfig` the options describe; `ValueError` explains a bad option."""
+    """The `FaultConfig` the options describe; `ValueError` explains a bad option and names its flag."""
     if args.faults_file is not None:
-        return FaultConfig.from_dict(json.loads(args.faults_file.read_text()))
+        return _faults_file(args.faults_file)
     default = FaultSpec(
         latency_ms=args.fault_latency_ms,
         jitter_ms=args.fault_jitter_ms,
@@ -74,13 +119,35 @@ def faults_from_args(args: argparse.Namespace) -> FaultConfig:
         key, eq, value = assignment.partition("=")
         if not sep or not eq:
             raise ValueError(f"--fault {item!r}: expected ENDPOINT:KEY=VALUE")
-        per.setdefault(endpoint, {})[key] = value == "true" if value in ("true", "false") else json.loads(value)
-    endpoints = {name: spec_from_dict({**dataclasses.asdict(default), **kv}) for name, kv in per.items()}
-    config = FaultConfig(default, endpoints, args.request_budget, args.budget_window)
-    problems = config.validate()
+        try:
+            per.setdefault(endpoint, {})[key] = value == "true" if value in ("true", "false") else json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"--fault {item!r}: VALUE must be a number, true, false or JSON") from None
+    try:
+        endpoints = {name: spec_from_dict({**dataclasses.asdict(default), **kv}) for name, kv in per.items()}
+        config = FaultConfig(default, endpoints, args.request_budget, args.budget_window)
+        problems = config.validate()
+    except TypeError as exc:  # a value of the wrong JSON type, e.g. a string rate
+        raise ValueError(f"--fault: a value has the wrong type ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"--fault: {exc}") from None
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError("--fault: " + "; ".join(problems))
     return config
+
+
+def _faults_file(path: Path) -> FaultConfig:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("must hold a JSON object")
+        return FaultConfig.from_dict(data)
+    except OSError as exc:
+        raise ValueError(f"--faults-file {path}: cannot read it: {exc.strerror}") from None
+    except (TypeError, AttributeError) as exc:  # a value or section of the wrong JSON type
+        raise ValueError(f"--faults-file {path}: a value has the wrong type ({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"--faults-file {path}: {exc}") from None
 
 
 def build(args: argparse.Namespace) -> Simulator:
@@ -98,14 +165,20 @@ def build(args: argparse.Namespace) -> Simulator:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM; returns the exit status (0 on a clean stop, 2 on bad options)."""
+    """Serve until SIGINT/SIGTERM; returns 0 on a clean stop.
+
+    Raises `ConfigError` with one problem naming the flag for a bad option or an address that cannot be bound.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         simulator = build(args)
-    except (ValueError, KeyError, OSError) as exc:
-        log.error("simulate: %s", exc)
-        return 2
-    server = SimulatorServer(simulator, args.host, args.port)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError([f"simulate: {exc.args[0] if exc.args else exc}"]) from None
+    try:
+        server = SimulatorServer(simulator, args.host, args.port)
+    except ConfigError as exc:
+        hint = "choose another with --port (0 picks a free one) or --host"
+        raise ConfigError([f"{problem}; {hint}" for problem in exc.problems]) from None
     stop = threading.Event()
 
     def _stop(signum: int, frame: object) -> None:
@@ -130,6 +203,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m stepscope.simulator`: returns 0 on a clean stop, 2 (with one line per problem) on bad options."""
     parser = argparse.ArgumentParser(prog="python -m stepscope.simulator", description=__doc__)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{parser.prog}: {problem}", file=sys.stderr)
+        return 2

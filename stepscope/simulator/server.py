@@ -1,8 +1,9 @@
 """`SimulatorServer`: the simulator under uvicorn in a background thread, for tests, demos and the CLI.
 
 The listening socket is bound in the constructor's caller thread (port 0 picks a free port), so `url` is known
-before `start()` returns. Dropped-connection faults are honoured by a thin transport wrapper that aborts the
-socket when the app marks a response with `x-sim-drop`, before any byte of it is written.
+before `start()` returns, and an address that cannot be bound raises `ConfigError` at once. Dropped-connection
+faults are honoured by a thin transport wrapper that aborts the socket when the app marks a response with
+`x-sim-drop`, before any byte of it is written.
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from stepscope.errors import ConfigError
 from stepscope.simulator.api import DROP_HEADER
 from stepscope.simulator.core import Simulator
 
 log = logging.getLogger(__name__)
 _DROP_MARK = b"\r\n" + DROP_HEADER + b": 1\r\n"
+
+
+def _bind_reason(exc: BaseException) -> str:
+    """Why a bind failed, as a lower-case phrase: "address already in use", "name or service not known"."""
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return text[:1].lower() + text[1:]
 
 
 class _DroppingTransport:
@@ -78,7 +86,11 @@ class SimulatorServer:
         # Nagle plus delayed ACKs add ~40 ms to every keep-alive response.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
+        try:
+            self._sock.bind((host, port))
+        except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0..65535
+            self._sock.close()
+            raise ConfigError([f"cannot listen on {host}:{port}: {_bind_reason(exc)}"]) from exc
         self.host, self.port = self._sock.getsockname()[:2]
         config = uvicorn.Config(
             simulator.app,
