@@ -186,6 +186,10 @@ class HttpServer:
         return self._server is not None and self._server.started
 
     async def start(self) -> None:
+        """Bind, listen and serve; returns once uvicorn serves. An address that cannot be bound (in use, not
+        local, unknown host) raises `ConfigError` naming `server.listen`, so the CLI prints one line and exits 2."""
+        from stepscope.errors import ConfigError  # noqa: PLC0415 - the only user in this module
+
         if self._task is not None:
             return
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
@@ -195,9 +199,16 @@ class HttpServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self._host, self._port))
-        except OSError:
+        except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0..65535
             sock.close()
-            raise
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            address = f"[{self._host}]:{self._port}" if family == socket.AF_INET6 else f"{self._host}:{self._port}"
+            raise ConfigError(
+                [
+                    f"cannot listen on {address} (server.listen): {reason[:1].lower()}{reason[1:]}; "
+                    "choose another address with --listen or STEPSCOPE_LISTEN"
+                ]
+            ) from exc
         sock.listen(128)
         sock.setblocking(False)
         self._sock = sock
