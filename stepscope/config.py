@@ -94,6 +94,7 @@ class PollConfig:
 class ExportConfig:
     capture_content: bool = False
     label_cap: int = 100
+    max_series_per_metric: int = 2000  # exposed series per domain metric family, its overflow series aside
     traces_exporter: str = "otlp"
     otlp_endpoint: str | None = None
     otlp_traces_endpoint: str | None = None
@@ -272,6 +273,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll.shard", "STEPSCOPE_SHARD", _shard, "INDEX/COUNT: own only threads hashing to INDEX"),
     Setting("export.capture_content", "STEPSCOPE_CAPTURE_CONTENT", _bool, "put tool arguments/outputs on spans"),
     Setting("export.label_cap", "STEPSCOPE_LABEL_CAP", _positive_int, "distinct values per capped label"),
+    Setting(
+        "export.max_series_per_metric", "STEPSCOPE_MAX_SERIES_PER_METRIC", _positive_int, "series per domain metric"
+    ),
     Setting("export.traces_exporter", "OTEL_TRACES_EXPORTER", _choice(TRACES_EXPORTERS), "otlp, console, none"),
     Setting("export.otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", _url, "OTLP endpoint"),
     Setting("export.otlp_traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _url, "OTLP traces endpoint"),

@@ -216,3 +216,11 @@ def test_env_help_lists_every_variable() -> None:
 
     text = env_help()
     assert all(s.env in text for s in SETTINGS)
+
+
+def test_series_budget_setting() -> None:
+    """STEPSCOPE_MAX_SERIES_PER_METRIC defaults to 2,000, is read from the environment and must be positive."""
+    assert load(env=BASE_ENV).export.max_series_per_metric == 2000
+    assert load(env={**BASE_ENV, "STEPSCOPE_MAX_SERIES_PER_METRIC": "500"}).export.max_series_per_metric == 500
+    with pytest.raises(ConfigError, match=r"STEPSCOPE_MAX_SERIES_PER_METRIC \(export.max_series_per_metric\)"):
+        load(env={**BASE_ENV, "STEPSCOPE_MAX_SERIES_PER_METRIC": "0"})
