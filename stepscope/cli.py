@@ -1,6 +1,9 @@
 """The `stepscope` command: serve, demo, simulate, inspect, backfill, config check, dashboards.
 
 The only module that calls `sys.exit`. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+Every failure an operator can cause prints plain lines on stderr, never a traceback: a bad flag value is one
+`stepscope CMD: error: argument --flag: reason (see ...)` line; a `ConfigError` (bad settings, an address that
+cannot be bound) is one `stepscope: <problem>` line per problem; any other stepscope or OS error is one line too.
 """
 
 from __future__ import annotations
@@ -8,15 +11,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
 
 from stepscope import __version__
-from stepscope.config import Config, env_help, load
+from stepscope.config import SETTINGS_BY_PATH, Config, env_help, load, parse_duration
 from stepscope.errors import ConfigError, StepscopeError
 from stepscope.logs import setup_logging
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+_RUN_ID = re.compile(r"run_[A-Za-z0-9_-]{1,64}")  # fullmatch: the shape /v1/watch accepts too
 
 # CLI flags of `serve`/`backfill`/`config check`, as (flag, setting path, help): flags beat the environment.
 SETTING_FLAGS = (
@@ -46,14 +53,68 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the reason and where to find the usage, not the usage itself.
+
+    Subcommand parsers inherit the class, so `stepscope simulate --speed -1` fails the same way.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _listen_arg(text: str) -> str:
+    """argparse `type` for a HOST:PORT flag, checked like `STEPSCOPE_LISTEN`."""
+    try:
+        return str(SETTINGS_BY_PATH["server.listen"].parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _thread_arg(text: str) -> str:
+    """argparse `type` for one thread id, checked like `STEPSCOPE_THREADS`."""
+    try:
+        ids = SETTINGS_BY_PATH["poll.threads"].parse(text)
+    except ValueError:
+        ids = ()
+    if len(ids) != 1:
+        raise argparse.ArgumentTypeError(f"must be one id like thread_..., got {text!r}")
+    return str(ids[0])
+
+
+def _run_arg(text: str) -> str:
+    """argparse `type` for a run id."""
+    if not _RUN_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must look like run_..., got {text!r}")
+    return text
+
+
+def _duration_arg(text: str) -> str:
+    """argparse `type` for a duration flag; keeps the text, which `config.load` parses again."""
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
+    return text
+
+
+def _output_file_arg(text: str) -> str:
+    """argparse `type` for a file written at the end of a command: its directory must exist before any work."""
+    folder = Path(text).expanduser().parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {str(folder)!r} does not exist")
+    return text
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("setting:") and v is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from stepscope.simulator import cli as simulator_cli  # noqa: PLC0415 - keeps `--help` of other commands fast
+    from stepscope.simulator.scenario import SCENARIOS  # noqa: PLC0415 - same reason
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stepscope",
         description="Turn Assistants v2 run steps into OpenTelemetry spans and Prometheus metrics.",
         epilog="Environment variables (flags win over them, they win over --config):\n" + env_help(),
@@ -66,26 +127,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
 
     demo = sub.add_parser("demo", help="the simulator plus the bridge, with a live terminal view")
-    demo.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
-    demo.add_argument("--listen", default="127.0.0.1:9464", help="where /metrics is served (default %(default)s)")
-    demo.add_argument("--speed", type=float, default=10.0, help="simulated seconds per real second")
+    positive = simulator_cli.number(float, above=0)
+    demo.add_argument("--duration", type=positive, metavar="SECONDS", help="stop after this many seconds")
+    demo.add_argument("--listen", type=_listen_arg, default="127.0.0.1:9464",
+                      help="where /metrics is served (default %(default)s)")  # fmt: skip
+    demo.add_argument("--speed", type=positive, default=10.0, help="simulated seconds per real second")
     demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--scenario", default="lively")
+    demo.add_argument("--scenario", default="lively", choices=sorted(SCENARIOS), help="workload preset")
     demo.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
-    demo.add_argument("--svg", metavar="FILE", help="save the final frame of the view as SVG")
+    demo.add_argument("--svg", type=_output_file_arg, metavar="FILE", help="save the final frame of the view as SVG")
 
     simulate = sub.add_parser("simulate", help="run the Assistants v2 simulator on its own")
     simulator_cli.add_arguments(simulate)
 
     inspect = sub.add_parser("inspect", help="a waterfall of one run's steps and tool calls")
-    inspect.add_argument("run_id", metavar="RUN_ID")
-    inspect.add_argument("--thread", required=True, metavar="THREAD_ID")
+    inspect.add_argument("run_id", type=_run_arg, metavar="RUN_ID")
+    inspect.add_argument("--thread", type=_thread_arg, required=True, metavar="THREAD_ID")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     _add_setting_flags(inspect)
 
     backfill = sub.add_parser("backfill", help="export a thread's finished runs once and exit")
-    backfill.add_argument("--thread", action="append", required=True, metavar="THREAD_ID", dest="backfill_threads")
-    backfill.add_argument("--since", default="24h", help="how far back, e.g. 2h or 7d (default %(default)s)")
+    backfill.add_argument("--thread", type=_thread_arg, action="append", required=True, metavar="THREAD_ID",
+                          dest="backfill_threads")  # fmt: skip
+    backfill.add_argument("--since", type=_duration_arg, default="24h",
+                          help="how far back, e.g. 2h or 7d (default %(default)s)")  # fmt: skip
     _add_setting_flags(backfill)
 
     config = sub.add_parser("config", help="configuration tools")
@@ -105,15 +170,18 @@ def _load(args: argparse.Namespace, env: Mapping[str, str], extra: Mapping[str, 
 
 
 def _print_problems(exc: ConfigError) -> None:
-    print("stepscope: invalid configuration:", file=sys.stderr)
+    # One self-contained line per problem, each naming its setting, so `grep stepscope:` finds them all.
     for problem in exc.problems:
-        print(f"  - {problem}", file=sys.stderr)
+        print(f"stepscope: {problem}", file=sys.stderr)
 
 
 def run(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """Parse arguments and run a command; returns the exit code."""
+    """Parse arguments and run a command; returns the exit code (also for `--help` and argparse errors)."""
     env = dict(os.environ if env is None else env)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its one error line, or the help
+        return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
     try:
         return _dispatch(args, env)
     except ConfigError as exc:
@@ -121,6 +189,10 @@ def run(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None)
         return EXIT_CONFIG
     except StepscopeError as exc:
         print(f"stepscope: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # the environment refused a file or socket operation: say which, without a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"stepscope: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
