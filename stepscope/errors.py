@@ -7,6 +7,7 @@ StepscopeError
 │   ├── RetryableSourceError try again later (the retry policy decides when)
 │   │   ├── RateLimited      429; carries the server's retry delay when it sent one
 │   │   └── Unavailable      408/409/5xx, timeouts, dropped connections, truncated bodies
+│   │       └── LimitExceeded an answer past a client bound: too_large, deadline, page_cap, repeated_cursor
 │   └── FatalSourceError     retrying the same request cannot help
 │       ├── AuthError        401/403: the credential is wrong; stop polling until it changes
 │       ├── NotFound         404: the thread or run is gone; forget it
@@ -70,6 +71,22 @@ class Unavailable(RetryableSourceError):
     def __init__(self, message: str, *, retry_after: float | None = None, **context: object) -> None:
         super().__init__(message, **context)  # type: ignore[arg-type]
         self.retry_after = retry_after
+
+
+class LimitExceeded(Unavailable):
+    """The server's answer broke one of the client's bounds; `reason` (one of `LIMIT_REASONS`) says which.
+
+    `too_large`: a body over the size cap; `deadline`: one request took longer than its deadline; `page_cap`: a
+    listing still had more pages at the cap; `repeated_cursor`: a listing returned a cursor it had returned before.
+    Retryable, since a server may recover, but a caller should back off and count it by `reason`.
+    """
+
+    def __init__(self, message: str, *, reason: str, **context: object) -> None:
+        super().__init__(message, **context)  # type: ignore[arg-type]
+        self.reason = reason
+
+
+LIMIT_REASONS = ("too_large", "deadline", "page_cap", "repeated_cursor")
 
 
 class FatalSourceError(SourceError):

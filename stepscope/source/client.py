@@ -9,9 +9,17 @@ HTTP outcome -> exception, after retries for the retried ones (`x-should-retry: 
 401/403 `AuthError`, 404 `NotFound`, other 3xx/4xx `BadRequest` (none retried); 429 `RateLimited`; 408, 409,
 5xx, transport errors, timeouts and unreadable bodies `Unavailable` (all retried).
 
+Every read is bounded, so a hostile or broken server costs a known amount of memory and time: a body is read
+while streaming up to `max_body` bytes (after decompression) and abandoned past it (`LimitExceeded`
+`too_large`, observed as code `too_large`, not retried in the call); each attempt, from sending to the body's
+last byte, ends within `deadline` seconds (`deadline`, observed as code `deadline`, retried like a timeout). A
+listing ends at `max_pages` pages (`page_cap`) or at a cursor it has already seen (`repeated_cursor`); both
+raise after yielding what was read and are observed as an invalid `list`.
+
 A retry-after beyond `RetryPolicy.max_retry_after` is not slept through: calls fail fast with `RateLimited`
-until it passes. Messages name the endpoint, status and the server's `error.message` (truncated), never a
-credential: the values of the auth headers are redacted. A single GET whose object cannot be parsed raises
+until it passes. Messages name the endpoint, status and the server's `error.message` (truncated), or for
+transport errors the base URL (`cannot reach https://host/v1 (connection refused)`), never a credential: the
+values of the auth headers and the URL's userinfo are redacted. A single GET whose object cannot be parsed raises
 `InvalidObject` (list endpoints skip such items); both kinds of bad object go to `observe_invalid`.
 """
 
@@ -21,11 +29,13 @@ import asyncio
 import json
 import logging
 import random
+import socket
+import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
@@ -35,6 +45,7 @@ from stepscope.errors import (
     BadRequest,
     ConfigError,
     InvalidObject,
+    LimitExceeded,
     NotFound,
     RateLimited,
     SourceError,
@@ -58,6 +69,13 @@ _T = TypeVar("_T")
 ENDPOINTS = ("list_runs", "get_run", "list_steps", "get_step", "get_assistant")
 """Values of the `endpoint` argument passed to `RequestObserver.observe_request`."""
 FLAVORS = ("openai", "azure")
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+"""Bytes of one response body at most; a page of 100 steps is well under 1 MB."""
+DEFAULT_DEADLINE = 30.0
+"""Seconds one request may take from sending to the body's last byte."""
+DEFAULT_MAX_PAGES = 100
+"""Pages of one listing at most (10,000 steps at 100 per page)."""
+_ERROR_BODY_MAX = 64 * 1024  # only `error.message` is read from an error body
 _MESSAGE_LIMIT = 200
 _LOGGED_IDS_MAX = 1024
 
@@ -78,7 +96,9 @@ class AssistantsClient:
     `http` is owned by the caller (tests pass one built on `httpx.MockTransport`). `base_url` includes any
     version or project prefix (`https://api.openai.com/v1`, `https://<x>.services.ai.azure.com/api/projects/<p>`).
     `flavor="azure"` requires `api_version`. `sleep` defaults to a sleep that `stop` interrupts; once `stop` is
-    set, a pending retry gives up with the last error. `rng` draws the jitter in [0, 1).
+    set, a pending retry gives up with the last error. `rng` draws the jitter in [0, 1). `max_body` (bytes),
+    `deadline` (seconds per attempt; None: none) and `max_pages` (per listing) bound what one server can cost.
+    Userinfo in `base_url` never appears in messages or reprs (`https://user:***@host`).
     """
 
     def __init__(
@@ -98,13 +118,29 @@ class AssistantsClient:
         sleep: SleepFn | None = None,
         budget: RequestBudget | None = None,
         flavor: str = "openai",
+        max_body: int = DEFAULT_MAX_BODY,
+        deadline: float | None = DEFAULT_DEADLINE,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
         if flavor not in FLAVORS:
             raise ConfigError([f"api.flavor: unknown flavor {flavor!r} (expected one of {', '.join(FLAVORS)})"])
         if flavor == "azure" and not api_version:
             raise ConfigError(["api.api_version: required for the azure flavor"])
+        bad = [
+            name
+            for name, v in (("max_body", max_body), ("deadline", deadline), ("max_pages", max_pages))
+            if v is not None and v <= 0
+        ]
+        if bad:
+            raise ConfigError([f"api.{name}: must be > 0" for name in bad])
         self._http = http
         self._base_url = base_url.rstrip("/")
+        self._shown_url = redact_url(self._base_url)
+        user, colon, password = urlsplit(self._base_url).netloc.rpartition("@")[0].partition(":")
+        self._url_secrets = tuple(v for v in ((password,) if colon else (user,)) if len(v) >= 4)  # a lone user: a token
+        self._max_body = max_body
+        self._deadline = deadline
+        self._max_pages = max_pages
         self._auth = auth
         self._api_version = api_version
         self._retry = retry or RetryPolicy()
@@ -130,7 +166,7 @@ class AssistantsClient:
         self._logged_invalid: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"AssistantsClient(base_url={self._base_url!r}, flavor={self.flavor!r}, auth={self._auth!r})"
+        return f"AssistantsClient(base_url={self._shown_url!r}, flavor={self.flavor!r}, auth={self._auth!r})"
 
     # --- StepSource ------------------------------------------------------------------------------------------
 
@@ -180,21 +216,33 @@ class AssistantsClient:
         run_id: str | None = None,
     ) -> AsyncIterator[Any]:
         after = params.get("after")
-        while True:
+        seen: set[str | int | None] = {after} if after is not None else set()  # at most max_pages cursors
+        for pages in range(1, self._max_pages + 1):
             query = dict(params)
             if after is not None:
                 query["after"] = after
             body = await self._call(endpoint, path, query, thread_id=thread_id, run_id=run_id)
             page = self._parse_page(endpoint, body, parse, thread_id=thread_id, run_id=run_id)
+            if page.has_more and page.last_id in seen:
+                # Repeating or alternating cursors would page forever; this page's items were most likely yielded
+                # already, so it is dropped whole, while what was read before stays valid.
+                what = f"returned cursor {page.last_id} again after {pages} page(s)"
+                raise self._runaway(endpoint, "repeated_cursor", what, thread_id=thread_id, run_id=run_id)
             for item in page.data:
                 yield item
             if not page.has_more:
                 return
-            if page.last_id == after:
-                # A server that repeats its cursor would page forever; what was read so far is still valid.
-                log.warning("%s: the server returned cursor %s again; stopping this listing", endpoint, after)
-                return
+            seen.add(page.last_id)
             after = page.last_id
+        what = f"still has more after {self._max_pages} pages (STEPSCOPE_MAX_PAGES)"
+        raise self._runaway(endpoint, "page_cap", what, thread_id=thread_id, run_id=run_id)
+
+    def _runaway(self, endpoint: str, reason: str, what: str, *, thread_id: str, run_id: str | None) -> LimitExceeded:
+        """Count a listing that would not end as an invalid `list` and build the error that ends it."""
+        if self._observer is not None:
+            self._observer.observe_invalid(InvalidObject("list", f"listing stopped: {reason}"))
+        message = f"{endpoint}: listing stopped: the server {what}"
+        return LimitExceeded(message, reason=reason, endpoint=endpoint, thread_id=thread_id, run_id=run_id)
 
     def _parse_page(
         self, endpoint: str, body: Any, parse: Callable[[object], Any], *, thread_id: str, run_id: str | None
@@ -301,20 +349,21 @@ class AssistantsClient:
             auth_headers = await self._auth.headers()
         except AuthError as exc:
             return _Outcome(error=AuthError(f"{endpoint}: {exc}", **ctx))
-        secrets = _secrets(auth_headers)
+        secrets = (*_secrets(auth_headers), *self._url_secrets)
         query: dict[str, str | int] = dict(params)
         if self._api_version:
             query["api-version"] = self._api_version
         started = self._clock.monotonic()
         try:
-            response = await self._http.get(
-                f"{self._base_url}/{path}", params=query, headers={**self._headers, **auth_headers}
-            )
+            async with asyncio.timeout(self._deadline):
+                response, content = await self._fetch(path, query, {**self._headers, **auth_headers})
+        except TimeoutError:
+            self._observe(endpoint, "deadline", started)
+            message = f"{endpoint}: no complete answer from {self._shown_url} within {self._deadline or 0:g}s"
+            return _Outcome(error=LimitExceeded(message, reason="deadline", **ctx), retryable=True)
         except httpx.RequestError as exc:
             self._observe(endpoint, "error", started)
-            detail = _redact(str(exc), secrets)[:_MESSAGE_LIMIT]
-            reason = "timed out" if isinstance(exc, httpx.TimeoutException) else type(exc).__name__
-            message = f"{endpoint}: {reason}" + (f": {detail}" if detail else "")
+            message = f"{endpoint}: {_redact(self._transport_problem(exc), secrets)[:_MESSAGE_LIMIT]}"
             return _Outcome(error=Unavailable(message, **ctx), retryable=True)
         status = response.status_code
         now = self._clock.monotonic()
@@ -325,8 +374,13 @@ class AssistantsClient:
         if retry_after is not None and status >= 400:
             self._not_before = max(self._not_before, now + retry_after)
         if 200 <= status < 300:
+            if content is None:
+                # Not retried within the call: the same request would most likely bring the same body.
+                self._observe(endpoint, "too_large", started)
+                message = f"{endpoint}: HTTP {status}: body over {_size(self._max_body)} (STEPSCOPE_API_MAX_BODY)"
+                return _Outcome(error=LimitExceeded(message, reason="too_large", status_code=status, **ctx))
             try:
-                body = json.loads(response.content)
+                body = json.loads(content)
             except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
                 # Counted apart from 200: a server answering garbage is an API error, not a success.
                 self._observe(endpoint, "invalid_body", started)
@@ -336,7 +390,7 @@ class AssistantsClient:
             return _Outcome(body=body)
         self._observe(endpoint, str(status), started)
         message = f"{endpoint}: HTTP {status}"
-        server_message = _redact(_server_message(response), secrets)
+        server_message = _redact(_server_message(content), secrets)
         if server_message:
             message += f": {server_message}"
         error = _status_error(status, message, retry_after, ctx)
@@ -345,6 +399,26 @@ class AssistantsClient:
         return _Outcome(
             error=error, retryable=self._retry.should_retry(status, response.headers), headers=response.headers
         )
+
+    async def _fetch(
+        self, path: str, query: Mapping[str, str | int], headers: Mapping[str, str]
+    ) -> tuple[httpx.Response, bytearray | None]:
+        """Send one GET and read its body up to the cap (None: larger); leaving the stream closes it."""
+        url = f"{self._base_url}/{path}"
+        async with self._http.stream("GET", url, params=query, headers=headers) as response:
+            cap = self._max_body if 200 <= response.status_code < 300 else min(self._max_body, _ERROR_BODY_MAX)
+            return response, await _read_capped(response, cap)
+
+    def _transport_problem(self, exc: httpx.RequestError) -> str:
+        """What went wrong on the wire, naming the (redacted) base URL, in one line."""
+        if isinstance(exc, httpx.ConnectTimeout):
+            return f"cannot reach {self._shown_url} (connect timed out)"
+        if isinstance(exc, httpx.TimeoutException):
+            return f"timed out waiting for {self._shown_url}"
+        if isinstance(exc, httpx.ConnectError):
+            return f"cannot reach {self._shown_url} ({_connect_reason(exc)})"
+        detail = str(exc)
+        return f"connection to {self._shown_url} failed: {type(exc).__name__}" + (f": {detail}" if detail else "")
 
     def _observe(self, endpoint: str, code: str, started: float) -> None:
         if self._observer is not None:
@@ -363,10 +437,58 @@ def _status_error(status: int, message: str, retry_after: float | None, ctx: dic
     return BadRequest(message, status_code=status, **ctx)
 
 
-def _server_message(response: httpx.Response) -> str:
+async def _read_capped(response: httpx.Response, cap: int) -> bytearray | None:
+    """The decoded body, or None as soon as it (or its declared length) exceeds `cap` bytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return None
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > cap:
+            return None
+    return body
+
+
+def _connect_reason(exc: BaseException) -> str:
+    """Why a connection could not be made, in a few words, from the first telling cause in the chain."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> anyio -> OS error: the telling one is a few links down
+        if cause is None:
+            break
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return f"name not resolved: {cause.strerror or cause}"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS: {cause.verify_message or cause.reason}"
+        if isinstance(cause, ssl.SSLError):  # reason reads like WRONG_VERSION_NUMBER
+            return f"TLS: {(cause.reason or str(cause)).lower().replace('_', ' ')}"
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password (or a lone user, often a token) in its userinfo replaced by `***`."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+
+def _size(n: int) -> str:
+    return f"{n / 1048576:g} MiB" if n >= 1048576 else f"{n} bytes"
+
+
+def _server_message(content: bytes | bytearray | None) -> str:
     """`error.message` (or a bare `message`) from an error body, with `error.code` when present; else ''."""
+    if content is None:
+        return ""
     try:
-        body = json.loads(response.content)
+        body = json.loads(content)
     except ValueError:
         return ""
     err = body.get("error") if isinstance(body, dict) else None

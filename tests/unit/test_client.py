@@ -18,6 +18,7 @@ from stepscope.errors import (
     BadRequest,
     ConfigError,
     InvalidObject,
+    LimitExceeded,
     NotFound,
     RateLimited,
     SourceError,
@@ -285,13 +286,16 @@ class TestPaging:
         assert len(h.requests) == 1
 
     @pytest.mark.anyio
-    async def test_repeated_cursor_stops(self, caplog: pytest.LogCaptureFixture) -> None:
-        """A server that keeps returning the same last id does not make the client page forever."""
+    async def test_repeated_cursor_stops(self) -> None:
+        """A server that keeps returning the same last id ends the listing with a retryable LimitExceeded."""
+        steps: list[Any] = []
         async with harness([reply(page([step_obj("step_1")], True))]) as h:
-            steps = await collect(h.client.list_steps(REF, after="step_0"))
-        assert [s.id for s in steps] == ["step_1", "step_1"]
+            with pytest.raises(LimitExceeded, match="cursor step_1 again") as info:
+                async for step in h.client.list_steps(REF, after="step_0"):
+                    steps.append(step)
+        assert [s.id for s in steps] == ["step_1"]
         assert len(h.requests) == 2
-        assert "cursor step_1 again" in caplog.text
+        assert info.value.reason == "repeated_cursor"
 
 
 class TestParsing:
@@ -430,7 +434,10 @@ class TestStatusMapping:
 
     @pytest.mark.parametrize(
         ("exc", "text"),
-        [(httpx.ConnectError("refused"), "ConnectError: refused"), (httpx.ReadTimeout("slow"), "timed out")],
+        [
+            (httpx.ConnectError("boom"), r"^get_run: cannot reach https://api\.example\.test/v1 \(boom\)$"),
+            (httpx.ReadTimeout("slow"), r"^get_run: timed out waiting for https://api\.example\.test/v1$"),
+        ],
     )
     @pytest.mark.anyio
     async def test_transport_errors(self, exc: Exception, text: str) -> None:
