@@ -34,6 +34,10 @@ DROP_REASONS = (
     "bad_request",
     "internal_error",
     "step_unfinished",
+    "watch_limit",
+    "watch_rate",
+    "watch_invalid",
+    "watch_expired",
 )
 INVALID_KINDS = ("run", "run_step", "tool_call", "list", "assistant")
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

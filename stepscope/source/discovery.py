@@ -6,6 +6,14 @@ A thread has at most one active run at a time, so older runs than a known one ar
 a thread whose run is still being tracked is skipped: it cannot have started another. That keeps discovery cheap
 enough to run every second on idle threads, which is what bounds the delay before a new run's first poll.
 With sharding (`INDEX/COUNT`) a replica owns only the threads whose stable hash falls in its shard.
+
+Bounded against a flood of registrations:
+- at most `max_registered` registrations (threads and runs); past it `watch()` raises `RegistrationFull`;
+- one pass lists at most `pass_budget` threads, least recently listed first, so every thread gets its turn
+  (round-robin) and a pass never takes minutes;
+- a registered thread with no run inside the lookback is listed less and less often (doubling up to
+  `EMPTY_BACKOFF_MAX_S`) and dropped once it stayed empty for the lookback window; a thread answering 404 is
+  dropped at once. Drops are counted (`not_found`, `watch_expired`) and logged once per pass, not per thread.
 """
 
 from __future__ import annotations
@@ -14,11 +22,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from stepscope.errors import AuthError, InvalidObject, NotFound, RateLimited, SourceError, StoreError
+from stepscope.errors import AuthError, InvalidObject, NotFound, RateLimited, SourceError, StepscopeError, StoreError
 from stepscope.models import RunRef
 from stepscope.store import SqliteStore
 from stepscope.types import StepSource
@@ -26,6 +35,27 @@ from stepscope.types import StepSource
 log = logging.getLogger("stepscope.discovery")
 
 DISCOVERY_CONCURRENCY = 8
+DISCOVERY_BUDGET = 16 * DISCOVERY_CONCURRENCY
+"""Listings per pass at most: with 8 in flight, a pass lasts about 16 listing round trips whatever is registered."""
+DEFAULT_MAX_REGISTERED = 1000
+EMPTY_BACKOFF_MAX_S = 60.0
+"""Slowest re-listing of a registered thread without runs: 1,000 such threads cost about 17 requests/s at most."""
+MIN_EMPTY_TTL_S = 60.0
+"""A lookback of 0 must not expire every registered thread on its first listing."""
+
+_EMPTY, _RUNS, _MISSING, _FAILED = "empty", "runs", "missing", "failed"
+
+
+class RegistrationFull(StepscopeError):
+    """`watch()` refused a new registration: `limit` registrations exist already (counted as `watch_limit`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} registrations, the maximum (STEPSCOPE_MAX_WATCHED)")
+        self.limit = limit
+
+
+def _no_drop(reason: str, n: int = 1) -> None:
+    """Default drop counter for callers that count nothing."""
 
 
 def shard_of(thread_id: str, count: int) -> int:
@@ -49,7 +79,10 @@ class RunTracker(Protocol):
 
 
 class Discovery:
-    """Finds runs on watched threads every `interval` seconds. `start()` returns at once."""
+    """Finds runs on watched threads every `interval` seconds. `start()` returns at once.
+
+    `on_drop(reason, n)` counts registrations dropped or refused; `monotonic` times the per-thread backoff.
+    """
 
     def __init__(
         self,
@@ -63,16 +96,33 @@ class Discovery:
         shard_index: int = 0,
         shard_count: int = 1,
         wall: Callable[[], float] = time.time,
+        max_registered: int = DEFAULT_MAX_REGISTERED,
+        pass_budget: int = DISCOVERY_BUDGET,
+        on_drop: Callable[[str, int], None] = _no_drop,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
         self._store = store
         self._tracker = tracker
         self._configured = list(dict.fromkeys(threads))
+        self._configured_set = set(self._configured)
         self._lookback = lookback_s
         self._interval = interval_s
         self._shard = (shard_index, shard_count)
         self._wall = wall
-        self._missing: set[str] = set()
+        self._monotonic = monotonic
+        self._max_registered = max_registered
+        self._budget = max(1, pass_budget)
+        self._on_drop = on_drop
+        self._missing: set[str] = set()  # configured threads that answered 404 (registered ones are unwatched)
+        self._registered: set[tuple[str, str]] | None = None  # (thread_id, run_id or ""), loaded on first use
+        self._full_logged = False
+        # Per-thread scheduling, pruned to the watched threads every pass.
+        self._listed_at: dict[str, float] = {}  # monotonic time of the last listing
+        self._not_before: dict[str, float] = {}  # monotonic time before which an empty thread is not listed
+        self._backoff: dict[str, float] = {}  # current re-listing delay of an empty thread
+        self._empty_since: dict[str, float] = {}  # wall time of the first listing in a row without a recent run
+        self._active: set[str] = set()  # threads whose last listing had a run inside the lookback
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -84,24 +134,60 @@ class Discovery:
 
     def threads(self) -> list[str]:
         """Threads this replica watches: configured and registered ones in its shard."""
-        registered = [t for t, run in self._store.watched() if run is None]
+        return self._threads(self._store.watched())
+
+    def _threads(self, rows: list[tuple[str, str | None]]) -> list[str]:
+        registered = [t for t, run in rows if run is None]
         return [t for t in dict.fromkeys(self._configured + registered) if self.owns(t) and t not in self._missing]
+
+    @property
+    def registered_count(self) -> int:
+        """Registrations (threads and runs) held now, as counted against `max_registered`."""
+        return len(self._registrations())
+
+    def _registrations(self) -> set[tuple[str, str]]:
+        if self._registered is None:
+            self._registered = {(t, r or "") for t, r in self._store.watched()}
+        return self._registered
 
     # --- registration (from the HTTP server) --------------------------------------------------------------------
 
     def watch(self, thread_id: str, run_id: str | None) -> bool:
-        """Register a thread (and optionally one run); False when another shard owns the thread."""
+        """Register a thread (and optionally one run); False when another shard owns the thread.
+
+        Raises `RegistrationFull` for a new registration past `max_registered` (re-registering is always
+        accepted), and `StoreError` when the store cannot record it. Registering again does not reset an empty
+        thread's backoff or expiry: registering the run id is the prompt way to have a run tracked.
+        """
         if not self.owns(thread_id):
             return False
+        key = (thread_id, run_id or "")
+        registered = self._registrations()
+        new = key not in registered
+        if new and len(registered) >= self._max_registered:
+            self._on_drop("watch_limit", 1)
+            if not self._full_logged:
+                log.warning(
+                    "refusing /v1/watch registrations: %d held, the maximum (STEPSCOPE_MAX_WATCHED); "
+                    "registered threads without runs expire after the lookback",
+                    self._max_registered,
+                )
+                self._full_logged = True
+            raise RegistrationFull(self._max_registered)
         self._store.watch(thread_id, run_id, self._wall())
+        registered.add(key)
+        if new and len(registered) < self._max_registered:
+            self._full_logged = False
         self._missing.discard(thread_id)
         if run_id is not None:
             self._tracker.track(RunRef(thread_id, run_id))
-        self._wake.set()
+        elif new:
+            self._wake.set()  # list the new thread now rather than after the interval
         return True
 
     def unwatch(self, thread_id: str, run_id: str | None) -> None:
         self._store.unwatch(thread_id, run_id)
+        self._registrations().discard((thread_id, run_id or ""))
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -127,51 +213,141 @@ class Discovery:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
 
     async def run_once(self) -> int:
-        """One discovery pass over every watched thread; returns how many runs started being tracked."""
+        """One discovery pass over the due threads (at most `pass_budget`); returns how many runs it started
+        tracking."""
         try:
             self._store.prune(self._wall() - 2 * self._lookback)
-            threads = self.threads()
+            rows = self._store.watched()
         except StoreError:
             log.exception("checkpoint store error during discovery")
             return 0
+        # The store is the truth: the poller deletes the registration of a run it dropped.
+        self._registered = {(t, r or "") for t, r in rows}
+        threads = self._threads(rows)
+        self._prune_schedule(set(threads))
         busy = self._tracker.busy_threads()
-        idle = [t for t in threads if t not in busy]
+        now = self._monotonic()
+        due = [t for t in threads if t not in busy and self._not_before.get(t, -math.inf) <= now]
+        batch = self._pick(due)
         # A few listings in flight at once: one at a time, 10,000 threads took minutes per pass.
         gate = asyncio.Semaphore(DISCOVERY_CONCURRENCY)
 
-        async def discover(thread_id: str) -> int:
+        async def discover(thread_id: str) -> tuple[int, str]:
             async with gate:
-                return 0 if self._stopping.is_set() else await self._discover_thread(thread_id)
+                return (0, _FAILED) if self._stopping.is_set() else await self._discover_thread(thread_id)
 
-        found = sum(await asyncio.gather(*(discover(t) for t in idle)))
+        results = await asyncio.gather(*(discover(t) for t in batch))
+        self._settle(dict(zip(batch, (outcome for _, outcome in results), strict=True)))
         self.last_pass = self._wall()
-        return found
+        return sum(found for found, _ in results)
 
-    async def _discover_thread(self, thread_id: str) -> int:
+    def _pick(self, due: list[str]) -> list[str]:
+        """At most `budget` of the due threads, least recently listed (never listed: first) first.
+
+        Half the budget goes first to configured threads and threads whose last listing had a recent run, so a
+        flood of registrations cannot delay their new runs; the rest, and whatever they leave, goes round-robin to
+        all. The threads left over are first in line next pass, so none waits more than ceil(due / budget) passes.
+        """
+        due = sorted(due, key=lambda t: self._listed_at.get(t, -math.inf))
+        if len(due) <= self._budget:
+            return due
+        preferred = [t for t in due if t in self._configured_set or t in self._active][: self._budget // 2]
+        chosen = set(preferred)
+        rest = [t for t in due if t not in chosen][: self._budget - len(preferred)]
+        return preferred + rest
+
+    def _prune_schedule(self, watched: set[str]) -> None:
+        for table in (self._listed_at, self._not_before, self._backoff, self._empty_since):
+            for thread_id in [t for t in table if t not in watched]:
+                del table[thread_id]
+        self._active &= watched
+
+    def _settle(self, outcomes: dict[str, str]) -> None:
+        """Back off, expire or drop threads after a pass; count and log the drops once for the whole pass."""
+        now, wall = self._monotonic(), self._wall()
+        ttl = max(self._lookback, MIN_EMPTY_TTL_S)
+        missing = expired = 0
+        for thread_id, outcome in outcomes.items():
+            configured = thread_id in self._configured_set
+            if outcome == _RUNS:
+                self._active.add(thread_id)
+                for table in (self._not_before, self._backoff, self._empty_since):
+                    table.pop(thread_id, None)
+                continue
+            if outcome == _FAILED:
+                continue  # the API's state is reported to the tracker; the thread is tried again next time
+            self._active.discard(thread_id)
+            if outcome == _MISSING:
+                if configured and thread_id not in self._missing:
+                    log.warning("configured thread %s not found; no longer watching it", thread_id)
+                    self._missing.add(thread_id)
+                if self._drop_registered(thread_id):
+                    missing += 1
+            elif not configured:  # empty: back off, and drop once empty for the whole lookback
+                since = self._empty_since.setdefault(thread_id, wall)
+                if wall - since >= ttl and self._drop_registered(thread_id):
+                    expired += 1
+                    continue
+                delay = min(max(2 * self._backoff.get(thread_id, 0.0), self._interval), EMPTY_BACKOFF_MAX_S)
+                self._backoff[thread_id] = delay
+                self._not_before[thread_id] = now + delay
+        if missing:
+            self._on_drop("not_found", missing)
+        if expired:
+            self._on_drop("watch_expired", expired)
+        if missing or expired:
+            log.warning(
+                "stopped watching %d registered thread(s): %d not found, %d without a run for %.0f s",
+                missing + expired, missing, expired, ttl,
+            )  # fmt: skip
+
+    def _drop_registered(self, thread_id: str) -> bool:
+        """Forget a registered thread; False when it was not registered (configured only) or the store failed."""
+        key = (thread_id, "")
+        if key not in self._registrations():
+            return False
+        try:
+            self._store.unwatch(thread_id, None)
+        except StoreError:
+            log.exception("checkpoint store: cannot drop the registration of %s", thread_id)
+            return False
+        self._registrations().discard(key)
+        for table in (self._not_before, self._backoff, self._empty_since):
+            table.pop(thread_id, None)
+        return True
+
+    async def _discover_thread(self, thread_id: str) -> tuple[int, str]:
+        """List one thread's recent runs and track the new ones: (runs tracked, outcome)."""
         horizon = self._wall() - self._lookback
         new: list[RunRef] = []
+        recent = False
+        self._listed_at[thread_id] = self._monotonic()
         try:
             async for run in self._source.list_runs(thread_id):
-                if run.created_at < horizon or self._tracker.is_tracked(run.id):
+                if run.created_at < horizon:
                     break
-                if self._store.known_runs([run.id]):
+                recent = True
+                if self._tracker.is_tracked(run.id) or self._store.known_runs([run.id]):
                     break
                 new.append(run.ref)
         except NotFound:
-            log.warning("thread %s not found; no longer watching it", thread_id)
-            self._missing.add(thread_id)
-            self._store.unwatch(thread_id, None)
-            return 0
+            return 0, _MISSING
         except AuthError as exc:
             self._tracker.api_failed("auth_failed", exc)
-            return 0
+            return 0, _FAILED
         except RateLimited as exc:
             self._tracker.api_failed("rate_limited", exc)
+            return 0, _FAILED
         except SourceError as exc:
             self._tracker.api_failed("unavailable", exc)
+            return 0, _FAILED
         except InvalidObject as exc:
             log.debug("listing runs of %s failed: %s", thread_id, exc)  # counted by the source
-        else:
-            self._tracker.api_ok()
+            return 0, _FAILED
+        except StoreError:
+            log.exception("checkpoint store error while discovering runs of %s", thread_id)
+            return 0, _FAILED
+        self._tracker.api_ok()
         # Oldest first, so a backfill exports history in order.
-        return sum(1 for ref in reversed(new) if self._tracker.track(ref))
+        found = sum(1 for ref in reversed(new) if self._tracker.track(ref))
+        return found, _RUNS if recent else _EMPTY

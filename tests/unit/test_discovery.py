@@ -1,18 +1,28 @@
-"""Discovery: configured and registered threads, stop at known runs, lookback, sharding."""
+"""Discovery: configured and registered threads, stop at known runs, lookback, sharding, bounded registrations."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from stepscope.errors import AuthError, NotFound, SourceError
-from stepscope.models import Run, RunRef
-from stepscope.source.discovery import DISCOVERY_CONCURRENCY, Discovery, shard_of
+from stepscope.models import Run, RunRef, RunStep
+from stepscope.poller import Poller, PollSchedule
+from stepscope.source.discovery import (
+    DISCOVERY_BUDGET,
+    DISCOVERY_CONCURRENCY,
+    EMPTY_BACKOFF_MAX_S,
+    Discovery,
+    RegistrationFull,
+    shard_of,
+)
 from stepscope.store import SqliteStore
-from tests.unit._fakes import FakeSource, make_run
+from stepscope.testing import eventually
+from tests.unit._fakes import Counters, FakeSource, RecordingCommits, make_run
 
 pytestmark = pytest.mark.anyio
 NOW = 10_000.0
@@ -159,3 +169,198 @@ async def test_threads_are_listed_a_few_at_a_time(store: SqliteStore) -> None:
     threads = [f"thread_{i}" for i in range(30)]
     await _discovery(source, store, Tracker(), threads=threads).run_once()
     assert source.most == DISCOVERY_CONCURRENCY
+
+
+# --- bounded under a flood of registrations -------------------------------------------------------------------
+
+
+class Clocks:
+    """Wall and monotonic time moved together by hand."""
+
+    def __init__(self) -> None:
+        self.wall = NOW
+        self.mono = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+class KnownThreads(FakeSource):
+    """Answers 404 for a thread it does not hold, like the API; records when each thread was listed."""
+
+    def __init__(self, threads: set[str], clocks: Clocks) -> None:
+        super().__init__()
+        self.threads = threads
+        self.clocks = clocks
+        self.listed: list[tuple[float, str]] = []
+
+    async def list_runs(self, thread_id: str, *, limit: int = 20) -> AsyncIterator[Run]:
+        self.listed.append((self.clocks.mono, thread_id))
+        if thread_id not in self.threads:
+            raise NotFound("No thread found", status_code=404, thread_id=thread_id)
+        async for run in super().list_runs(thread_id, limit=limit):
+            yield run
+
+    async def get_run(self, ref: RunRef) -> Run:
+        if ref.run_id not in self.runs:
+            self.calls.append(f"get_run {ref.run_id}")
+            raise NotFound("No run found", status_code=404, run_id=ref.run_id)
+        return await super().get_run(ref)
+
+    async def list_steps(self, ref: RunRef, *, after: str | None = None, limit: int = 100) -> AsyncIterator[RunStep]:
+        if ref.run_id not in self.runs:
+            self.calls.append(f"list_steps {ref.run_id}")
+            raise NotFound("No run found", status_code=404, run_id=ref.run_id)
+        async for step in super().list_steps(ref, after=after, limit=limit):
+            yield step
+
+
+def _bounded(
+    source: FakeSource, store: SqliteStore, tracker: Tracker, clocks: Clocks, drops: Counters, **kw: object
+) -> Discovery:
+    return Discovery(
+        source, store, tracker, lookback_s=3600, interval_s=2.0, wall=lambda: clocks.wall,
+        monotonic=lambda: clocks.mono, on_drop=drops.dropped, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+async def test_registered_threads_that_answer_404_are_dropped_counted_and_logged_once(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """50 registered bogus threads are unwatched after their first 404, counted as not_found, in one log line."""
+    clocks, drops = Clocks(), Counters()
+    source = KnownThreads({"thread_real"}, clocks)
+    discovery = _bounded(source, store, Tracker(), clocks, drops)
+    for i in range(50):
+        assert discovery.watch(f"thread_bogus{i}", None)
+    assert discovery.watch("thread_real", None)
+    caplog.set_level(logging.INFO, logger="stepscope.discovery")
+    await discovery.run_once()
+    assert store.watched() == [("thread_real", None)]
+    assert discovery.registered_count == 1
+    assert drops.counts == {"not_found": 50}
+    lines = [r.getMessage() for r in caplog.records if r.name == "stepscope.discovery"]
+    assert len(lines) == 1 and "50 not found" in lines[0]
+    clocks.advance(1.0)
+    source.listed.clear()
+    await discovery.run_once()
+    assert [t for _, t in source.listed] == []  # the real thread is empty and backed off; the bogus ones are gone
+
+
+async def test_registered_thread_without_runs_expires_after_the_lookback(store: SqliteStore) -> None:
+    """A registered thread that stays without a run for the lookback window is dropped and counted watch_expired;
+    a configured one and one with a recent run are kept."""
+    clocks, drops = Clocks(), Counters()
+    source = KnownThreads({"thread_empty", "thread_busy", "thread_conf"}, clocks)
+    discovery = _bounded(source, store, Tracker(), clocks, drops, threads=["thread_conf"])
+    discovery.watch("thread_empty", None)
+    discovery.watch("thread_busy", None)
+    for _ in range(3700 // 10):
+        # A run every ten seconds keeps thread_busy active throughout.
+        source.put_run(make_run(f"run_{clocks.mono:.0f}", thread_id="thread_busy", created_at=int(clocks.wall)))
+        await discovery.run_once()
+        clocks.advance(10.0)
+    assert store.watched() == [("thread_busy", None)]
+    assert drops.counts == {"watch_expired": 1}
+    assert set(discovery.threads()) == {"thread_conf", "thread_busy"}
+
+
+async def test_empty_registered_thread_is_listed_less_and_less_often(store: SqliteStore) -> None:
+    """An empty registered thread is re-listed after 2, 4, 8 ... s, capped at EMPTY_BACKOFF_MAX_S, while a
+    configured one is listed every pass."""
+    clocks, drops = Clocks(), Counters()
+    source = KnownThreads({"thread_reg", "thread_conf"}, clocks)
+    discovery = _bounded(source, store, Tracker(), clocks, drops, threads=["thread_conf"])
+    discovery.watch("thread_reg", None)
+    for _ in range(300):
+        await discovery.run_once()
+        clocks.advance(1.0)
+    registered = [t for t, thread in source.listed if thread == "thread_reg"]
+    assert registered == [0, 2, 6, 14, 30, 62, 122, 182, 242]
+    assert EMPTY_BACKOFF_MAX_S == 60.0
+    assert len([t for t, thread in source.listed if thread == "thread_conf"]) == 300
+
+
+async def test_a_pass_lists_at_most_its_budget_round_robin(store: SqliteStore) -> None:
+    """With 1,000 registered threads a pass lists at most DISCOVERY_BUDGET of them, round-robin so every thread gets
+    its turn, while a configured thread is listed every pass and its new run found on the next one."""
+    clocks, drops = Clocks(), Counters()
+    registered = {f"thread_r{i:04d}" for i in range(1000)}
+    source = KnownThreads({*registered, "thread_conf"}, clocks)
+    tracker = Tracker()
+    discovery = _bounded(source, store, tracker, clocks, drops, threads=["thread_conf"])
+    for thread in sorted(registered):
+        discovery.watch(thread, None)
+    per_pass: list[int] = []
+    found_in: int | None = None
+    for n in range(40):
+        if n == 1:
+            source.put_run(make_run("run_new", thread_id="thread_conf", created_at=int(clocks.wall)))
+        before = len(source.listed)
+        await discovery.run_once()
+        per_pass.append(len(source.listed) - before)
+        if found_in is None and any(r.run_id == "run_new" for r in tracker.refs):
+            found_in = n
+        clocks.advance(2.0)
+    assert max(per_pass) == DISCOVERY_BUDGET
+    assert found_in == 1
+    assert sum(t == "thread_conf" for _, t in source.listed) == 40
+    assert {t for _, t in source.listed} == {*registered, "thread_conf"}  # nobody starved
+
+
+async def test_steady_request_rate_with_the_maximum_registered_is_bounded(store: SqliteStore) -> None:
+    """1,000 registered empty threads cost about 1,000 / 60 listings per second once backed off, not one per thread
+    per pass (the unbounded version listed all 1,000 every 2 s: 500/s)."""
+    clocks, drops = Clocks(), Counters()
+    registered = {f"thread_r{i:04d}" for i in range(1000)}
+    source = KnownThreads(registered, clocks)
+    discovery = _bounded(source, store, Tracker(), clocks, drops)
+    for thread in sorted(registered):
+        discovery.watch(thread, None)
+    for _ in range(300):  # 10 minutes of passes every 2 s; every thread is at the slowest pace after 5
+        await discovery.run_once()
+        clocks.advance(2.0)
+    late = [t for t, _ in source.listed if t >= 300.0]
+    rate = len(late) / (600.0 - 300.0)
+    assert rate <= 1000 / EMPTY_BACKOFF_MAX_S * 1.05
+    assert drops.counts == {}  # lookback 1 h: none expired yet
+
+
+async def test_registration_limit_counts_threads_and_runs(store: SqliteStore) -> None:
+    """watch() refuses a new registration past max_registered (counted watch_limit), accepts a repeat, and frees a
+    slot on unwatch."""
+    clocks, drops = Clocks(), Counters()
+    discovery = _bounded(FakeSource(), store, Tracker(), clocks, drops, max_registered=3)
+    assert discovery.watch("thread_a", None)
+    assert discovery.watch("thread_a", "run_1")
+    assert discovery.watch("thread_b", None)
+    with pytest.raises(RegistrationFull):
+        discovery.watch("thread_c", None)
+    assert discovery.watch("thread_a", "run_1")
+    assert drops.counts == {"watch_limit": 1}
+    discovery.unwatch("thread_b", None)
+    assert discovery.watch("thread_c", None)
+    assert discovery.registered_count == 3
+
+
+async def test_a_bogus_registered_run_is_forgotten_after_its_first_404(store: SqliteStore) -> None:
+    """A registered run the API does not know is polled once, answers 404, and the poller drops it and its
+    registration; discovery's count follows on its next pass."""
+    clocks, drops = Clocks(), Counters()
+    source = KnownThreads({"thread_a"}, clocks)
+    health = Counters()
+    poller = Poller(source, store, RecordingCommits(), health, schedule=PollSchedule(fast=0.01, slow=0.03))
+    discovery = _bounded(source, store, poller, clocks, drops)  # type: ignore[arg-type]
+    await poller.start()
+    try:
+        assert discovery.watch("thread_a", "run_bogus")
+        assert poller.is_tracked("run_bogus")
+        await eventually(lambda: not poller.is_tracked("run_bogus"), what="the bogus run to be dropped")
+    finally:
+        await poller.shutdown(timeout_s=1.0)
+    assert health.counts == {"not_found": 1}
+    assert store.watched() == []
+    await discovery.run_once()
+    assert discovery.registered_count == 0
+    assert len([c for c in source.calls if "run_bogus" in c]) == 1
