@@ -69,7 +69,9 @@ class ApiConfig:
     api_version: str | None = None
     auth: str = "bearer"
     token_file: str | None = None
-    timeout: float = 30.0
+    timeout: float = 30.0  # one request in total, from sending to the body's last byte
+    max_body: int = 8 * 1024 * 1024  # a page of 100 steps is well under 1 MB
+    max_pages: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,19 @@ def _positive(cast: Callable[[str], float], kind: str) -> Callable[[str], Any]:
 
 _positive_int = _positive(int, "an integer")
 _positive_float = _positive(float, "a number")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """`"8MiB"`, `"512KiB"`, `"1MB"`, `"65536"` -> bytes, > 0."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError("must be a size such as 8MiB, 512KiB or a number of bytes")
+    value = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
 
 
 def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:
@@ -262,7 +277,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api.api_version", "STEPSCOPE_API_VERSION", _str, "api-version query parameter (Azure)"),
     Setting("api.auth", "STEPSCOPE_AUTH", _choice(AUTH_MODES), "bearer, api-key, token-file or azure-identity"),
     Setting("api.token_file", "STEPSCOPE_TOKEN_FILE", _str, "file holding a bearer token, re-read on change"),
-    Setting("api.timeout", "STEPSCOPE_API_TIMEOUT", _positive_duration, "per-request timeout"),
+    Setting("api.timeout", "STEPSCOPE_API_TIMEOUT", _positive_duration, "deadline of one request, body included"),
+    Setting("api.max_body", "STEPSCOPE_API_MAX_BODY", parse_size, "largest response body read, e.g. 8MiB"),
+    Setting("api.max_pages", "STEPSCOPE_MAX_PAGES", _positive_int, "pages of one listing at most"),
     Setting("poll.threads", "STEPSCOPE_THREADS", _threads, "comma-separated thread ids to watch"),
     Setting("poll.interval", "STEPSCOPE_POLL_INTERVAL", _positive_duration, "poll interval of active runs"),
     Setting("poll.max_interval", "STEPSCOPE_POLL_MAX_INTERVAL", _positive_duration, "slowest poll interval"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stepscope.config import Config, Secret, Url, load, parse_duration, redact_url
+from stepscope.config import Config, Secret, Url, load, parse_duration, parse_size, redact_url
 from stepscope.errors import ConfigError
 
 BASE_ENV = {"OPENAI_API_KEY": "sk-test-123"}
@@ -161,6 +161,22 @@ def test_parse_duration_rejects_garbage() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "size"),
+    [("65536", 65536), ("8MiB", 8 * 2**20), ("512 kib", 512 * 2**10), ("1MB", 10**6), ("2GiB", 2 * 2**30)],
+)
+def test_parse_size(text: str, size: int) -> None:
+    """Sizes accept plain bytes and decimal or binary K/M/G units."""
+    assert parse_size(text) == size
+
+
+def test_read_bounds_default_and_override() -> None:
+    """The body cap defaults to 8 MiB and the page cap to 100; both are read from the environment."""
+    assert (Config().api.max_body, Config().api.max_pages) == (8 * 2**20, 100)
+    config = load(env={**BASE_ENV, "STEPSCOPE_API_MAX_BODY": "1MiB", "STEPSCOPE_MAX_PAGES": "7"})
+    assert (config.api.max_body, config.api.max_pages) == (2**20, 7)
+
+
+@pytest.mark.parametrize(
     ("env", "problem"),
     [
         ({"STEPSCOPE_POLL_INTERVAL": "0"}, "STEPSCOPE_POLL_INTERVAL (poll.interval): must be > 0"),
@@ -171,6 +187,9 @@ def test_parse_duration_rejects_garbage() -> None:
         ({"OPENAI_BASE_URL": "ftp://x"}, "OPENAI_BASE_URL (api.base_url): must be an http:// or https:// URL"),
         ({"STEPSCOPE_SHARD": "first"}, "STEPSCOPE_SHARD (poll.shard): must be INDEX/COUNT"),
         ({"STEPSCOPE_FLAVOR": "bedrock"}, "STEPSCOPE_FLAVOR (api.flavor): must be one of openai, azure"),
+        ({"STEPSCOPE_API_MAX_BODY": "lots"}, "STEPSCOPE_API_MAX_BODY (api.max_body): must be a size such as 8MiB"),
+        ({"STEPSCOPE_API_MAX_BODY": "0"}, "STEPSCOPE_API_MAX_BODY (api.max_body): must be > 0"),
+        ({"STEPSCOPE_MAX_PAGES": "0"}, "STEPSCOPE_MAX_PAGES (api.max_pages): must be > 0"),
         (
             {"STEPSCOPE_POLL_INTERVAL": "5", "STEPSCOPE_POLL_MAX_INTERVAL": "2"},
             "STEPSCOPE_POLL_MAX_INTERVAL (poll.max_interval): must be >= STEPSCOPE_POLL_INTERVAL",
