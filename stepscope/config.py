@@ -114,6 +114,8 @@ class ServerConfig:
     listen: str = DEFAULT_LISTEN
     watch_token: Secret = EMPTY_SECRET
     max_body_bytes: int = 16_384
+    max_watched: int = 1000  # registrations (threads and runs) held at once
+    watch_rate: float = 20.0  # /v1/watch requests per second, bursts of twice that
 
     @property
     def host(self) -> str:
@@ -229,7 +231,7 @@ def _url(text: str) -> Url:
 
 def _threads(text: str) -> tuple[str, ...]:
     ids = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    bad = [t for t in ids if not _ID_RE.match(t)]
+    bad = [t for t in ids if not _ID_RE.fullmatch(t)]
     if bad:
         raise ValueError(f"invalid thread id(s) {', '.join(bad[:3])}: expected thread_...")
     return ids
@@ -303,6 +305,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("export.schedule_delay_ms", "OTEL_BSP_SCHEDULE_DELAY", _positive_float, "span batch delay (ms)"),
     Setting("server.listen", "STEPSCOPE_LISTEN", _listen, f"HTTP listen address (default {DEFAULT_LISTEN})"),
     Setting("server.watch_token", "STEPSCOPE_WATCH_TOKEN", _secret, "bearer token protecting /v1/watch"),
+    Setting("server.max_watched", "STEPSCOPE_MAX_WATCHED", _positive_int, "/v1/watch registrations held at most"),
+    Setting("server.watch_rate", "STEPSCOPE_WATCH_RATE", _positive_float, "/v1/watch requests per second"),
     Setting("state", "STEPSCOPE_STATE", _str, "checkpoint store path (SQLite)"),
     Setting("log_level", "STEPSCOPE_LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "log level"),
     Setting("log_format", "STEPSCOPE_LOG_FORMAT", _choice(LOG_FORMATS), "text or json"),

@@ -5,7 +5,10 @@
 - `GET /readyz`: 200 once configured, the store is open and the server is up. Never depends on reaching the
   Assistants API: a sidecar's readiness gates its whole pod.
 - `POST /v1/watch`, `DELETE /v1/watch`: register or drop a thread (and optionally a run); JSON body
-  `{"thread_id": "thread_...", "run_id": "run_..."}`; bearer-token protected when a token is configured.
+  `{"thread_id": "thread_...", "run_id": "run_..."}`. Bearer-token protected when a token is configured; without
+  a token only a loopback-only listener accepts registrations (anything else answers 403), since anyone who can
+  reach the port could otherwise make stepscope spend API requests. Rate-limited (429 with `Retry-After`); a body
+  must be a small flat JSON object, and anything else is a 4xx, never a 500.
 - `GET /v1/status`: JSON health for humans and scripts.
 """
 
@@ -14,15 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
+import math
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Protocol
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
+
+from stepscope.errors import StoreError
+from stepscope.source.discovery import RegistrationFull
 
 log = logging.getLogger("stepscope.server")
 
@@ -31,12 +40,33 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-THREAD_ID = re.compile(r"^thread_[A-Za-z0-9_-]{1,64}$")
-RUN_ID = re.compile(r"^run_[A-Za-z0-9_-]{1,64}$")
+# Full-match patterns (used with `fullmatch`): `$` alone would accept "thread_ok\n" and split a log line.
+THREAD_ID = re.compile(r"thread_[A-Za-z0-9_-]{1,64}")
+RUN_ID = re.compile(r"run_[A-Za-z0-9_-]{1,64}")
+WATCH_FIELDS = frozenset({"thread_id", "run_id"})
+DEFAULT_WATCH_RATE = 20.0
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is a loopback address or `localhost`; a wildcard, a LAN address or another name is not."""
+    host = host.strip().strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
 
 
 class Service(Protocol):
-    """What the HTTP server asks of the running service."""
+    """What the HTTP server asks of the running service.
+
+    `watch` may raise `RegistrationFull` (answered 429) or `StoreError` (answered 503); it returns False when
+    another shard owns the thread (409).
+    """
 
     def alive(self) -> bool: ...
 
@@ -50,29 +80,126 @@ class Service(Protocol):
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or []
 
 
-async def _respond(send: Send, status: int, body: dict[str, Any] | str) -> None:
+class TokenBucket:
+    """`rate` requests per second on average with bursts of `burst`; `take()` answers 0.0 when a request may go,
+    else the seconds until one may."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._burst = max(1.0, burst)
+        self._clock = clock
+        self._tokens = self._burst
+        self._last = clock()
+
+    def take(self) -> float:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + max(0.0, now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self._rate
+
+
+async def _respond(
+    send: Send, status: int, body: dict[str, Any] | str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     if isinstance(body, dict):
         payload, ctype = json.dumps(body).encode(), b"application/json"
     else:
         payload, ctype = body.encode(), b"text/plain; charset=utf-8"
-    headers = [(b"content-type", ctype), (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    head = [(b"content-type", ctype), (b"content-length", str(len(payload)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": payload})
 
 
-class App:
-    """The ASGI application. `max_body` bounds `/v1/watch` bodies; `token` protects them when non-empty."""
+def _no_drop(reason: str, n: int = 1) -> None:
+    """Default drop counter for an App built without one."""
 
-    def __init__(self, service: Service, registry: CollectorRegistry, *, token: str = "", max_body: int = 16_384):
+
+def _flat_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook` refusing repeated keys, which would let two parsers read two different ids."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise HttpError(400, "repeated field in the body")
+    return dict(pairs)
+
+
+def parse_watch_body(body: bytes) -> tuple[str, str | None]:
+    """`(thread_id, run_id)` from a body that must be a flat UTF-8 JSON object of string ids; `HttpError` 400
+    naming the problem (never echoing the input) otherwise."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HttpError(400, "body must be UTF-8 JSON") from None
+    if not text.lstrip().startswith("{"):
+        raise HttpError(400, 'body must be a JSON object: {"thread_id": "thread_...", "run_id": "run_..."}')
+    try:
+        data = json.loads(text, object_pairs_hook=_flat_object)
+    except RecursionError:  # deep nesting inside the object
+        raise HttpError(400, "body must be a flat JSON object") from None
+    except ValueError:
+        raise HttpError(400, "body must be JSON") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "body must be a JSON object")
+    if not WATCH_FIELDS.issuperset(data):
+        raise HttpError(400, "unknown field: only thread_id and run_id are accepted")
+    thread_id, run_id = data.get("thread_id"), data.get("run_id")
+    if not isinstance(thread_id, str) or not THREAD_ID.fullmatch(thread_id):
+        raise HttpError(400, "thread_id must look like thread_... (letters, digits, _ and -, at most 64)")
+    if run_id is not None and (not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id)):
+        raise HttpError(400, "run_id must look like run_... (letters, digits, _ and -, at most 64)")
+    return thread_id, run_id
+
+
+class App:
+    """The ASGI application.
+
+    `/v1/watch` takes bodies up to `max_body` bytes and `watch_rate` requests per second (bursts of twice that);
+    `token`, when non-empty, must come as a bearer token. Without a token, registration is open only when
+    `listen_host` is loopback; `None` means not known yet (`HttpServer` fills it in) and counts as not loopback.
+    `dropped(reason, n)` counts refused requests (`watch_rate`, `watch_invalid`); `clock` drives the rate limit.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        registry: CollectorRegistry,
+        *,
+        token: str = "",
+        max_body: int = 16_384,
+        listen_host: str | None = None,
+        watch_rate: float = DEFAULT_WATCH_RATE,
+        dropped: Callable[[str, int], None] = _no_drop,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._service = service
         self._metrics = make_asgi_app(registry)
         self._token = token
         self._max_body = max_body
+        self.listen_host = listen_host
+        self._rate = watch_rate
+        self._bucket = TokenBucket(watch_rate, 2 * watch_rate, clock)
+        self._dropped = dropped
+        self._limited = 0  # requests refused in the current rate-limit episode
+
+    @property
+    def registration_open(self) -> bool:
+        """Whether `/v1/watch` accepts requests at all: with a token, or on a loopback-only listener."""
+        return bool(self._token) or (self.listen_host is not None and is_loopback(self.listen_host))
+
+    def _closed_reason(self) -> str:
+        where = self.listen_host if self.listen_host is not None else "an unknown address"
+        return (
+            f"registration is disabled: stepscope listens on {where}, which is not loopback-only, and "
+            "STEPSCOPE_WATCH_TOKEN is not set; set it and send 'Authorization: Bearer <token>'"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -81,10 +208,11 @@ class App:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
+        if path == "/metrics":
+            await self._metrics(scope, receive, send)
+            return
         try:
-            if path == "/metrics":
-                await self._metrics(scope, receive, send)
-            elif path == "/healthz":
+            if path == "/healthz":
                 self._only(method, "GET", "HEAD")
                 ok = self._service.alive()
                 await _respond(send, 200 if ok else 503, "ok\n" if ok else "poll loop stopped\n")
@@ -101,7 +229,14 @@ class App:
             else:
                 raise HttpError(404, "not found")
         except HttpError as exc:
-            await _respond(send, exc.status, {"error": str(exc)})
+            await _respond(send, exc.status, {"error": str(exc)}, exc.headers)
+        except StoreError as exc:
+            log.warning("checkpoint store error serving %s: %s", path, exc)
+            await _respond(send, 503, {"error": "checkpoint store unavailable"})
+        except Exception:
+            # A bug, not bad input (bad input is an HttpError): answer JSON rather than uvicorn's bare 500.
+            log.exception("internal error serving %s", path)
+            await _respond(send, 500, {"error": "internal error"})
 
     @staticmethod
     def _only(method: str, *allowed: str) -> None:
@@ -109,30 +244,54 @@ class App:
             raise HttpError(405, f"method {method} not allowed")
 
     async def _watch(self, scope: Scope, receive: Receive, method: str) -> tuple[int, dict[str, Any]]:
+        if not self.registration_open:
+            raise HttpError(403, self._closed_reason())
+        headers = dict(scope["headers"])
         if self._token:
-            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {self._token}".encode()):
                 raise HttpError(401, "missing or wrong bearer token")
-        body = await self._read_body(receive)
+        self._admit()
         try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise HttpError(400, "body must be JSON") from None
-        if not isinstance(data, dict):
-            raise HttpError(400, "body must be a JSON object")
-        thread_id, run_id = data.get("thread_id"), data.get("run_id")
-        if not isinstance(thread_id, str) or not THREAD_ID.match(thread_id):
-            raise HttpError(400, "thread_id must look like thread_...")
-        if run_id is not None and (not isinstance(run_id, str) or not RUN_ID.match(run_id)):
-            raise HttpError(400, "run_id must look like run_...")
+            thread_id, run_id = parse_watch_body(await self._read_body(headers, receive))
+        except HttpError as exc:
+            self._dropped("watch_invalid", 1)
+            # The messages are fixed texts, never the input; the log's duplicate filter bounds a flood.
+            log.info("refused a /v1/watch request (%d): %s", exc.status, exc)
+            raise
         if method == "DELETE":
             self._service.unwatch(thread_id, run_id)
             return 200, {"thread_id": thread_id, "run_id": run_id, "watching": False}
-        if not self._service.watch(thread_id, run_id):
+        try:
+            accepted = self._service.watch(thread_id, run_id)
+        except RegistrationFull as exc:  # counted and logged (once per episode) by discovery
+            raise HttpError(429, f"{exc}; drop registrations with DELETE /v1/watch or raise the limit") from None
+        if not accepted:
             raise HttpError(409, "another shard owns this thread")
         return 202, {"thread_id": thread_id, "run_id": run_id, "watching": True}
 
-    async def _read_body(self, receive: Receive) -> bytes:
+    def _admit(self) -> None:
+        """Take a token from the bucket or raise 429 with `Retry-After`; log once per episode of refusals."""
+        wait = self._bucket.take()
+        if wait <= 0:
+            if self._limited:
+                log.info("/v1/watch back under its rate limit; %d request(s) were refused", self._limited)
+                self._limited = 0
+            return
+        if not self._limited:
+            log.warning("/v1/watch over %g request(s)/s (STEPSCOPE_WATCH_RATE): refusing with 429", self._rate)
+        self._limited += 1
+        self._dropped("watch_rate", 1)
+        retry = str(max(1, math.ceil(wait))).encode()
+        raise HttpError(429, "too many /v1/watch requests; retry later", headers=[(b"retry-after", retry)])
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        if ctype and ctype != b"application/json":
+            raise HttpError(415, "content-type must be application/json")
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self._max_body:
+            raise HttpError(413, f"body larger than {self._max_body} bytes")
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -151,6 +310,8 @@ class App:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if not self.registration_open:
+                    log.warning("POST /v1/watch answers 403: %s", self._closed_reason())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
@@ -170,6 +331,8 @@ class HttpServer:
     idempotent."""
 
     def __init__(self, app: Any, host: str, port: int) -> None:
+        if isinstance(app, App) and app.listen_host is None:
+            app.listen_host = host  # the address it serves on decides whether registration needs a token
         self._app = app
         self._host = host
         self._port = port

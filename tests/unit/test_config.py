@@ -243,3 +243,23 @@ def test_series_budget_setting() -> None:
     assert load(env={**BASE_ENV, "STEPSCOPE_MAX_SERIES_PER_METRIC": "500"}).export.max_series_per_metric == 500
     with pytest.raises(ConfigError, match=r"STEPSCOPE_MAX_SERIES_PER_METRIC \(export.max_series_per_metric\)"):
         load(env={**BASE_ENV, "STEPSCOPE_MAX_SERIES_PER_METRIC": "0"})
+
+
+def test_watch_bounds_settings() -> None:
+    """STEPSCOPE_MAX_WATCHED (default 1,000) and STEPSCOPE_WATCH_RATE (default 20/s) load and must be positive."""
+    assert (load(env=BASE_ENV).server.max_watched, load(env=BASE_ENV).server.watch_rate) == (1000, 20.0)
+    server = load(env={**BASE_ENV, "STEPSCOPE_MAX_WATCHED": "50", "STEPSCOPE_WATCH_RATE": "0.5"}).server
+    assert (server.max_watched, server.watch_rate) == (50, 0.5)
+    with pytest.raises(ConfigError) as info:
+        load(env={**BASE_ENV, "STEPSCOPE_MAX_WATCHED": "0", "STEPSCOPE_WATCH_RATE": "fast"})
+    assert info.value.problems == [
+        "STEPSCOPE_MAX_WATCHED (server.max_watched): must be > 0",
+        "STEPSCOPE_WATCH_RATE (server.watch_rate): must be a number",
+    ]
+
+
+def test_configured_thread_ids_are_matched_whole() -> None:
+    """A thread id with anything after a valid prefix (a newline inside the list) is refused."""
+    assert load(env={**BASE_ENV, "STEPSCOPE_THREADS": "thread_a,\nthread_b\n"}).poll.threads == ("thread_a", "thread_b")
+    with pytest.raises(ConfigError, match="invalid thread id"):
+        load(env={**BASE_ENV, "STEPSCOPE_THREADS": "thread_a\nINFO forged"})
