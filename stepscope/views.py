@@ -1,6 +1,6 @@
-"""Terminal views: the `inspect` waterfall of one run, and its JSON form.
+"""Terminal views: the waterfall of one run (`inspect`, and the demo's live view), and its JSON form.
 
-Both are built from the same rows, timed by the server's timestamps (1 s resolution), so what the terminal shows
+All are built from the same rows, timed by the server's timestamps (1 s resolution), so what the terminal shows
 is what the spans carry.
 """
 
@@ -11,7 +11,9 @@ import sys
 from dataclasses import dataclass
 
 import httpx
-from rich.console import Console
+from rich import box
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -22,6 +24,9 @@ from stepscope.source.auth import make_auth
 from stepscope.source.client import AssistantsClient
 
 BAR_WIDTH = 40
+MIN_BAR_WIDTH = 10
+FULL_TABLE_WIDTH = 120  # narrower consoles get the compact waterfall: the full one would squeeze out the bars
+LABEL_WIDTH = 32  # the compact table's span column: room for "  execute_tool " and a tool name
 STATUS_STYLE = {
     "completed": "green",
     "failed": "red",
@@ -80,38 +85,86 @@ def waterfall_rows(run: Run, steps: list[RunStep], assistant_name: str | None = 
     return rows
 
 
-def _bar(row: Row, origin: int, span: int) -> Text:
+def _bar(row: Row, origin: int, span: int, width: int) -> Text:
     end = row.end if row.end is not None else origin + span
-    left = round((row.start - origin) / span * BAR_WIDTH)
-    width = max(1, round((end - row.start) / span * BAR_WIDTH))
-    left = min(left, BAR_WIDTH - 1)
-    width = min(width, BAR_WIDTH - left)
+    left = min(round((row.start - origin) / span * width), width - 1)
+    size = min(max(1, round((end - row.start) / span * width)), width - left)
     style = STATUS_STYLE.get(row.status, "white")
-    return Text(" " * left) + Text("█" * width, style=style) + Text(" " * (BAR_WIDTH - left - width))
+    return Text(" " * left) + Text("█" * size, style=style) + Text(" " * (width - left - size))
 
 
-def waterfall_table(rows: list[Row], title: str) -> Table:
+class _Bar:
+    """A row's bar on the run's time axis, as wide as its column: up to `BAR_WIDTH`, less in a narrow terminal."""
+
+    __slots__ = ("_origin", "_row", "_span")
+
+    def __init__(self, row: Row, origin: int, span: int) -> None:
+        self._row, self._origin, self._span = row, origin, span
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(MIN_BAR_WIDTH, BAR_WIDTH).clamp(max_width=options.max_width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield _bar(self._row, self._origin, self._span, max(1, options.max_width))
+
+
+class _Axis:
+    """The timeline column's header: `0s`, `timeline` and the run's length, spread over the column's width."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: int) -> None:
+        self._span = span
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(MIN_BAR_WIDTH, BAR_WIDTH).clamp(max_width=options.max_width)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width, end = options.max_width, f"{self._span}s"
+        inner = width - 2 - len(end)
+        text = f"0s{'timeline':^{inner}}{end}" if inner >= len("timeline") + 2 else f"0-{end}"
+        yield Text(text, no_wrap=True, overflow="crop")
+
+
+def waterfall_table(rows: list[Row], title: str, *, compact: bool = False, limit: int | None = None) -> Table:
+    """The waterfall of `rows` (first row: the run), one line per row and never wider than the console.
+
+    The timeline column takes what the other columns leave, up to `BAR_WIDTH` cells (all of it when `compact`).
+    `compact` is the live view's form: light borders and only span, status, duration and timeline. With `limit`,
+    at most that many lines are drawn, the last one saying how many rows were left out; the time axis always
+    spans the whole run.
+    """
     origin = rows[0].start
     last = max([r.end for r in rows if r.end is not None] + [r.start for r in rows])
     span = max(1, last - origin)
-    table = Table(title=title, title_justify="left", expand=False)
-    table.add_column("span", no_wrap=True)
-    table.add_column("status")
-    table.add_column("start", justify="right")
-    table.add_column("duration", justify="right")
-    table.add_column("tokens in/out", justify="right")
-    table.add_column(f"0s {'timeline':^{BAR_WIDTH - 8}} {span}s", no_wrap=True)
-    for row in rows:
-        tokens = "" if row.input_tokens is None else f"{row.input_tokens}/{row.output_tokens}"
-        duration = "…" if row.duration is None else f"{row.duration}s"
-        table.add_row(
-            row.label,
-            Text(row.status, style=STATUS_STYLE.get(row.status, "white")),
-            f"+{row.start - origin}s",
-            duration,
-            tokens,
-            _bar(row, origin, span),
+    shown = rows
+    if limit is not None and len(rows) > limit:
+        shown = rows[: max(0, limit - 1)]
+    if compact:
+        table = Table(
+            title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, expand=True
         )
+    else:
+        table = Table(title=title, title_justify="left", expand=False)
+    table.add_column("span", no_wrap=True, overflow="ellipsis", max_width=LABEL_WIDTH if compact else None)
+    table.add_column("status", no_wrap=True)
+    if not compact:
+        table.add_column("start", justify="right", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    if not compact:
+        table.add_column("tokens in/out", justify="right", no_wrap=True)
+    table.add_column(_Axis(span), ratio=1 if compact else None)
+    for row in shown:
+        cells: list[RenderableType] = [row.label, Text(row.status, style=STATUS_STYLE.get(row.status, "white"))]
+        if not compact:
+            cells.append(f"+{row.start - origin}s")
+        cells.append("…" if row.duration is None else f"{row.duration}s")
+        if not compact:
+            cells.append("" if row.input_tokens is None else f"{row.input_tokens}/{row.output_tokens}")
+        cells.append(_Bar(row, origin, span))
+        table.add_row(*cells)
+    if len(shown) < len(rows):
+        table.add_row(Text(f"… {len(rows) - len(shown)} more", style="dim"))
     return table
 
 
@@ -166,7 +219,9 @@ async def inspect_run(config: Config, thread_id: str, run_id: str, *, as_json: b
     if as_json:
         print(waterfall_json(run, rows))
     else:
-        # Pipes get a wide fixed width so the timeline is not squeezed into 80 columns.
+        # Pipes get a wide fixed width so the timeline is not squeezed into 80 columns; a narrow terminal gets the
+        # compact table, whose timeline still has room.
         console = Console() if sys.stdout.isatty() else Console(width=160)
-        console.print(waterfall_table(rows, f"run {run.id} on {run.thread_id}: {run.status}"))
+        title = f"run {run.id} on {run.thread_id}: {run.status}"
+        console.print(waterfall_table(rows, title, compact=console.width < FULL_TABLE_WIDTH))
     return 0
