@@ -4,6 +4,9 @@ The simulator runs a lively seeded workload on a loopback port at `--speed` simu
 bridge polls it exactly as it would poll a real server and serves `/metrics`. Spans go to OTLP only when
 `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Timestamps come from the simulator's fast clock, so durations look real
 while export lag (wall clock against simulated time) reads 0.
+
+The view learns about steps and runs only through the pipeline's commit listener, and reads the tracked runs and
+pending spans from the service, so it shows what the exporters were given, not what the simulator did.
 """
 
 from __future__ import annotations
@@ -16,99 +19,260 @@ import signal
 import socket
 import tempfile
 import time
-from collections import deque
-from collections.abc import Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from rich.console import Console, Group
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from stepscope.app import Service
 from stepscope.config import load
 from stepscope.models import Run, RunStep
 from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
-from stepscope.views import STATUS_STYLE
+from stepscope.views import STATUS_STYLE, waterfall_rows, waterfall_table
 
-RECENT = 12
-WINDOW_S = 10.0
+if TYPE_CHECKING:
+    from stepscope.app import Service
+
+RECENT = 12  # rows of the recent list when the terminal is tall enough
+MIN_RECENT = 4  # ... and when it is not
+RESERVED = 4  # rows kept for the latest steps that did not complete (at most half the list)
+WATERFALL_ROWS = 14  # lines of the last run's waterfall, at most
+FIXED_LINES = 14  # summary panel 5, two table titles and headers 6, footer 2, and one spare for the cursor
+WINDOW_S = 10.0  # tokens per second are averaged over this window
+PLAIN_EVERY_S = 5.0  # --no-view prints a status line this often
+KEPT_RUNS = 2048  # runs whose steps are kept for the waterfall; the oldest are forgotten past this
+FAILED_RUNS = ("failed", "expired", "incomplete")
+FAILED_STEPS = ("failed", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Tracking:
+    """What the view reads from the service on each frame."""
+
+    in_flight: int
+    by_status: Mapping[str, int]
+    pending_spans: int
 
 
 @dataclass(frozen=True, slots=True)
 class SeenStep:
+    """One committed step as the recent list shows it; `seq` orders and identifies entries."""
+
+    seq: int
     at: float
     run_id: str
-    type: str
+    label: str
     status: str
     duration: int | None
     tokens: int
 
 
-class DemoView:
-    """Collects committed steps and runs (a pipeline listener) and renders the live view."""
+def _label(step: RunStep) -> str:
+    """`tool_calls: get_weather`, or for a step with an error `server_error in get_weather` (the code first, where
+    the column cannot cut it off)."""
+    tools = ", ".join(call.name or call.type for call in step.tool_calls)
+    if step.last_error is not None:
+        return f"{step.last_error.code} in {tools or step.type}"
+    return f"{step.type}: {tools}" if tools else step.type
 
-    def __init__(self, service: Service, metrics_url: str, traces: str) -> None:
-        self._service = service
+
+def _ago(seconds: float) -> str:
+    """At most three characters: `42s`, `17m`, `3h`."""
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    return f"{seconds // 60:.0f}m" if seconds < 6000 else f"{seconds // 3600:.0f}h"
+
+
+class DemoView:
+    """A pipeline commit listener that keeps what the live view and the plain lines show, and renders them.
+
+    Called as `view(run, step)` for each committed step and `view(run, None)` for each finished run, on the
+    event loop; rendering happens on the same thread.
+    """
+
+    def __init__(
+        self,
+        tracking: Callable[[], Tracking],
+        *,
+        metrics_url: str,
+        traces: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tracking = tracking
         self._metrics_url = metrics_url
         self._traces = traces
+        self._clock = clock
+        self._seq = 0
         self.recent: deque[SeenStep] = deque(maxlen=RECENT)
+        self.not_completed: deque[SeenStep] = deque(maxlen=RESERVED)
         self._tokens: deque[tuple[float, int]] = deque()
+        self._steps_by_run: OrderedDict[str, list[RunStep]] = OrderedDict()
+        self.last_run: Run | None = None
+        self.last_steps: list[RunStep] = []
         self.steps = 0
         self.failed_steps = 0
+        self.tokens = 0
         self.runs: dict[str, int] = {}
 
     def __call__(self, run: Run, step: RunStep | None) -> None:
-        now = time.monotonic()
         if step is None:
             self.runs[run.status] = self.runs.get(run.status, 0) + 1
+            self.last_run = run
+            self.last_steps = self._steps_by_run.pop(run.id, [])
             return
+        now = self._clock()
         tokens = step.usage.total_tokens if step.usage else 0
         ended = step.ended_at
-        kind = step.type
-        if step.tool_calls:
-            kind += ": " + ", ".join(call.name or call.type for call in step.tool_calls)
         duration = None if ended is None else ended - step.created_at
-        self.recent.appendleft(SeenStep(now, run.id, kind, step.status, duration, tokens))
+        self._seq += 1
+        seen = SeenStep(self._seq, now, run.id, _label(step), step.status, duration, tokens)
+        self.recent.appendleft(seen)
+        if step.status != "completed":
+            self.not_completed.appendleft(seen)
         self._tokens.append((now, tokens))
         self.steps += 1
-        self.failed_steps += step.status in ("failed", "expired")
+        self.tokens += tokens
+        self.failed_steps += step.status in FAILED_STEPS
+        self._keep_step(run, step)
+
+    def _keep_step(self, run: Run, step: RunStep) -> None:
+        if self.last_run is not None and run.id == self.last_run.id:
+            self.last_steps.append(step)  # acknowledged after its run: it still belongs in that waterfall
+            return
+        kept = self._steps_by_run.get(run.id)
+        if kept is None:
+            kept = self._steps_by_run[run.id] = []
+            if len(self._steps_by_run) > KEPT_RUNS:
+                self._steps_by_run.popitem(last=False)
+        kept.append(step)
+
+    # --- what is shown ------------------------------------------------------------------------------------------
 
     def tokens_per_second(self) -> float:
-        cutoff = time.monotonic() - WINDOW_S
+        cutoff = self._clock() - WINDOW_S
         while self._tokens and self._tokens[0][0] < cutoff:
             self._tokens.popleft()
         return sum(n for _, n in self._tokens) / WINDOW_S
 
-    def render(self) -> Group:
+    def recent_rows(self, count: int = RECENT) -> list[SeenStep]:
+        """The newest `count` steps, except that the latest steps that did not complete keep their rows.
+
+        Up to `min(RESERVED, count // 2)` of them stay listed however many completed steps follow, below the
+        newer ones; newest first throughout.
+        """
+        latest = list(self.recent)
+        keep = list(self.not_completed)[: min(RESERVED, count // 2)]
+        for reserved in range(len(keep) + 1):
+            top = latest[: count - reserved]
+            shown = {s.seq for s in top}
+            missing = [s for s in keep if s.seq not in shown]
+            if len(missing) <= reserved:
+                return top + missing
+        return latest[:count]  # not reached: with every row reserved, `missing` fits
+
+    def last_waterfall(self) -> tuple[Run, list[RunStep]] | None:
+        """The most recently finished run with its committed steps in creation order, once a run finished."""
+        if self.last_run is None:
+            return None
+        return self.last_run, sorted(self.last_steps, key=lambda s: s.created_at)
+
+    def render(self, height: int | None = None) -> Group:
+        """One frame; with `height`, the lists shrink so that the frame fits that many lines."""
+        tracking = self._tracking()
+        last = self.last_waterfall()
+        rows = waterfall_rows(*last) if last is not None else []
+        waterfall_lines = min(len(rows), WATERFALL_ROWS)
+        recent_lines = RECENT
+        if height is not None:
+            room = height - FIXED_LINES
+            recent_lines = max(MIN_RECENT, min(RECENT, room - waterfall_lines))
+            waterfall_lines = max(3, min(waterfall_lines, room - recent_lines))
+        waterfall: RenderableType = Text("last finished run: none yet", style="dim")
+        if last is not None:
+            run = last[0]
+            took = "" if rows[0].duration is None else f" in {rows[0].duration}s"
+            title = f"last finished run {run.id}: {run.status}{took}, {len(last[1])} steps"
+            waterfall = waterfall_table(rows, title, compact=True, limit=waterfall_lines)
+        return Group(self._summary(tracking), self._recent_table(recent_lines), waterfall, *self._footer())
+
+    def _summary(self, tracking: Tracking) -> Panel:
         finished = sum(self.runs.values())
-        failed_runs = sum(self.runs.get(s, 0) for s in ("failed", "expired", "incomplete"))
-        summary = Table.grid(padding=(0, 4))
-        summary.add_row(
-            f"runs in flight [bold]{self._service.poller.tracked_count}[/]",
+        failed_runs = sum(self.runs.get(s, 0) for s in FAILED_RUNS)
+        grid = Table.grid(padding=(0, 4))
+        grid.add_row(
+            f"runs in flight [bold]{tracking.in_flight}[/]",
             f"runs finished [bold]{finished}[/]",
             f"run failure ratio [bold]{failed_runs / finished if finished else 0:.1%}[/]",
         )
-        summary.add_row(
+        grid.add_row(
             f"steps exported [bold]{self.steps}[/]",
             f"tokens/s [bold]{self.tokens_per_second():.0f}[/]",
             f"step failure ratio [bold]{self.failed_steps / self.steps if self.steps else 0:.1%}[/]",
         )
-        states = ", ".join(f"{k} {v}" for k, v in sorted(self._service.poller.status_counts().items())) or "none"
-        table = Table(title="recent steps", title_justify="left", expand=True)
-        for column in ("run", "step", "status", "duration", "tokens"):
-            table.add_column(column, no_wrap=True, overflow="ellipsis")
-        for s in self.recent:
+        by_count = sorted(tracking.by_status.items(), key=lambda kv: (-kv[1], kv[0]))
+        states = ", ".join(f"{k} {v}" for k, v in by_count) or "none"
+        line = Text(f"tracked runs: {states}", no_wrap=True, overflow="ellipsis")
+        return Panel(Group(grid, line), title="stepscope demo")
+
+    def _recent_table(self, count: int) -> Table:
+        table = Table(
+            title="recent steps, newest first (the last failed, expired or cancelled ones stay)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            collapse_padding=True,
+            expand=True,
+        )
+        table.add_column("run", width=14, no_wrap=True, overflow="ellipsis")
+        table.add_column("step", ratio=1, no_wrap=True, overflow="ellipsis")
+        table.add_column("status", width=9, no_wrap=True)
+        table.add_column("took", width=4, justify="right", no_wrap=True)
+        table.add_column("tokens", width=6, justify="right", no_wrap=True)
+        table.add_column("ago", width=3, justify="right", no_wrap=True)
+        now = self._clock()
+        for s in self.recent_rows(count):
             table.add_row(
                 s.run_id,
-                s.type,
+                s.label,
                 Text(s.status, style=STATUS_STYLE.get(s.status, "white")),
                 "…" if s.duration is None else f"{s.duration}s",
                 str(s.tokens),
+                _ago(now - s.at),
             )
-        footer = Text(f"metrics: {self._metrics_url}   traces: {self._traces}   Ctrl-C to stop", style="dim")
-        return Group(Panel(summary, title="stepscope demo"), Text(f"tracked runs by status: {states}"), table, footer)
+        return table
+
+    def _footer(self) -> list[Text]:
+        return [
+            Text(f"metrics: {self._metrics_url}   Ctrl-C to stop", style="dim", no_wrap=True, overflow="ellipsis"),
+            Text(f"traces: {self._traces}", style="dim", no_wrap=True, overflow="ellipsis"),
+        ]
+
+    def plain_line(self, elapsed: float) -> str:
+        """The periodic `--no-view` line: runs, steps, failures, tokens and pending spans so far."""
+        tracking = self._tracking()
+        finished = sum(self.runs.values())
+        failed_runs = sum(self.runs.get(s, 0) for s in FAILED_RUNS)
+        return (
+            f"demo +{elapsed:.0f}s: runs {finished} finished ({failed_runs} failed), {tracking.in_flight} in flight; "
+            f"steps {self.steps} ({self.failed_steps} failed); tokens {self.tokens} "
+            f"({self.tokens_per_second():.0f}/s); spans pending {tracking.pending_spans}"
+        )
+
+
+def service_tracking(service: Service) -> Callable[[], Tracking]:
+    """Read the view's figures from a running service (its poller's counts and its status document)."""
+
+    def read() -> Tracking:
+        pending = service.status()["exporter"]["pending_spans"]
+        return Tracking(service.poller.tracked_count, service.poller.status_counts(), int(pending))
+
+    return read
 
 
 def _free_listen(listen: str) -> str:
@@ -123,7 +287,11 @@ def _free_listen(listen: str) -> str:
             return f"{host}:{sock.getsockname()[1]}"
 
 
-async def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_every: float = PLAIN_EVERY_S) -> int:
+    """Run the demo until `args.duration` passes or SIGINT/SIGTERM; `plain_every` paces the `--no-view` lines."""
+    # Imported here so that the view (above) does not pull in the whole service with its exporters.
+    from stepscope.app import Service  # noqa: PLC0415
+
     simulator = Simulator(scenario_named(args.scenario), seed=args.seed, clock=SimClock(args.speed))
     server = SimulatorServer(simulator).start()
     otlp = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
@@ -149,27 +317,35 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             assert service.http_server is not None
             metrics_url = f"http://{service.config.server.host}:{service.http_server.port}/metrics"
             traces = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP") if otlp else "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"
-            view = DemoView(service, metrics_url, traces)
+            view = DemoView(service_tracking(service), metrics_url=metrics_url, traces=traces)
             service.pipeline.add_listener(view)
             console = Console()
-            deadline = time.monotonic() + args.duration if args.duration else None
+            started = time.monotonic()
+            deadline = started + args.duration if args.duration else None
+            next_line = started + plain_every
             if args.no_view:
-                console.print(f"stepscope demo: simulator at {server.url}, metrics at {metrics_url}")
-            live = Live(view.render(), console=console, refresh_per_second=4)
+                # Plain print, not the console: a log line must not be wrapped at the terminal's width.
+                print(f"stepscope demo: simulator at {server.url}, metrics at {metrics_url}", flush=True)
+            live = Live(view.render(console.height), console=console, refresh_per_second=4)
             with live if not args.no_view else contextlib.nullcontext():
                 while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    now = time.monotonic()
                     if not args.no_view:
-                        live.update(view.render())
+                        live.update(view.render(console.height))
+                    elif now >= next_line:
+                        print(view.plain_line(now - started), flush=True)
+                        next_line += plain_every
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=0.25)
             console.print(view.render() if args.no_view else "")
             if args.svg:
-                recorder = Console(record=True, width=110, file=io.StringIO())
+                recorder = Console(record=True, width=80, file=io.StringIO())
                 recorder.print(view.render())
                 recorder.save_svg(args.svg, title="stepscope demo")
-            console.print(
+            print(
                 f"demo finished: {view.steps} steps and {sum(view.runs.values())} runs exported; "
-                f"metrics were at {metrics_url}"
+                f"metrics were at {metrics_url}",
+                flush=True,
             )
         finally:
             await service.shutdown()
