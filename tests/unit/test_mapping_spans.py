@@ -5,10 +5,13 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from stepscope.mapping import MappingOptions, run_span, run_trace, step_spans
+from stepscope.errors import InvalidObject
+from stepscope.mapping import MappingOptions, run_span, run_trace, step_observations, step_spans
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
-from stepscope.models import LastError, ToolCall, Usage
+from stepscope.models import LastError, ToolCall, Usage, parse_step
 from stepscope.types import SpanEvent, SpanSpec
 from tests.unit import samples
 
@@ -284,3 +287,67 @@ class TestStepSpans:
         assert first == step_spans(make_run(), make_step(), options=OFF)
         other = step_spans(make_run(), make_step(id="step_2"), options=OFF)
         assert other[0].span_id != first[0].span_id
+
+
+_TIMESTAMP = st.one_of(
+    st.none(),
+    st.integers(min_value=-(10**13), max_value=10**13),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0, 4_102_444_799, 4_102_444_800, 10**12, -1]),
+)
+_U64 = 2**64
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    created=_TIMESTAMP,
+    ends=st.dictionaries(st.sampled_from(["completed_at", "failed_at", "cancelled_at", "expired_at"]), _TIMESTAMP),
+    status=st.sampled_from(["completed", "failed", "cancelled", "expired", "x_unknown"]),
+    tokens=st.integers(min_value=-(10**31), max_value=10**31),
+)
+def test_any_parsed_step_maps_to_encodable_spans_and_sane_metrics(
+    created: object, ends: dict[str, object], status: str, tokens: int
+) -> None:
+    """Whatever timestamps and token counts the server sends, a step either is invalid or maps to spans with
+    0 <= start <= end < 2^64 ns and to metrics with non-negative durations and at most 10^9 tokens per count."""
+    raw = {
+        "id": "step_1",
+        "object": "thread.run.step",
+        "created_at": created,
+        "run_id": "run_1",
+        "thread_id": "thread_1",
+        "type": "tool_calls",
+        "status": status,
+        "usage": {"prompt_tokens": tokens, "completion_tokens": 1},
+        "step_details": {"tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}]},
+        **ends,
+    }
+    try:
+        step = parse_step(raw)
+    except InvalidObject:
+        return
+    for spec in step_spans(make_run(), step, options=OFF):
+        assert 0 <= spec.start_ns <= spec.end_ns < _U64
+    for obs in step_observations(make_run(), step):
+        limit = 10**9 if obs.metric == "stepscope_tokens_total" else 4_102_444_800
+        assert 0 <= obs.value <= limit
+
+
+class TestParsedThenMapped:
+    def test_end_before_start_gives_a_zero_length_span_and_duration(self) -> None:
+        """A step whose completed_at precedes created_at parses, then maps to a 0 s span and a 0 s duration."""
+        step = parse_step(
+            {
+                "id": "step_1",
+                "created_at": 1_780_000_100,
+                "completed_at": 1_780_000_040,
+                "run_id": "run_1",
+                "thread_id": "thread_1",
+                "type": "message_creation",
+                "status": "completed",
+            }
+        )
+        spec = step_spans(make_run(), step, options=OFF)[0]
+        assert spec.end_ns == spec.start_ns == 1_780_000_100 * S
+        durations = [o.value for o in step_observations(make_run(), step) if o.metric.endswith("_seconds")]
+        assert durations == [0.0]
