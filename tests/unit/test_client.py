@@ -288,12 +288,12 @@ class TestPaging:
     @pytest.mark.anyio
     async def test_repeated_cursor_stops(self) -> None:
         """A server that keeps returning the same last id ends the listing with a retryable LimitExceeded."""
-        steps: list[Any] = []
         async with harness([reply(page([step_obj("step_1")], True))]) as h:
+            steps = h.client.list_steps(REF, after="step_0")
+            first = await anext(steps)
             with pytest.raises(LimitExceeded, match="cursor step_1 again") as info:
-                async for step in h.client.list_steps(REF, after="step_0"):
-                    steps.append(step)
-        assert [s.id for s in steps] == ["step_1"]
+                await anext(steps)
+        assert first.id == "step_1"
         assert len(h.requests) == 2
         assert info.value.reason == "repeated_cursor"
 
