@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -112,7 +113,7 @@ async def call(
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
     }
     sent = False
-    out: list[dict[str, Any]] = []
+    out: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         nonlocal sent
@@ -121,7 +122,7 @@ async def call(
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         out.append(message)
 
     await app(scope, receive, send)
@@ -226,12 +227,12 @@ class TestListener:
         """ASGI start-up logs one line saying registration is disabled, where it listens and how to enable it."""
         app, _, _, _, _ = rig(listen_host="0.0.0.0")
         messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
-        sent: list[dict[str, Any]] = []
+        sent: list[MutableMapping[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
             return messages.pop(0)
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
         with caplog.at_level(logging.INFO, logger="stepscope.server"):
