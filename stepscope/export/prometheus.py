@@ -15,11 +15,11 @@ Cardinality is bounded twice, because every label value comes from the server:
   protocol defines (`attributes.KNOWN_VALUES`), `_unknown` and `_other` always, plus their first `label_cap`
   other values (shared across families); later values, and values longer than 64 characters, read `_other`.
 - Per family: each family exposes at most `max_series` series, counted as the text exposition shows them (a
-  counter's label set is 2: `_total` and `_created`; a histogram's is its buckets, `_sum`, `_count` and
+  counter's label set counts 2, `_total` and `_created`; a histogram's counts its buckets, `_sum`, `_count` and
   `_created`). A series whose `step_type`, `status` or `tool_type` is outside the known set may use only half of
   the budget, so garbage never crowds out known values. A new label set past the budget folds into the family's
-  overflow series, with every server-valued label `_other` (one series, two for tokens by `token_type`), which is
-  the only series allowed past the budget.
+  overflow series, with every server-valued label `_other` (one label set, two for tokens by `token_type`), the
+  only one allowed past the budget.
 
 Each observation rewritten by either bound is reported once to `overflow("label_cap")`; the sum over a family's
 series stays exact. Known label sets exist from start-up (histograms by step type and status, built-in tools);
