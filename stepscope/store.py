@@ -1,12 +1,18 @@
-"""The checkpoint store: what has been exported, so a restart neither repeats nor skips a step.
+"""The checkpoint store: what has been committed, so a restart neither repeats nor skips a step.
 
 Per active run it keeps the *cursor* (the last step id up to which every step is committed) and the ids of steps
 committed beyond it (steps can finish out of order). A finished run keeps one row (`done`) so discovery recognises
 it, and sheds its step rows, so the store grows with the lookback window, not with history. Watched threads and
 runs registered through `/v1/watch` are kept too.
 
-Writes happen only after the span exporter acknowledged the spans (the pipeline's job), so a crash replays work
-with the same deterministic ids instead of losing it. SQLite in WAL mode; `":memory:"` gives a private store.
+It also holds the *span backlog*: encoded spans waiting for the trace backend. A step's spans are appended in the
+same transaction that commits the step, so a step is either committed with its spans kept for delivery or not
+committed at all; metrics count it after that transaction, and spans leave the backlog only once the backend took
+them. A crash or a collector outage therefore loses nothing and counts nothing twice. SQLite in WAL mode;
+`":memory:"` gives a private store.
+
+A file at the state path must be a stepscope store: an empty file or another program's database is refused, never
+silently reused, because reusing it would forget (or clobber) progress.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stepscope.errors import StoreError
 from stepscope.models import RunRef
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+APPLICATION_ID = 0x53545053  # "STPS": marks the file as a stepscope store (`PRAGMA application_id`)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -42,6 +50,11 @@ CREATE TABLE IF NOT EXISTS watched (
     added_at REAL NOT NULL,
     PRIMARY KEY (thread_id, run_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS backlog (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    added_at REAL NOT NULL,
+    span BLOB NOT NULL
+);
 """
 
 
@@ -55,40 +68,81 @@ class RunProgress:
 
 
 class SqliteStore:
-    """SQLite-backed checkpoint store. All methods raise `StoreError` on I/O problems.
+    """SQLite-backed checkpoint store and span backlog. All methods raise `StoreError` on I/O problems.
 
-    Calls are short transactions on the caller's thread; the lock makes the object safe to share with a thread
-    that closes it at shutdown.
+    Calls are short transactions on the caller's thread; the lock makes the object safe to share with the delivery
+    thread. `healthy` is False from a failed write until the next successful one (readiness reads it).
     """
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self.healthy = True
+        self.last_error: str | None = None
+
+    @property
+    def path(self) -> str:
+        return self._path
 
     def open(self) -> None:
-        """Open (creating if needed) and migrate. Idempotent."""
+        """Open (creating if needed), check it is ours and writable, migrate. Idempotent.
+
+        Raises `StoreError` naming the path and the fix: a directory that cannot be created, an empty or foreign
+        file, a read-only file, a newer schema.
+        """
         if self._db is not None:
             return
+        path = self._path
+        if path != ":memory:":
+            file = Path(path)
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the directory of {path}: {exc.strerror or exc}") from exc
+            if file.is_dir():
+                raise StoreError(f"{path} is a directory; give a file path")
+            if file.exists() and file.stat().st_size == 0:
+                raise StoreError(f"{path} is an empty file, not a stepscope store; remove it or choose another path")
         try:
-            if self._path != ":memory:":
-                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from exc
+        try:
+            self._adopt(db)
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode is durable against process crashes (our kill -9 case); only power loss can drop
             # the last transactions, which then replay as re-exports with the same ids.
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self._path}: schema version {row[0]} is newer than this stepscope ({SCHEMA_VERSION})"
-                )
+            if row is not None and int(row[0]) > SCHEMA_VERSION:
+                raise StoreError(f"{path}: schema version {row[0]} is newer than this stepscope ({SCHEMA_VERSION})")
+            # A write at open: a read-only file or directory fails here, at start, not on the first commit.
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open checkpoint store {self._path}: {exc}") from exc
+            db.close()
+            reason = (
+                "not an SQLite database"
+                if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc)
+                else str(exc)
+            )
+            raise StoreError(f"cannot use {path}: {reason}") from exc
+        except StoreError:
+            db.close()
+            raise
         self._db = db
+
+    def _adopt(self, db: sqlite3.Connection) -> None:
+        """Refuse another program's database; mark a new (or pre-marking) stepscope store as ours."""
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        if app_id == APPLICATION_ID:
+            return
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        ours = "meta" in tables and db.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone()
+        if app_id != 0 or (tables and not ours):
+            raise StoreError(f"{self._path} is not a stepscope store (another program's database); choose another path")
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
     @property
     def is_open(self) -> bool:
@@ -117,14 +171,17 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-                raise StoreError(f"checkpoint store write failed: {exc}") from exc
+                self.healthy = False
+                self.last_error = f"cannot write {self._path}: {exc}"
+                raise StoreError(self.last_error) from exc
+            self.healthy = True
 
-    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._conn().execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StoreError(f"checkpoint store read failed: {exc}") from exc
+                raise StoreError(f"cannot read {self._path}: {exc}") from exc
 
     # --- runs -------------------------------------------------------------------------------------------------
 
@@ -153,27 +210,30 @@ class SqliteStore:
         self._write([("INSERT OR IGNORE INTO runs (run_id, thread_id, updated_at) VALUES (?, ?, ?)",
                       (ref.run_id, ref.thread_id, now))])  # fmt: skip
 
-    def commit_steps(self, ref: RunRef, step_ids: Iterable[str], cursor: str | None, now: float) -> None:
-        """Mark steps exported and move the run's cursor, in one transaction."""
+    def commit_steps(
+        self, ref: RunRef, step_ids: Iterable[str], cursor: str | None, now: float, spans: Iterable[bytes] = ()
+    ) -> None:
+        """Mark steps committed, move the run's cursor and append their encoded spans to the backlog, atomically."""
         statements: list[tuple[str, tuple[object, ...]]] = [
             ("INSERT OR IGNORE INTO runs (run_id, thread_id, updated_at) VALUES (?, ?, ?)",
              (ref.run_id, ref.thread_id, now)),
             ("UPDATE runs SET cursor = ?, updated_at = ? WHERE run_id = ?", (cursor, now, ref.run_id)),
         ]  # fmt: skip
         statements.extend(("INSERT OR IGNORE INTO steps VALUES (?, ?)", (ref.run_id, s)) for s in step_ids)
+        statements.extend(_backlog_inserts(spans, now))
         self._write(statements)
 
-    def finish_run(self, ref: RunRef, now: float) -> None:
-        """The run and all its steps are exported: keep one `done` row, drop its step rows."""
-        self._write(
-            [
-                ("INSERT OR IGNORE INTO runs (run_id, thread_id, updated_at) VALUES (?, ?, ?)",
-                 (ref.run_id, ref.thread_id, now)),
-                ("UPDATE runs SET done = 1, cursor = NULL, updated_at = ? WHERE run_id = ?", (now, ref.run_id)),
-                ("DELETE FROM steps WHERE run_id = ?", (ref.run_id,)),
-                ("DELETE FROM watched WHERE run_id = ?", (ref.run_id,)),
-            ]
-        )  # fmt: skip
+    def finish_run(self, ref: RunRef, now: float, spans: Iterable[bytes] = ()) -> None:
+        """The run and all its steps are committed: keep one `done` row, drop its step rows, append its spans."""
+        statements: list[tuple[str, tuple[object, ...]]] = [
+            ("INSERT OR IGNORE INTO runs (run_id, thread_id, updated_at) VALUES (?, ?, ?)",
+             (ref.run_id, ref.thread_id, now)),
+            ("UPDATE runs SET done = 1, cursor = NULL, updated_at = ? WHERE run_id = ?", (now, ref.run_id)),
+            ("DELETE FROM steps WHERE run_id = ?", (ref.run_id,)),
+            ("DELETE FROM watched WHERE run_id = ?", (ref.run_id,)),
+        ]  # fmt: skip
+        statements.extend(_backlog_inserts(spans, now))
+        self._write(statements)
 
     def forget_run(self, ref: RunRef) -> None:
         """Remove every trace of a run (it vanished from the API)."""
@@ -183,12 +243,44 @@ class SqliteStore:
 
     def prune(self, finished_before: float) -> int:
         """Drop `done` rows older than the lookback window; returns how many went."""
+        return self._delete("DELETE FROM runs WHERE done = 1 AND updated_at < ?", (finished_before,))
+
+    def _delete(self, sql: str, params: tuple[object, ...]) -> int:
         with self._lock:
             try:
-                cur = self._conn().execute("DELETE FROM runs WHERE done = 1 AND updated_at < ?", (finished_before,))
+                cur = self._conn().execute(sql, params)
             except sqlite3.Error as exc:
-                raise StoreError(f"checkpoint store prune failed: {exc}") from exc
+                self.healthy = False
+                self.last_error = f"cannot write {self._path}: {exc}"
+                raise StoreError(self.last_error) from exc
+            self.healthy = True
             return cur.rowcount
+
+    # --- span backlog -----------------------------------------------------------------------------------------
+
+    def backlog(self, limit: int) -> list[tuple[int, bytes]]:
+        """The oldest `limit` spans waiting for delivery, as (sequence number, encoded span)."""
+        rows = self._read("SELECT seq, span FROM backlog ORDER BY seq LIMIT ?", (limit,))
+        return [(int(seq), bytes(span)) for seq, span in rows]
+
+    def backlog_stats(self) -> tuple[int, float | None]:
+        """How many spans wait, and when the oldest of them was committed (None when none wait)."""
+        count = self._read("SELECT count(*) FROM backlog")[0][0]
+        oldest = self._read("SELECT added_at FROM backlog ORDER BY seq LIMIT 1")
+        return int(count), (float(oldest[0][0]) if oldest else None)
+
+    def delete_backlog(self, seqs: Iterable[int]) -> None:
+        """Spans the backend took (or that were dropped on purpose) leave the backlog."""
+        self._write([("DELETE FROM backlog WHERE seq = ?", (seq,)) for seq in seqs])
+
+    def trim_backlog(self, max_spans: int, added_before: float) -> tuple[int, int]:
+        """Drop spans older than `added_before`, then the oldest beyond `max_spans`; returns (expired, over size)."""
+        expired = self._delete("DELETE FROM backlog WHERE added_at < ?", (added_before,))
+        count = int(self._read("SELECT count(*) FROM backlog")[0][0])
+        over = max(0, count - max_spans)
+        if over:
+            self._delete("DELETE FROM backlog WHERE seq IN (SELECT seq FROM backlog ORDER BY seq LIMIT ?)", (over,))
+        return expired, over
 
     # --- watch registrations ------------------------------------------------------------------------------------
 
@@ -201,3 +293,7 @@ class SqliteStore:
     def watched(self) -> list[tuple[str, str | None]]:
         """Registered (thread_id, run_id or None) pairs."""
         return [(str(t), str(r) or None) for t, r in self._read("SELECT thread_id, run_id FROM watched")]
+
+
+def _backlog_inserts(spans: Iterable[bytes], now: float) -> list[tuple[str, tuple[object, ...]]]:
+    return [("INSERT INTO backlog (added_at, span) VALUES (?, ?)", (now, span)) for span in spans]
