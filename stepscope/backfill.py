@@ -1,7 +1,9 @@
 """`stepscope backfill`: export the finished runs of some threads once, then exit.
 
 Runs still active are left to `stepscope serve`; runs the checkpoint store already knows are skipped, so a backfill
-and a sidecar sharing a store never export a run twice.
+and a sidecar sharing a store never export a run twice. It never waits forever: reading stops when no run made
+progress for `STALL_S`, delivery when the backend refuses or `DELIVERY_S` passed. Spans not delivered stay in the
+backlog (the next `serve` or `backfill` on the same store sends them) and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from stepscope.errors import InvalidObject, SourceError
 
 log = logging.getLogger("stepscope.backfill")
 
+STALL_S = 60.0
+DELIVERY_S = 30.0
+
 
 async def run_backfill(config: Config, *, service: Service | None = None) -> int:
     """Track every finished, unknown run of the configured threads within the lookback; wait until exported."""
-    service = service or Service(config, serve_http=False, discover=False)
+    service = service or Service(config, serve_http=False, discover=False, check_api=False)
     await service.start()
     try:
         horizon = time.time() - config.poll.lookback
@@ -40,11 +45,22 @@ async def run_backfill(config: Config, *, service: Service | None = None) -> int
             TextColumn("backfilling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
         ) as progress:
             task = progress.add_task("runs", total=total)
-            while service.poller.tracked_count:
-                progress.update(task, completed=total - service.poller.tracked_count)
+            left, moved = service.poller.tracked_count, time.monotonic()
+            while left and time.monotonic() - moved < STALL_S:
                 await asyncio.sleep(0.2)
-            progress.update(task, completed=total)
-        print(f"backfilled {total} run(s) from {len(config.poll.threads)} thread(s)")
-        return 0
+                if service.poller.tracked_count != left:
+                    left, moved = service.poller.tracked_count, time.monotonic()
+                progress.update(task, completed=total - left)
+        deadline = time.monotonic() + DELIVERY_S
+        delivery = service.delivery
+        while delivery.pending and delivery.state != "failing" and time.monotonic() < deadline:  # noqa: ASYNC110 - a thread's counter, no event to await
+            await asyncio.sleep(0.1)
     finally:
         await service.shutdown()
+    unread = service.poller.tracked_count
+    kept = service.spans_kept
+    spans = "all spans delivered" if not kept else f"{kept} span(s) kept in the backlog for the next start"
+    print(f"backfilled {total - unread} of {total} run(s) from {len(config.poll.threads)} thread(s); {spans}")
+    if unread:
+        print(f"{unread} run(s) could not be read (see the log); run backfill again to retry them")
+    return 1 if kept or unread else 0

@@ -107,6 +107,10 @@ class ExportConfig:
     # 100 ms instead of the SDK's 5 s: export lag is a product metric here; even 10,000 active runs finish only a
     # few hundred steps a second, so batches stay cheap.
     schedule_delay_ms: float = 100.0
+    # The durable span backlog: spans wait here while the trace backend is down; beyond either bound the oldest
+    # are dropped (counted). 500,000 spans is about 250 MB of disk and hours of a busy deployment's spans.
+    backlog_max_spans: int = 500_000
+    backlog_max_age: float = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +307,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("export.service_name", "OTEL_SERVICE_NAME", _str, "service.name resource attribute"),
     Setting("export.resource_attributes", "OTEL_RESOURCE_ATTRIBUTES", _str, "extra resource attributes"),
     Setting("export.schedule_delay_ms", "OTEL_BSP_SCHEDULE_DELAY", _positive_float, "span batch delay (ms)"),
+    Setting("export.backlog_max_spans", "STEPSCOPE_BACKLOG_MAX_SPANS", _positive_int, "undelivered spans kept at most"),
+    Setting("export.backlog_max_age", "STEPSCOPE_BACKLOG_MAX_AGE", _positive_duration, "undelivered spans kept for"),
     Setting("server.listen", "STEPSCOPE_LISTEN", _listen, f"HTTP listen address (default {DEFAULT_LISTEN})"),
     Setting("server.watch_token", "STEPSCOPE_WATCH_TOKEN", _secret, "bearer token protecting /v1/watch"),
     Setting("server.max_watched", "STEPSCOPE_MAX_WATCHED", _positive_int, "/v1/watch registrations held at most"),
@@ -334,6 +340,9 @@ def _file_values(path: str, problems: list[str]) -> dict[str, str]:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         problems.append(f"--config: cannot read {path}: {exc.strerror}")
+        return {}
+    except UnicodeDecodeError:
+        problems.append(f"--config: {path} is not UTF-8 text")
         return {}
     except tomllib.TOMLDecodeError as exc:
         problems.append(f"--config: {path} is not valid TOML: {exc}")

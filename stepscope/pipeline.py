@@ -1,211 +1,169 @@
-"""The pipeline stage between poller and exporters: map each batch, export spans, commit on acknowledgement.
+"""The pipeline stage between poller and exporters: map, commit, then count and hand spans to delivery.
 
-For every step (and every finished run) the pipeline computes span specs and metric observations, hands the
-spans to the span sink and remembers the observations. Only when the sink acknowledges *all* spans of a step are
-its observations recorded and the step reported committed to the poller (which writes the checkpoint). A refused
-export leaves the step uncommitted, so the next poll emits it again with the same ids: nothing is lost and nothing
-is counted twice. Errors are caught here, at the stage boundary, logged and counted.
+For every batch of newly terminal steps (and every finished run) the pipeline computes span specs and metric
+observations, then writes in ONE store transaction the run's new checkpoint and the encoded spans (the durable
+span backlog). Only after that commit are the observations recorded and the delivery worker told, so:
+
+- metrics never wait for the trace backend: a step is counted the moment it is committed, with traces off, the
+  collector down, refusing or hanging;
+- nothing is counted twice: a committed step is never read again, across restarts and `kill -9` alike;
+- nothing is lost: a step whose commit fails (the store cannot be written) is neither counted nor exported, and the
+  poller reads it again later; its spans, once committed, wait in the backlog until the backend takes them.
+
+Errors are caught here, at the stage boundary, logged once per episode and counted.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
+from stepscope import spancodec
+from stepscope.errors import StoreError
 from stepscope.mapping.attributes import MappingOptions
 from stepscope.mapping.metrics import run_observations, step_observations
 from stepscope.mapping.spans import run_span, step_spans
 from stepscope.models import Run, RunRef, RunStep
-from stepscope.types import MetricSink, Observation, SpanSink, SpanSpec, StepBatch
+from stepscope.types import MetricSink, Observation, SpanSpec
 
 log = logging.getLogger("stepscope.pipeline")
 
 
-class AckReceiver(Protocol):
-    """The poller's side of acknowledgements."""
+class Checkpoints(Protocol):
+    """The store's side of a commit: progress and spans in one transaction. Raises `StoreError`."""
 
-    def steps_acknowledged(self, ref: RunRef, step_ids: list[str], ok: bool) -> None: ...
+    def commit_steps(
+        self, ref: RunRef, step_ids: Sequence[str], cursor: str | None, now: float, spans: Sequence[bytes] = ()
+    ) -> None: ...
 
-    def run_acknowledged(self, ref: RunRef, ok: bool) -> None: ...
+    def finish_run(self, ref: RunRef, now: float, spans: Sequence[bytes] = ()) -> None: ...
 
 
 class PipelineHealth(Protocol):
     def dropped(self, reason: str, n: int = 1) -> None: ...
-
-    def observe_export_lag(self, seconds: float) -> None: ...
 
 
 CommitListener = Callable[[Run, RunStep | None], None]
 """Told of every committed step (`RunStep`) and finished run (None); must be cheap and must not raise."""
 
 
-@dataclass(slots=True)
-class _Pending:
-    run: Run
-    step: RunStep | None  # None for the run span
-    observations: list[Observation]
-    remaining: int = 0  # distinct keys still mapped to this entry in `Pipeline._pending`
-    failed: bool = False
-
-
 class Pipeline:
-    """Maps batches and routes exporter acknowledgements. Not thread-safe except `on_ack`."""
+    """Maps and commits batches. Call from the event loop.
+
+    `on_spans(n)` is told after each commit that put `n` spans into the backlog (the delivery worker's `notify`);
+    `traces=False` keeps spans out of the backlog altogether (`OTEL_TRACES_EXPORTER=none`).
+    """
 
     def __init__(
         self,
-        spans: SpanSink,
+        store: Checkpoints,
         metrics: MetricSink,
         health: PipelineHealth,
         *,
         options: MappingOptions,
+        on_spans: Callable[[int], None] = lambda n: None,
+        traces: bool = True,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self._spans = spans
+        self._store = store
         self._metrics = metrics
         self._health = health
         self._options = options
+        self._on_spans = on_spans
+        self._traces = traces
         self._wall = wall
-        self._receiver: AckReceiver | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[str, _Pending] = {}
         self._listeners: list[CommitListener] = []
-        self.exporter_state = "unknown"
-
-    def bind(self, receiver: AckReceiver, loop: asyncio.AbstractEventLoop) -> None:
-        """Connect the poller and the loop that acknowledgements are delivered on."""
-        self._receiver = receiver
-        self._loop = loop
+        self._store_failing = False
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
-    @property
-    def pending_spans(self) -> int:
-        return len(self._pending)
+    def commit_steps(self, run: Run, steps: Sequence[RunStep], cursor: str | None) -> bool:
+        """Commit newly terminal `steps` of `run` and the run's new `cursor`; True when it is durable.
 
-    # --- intake (event loop) ----------------------------------------------------------------------------------
-
-    def emit(self, batch: StepBatch, assistant_name: str | None) -> None:
-        """Map and export one batch. Never raises: a step that cannot be mapped is dropped and counted.
-
-        Each step's spans (its step span and tool-call spans) go to the sink as one `export` call, which the sink
-        takes or refuses whole; the run span is a unit of its own.
+        A step that cannot be mapped is committed without spans or observations (dropped as `mapping_error`), so
+        one bad record never blocks its run. False means nothing was committed or counted: read them again later.
         """
-        run = batch.run
-        options = self._options
-        export = self._spans.export
-        for step in batch.steps:
+        specs: list[SpanSpec] = []
+        observations: list[Observation] = []
+        committed: list[RunStep] = []
+        for step in steps:
             try:
-                step_specs = step_spans(run, step, options=options)
+                step_specs = step_spans(run, step, options=self._options)
                 call_ids = [spec.span_id for spec in step_specs[1:]] if len(step_specs) > 1 else None
-                observations = step_observations(run, step, span_id=step_specs[0].span_id, call_span_ids=call_ids)
+                step_obs = step_observations(run, step, span_id=step_specs[0].span_id, call_span_ids=call_ids)
+                encoded_ok = True
             except Exception:
-                log.exception("cannot map step %s of run %s; dropping it", step.id, run.id)
+                log.exception("cannot map step %s of run %s; committing it without telemetry", step.id, run.id)
                 self._health.dropped("mapping_error")
-                self._acknowledge_now(run.ref, step, ok=True)
-                continue
-            self._register(_Pending(run, step, observations), step_specs)
-            export(step_specs)
-        if batch.run_finished:
-            try:
-                spec = run_span(run, assistant_name=assistant_name, options=options)
-                observations = run_observations(run, span_id=spec.span_id)
-            except Exception:
-                log.exception("cannot map run %s; dropping its run span", run.id)
-                self._health.dropped("mapping_error")
-                self._acknowledge_now(run.ref, None, ok=True)
-            else:
-                self._register(_Pending(run, None, observations), [spec])
-                export([spec])
+                encoded_ok = False
+            if encoded_ok:
+                specs.extend(step_specs)
+                observations.extend(step_obs)
+                committed.append(step)
+        spans = self._encode(specs)
+        try:
+            self._store.commit_steps(run.ref, [s.id for s in steps], cursor, self._wall(), spans)
+        except StoreError as exc:
+            self._store_failed(exc, len(steps))
+            return False
+        self._committed(run, committed, observations, len(spans))
+        return True
 
-    def _register(self, pending: _Pending, specs: Sequence[SpanSpec]) -> None:
-        # Registered before export: the sink may acknowledge synchronously (refusal, traces off).
-        # A count, not a set of keys: `_pending` maps each key to one entry, so popping a key there decrements
-        # exactly one count; a key repeated within one step (bad data) is counted once.
-        pending_by_key = self._pending
+    def finish_run(self, run: Run, assistant_name: str | None) -> bool:
+        """Commit a terminal run whose steps are all committed: its run span and run observations."""
+        specs: list[SpanSpec] = []
+        observations: list[Observation] = []
+        try:
+            spec = run_span(run, assistant_name=assistant_name, options=self._options)
+            specs, observations = [spec], run_observations(run, span_id=spec.span_id)
+        except Exception:
+            log.exception("cannot map run %s; finishing it without its run span", run.id)
+            self._health.dropped("mapping_error")
+        spans = self._encode(specs)
+        try:
+            self._store.finish_run(run.ref, self._wall(), spans)
+        except StoreError as exc:
+            self._store_failed(exc, 1)
+            return False
+        self._committed(run, None, observations, len(spans))
+        return True
+
+    def _encode(self, specs: list[SpanSpec]) -> list[bytes]:
+        if not self._traces:
+            return []
+        encoded: list[bytes] = []
         for spec in specs:
-            if pending_by_key.get(spec.key) is not pending:
-                pending.remaining += 1
-                pending_by_key[spec.key] = pending
+            try:
+                encoded.append(spancodec.encode(spec))
+            except ValueError:
+                log.warning("span %s carries a value that cannot be stored; dropping the span", spec.key)
+                self._health.dropped("span_unencodable")
+        return encoded
 
-    def _acknowledge_now(self, ref: RunRef, step: RunStep | None, *, ok: bool) -> None:
-        if self._receiver is None:
-            return
-        if step is None:
-            self._receiver.run_acknowledged(ref, ok)
-        else:
-            self._receiver.steps_acknowledged(ref, [step.id], ok)
+    def _committed(
+        self, run: Run, steps: list[RunStep] | None, observations: list[Observation], n_spans: int
+    ) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            log.info("checkpoint store writable again")
+        if observations:
+            # One call per commit: the sink merges increments of the same series.
+            self._metrics.record(observations)
+        if n_spans:
+            self._on_spans(n_spans)
+        for listener in self._listeners:
+            if steps is None:
+                listener(run, None)
+            else:
+                for step in steps:
+                    listener(run, step)
 
-    # --- acknowledgements ---------------------------------------------------------------------------------------
-
-    def on_ack(self, keys: Sequence[str], ok: bool) -> None:
-        """The sink's `AckCallback`: safe from any thread; the work happens on the event loop."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        # If the loop closed during shutdown the store still has these steps pending, so they replay on restart.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._acked, list(keys), ok)
-
-    def _acked(self, keys: list[str], ok: bool) -> None:
-        done: list[_Pending] = []
-        pending_by_key = self._pending
-        for key in keys:
-            pending = pending_by_key.pop(key, None)
-            if pending is None:
-                continue
-            pending.remaining -= 1
-            if not ok:
-                pending.failed = True
-            if not pending.remaining:
-                done.append(pending)
-        self._set_exporter_state("ok" if ok else "failing")
-        if not done:
-            return
-        committed = [pending for pending in done if not pending.failed]
-        if committed:
-            # One call for the whole acknowledgement: the sink can merge increments of the same series.
-            self._metrics.record([obs for pending in committed for obs in pending.observations])
-            listeners = self._listeners
-            if listeners:
-                for pending in committed:
-                    for listener in listeners:
-                        listener(pending.run, pending.step)
-        receiver = self._receiver
-        steps_by_run: dict[tuple[RunRef, bool], list[str]] = defaultdict(list)
-        now = self._wall()
-        observe_lag = self._health.observe_export_lag
-        last_run: Run | None = None
-        ref = RunRef("", "")
-        for pending in done:
-            ok_step = not pending.failed
-            if pending.run is not last_run:  # an acknowledgement mostly holds steps of few runs, in order
-                last_run = pending.run
-                ref = last_run.ref
-            step = pending.step
-            if step is None:
-                if receiver is not None:
-                    receiver.run_acknowledged(ref, ok_step)
-                continue
-            if ok_step:
-                ended = step.ended_at
-                if ended is not None:
-                    observe_lag(max(0.0, now - ended))
-            steps_by_run[(ref, ok_step)].append(step.id)
-        if receiver is not None:
-            for (ref, ok_step), step_ids in steps_by_run.items():
-                receiver.steps_acknowledged(ref, step_ids, ok_step)
-
-    def _set_exporter_state(self, state: str) -> None:
-        if state != self.exporter_state:
-            if state == "failing":
-                log.warning("span export failing: steps stay pending and are exported again")
-            elif self.exporter_state == "failing":
-                log.info("span export recovered")
-            self.exporter_state = state
+    def _store_failed(self, exc: StoreError, n: int) -> None:
+        self._health.dropped("store_error", n)
+        if not self._store_failing:
+            self._store_failing = True
+            log.error("%s; progress is not saved and steps are read again later (check the disk and the "
+                      "permissions of STEPSCOPE_STATE)", exc)  # fmt: skip

@@ -1,10 +1,15 @@
-"""The poller: a schedule per tracked run, reading new and unfinished steps, yielding `StepBatch`es.
+"""The poller: a schedule per tracked run, reading new and unfinished steps and committing the finished ones.
 
-Per run it keeps the committed cursor (every step up to it is exported), steps committed past it, steps handed to
-the exporter but not yet acknowledged (`inflight`) and steps seen unfinished (`open`). One poll lists steps in
-ascending order *after the cursor*, so a single request returns both the unfinished steps and the new ones; the run
-itself is re-read only when no step is open or the run waits. A terminal run gets a final sweep; its run span goes
-out once every step is committed, and after that acknowledgement the run is forgotten.
+Per run it keeps the committed cursor (every step up to it is committed), steps committed past it and steps seen
+unfinished (`open`). One poll lists steps in ascending order *after the cursor*, so a single request returns both
+the unfinished steps and the new ones; the run itself is re-read only when no step is open or the run waits. Newly
+terminal steps are committed by the pipeline at once (counted, their spans kept for delivery), so a step is read
+from the API once whatever the trace backend does. A terminal run gets a final sweep, then its run span is committed
+and the run is forgotten.
+
+A run whose early step stays open while later ones finish would make every listing after the cursor longer; once
+`TAIL_MODE_AT` steps are committed past an open one, the poller lists only after the newest step it has seen and
+re-reads the open steps one by one (at most `MAX_OPEN_READS` a poll).
 
 Bounded: at most `max_tracked_runs` runs (overflow counted as `tracked_runs_full` and retried by discovery), at most
 `concurrency` polls in flight.
@@ -17,7 +22,7 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,18 +30,24 @@ from stepscope.errors import (
     AuthError,
     FatalSourceError,
     InvalidObject,
+    LimitExceeded,
+    NotFound,
     RateLimited,
     SourceError,
     StoreError,
 )
 from stepscope.models import Run, RunRef, RunStep
-from stepscope.store import RunProgress, SqliteStore
-from stepscope.types import StepBatch, StepSource
+from stepscope.store import RunProgress
+from stepscope.types import StepSource
 
 log = logging.getLogger("stepscope.poller")
 
 WAITING = frozenset({"queued", "requires_action"})
 AUTH_PAUSE_S = 30.0
+INVALID_READS_MAX = 3
+TAIL_MODE_AT = 20
+MAX_OPEN_READS = 8
+ASSISTANT_MISS_TTL_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +73,20 @@ class PollSchedule:
         return min(self.slow, self.fast * self.backoff ** max(0, waiting_polls - self.grace))
 
 
-class BatchSink(Protocol):
-    """Where batches go (the pipeline). `emit` must not block or raise."""
+class Committer(Protocol):
+    """Where terminal steps and runs go (the pipeline). True when committed; must not block or raise."""
 
-    def emit(self, batch: StepBatch, assistant_name: str | None) -> None: ...
+    def commit_steps(self, run: Run, steps: list[RunStep], cursor: str | None) -> bool: ...
+
+    def finish_run(self, run: Run, assistant_name: str | None) -> bool: ...
+
+
+class RunStore(Protocol):
+    """The checkpoint store as the poller uses it. Raises `StoreError`."""
+
+    def add_run(self, ref: RunRef, now: float) -> None: ...
+
+    def forget_run(self, ref: RunRef) -> None: ...
 
 
 class PollerHealth(Protocol):
@@ -77,13 +98,12 @@ class TrackedRun:
     ref: RunRef
     run: Run | None = None
     cursor: str | None = None
-    committed: set[str] = field(default_factory=set)
-    order: list[str] = field(default_factory=list)  # ids listed after the cursor, creation order
-    inflight: set[str] = field(default_factory=set)
-    open: set[str] = field(default_factory=set)
+    committed: set[str] = field(default_factory=set)  # committed steps past the cursor
+    open: list[str] = field(default_factory=list)  # unfinished steps, creation order
+    newest: str | None = None  # the newest step id seen, where tail-mode listings start
     sweeps_after_end: int = 0
     waiting_polls: int = 0
-    run_inflight: bool = False
+    invalid_reads: int = 0  # consecutive polls that met an unparseable run or step
     due: float = 0.0
     scheduled: bool = False
     polling: bool = False
@@ -95,8 +115,8 @@ class Poller:
     def __init__(
         self,
         source: StepSource,
-        store: SqliteStore,
-        sink: BatchSink,
+        store: RunStore,
+        sink: Committer,
         health: PollerHealth,
         *,
         schedule: PollSchedule,
@@ -121,7 +141,7 @@ class Poller:
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._assistant_names: dict[str, str | None] = {}
+        self._assistant_names: dict[str, tuple[str | None, float]] = {}  # id -> (name, monotonic expiry)
         self._paused_until = 0.0
         self.api_state = "unknown"
         self.last_success: float | None = None
@@ -237,6 +257,7 @@ class Poller:
                 next_in = wait
             else:
                 next_in = await self._poll(t)
+                t.invalid_reads = 0
                 self.api_ok()
         except RateLimited as exc:
             next_in = max(exc.retry_after or 0.0, self._schedule.slow)
@@ -245,6 +266,11 @@ class Poller:
             self._paused_until = self._monotonic() + AUTH_PAUSE_S
             next_in = AUTH_PAUSE_S
             self.api_failed("auth_failed", exc)
+        except LimitExceeded as exc:
+            # One run's listing broke a bound (counted by the source); the API itself is fine, so its state stays.
+            # A listing cut at the page cap was committed as far as it went: carry on from there at once.
+            log.warning("run %s: %s; backing off", t.ref.run_id, exc)
+            next_in = self._schedule.fast if exc.reason == "page_cap" else self._schedule.slow
         except FatalSourceError as exc:
             # 404 or another permanent 4xx for this run: it cannot be polled, so it is dropped and counted.
             log.warning("run %s dropped: %s", t.ref.run_id, exc)
@@ -254,7 +280,14 @@ class Poller:
             next_in = self._schedule.slow
             self.api_failed("unavailable", exc)
         except InvalidObject:
-            next_in = self._schedule.slow  # already counted and logged by the source
+            # Counted and logged by the source. A run that stays unreadable is given up, not re-read forever.
+            t.invalid_reads += 1
+            if t.invalid_reads >= INVALID_READS_MAX:
+                log.warning("run %s dropped: unreadable on %d polls in a row", t.ref.run_id, t.invalid_reads)
+                self._health.dropped("run_invalid")
+                self._forget(t)
+            else:
+                next_in = self._schedule.slow
         except StoreError:
             log.exception("checkpoint store error while polling run %s", t.ref.run_id)
             next_in = self._schedule.slow
@@ -270,18 +303,14 @@ class Poller:
 
     async def _poll(self, t: TrackedRun) -> float | None:
         """Poll one run; return seconds until the next poll, or None when nothing is left to poll."""
-        if t.run_inflight:
-            return None  # the run span is with the exporter; its acknowledgement decides
         previous = t.run.status if t.run is not None else None
         if t.run is None or not t.open or t.run.status != "in_progress":
             t.run = await self._source.get_run(t.ref)
         run = t.run
         # A waiting run's steps cannot change until the application acts, so only the run is re-read; the steps
         # are listed once on the way in, to catch those that finished just before the wait.
-        if run.status not in WAITING or run.status != previous:
-            fresh = await self._list_new_steps(t)
-            if fresh:
-                self._sink.emit(StepBatch(run=run, steps=tuple(fresh)), None)
+        if (run.status not in WAITING or run.status != previous) and not await self._read_steps(t, run):
+            return self._schedule.slow  # the commit failed (counted by the pipeline): read them again later
         if not run.is_terminal:
             t.waiting_polls = t.waiting_polls + 1 if run.status in WAITING and run.status == previous else 1
             return self._schedule.interval(run, t.waiting_polls)
@@ -293,84 +322,65 @@ class Poller:
                         run.id, len(t.open))  # fmt: skip
             self._health.dropped("step_unfinished", len(t.open))
             t.open.clear()
-        if t.inflight:
-            return self._schedule.fast  # wait for the step acknowledgements before the run span
         name = await self._assistant_name(run.assistant_id)
-        t.run_inflight = True
-        self._sink.emit(StepBatch(run=run, run_finished=True), name)
+        if not self._sink.finish_run(run, name):
+            return self._schedule.slow
+        self._runs.pop(run.id, None)
         return None
 
-    async def _list_new_steps(self, t: TrackedRun) -> list[RunStep]:
+    async def _read_steps(self, t: TrackedRun, run: Run) -> bool:
+        """Read the run's new and unfinished steps and commit the newly terminal ones; False if the commit failed."""
+        tail = len(t.committed) >= TAIL_MODE_AT and bool(t.open) and t.newest is not None
+        if tail:
+            reread = [await self._source.get_step(t.ref, step_id) for step_id in t.open[:MAX_OPEN_READS]]
+            new, cut = await _collect(self._source.list_steps(t.ref, after=t.newest))
+        else:
+            reread = []
+            new, cut = await _collect(self._source.list_steps(t.ref, after=t.cursor))
+        committed = set(t.committed)
         fresh: list[RunStep] = []
-        listed = [step async for step in self._source.list_steps(t.ref, after=t.cursor)]
-        # Acknowledgements that arrived during the listing may have moved the cursor past steps it still holds;
-        # those steps left `committed` with the move, so without this cut they would be exported a second time.
-        ids = [step.id for step in listed]
-        if t.cursor in ids:
-            listed = listed[ids.index(t.cursor) + 1 :]
-        t.open.clear()
-        order: list[str] = []
-        for step in listed:
-            order.append(step.id)
-            if step.id in t.committed or step.id in t.inflight:
-                continue
-            if step.is_terminal:
+        for step in (*reread, *new):
+            if step.is_terminal and step.id not in committed and step.id != t.cursor:
                 fresh.append(step)
-                t.inflight.add(step.id)
-            else:
-                t.open.add(step.id)
-        t.order = order
-        return fresh
+                committed.add(step.id)
+        cursor = t.cursor
+        if tail:
+            # The cursor stays behind the open steps; once none is open, a normal listing moves it in one go.
+            seen = {s.id for s in new}
+            still_open = [s for s in t.open if s not in committed and s not in seen]
+            still_open += [s.id for s in new if not s.is_terminal]
+        else:
+            for step in new:  # the cursor moves over the committed prefix of the listing
+                if step.id not in committed:
+                    break
+                cursor = step.id
+            still_open = [s.id for s in new if not s.is_terminal and s.id != t.cursor]
+            past = [s.id for s in new]
+            committed = set(past[past.index(cursor) + 1 :] if cursor in past else past) & committed
+        if fresh and not self._sink.commit_steps(run, fresh, cursor):
+            return False
+        if new:
+            t.newest = new[-1].id
+        t.cursor, t.open, t.committed = cursor, still_open, committed
+        if cut is not None:
+            raise cut  # what was read before the listing broke its bound is committed; the caller backs off
+        return True
 
     async def _assistant_name(self, assistant_id: str) -> str | None:
-        if assistant_id not in self._assistant_names:
-            try:
-                self._assistant_names[assistant_id] = (await self._source.get_assistant(assistant_id)).name
-            except (SourceError, InvalidObject):
-                return None  # the span falls back to the id; try again for the next run
-            if len(self._assistant_names) > 1000:
-                self._assistant_names.pop(next(iter(self._assistant_names)))
-        return self._assistant_names[assistant_id]
-
-    # --- acknowledgements (from the pipeline, on the event loop) ------------------------------------------------
-
-    def steps_acknowledged(self, ref: RunRef, step_ids: list[str], ok: bool) -> None:
-        """Steps were exported (`ok`) or refused: commit progress, or let the next poll emit them again."""
-        t = self._runs.get(ref.run_id)
-        if t is None:
-            return
-        t.inflight.difference_update(step_ids)
-        if not ok:
-            self._reschedule_soon(t)
-            return
-        t.committed.update(step_ids)
-        # Move the cursor over the committed prefix, so the next listing starts after it.
-        while t.order and t.order[0] in t.committed:
-            t.cursor = t.order.pop(0)
-            t.committed.discard(t.cursor)
+        cached = self._assistant_names.get(assistant_id)
+        if cached is not None and (cached[0] is not None or cached[1] > self._monotonic()):
+            return cached[0]
         try:
-            self._store.commit_steps(ref, step_ids, t.cursor, self._wall())
-        except StoreError:
-            log.exception("checkpoint store: cannot commit steps of run %s", ref.run_id)
-
-    def run_acknowledged(self, ref: RunRef, ok: bool) -> None:
-        """The run span was exported (`ok`): the run is done; otherwise poll it again."""
-        t = self._runs.get(ref.run_id)
-        if t is None:
-            return
-        t.run_inflight = False
-        if not ok:
-            self._reschedule_soon(t)
-            return
-        try:
-            self._store.finish_run(ref, self._wall())
-        except StoreError:
-            log.exception("checkpoint store: cannot finish run %s", ref.run_id)
-        self._runs.pop(ref.run_id, None)
-
-    def _reschedule_soon(self, t: TrackedRun) -> None:
-        if not t.scheduled and not t.polling and not self._stopping.is_set():
-            self._push(t, self._monotonic() + self._schedule.slow)
+            name = (await self._source.get_assistant(assistant_id)).name
+        except NotFound:
+            # Remembered for a while: an assistant that is gone is not fetched again for every run.
+            name = None
+        except (SourceError, InvalidObject):
+            return None  # the span falls back to the id; try again for the next run
+        self._assistant_names[assistant_id] = (name, self._monotonic() + ASSISTANT_MISS_TTL_S)
+        if len(self._assistant_names) > 1000:
+            self._assistant_names.pop(next(iter(self._assistant_names)))
+        return name
 
     def _forget(self, t: TrackedRun) -> None:
         self._runs.pop(t.ref.run_id, None)
@@ -401,3 +411,14 @@ class Poller:
         if self.api_state != state:
             log.warning("Assistants API %s: %s", state.replace("_", " "), exc)
             self.api_state = state
+
+
+async def _collect(steps: AsyncIterator[RunStep]) -> tuple[list[RunStep], LimitExceeded | None]:
+    """The steps a listing yields, and the bound it broke, if it broke one, after yielding them."""
+    out: list[RunStep] = []
+    try:
+        async for step in steps:
+            out.append(step)
+    except LimitExceeded as exc:
+        return out, exc
+    return out, None

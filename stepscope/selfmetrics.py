@@ -1,10 +1,12 @@
 """stepscope's own health metrics, apart from the domain metrics (guideline 12).
 
 Events are Counters and Histograms, updated as they happen; `stepscope_tracked_runs` is read at scrape time by a
-custom collector. Known label sets exist from start-up so rates and alerts read 0 rather than "no data":
+custom collector, as are the span backlog gauges. Known label sets exist from start-up so rates and alerts read 0
+rather than "no data":
 
 - `stepscope_api_requests_total{endpoint,code}`, `stepscope_api_request_duration_seconds{endpoint}`
-- `stepscope_tracked_runs`, `stepscope_export_lag_seconds`, `stepscope_dropped_total{reason}`,
+- `stepscope_tracked_runs`, `stepscope_span_backlog`, `stepscope_span_backlog_age_seconds`,
+  `stepscope_export_lag_seconds`, `stepscope_dropped_total{reason}`,
   `stepscope_invalid_objects_total{kind}`, `stepscope_span_export_failures_total`, `stepscope_build_info{version}`
 - `stepscope_last_successful_poll_timestamp_seconds` (0 until the first successful API request)
 """
@@ -26,7 +28,9 @@ log = logging.getLogger(__name__)
 ENDPOINTS = ("list_runs", "get_run", "list_steps", "get_step", "get_assistant")
 DROP_REASONS = (
     "tracked_runs_full",
-    "span_queue_full",
+    "backlog_full",
+    "backlog_expired",
+    "span_unencodable",
     "label_cap",
     "mapping_error",
     "store_error",
@@ -34,6 +38,7 @@ DROP_REASONS = (
     "bad_request",
     "internal_error",
     "step_unfinished",
+    "run_invalid",
     "watch_limit",
     "watch_rate",
     "watch_invalid",
@@ -45,27 +50,36 @@ LAG_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.
 """Seconds from a step's terminal timestamp to its export: poll interval plus batch delay, typically 2-20 s."""
 
 
-class _TrackedRuns(Collector):
-    """`stepscope_tracked_runs`, read from a callable at scrape time; 0 until a source is set."""
+_READ_GAUGES = {
+    "stepscope_tracked_runs": "Runs currently tracked by the poller.",
+    "stepscope_span_backlog": "Spans committed and waiting for delivery to the trace backend.",
+    "stepscope_span_backlog_age_seconds": "Age of the oldest span waiting for delivery; 0 when none waits.",
+}
+
+
+class _ReadGauges(Collector):
+    """Gauges read from callables at scrape time; 0 until a source is set."""
 
     def __init__(self) -> None:
-        self.source: Callable[[], int] | None = None
+        self.sources: dict[str, Callable[[], float]] = {}
 
     def describe(self) -> Iterable[Metric]:
-        return [GaugeMetricFamily("stepscope_tracked_runs", "Runs currently tracked by the poller.")]
+        return [GaugeMetricFamily(name, text) for name, text in _READ_GAUGES.items()]
 
     def collect(self) -> Iterable[Metric]:
-        value = 0.0
-        if self.source is not None:
+        families = []
+        for name, text in _READ_GAUGES.items():
+            source = self.sources.get(name)
             try:
-                value = float(self.source())
+                value = float(source()) if source is not None else 0.0
             except Exception:
                 # A scrape must never fail because of one gauge; the gauge is left out instead.
-                log.exception("tracked runs source failed")
-                return []
-        family = GaugeMetricFamily("stepscope_tracked_runs", "Runs currently tracked by the poller.")
-        family.add_metric([], value)
-        return [family]
+                log.exception("gauge source of %s failed", name)
+                continue
+            family = GaugeMetricFamily(name, text)
+            family.add_metric([], value)
+            families.append(family)
+        return families
 
 
 class SelfMetrics:
@@ -112,8 +126,8 @@ class SelfMetrics:
         )
         build = Gauge("stepscope_build_info", "stepscope build; the value is always 1.", ["version"], registry=registry)
         build.labels(version).set(1)
-        self._tracked = _TrackedRuns()
-        registry.register(self._tracked)
+        self._gauges = _ReadGauges()
+        registry.register(self._gauges)
         self._request_children: dict[tuple[str, str], Counter] = {}
         for endpoint in ENDPOINTS:
             self._request_seconds.labels(endpoint)
@@ -153,9 +167,14 @@ class SelfMetrics:
             self._export_failures.inc(n)
 
     def observe_export_lag(self, seconds: float) -> None:
-        """Seconds from a step's terminal timestamp to the acknowledgement of its export."""
+        """Seconds from a step's terminal timestamp to the delivery of its span."""
         self._lag.observe(max(0.0, seconds))
 
     def set_tracked_runs_source(self, source: Callable[[], int]) -> None:
         """Read `stepscope_tracked_runs` from `source` at every scrape."""
-        self._tracked.source = source
+        self._gauges.sources["stepscope_tracked_runs"] = source
+
+    def set_backlog_sources(self, size: Callable[[], int], age: Callable[[], float]) -> None:
+        """Read `stepscope_span_backlog` and `stepscope_span_backlog_age_seconds` at every scrape."""
+        self._gauges.sources["stepscope_span_backlog"] = size
+        self._gauges.sources["stepscope_span_backlog_age_seconds"] = age

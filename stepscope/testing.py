@@ -1,4 +1,4 @@
-"""Test doubles shipped in the package (guideline 11): sinks that record, a fake clock, a real OTLP receiver.
+"""Test doubles shipped in the package: an exporter and a metric sink that record, a fake clock, a real OTLP receiver.
 
 `OtlpReceiver` is a real OTLP/HTTP server on 127.0.0.1 (and optionally OTLP/gRPC) that decodes what an exporter
 sends into plain `ReceivedSpan` records, so tests can check exported spans over the wire without a collector.
@@ -17,58 +17,42 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from stepscope.types import AckCallback, Observation, SpanSpec
+from stepscope.types import Observation
 
 _KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 _STATUS_NAMES = {0: "unset", 1: "ok", 2: "error"}
 
 
-class RecordingSpanSink:
-    """`SpanSink` that keeps every spec. Acks at once (`auto_ack=True`) or when `ack_pending()` is called.
+class RecordingSpanExporter(SpanExporter):
+    """An SDK `SpanExporter` that keeps every span it accepts.
 
-    Set `fail = True` to acknowledge with failure instead of success.
+    Set `fail = True` to refuse batches (FAILURE, nothing kept). `batches` counts export calls, accepted or not.
     """
 
-    def __init__(self, on_ack: AckCallback | None = None, *, auto_ack: bool = True) -> None:
-        self.on_ack = on_ack
-        self.auto_ack = auto_ack
+    def __init__(self) -> None:
         self.fail = False
-        self.specs: list[SpanSpec] = []
-        self.pending: list[SpanSpec] = []
-        self.flushes = 0
+        self.spans: list[ReadableSpan] = []
+        self.batches = 0
         self.closed = False
+        self._lock = threading.Lock()
 
-    def export(self, specs: Sequence[SpanSpec]) -> None:
-        self.specs.extend(specs)
-        if self.auto_ack:
-            self._ack(list(specs))
-        else:
-            self.pending.extend(specs)
-
-    def ack_pending(self, ok: bool | None = None) -> int:
-        """Acknowledge everything held back; returns how many spans that was."""
-        specs, self.pending = self.pending, []
-        self._ack(specs, ok)
-        return len(specs)
-
-    def _ack(self, specs: list[SpanSpec], ok: bool | None = None) -> None:
-        if self.on_ack is not None and specs:
-            self.on_ack([s.key for s in specs], (not self.fail) if ok is None else ok)
-
-    def force_flush(self, timeout_s: float) -> bool:
-        self.flushes += 1
-        return True
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            self.batches += 1
+            if self.fail or self.closed:
+                return SpanExportResult.FAILURE
+            self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
         self.closed = True
 
-    def by_key(self, key: str) -> SpanSpec:
-        """The last recorded spec with this key; KeyError when there is none."""
-        for spec in reversed(self.specs):
-            if spec.key == key:
-                return spec
-        raise KeyError(key)
+    def names(self) -> list[str]:
+        with self._lock:
+            return [span.name for span in self.spans]
 
 
 class RecordingMetricSink:

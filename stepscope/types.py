@@ -1,12 +1,13 @@
 """The data that flows between stages, and the tiny interfaces each stage implements.
 
-source (`StepSource`) -> poller (`StepBatch`) -> mapping (`SpanSpec`, `Observation`) -> export (`SpanSink`,
-`MetricSink`); `CheckpointStore` remembers progress. Only `app.py` knows the concrete classes.
+source (`StepSource`) -> poller -> pipeline: mapping (`SpanSpec`, `Observation`), one store commit of progress and
+encoded spans, then `MetricSink` -> export (the span backlog's delivery worker). Each stage declares the small
+protocol it needs of its neighbours beside itself; only `app.py` knows the concrete classes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,18 +16,6 @@ from stepscope.models import Assistant, Run, RunRef, RunStep
 
 AttrValue = str | bool | int | float
 """An OpenTelemetry attribute value as stepscope uses them (no arrays)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StepBatch:
-    """What one poll of one run yields: newly terminal steps, and the run as last read.
-
-    `run_finished` is set on the final sweep of a terminal run: after this batch the run is forgotten.
-    """
-
-    run: Run
-    steps: tuple[RunStep, ...] = ()
-    run_finished: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +29,8 @@ class SpanEvent:
 class SpanSpec:
     """Everything needed to emit one span, computed by pure mapping code.
 
-    `key` names what the span stands for (`run:<run_id>`, `step:<step_id>`, `call:<step_id>:<call_id>`) so an
-    exporter's acknowledgement can be traced back to the step it commits. Ids are deterministic: the same run,
+    `key` names what the span stands for (`run:<run_id>`, `step:<step_id>`, `call:<step_id>:<call_id>`), for logs
+    and for the delivery worker's lag measurement. Ids are deterministic: the same run,
     step or tool call always yields the same `trace_id` and `span_id`. `parent_span_id` is None only for a run span
     that starts its own trace; `parent_remote` is True when the parent came from a run's `traceparent`.
     `error_type` set means status ERROR with that `error.type`.
@@ -93,22 +82,9 @@ class StepSource(Protocol):
         """Steps of a run in ascending creation order, starting after step id `after`."""
         ...
 
+    async def get_step(self, ref: RunRef, step_id: str) -> RunStep: ...
+
     async def get_assistant(self, assistant_id: str) -> Assistant: ...
-
-
-AckCallback = Callable[[Sequence[str], bool], None]
-"""Called with the `SpanSpec.key`s of one export batch and whether the backend accepted it. May run on any
-thread; implementations hand it to the event loop."""
-
-
-class SpanSink(Protocol):
-    """Emits spans. `export` must not block or raise; results arrive later through the `AckCallback`."""
-
-    def export(self, specs: Sequence[SpanSpec]) -> None: ...
-
-    def force_flush(self, timeout_s: float) -> bool: ...
-
-    def shutdown(self) -> None: ...
 
 
 class MetricSink(Protocol):

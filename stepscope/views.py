@@ -10,7 +10,6 @@ import json
 import sys
 from dataclasses import dataclass
 
-import httpx
 from rich import box
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.measure import Measurement
@@ -20,8 +19,7 @@ from rich.text import Text
 from stepscope.config import Config
 from stepscope.errors import InvalidObject, SourceError
 from stepscope.models import Run, RunRef, RunStep
-from stepscope.source.auth import make_auth
-from stepscope.source.client import AssistantsClient
+from stepscope.source.connect import connect
 
 BAR_WIDTH = 40
 MIN_BAR_WIDTH = 10
@@ -194,27 +192,20 @@ def waterfall_json(run: Run, rows: list[Row]) -> str:
 
 async def inspect_run(config: Config, thread_id: str, run_id: str, *, as_json: bool) -> int:
     """Fetch one run with its steps and print the waterfall (or JSON). Returns the exit code."""
-    auth = make_auth(config.api.auth, key=str(config.api.api_key), token_file=config.api.token_file)
-    async with httpx.AsyncClient(timeout=config.api.timeout) as http:
-        client = AssistantsClient(
-            http,
-            base_url=config.api.base_url,
-            auth=auth,
-            api_version=config.api.api_version,
-            organization=config.api.org_id,
-            project=config.api.project_id,
-            flavor=config.api.flavor,
-        )
+    api = connect(config)
+    client = api.client
+    try:
+        run = await client.get_run(RunRef(thread_id, run_id))
+        steps = [s async for s in client.list_steps(run.ref)]
         try:
-            run = await client.get_run(RunRef(thread_id, run_id))
-            steps = [s async for s in client.list_steps(run.ref)]
-            try:
-                name = (await client.get_assistant(run.assistant_id)).name
-            except (SourceError, InvalidObject):
-                name = None
-        except (SourceError, InvalidObject) as exc:
-            print(f"stepscope: cannot read run {run_id}: {exc}", file=sys.stderr)
-            return 1
+            name = (await client.get_assistant(run.assistant_id)).name
+        except (SourceError, InvalidObject):
+            name = None
+    except (SourceError, InvalidObject) as exc:
+        print(f"stepscope: cannot read run {run_id}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await api.aclose()
     rows = waterfall_rows(run, steps, name)
     if as_json:
         print(waterfall_json(run, rows))

@@ -1,15 +1,18 @@
-"""Exporters: the only modules that import the OpenTelemetry and Prometheus SDKs."""
+"""Exporters: the span backlog's delivery over OTLP, and Prometheus metrics."""
 
 from __future__ import annotations
 
-from stepscope.export.otlp import OtlpSpanSink, TraceSettings, build_resource, build_span_exporter, parse_headers
+from stepscope.export.delivery import BacklogLimits, SpanDelivery
+from stepscope.export.otlp import TraceSettings, build_resource, build_span_exporter, parse_headers, readable_span
 from stepscope.export.prometheus import PrometheusMetrics
 
 __all__ = [
-    "OtlpSpanSink",
+    "BacklogLimits",
     "PrometheusMetrics",
+    "SpanDelivery",
     "TraceSettings",
     "build_resource",
     "build_span_exporter",
     "parse_headers",
+    "readable_span",
 ]

@@ -1,39 +1,27 @@
-"""OtlpSpanSink end to end into a real OTLP receiver, over HTTP and gRPC."""
+"""The span backlog delivered end to end into a real OTLP receiver, over HTTP and gRPC."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import SpanExporter
 
-from stepscope.export.otlp import OtlpSpanSink, TraceSettings, build_span_exporter
+from stepscope import spancodec
+from stepscope.export.delivery import SpanDelivery
+from stepscope.export.otlp import TraceSettings, build_span_exporter
 from stepscope.mapping import MappingOptions, run_span, step_spans
-from stepscope.models import LastError, Run, RunStep, ToolCall, Usage
+from stepscope.models import LastError, Run, RunRef, RunStep, ToolCall, Usage
+from stepscope.store import SqliteStore
 from stepscope.testing import OtlpReceiver
+from stepscope.types import SpanSpec
 
 S = 1_000_000_000
 TP_TRACE = "0af7651916cd43dd8448eb211c80319c"
 TP_SPAN = "b7ad6b7169203331"
-
-
-class Acks:
-    """Thread-safe record of ack callbacks."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[str], bool]] = []
-        self.event = threading.Event()
-        self._lock = threading.Lock()
-
-    def __call__(self, keys: Sequence[str], ok: bool) -> None:
-        with self._lock:
-            self.calls.append((list(keys), ok))
-        self.event.set()
-
-    def keys(self, ok: bool) -> set[str]:
-        with self._lock:
-            return {k for keys, flag in self.calls if flag is ok for k in keys}
 
 
 @pytest.fixture
@@ -71,10 +59,29 @@ def sample() -> tuple[Run, RunStep]:
     return run, step
 
 
-def make_sink(url: str, acks: Acks, **kw: object) -> OtlpSpanSink:
-    exporter = build_span_exporter(TraceSettings(traces_endpoint=url, timeout_s=1.0, headers="x-api-key=secret"))
+def deliver(exporter: SpanExporter | None, specs: list[SpanSpec], *, timeout_s: float = 5.0) -> tuple[int, int]:
+    """Commit `specs` to a fresh backlog and run a delivery over `exporter` until it empties or the timeout passes.
+
+    Returns (spans kept in the backlog, spans counted as failed).
+    """
+    store = SqliteStore(":memory:")
+    store.open()
+    store.commit_steps(RunRef("thread_1", "run_1"), [], None, time.time(), [spancodec.encode(s) for s in specs])
+    failures: list[int] = []
+    health = SimpleNamespace(dropped=lambda reason, n=1: None, export_failed=failures.append,
+                             observe_export_lag=lambda seconds: None)  # fmt: skip
     resource = Resource.create({"service.name": "stepscope-test"})
-    return OtlpSpanSink(exporter, resource=resource, on_ack=acks, schedule_delay_ms=50, **kw)  # type: ignore[arg-type]
+    delivery = SpanDelivery(store, exporter, resource=resource, health=health, delay_s=0.01)
+    delivery.start()
+    kept = delivery.shutdown(timeout_s)
+    store.close()
+    return kept, sum(failures)
+
+
+def http_exporter(url: str) -> SpanExporter:
+    exporter = build_span_exporter(TraceSettings(traces_endpoint=url, timeout_s=1.0, headers="x-api-key=secret"))
+    assert exporter is not None
+    return exporter
 
 
 class TestHttpEndToEnd:
@@ -85,15 +92,8 @@ class TestHttpEndToEnd:
             run_span(run, assistant_name="Helper", options=MappingOptions()),
             *step_spans(run, step, options=MappingOptions()),
         ]
-        acks = Acks()
-        sink = make_sink(receiver.url, acks)
-        try:
-            sink.export(specs)
-            assert sink.force_flush(5.0)
-            assert receiver.wait_for(lambda spans: len(spans) == 3)
-        finally:
-            sink.shutdown()
-        assert acks.keys(True) == {"run:run_1", "step:step_1", "call:step_1:call_1"}
+        assert deliver(http_exporter(receiver.url), specs) == (0, 0)
+        assert receiver.wait_for(lambda spans: len(spans) == 3)
         assert receiver.headers[0]["x-api-key"] == "secret"
         run_rx = receiver.by_name("invoke_agent Helper")
         assert (run_rx.trace_id, run_rx.parent_span_id) == (TP_TRACE, TP_SPAN)
@@ -112,39 +112,25 @@ class TestHttpEndToEnd:
         assert tool_rx.attributes == {**specs[2].attributes}
         assert "stepscope.key" not in str(tool_rx.attributes)
 
-    def test_refused_export_acks_false(self, receiver: OtlpReceiver) -> None:
-        """When the backend refuses, the batch's keys are acked False and failures are counted."""
+    def test_refused_export_keeps_the_spans(self, receiver: OtlpReceiver) -> None:
+        """When the backend refuses, the spans stay in the backlog and the failure is counted."""
         receiver.refuse_status = 400
         run, step = sample()
-        acks = Acks()
-        failures: list[int] = []
-        sink = make_sink(receiver.url, acks, on_failure=failures.append)
-        try:
-            sink.export(step_spans(run, step, options=MappingOptions()))
-            sink.force_flush(5.0)
-            assert acks.event.wait(5.0)
-        finally:
-            sink.shutdown()
-        assert acks.keys(False) == {"step:step_1", "call:step_1:call_1"}
-        assert acks.keys(True) == set()
-        assert failures == [2]
+        kept, failed = deliver(
+            http_exporter(receiver.url), step_spans(run, step, options=MappingOptions()), timeout_s=1.0
+        )
+        assert (kept, failed) == (2, 2)
         assert receiver.spans == []
-        assert sink.in_flight == 0
 
-    def test_unreachable_backend_acks_false(self) -> None:
-        """A backend that is not listening yields a False ack, not a hang or an exception."""
+    def test_unreachable_backend_keeps_the_spans(self) -> None:
+        """A backend that is not listening leaves the spans in the backlog, without a hang or an exception."""
         with OtlpReceiver() as gone:
             url = gone.url
-        acks = Acks()
-        sink = make_sink(url, acks)
-        try:
-            run, step = sample()
-            sink.export(step_spans(run, step, options=MappingOptions()))
-            sink.force_flush(5.0)
-            assert acks.event.wait(5.0)
-        finally:
-            sink.shutdown()
-        assert acks.keys(False) == {"step:step_1", "call:step_1:call_1"}
+        run, step = sample()
+        started = time.monotonic()
+        kept, _ = deliver(http_exporter(url), step_spans(run, step, options=MappingOptions()), timeout_s=1.0)
+        assert kept == 2
+        assert time.monotonic() - started < 5.0
 
 
 class TestGrpcEndToEnd:
@@ -154,15 +140,8 @@ class TestGrpcEndToEnd:
             exporter = build_span_exporter(
                 TraceSettings(protocol="grpc", endpoint=f"http://{rx.grpc_endpoint}", insecure=True, timeout_s=2.0)
             )
-            acks = Acks()
-            sink = OtlpSpanSink(exporter, on_ack=acks, schedule_delay_ms=50)
-            try:
-                run, step = sample()
-                sink.export(step_spans(run, step, options=MappingOptions()))
-                sink.force_flush(5.0)
-                assert rx.wait_for(lambda spans: len(spans) == 2)
-            finally:
-                sink.shutdown()
-            assert acks.keys(True) == {"step:step_1", "call:step_1:call_1"}
+            run, step = sample()
+            assert deliver(exporter, step_spans(run, step, options=MappingOptions())) == (0, 0)
+            assert rx.wait_for(lambda spans: len(spans) == 2)
             assert rx.by_name("execute_tool get_weather").trace_id == TP_TRACE
-            assert rx.spans[0].resource["service.name"] == "stepscope"
+            assert rx.spans[0].resource["service.name"] == "stepscope-test"

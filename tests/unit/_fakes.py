@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
-from stepscope.errors import SourceError
+from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError
 from stepscope.models import Assistant, Run, RunRef, RunStep
-from stepscope.types import StepBatch
 
 
 def make_run(run_id: str = "run_1", thread_id: str = "thread_a", status: str = "in_progress", **kw: object) -> Run:
@@ -35,6 +34,9 @@ class FakeSource:
     steps: dict[str, list[RunStep]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     fail_with: SourceError | None = None
+    missing_assistants: set[str] = field(default_factory=set)
+    page_cap: int | None = None  # step listings end after this many steps with LimitExceeded("page_cap")
+    invalid_runs: set[str] = field(default_factory=set)
 
     def put_run(self, run: Run) -> None:
         self.runs[run.id] = run
@@ -66,6 +68,8 @@ class FakeSource:
     async def get_run(self, ref: RunRef) -> Run:
         self.calls.append(f"get_run {ref.run_id}")
         self._maybe_fail()
+        if ref.run_id in self.invalid_runs:
+            raise InvalidObject("run", "expires_at out of range", object_id=ref.run_id)
         return self.runs[ref.run_id]
 
     async def list_steps(self, ref: RunRef, *, after: str | None = None, limit: int = 100) -> AsyncIterator[RunStep]:
@@ -74,26 +78,48 @@ class FakeSource:
         steps = self.steps.get(ref.run_id, [])
         ids = [s.id for s in steps]
         start = ids.index(after) + 1 if after in ids else 0
-        for step in steps[start:]:
+        for n, step in enumerate(steps[start:]):
+            if self.page_cap is not None and n == self.page_cap:
+                raise LimitExceeded("listing still had more pages at the cap", reason="page_cap")
             yield step
+
+    async def get_step(self, ref: RunRef, step_id: str) -> RunStep:
+        self.calls.append(f"get_step {step_id}")
+        self._maybe_fail()
+        return next(step for step in self.steps[ref.run_id] if step.id == step_id)
 
     async def get_assistant(self, assistant_id: str) -> Assistant:
         self.calls.append(f"get_assistant {assistant_id}")
+        if assistant_id in self.missing_assistants:
+            raise NotFound(f"no assistant {assistant_id}", status_code=404)
         return Assistant(id=assistant_id, name="Helper", model="gpt-4o")
 
 
 @dataclass
-class RecordingBatches:
-    batches: list[tuple[StepBatch, str | None]] = field(default_factory=list)
+class RecordingCommits:
+    """The poller's `Committer`: keeps what it was given. Set `fail = True` to refuse commits (a store error)."""
 
-    def emit(self, batch: StepBatch, assistant_name: str | None) -> None:
-        self.batches.append((batch, assistant_name))
+    steps: list[tuple[Run, RunStep, str | None]] = field(default_factory=list)
+    runs: list[tuple[Run, str | None]] = field(default_factory=list)
+    fail: bool = False
+
+    def commit_steps(self, run: Run, steps: list[RunStep], cursor: str | None) -> bool:
+        if self.fail:
+            return False
+        self.steps.extend((run, step, cursor) for step in steps)
+        return True
+
+    def finish_run(self, run: Run, assistant_name: str | None) -> bool:
+        if self.fail:
+            return False
+        self.runs.append((run, assistant_name))
+        return True
 
     def step_ids(self) -> list[str]:
-        return [s.id for b, _ in self.batches for s in b.steps]
+        return [step.id for _, step, _ in self.steps]
 
     def finished_runs(self) -> list[str]:
-        return [b.run.id for b, _ in self.batches if b.run_finished]
+        return [run.id for run, _ in self.runs]
 
 
 @dataclass

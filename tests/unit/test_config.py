@@ -223,6 +223,14 @@ def test_invalid_toml_is_reported(tmp_path: Path) -> None:
         load(env=BASE_ENV, file=str(file))
 
 
+def test_config_file_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
+    """A --config file that is not UTF-8 text is a configuration error, not a traceback."""
+    file = tmp_path / "c.toml"
+    file.write_bytes(b"\xff\xfe[poll]\n")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load(env=BASE_ENV, file=str(file))
+
+
 def test_listen_address_parts() -> None:
     """The listen address splits into host and port, IPv6 brackets included."""
     config = load(env={**BASE_ENV, "STEPSCOPE_LISTEN": "[::1]:9000"})

@@ -1,27 +1,23 @@
-"""The pipeline with the real OTLP sink: one step's spans are exported as a unit, commits follow acknowledgements."""
+"""The pipeline: a step is committed with its spans in one transaction, then counted, whatever the exporter does."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Sequence
+import sqlite3
+from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from prometheus_client import CollectorRegistry
 
-from stepscope.export.otlp import OtlpSpanSink
-from stepscope.export.prometheus import PrometheusMetrics
+from stepscope import spancodec
+from stepscope.errors import StoreError
 from stepscope.mapping.attributes import MappingOptions
 from stepscope.models import Run, RunRef, RunStep, ToolCall, Usage
 from stepscope.pipeline import Pipeline
-from stepscope.testing import eventually
-from stepscope.types import StepBatch
+from stepscope.store import SqliteStore
+from stepscope.testing import RecordingMetricSink
+from tests.unit._fakes import Counters
 
-pytestmark = pytest.mark.anyio
-
-RUN = Run(id="run_1", thread_id="thread_1", assistant_id="asst_1", status="in_progress", created_at=100, model="m")
+RUN = Run(id="run_1", thread_id="thread_1", assistant_id="asst_1", status="completed", created_at=100, model="m",
+          started_at=100, completed_at=110)  # fmt: skip
 MESSAGE = RunStep(
     id="step_a", run_id="run_1", thread_id="thread_1", assistant_id="asst_1", type="message_creation",
     status="completed", created_at=101, completed_at=102, usage=Usage(5, 1, 6), message_id="msg_1",
@@ -31,76 +27,88 @@ TOOLS = RunStep(
     status="completed", created_at=102, completed_at=104, usage=Usage(7, 2, 9),
     tool_calls=(ToolCall("call_1", "function", name="f"), ToolCall("call_2", "function", name="g")),
 )  # fmt: skip
+OPTIONS = MappingOptions(provider_name="openai")
 
 
-class GatedExporter(SpanExporter):
-    """Records every exported span; holds exports while `gate` is clear."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Event()
-        self.spans: list[ReadableSpan] = []
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.gate.wait(5.0)
-        self.spans.extend(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        self.gate.set()
+@pytest.fixture
+def store() -> SqliteStore:
+    s = SqliteStore(":memory:")
+    s.open()
+    return s
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.steps: list[tuple[str, bool]] = []
-
-    def steps_acknowledged(self, ref: RunRef, step_ids: list[str], ok: bool) -> None:
-        self.steps += [(step_id, ok) for step_id in step_ids]
-
-    def run_acknowledged(self, ref: RunRef, ok: bool) -> None:
-        return None
+def _pipeline(store: SqliteStore, *, traces: bool = True) -> tuple[Pipeline, RecordingMetricSink, Counters, list[int]]:
+    metrics, health, notified = RecordingMetricSink(), Counters(), []
+    pipeline = Pipeline(store, metrics, health, options=OPTIONS, on_spans=notified.append, traces=traces)
+    return pipeline, metrics, health, notified
 
 
-class Health:
-    def __init__(self) -> None:
-        self.drops: list[tuple[str, int]] = []
+def test_commit_keeps_spans_and_counts_at_once(store: SqliteStore) -> None:
+    """Committed steps put their step and tool spans in the backlog and are counted before any export."""
+    pipeline, metrics, _, notified = _pipeline(store)
+    assert pipeline.commit_steps(RUN, [MESSAGE, TOOLS], cursor="step_b")
+    names = [spancodec.decode(span).key for _, span in store.backlog(100)]
+    assert names == ["step:step_a", "step:step_b", "call:step_b:call_1", "call:step_b:call_2"]
+    assert notified == [4]
+    assert metrics.total("stepscope_tokens_total") == 15
+    (progress,) = store.active_runs()
+    assert progress.cursor == "step_b"
+    assert progress.committed == {"step_a", "step_b"}
 
-    def dropped(self, reason: str, n: int = 1) -> None:
-        self.drops.append((reason, n))
 
-    def observe_export_lag(self, seconds: float) -> None:
-        return None
+def test_finish_run_commits_the_run_span_and_forgets_progress(store: SqliteStore) -> None:
+    """Finishing a run appends its run span, counts the run and marks it done in the same transaction."""
+    pipeline, metrics, _, _ = _pipeline(store)
+    pipeline.commit_steps(RUN, [MESSAGE], cursor="step_a")
+    assert pipeline.finish_run(RUN, "Helper")
+    keys = [spancodec.decode(span).key for _, span in store.backlog(100)]
+    assert keys[-1] == "run:run_1"
+    assert store.active_runs() == []
+    assert store.known_runs(["run_1"]) == {"run_1"}
+    assert metrics.total("stepscope_runs_total") == 1
 
 
-async def test_full_queue_refuses_a_step_whole_so_a_retry_exports_each_span_once() -> None:
-    """A tool step that does not fit the span queue is refused whole; its retry exports every span exactly once."""
-    exporter, receiver, health, registry = GatedExporter(), Receiver(), Health(), CollectorRegistry()
-    box: list[Pipeline] = []
-    sink = OtlpSpanSink(
-        exporter,
-        on_ack=lambda keys, ok: box[0].on_ack(keys, ok),  # noqa: PLW0108 - built next
-        max_queue_size=3,
-        schedule_delay_ms=5,
-        on_drop=health.dropped,
-    )
-    pipeline = Pipeline(sink, PrometheusMetrics(registry), health, options=MappingOptions())
-    box.append(pipeline)
-    pipeline.bind(receiver, asyncio.get_running_loop())
-    # One span of step_a is in flight; step_b's three spans (step + two calls) would make four: refused, not split.
-    pipeline.emit(StepBatch(run=RUN, steps=(MESSAGE, TOOLS)), None)
-    await eventually(lambda: ("step_b", False) in receiver.steps, what="step_b refused")
-    assert health.drops == [("span_queue_full", 3)]
-    exporter.gate.set()
-    await eventually(lambda: ("step_a", True) in receiver.steps, what="step_a committed")
-    pipeline.emit(StepBatch(run=RUN, steps=(TOOLS,)), None)  # the poller's retry of the uncommitted step
-    await eventually(lambda: ("step_b", True) in receiver.steps, what="step_b committed")
-    sink.shutdown()
-    span_ids = [s.context.span_id for s in exporter.spans if s.context is not None]
-    assert len(span_ids) == 4
-    assert len(set(span_ids)) == 4, "a span was exported twice"
-    assert receiver.steps == [("step_b", False), ("step_a", True), ("step_b", True)]
-    steps = registry.get_sample_value(
-        "stepscope_run_steps_total",
-        {"step_type": "tool_calls", "status": "completed", "model": "m", "assistant_id": "asst_1"},
-    )
-    assert steps == 1
-    assert pipeline.pending_spans == 0
+def test_traces_off_counts_without_a_backlog(store: SqliteStore) -> None:
+    """With traces off nothing enters the backlog, and the steps still count."""
+    pipeline, metrics, _, notified = _pipeline(store, traces=False)
+    assert pipeline.commit_steps(RUN, [MESSAGE], cursor="step_a")
+    assert store.backlog(10) == []
+    assert notified == []
+    assert metrics.total("stepscope_tokens_total") == 6
+
+
+def test_failed_store_write_commits_and_counts_nothing(tmp_path: Path) -> None:
+    """When the store cannot be written, the step is neither counted nor kept, and the failure is counted."""
+    path = tmp_path / "state.db"
+    store = SqliteStore(str(path))
+    store.open()
+    with sqlite3.connect(path) as other:  # another writer holds the database: every write of ours fails
+        other.execute("BEGIN EXCLUSIVE")
+        store._db.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]  # fail at once, not after 5 s
+        pipeline, metrics, health, notified = _pipeline(store)
+        assert not pipeline.commit_steps(RUN, [MESSAGE], cursor="step_a")
+        assert not store.healthy
+        other.rollback()
+    assert metrics.observations == []
+    assert notified == []
+    assert health.counts == {"store_error": 1}
+    assert pipeline.commit_steps(RUN, [MESSAGE], cursor="step_a")
+    assert store.healthy
+    assert metrics.total("stepscope_tokens_total") == 6
+
+
+def test_listeners_hear_committed_steps_and_runs(store: SqliteStore) -> None:
+    """Listeners are told of each committed step and of the finished run (None)."""
+    pipeline, _, _, _ = _pipeline(store)
+    heard: list[str | None] = []
+    pipeline.add_listener(lambda run, step: heard.append(step.id if step else None))
+    pipeline.commit_steps(RUN, [MESSAGE, TOOLS], cursor="step_b")
+    pipeline.finish_run(RUN, None)
+    assert heard == ["step_a", "step_b", None]
+
+
+def test_store_error_type_is_what_the_pipeline_catches() -> None:
+    """A write on a closed store raises StoreError, the error the pipeline turns into a refused commit."""
+    store = SqliteStore(":memory:")
+    with pytest.raises(StoreError):
+        store.commit_steps(RunRef("thread_1", "run_1"), ["step_a"], "step_a", 0.0)

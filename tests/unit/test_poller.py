@@ -1,4 +1,4 @@
-"""The poller: every terminal step emitted once, commits on acknowledgement, bounded and error-tolerant."""
+"""The poller: every terminal step committed once, the cursor past the committed prefix, bounded and error-tolerant."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from stepscope.models import RunRef
 from stepscope.poller import Poller, PollSchedule
 from stepscope.store import RunProgress, SqliteStore
 from stepscope.testing import eventually
-from tests.unit._fakes import Counters, FakeSource, RecordingBatches, make_run, make_step
+from tests.unit._fakes import Counters, FakeSource, RecordingCommits, make_run, make_step
 
 pytestmark = pytest.mark.anyio
 REF = RunRef("thread_a", "run_1")
@@ -28,19 +28,19 @@ def store() -> SqliteStore:
 
 
 @pytest.fixture
-async def rig(store: SqliteStore) -> AsyncIterator[tuple[FakeSource, RecordingBatches, Counters, Poller]]:
-    source, sink, health = FakeSource(), RecordingBatches(), Counters()
+async def rig(store: SqliteStore) -> AsyncIterator[tuple[FakeSource, RecordingCommits, Counters, Poller]]:
+    source, sink, health = FakeSource(), RecordingCommits(), Counters()
     poller = Poller(source, store, sink, health, schedule=FAST, concurrency=4, max_tracked_runs=3)
     await poller.start()
     yield source, sink, health, poller
     await poller.shutdown(timeout_s=1.0)
 
 
-Rig = tuple[FakeSource, RecordingBatches, Counters, Poller]
+Rig = tuple[FakeSource, RecordingCommits, Counters, Poller]
 
 
 async def test_in_progress_step_waits_until_terminal(rig: Rig) -> None:
-    """A finished step is emitted at once; an in-progress one only after it completes, and then exactly once."""
+    """A finished step is committed at once; an in-progress one only after it completes, and then exactly once."""
     source, sink, _, poller = rig
     run = make_run()
     source.put_run(run)
@@ -48,17 +48,16 @@ async def test_in_progress_step_waits_until_terminal(rig: Rig) -> None:
     source.put_step(make_step("step_2", run, status="in_progress", created_at=1003))
     poller.track(REF)
     await eventually(lambda: sink.step_ids() == ["step_1"])
-    poller.steps_acknowledged(REF, ["step_1"], ok=True)
-    await asyncio.sleep(0.05)
+    await eventually(lambda: source.calls.count("list_steps run_1 after=step_1") >= 2)
     assert sink.step_ids() == ["step_1"]
     source.put_step(make_step("step_2", run, status="completed", created_at=1003))
     await eventually(lambda: sink.step_ids() == ["step_1", "step_2"])
-    await asyncio.sleep(0.05)
+    await eventually(lambda: source.calls.count("list_steps run_1 after=step_2") >= 2)
     assert sink.step_ids() == ["step_1", "step_2"]
 
 
-async def test_ack_moves_cursor_and_commits(rig: Rig, store: SqliteStore) -> None:
-    """An acknowledged prefix of steps moves the cursor, so later listings start after it."""
+async def test_commit_moves_cursor(rig: Rig) -> None:
+    """A committed prefix of steps moves the cursor handed to the commit, so later listings start after it."""
     source, sink, _, poller = rig
     run = make_run()
     source.put_run(run)
@@ -66,52 +65,107 @@ async def test_ack_moves_cursor_and_commits(rig: Rig, store: SqliteStore) -> Non
         source.put_step(make_step(f"step_{i}", run, created_at=1000 + i))
     poller.track(REF)
     await eventually(lambda: len(sink.step_ids()) == 2)
-    poller.steps_acknowledged(REF, ["step_1", "step_2"], ok=True)
-    (progress,) = store.active_runs()
-    assert progress.cursor == "step_2"
-    source.calls.clear()
+    assert [cursor for _, _, cursor in sink.steps] == ["step_2", "step_2"]
     await eventually(lambda: any("list_steps run_1 after=step_2" in c for c in source.calls))
 
 
-async def test_refused_export_is_emitted_again(rig: Rig) -> None:
-    """A step whose export failed is emitted again by a later poll, with nothing committed in between."""
+async def test_cursor_stops_at_an_open_step(rig: Rig) -> None:
+    """A finished step after an open one is committed, but the cursor stays before the open step."""
+    source, sink, _, poller = rig
+    run = make_run()
+    source.put_run(run)
+    source.put_step(make_step("step_1", run, status="in_progress", created_at=1001))
+    source.put_step(make_step("step_2", run, created_at=1002))
+    poller.track(REF)
+    await eventually(lambda: sink.step_ids() == ["step_2"])
+    assert sink.steps[0][2] is None
+    source.put_step(make_step("step_1", run, status="completed", created_at=1001))
+    await eventually(lambda: sink.step_ids() == ["step_2", "step_1"])
+    assert sink.steps[-1][2] == "step_2"
+
+
+async def test_failed_commit_is_read_again(rig: Rig) -> None:
+    """A step whose commit failed (the store) is offered again by a later poll, and committed once it works."""
     source, sink, _, poller = rig
     run = make_run()
     source.put_run(run)
     source.put_step(make_step("step_1", run))
+    sink.fail = True
     poller.track(REF)
+    await eventually(lambda: source.calls.count("list_steps run_1 after=None") >= 2)
+    assert sink.step_ids() == []
+    sink.fail = False
     await eventually(lambda: sink.step_ids() == ["step_1"])
-    poller.steps_acknowledged(REF, ["step_1"], ok=False)
-    await eventually(lambda: sink.step_ids() == ["step_1", "step_1"])
 
 
 async def test_terminal_run_finishes_after_its_steps(rig: Rig, store: SqliteStore) -> None:
-    """The run span goes out only after every step is acknowledged; its acknowledgement finishes the run."""
+    """A terminal run is finished after its steps are committed, with the assistant's name, and then forgotten."""
     source, sink, _, poller = rig
     run = make_run(status="completed")
     source.put_run(run)
     source.put_step(make_step("step_1", run))
     poller.track(REF)
-    await eventually(lambda: sink.step_ids() == ["step_1"])
-    await asyncio.sleep(0.05)
-    assert sink.finished_runs() == []
-    poller.steps_acknowledged(REF, ["step_1"], ok=True)
     await eventually(lambda: sink.finished_runs() == ["run_1"])
-    assert sink.batches[-1][1] == "Helper"
-    poller.run_acknowledged(REF, ok=True)
-    assert not poller.is_tracked("run_1")
-    assert store.known_runs(["run_1"]) == {"run_1"}
-    assert store.active_runs() == []
+    assert sink.step_ids() == ["step_1"]
+    assert sink.runs[-1][1] == "Helper"
+    await eventually(lambda: not poller.is_tracked("run_1"))
 
 
-async def test_run_span_refused_is_retried(rig: Rig) -> None:
-    """A refused run span is emitted again."""
+async def test_long_tail_behind_an_open_step_is_not_reread(rig: Rig) -> None:
+    """Once many steps finished behind an open first step, polls list only after the newest and re-read the open one."""
     source, sink, _, poller = rig
-    source.put_run(make_run(status="completed"))
+    run = make_run()
+    source.put_run(run)
+    source.put_step(make_step("step_000", run, status="in_progress", created_at=1001))
+    for i in range(1, 31):
+        source.put_step(make_step(f"step_{i:03d}", run, created_at=1001 + i))
     poller.track(REF)
-    await eventually(lambda: sink.finished_runs() == ["run_1"])
-    poller.run_acknowledged(REF, ok=False)
-    await eventually(lambda: sink.finished_runs() == ["run_1", "run_1"])
+    await eventually(lambda: len(sink.step_ids()) == 30)
+    source.calls.clear()
+    await eventually(lambda: source.calls.count("get_step step_000") >= 2)
+    assert "list_steps run_1 after=None" not in source.calls
+    assert "list_steps run_1 after=step_030" in source.calls
+    source.put_step(make_step("step_000", run, status="completed", created_at=1001))
+    await eventually(lambda: "step_000" in sink.step_ids())
+    await eventually(lambda: any(c == "list_steps run_1 after=step_030" for c in source.calls[-3:]))
+    assert sorted(sink.step_ids()) == sorted({*sink.step_ids()})
+
+
+async def test_listing_cut_at_the_page_cap_is_committed_as_far_as_it_went(rig: Rig) -> None:
+    """A listing that hits the page cap commits what it read, and the next poll carries on from there."""
+    source, sink, _, poller = rig
+    run = make_run()
+    source.put_run(run)
+    for i in range(1, 8):
+        source.put_step(make_step(f"step_{i}", run, created_at=1000 + i))
+    source.page_cap = 3
+    poller.track(REF)
+    await eventually(lambda: len(sink.step_ids()) == 7)
+    assert sink.step_ids() == [f"step_{i}" for i in range(1, 8)]
+    assert poller.api_state != "unavailable"
+
+
+async def test_run_that_stays_unreadable_is_given_up(rig: Rig) -> None:
+    """A run that cannot be parsed on three polls in a row is dropped and counted, not re-read forever."""
+    source, _, health, poller = rig
+    source.put_run(make_run())
+    source.invalid_runs.add("run_1")
+    poller.track(REF)
+    await eventually(lambda: not poller.is_tracked("run_1"))
+    assert source.calls.count("get_run run_1") == 3
+    assert health.counts == {"run_invalid": 1}
+
+
+async def test_missing_assistant_is_remembered(rig: Rig) -> None:
+    """An assistant answered 404 is asked for once, not once per run."""
+    source, sink, _, poller = rig
+    source.missing_assistants.add("asst_1")
+    for i in range(3):
+        source.put_run(make_run(f"run_{i}", thread_id=f"thread_{i}", status="completed"))
+        poller.track(RunRef(f"thread_{i}", f"run_{i}"))
+    await eventually(lambda: len(sink.finished_runs()) == 3)
+    assert source.calls.count("get_assistant asst_1") == 1
+    assert {name for _, name in sink.runs} == {None}
 
 
 async def test_unfinished_steps_of_ended_run_are_given_up(rig: Rig) -> None:
@@ -135,8 +189,8 @@ async def test_waiting_run_is_only_reread(rig: Rig) -> None:
 
 
 async def test_resume_skips_committed_steps(store: SqliteStore) -> None:
-    """After a restart, steps the store has committed are not emitted again."""
-    source, sink, health = FakeSource(), RecordingBatches(), Counters()
+    """After a restart, steps the store has committed are not committed again."""
+    source, sink, health = FakeSource(), RecordingCommits(), Counters()
     run = make_run()
     source.put_run(run)
     for i in (1, 2, 3):
@@ -146,7 +200,7 @@ async def test_resume_skips_committed_steps(store: SqliteStore) -> None:
     await poller.start()
     try:
         await eventually(lambda: sink.step_ids() == ["step_2"])
-        await asyncio.sleep(0.05)
+        await eventually(lambda: source.calls.count("list_steps run_1 after=step_3") >= 1)
         assert sink.step_ids() == ["step_2"]
     finally:
         await poller.shutdown()
@@ -198,7 +252,7 @@ async def test_auth_failure_is_reported_and_recovers(rig: Rig) -> None:
 
 async def test_shutdown_is_idempotent(store: SqliteStore) -> None:
     """shutdown() works before start() and twice."""
-    poller = Poller(FakeSource(), store, RecordingBatches(), Counters(), schedule=FAST)
+    poller = Poller(FakeSource(), store, RecordingCommits(), Counters(), schedule=FAST)
     await poller.shutdown()
     await poller.start()
     await poller.shutdown()

@@ -18,7 +18,7 @@ class TestSelfMetrics:
         """Drop reasons, invalid kinds, failures and build info exist before anything happens."""
         reg = CollectorRegistry()
         SelfMetrics(reg, version="1.2.3")
-        for reason in ("tracked_runs_full", "span_queue_full", "label_cap"):
+        for reason in ("tracked_runs_full", "backlog_full", "label_cap"):
             assert value(reg, "stepscope_dropped_total", reason=reason) == 0
         for kind in ("run", "run_step", "tool_call", "list", "assistant"):
             assert value(reg, "stepscope_invalid_objects_total", kind=kind) == 0
@@ -51,14 +51,14 @@ class TestSelfMetrics:
         """Drops, invalid objects, export failures and export lag accumulate."""
         reg = CollectorRegistry()
         metrics = SelfMetrics(reg, version="x")
-        metrics.dropped("span_queue_full", 3)
+        metrics.dropped("backlog_full", 3)
         metrics.dropped("label_cap")
         metrics.dropped("label_cap", 0)
         metrics.observe_invalid(InvalidObject("run_step", "bad"))
         metrics.export_failed(5)
         metrics.observe_export_lag(12.0)
         metrics.observe_export_lag(-4.0)
-        assert value(reg, "stepscope_dropped_total", reason="span_queue_full") == 3
+        assert value(reg, "stepscope_dropped_total", reason="backlog_full") == 3
         assert value(reg, "stepscope_dropped_total", reason="label_cap") == 1
         assert value(reg, "stepscope_invalid_objects_total", kind="run_step") == 1
         assert value(reg, "stepscope_span_export_failures_total") == 5

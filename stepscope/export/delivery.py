@@ -1,0 +1,312 @@
+"""Span delivery: the durable backlog, drained into the trace backend at least once, oldest first.
+
+The pipeline appends a step's encoded spans to the backlog in the transaction that commits the step, so metrics
+never wait for traces. `SpanDelivery` owns one daemon thread that reads the oldest spans in batches, exports them
+with the SDK exporter and deletes them once the backend took them. A refused or failed batch stays and is retried
+with exponential backoff and jitter; a span that cannot be encoded at all is isolated and dropped with a count, so
+it never holds back its batch. The backlog is bounded by size and age (`BacklogLimits`): the oldest spans beyond
+either bound are dropped and counted (`backlog_full`, `backlog_expired`). Ids are deterministic, so a batch that
+reached the backend just before a crash is sent again with the same ids, never as new spans.
+
+The thread is a daemon on purpose: an export stuck on a hanging collector must not hold the process past its
+shutdown deadline. What it has not delivered by then stays in the backlog for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from stepscope import spancodec
+from stepscope.errors import StoreError
+from stepscope.export.otlp import readable_span
+from stepscope.source._retry import RetryPolicy
+
+log = logging.getLogger("stepscope.delivery")
+
+DROP_FULL = "backlog_full"
+DROP_EXPIRED = "backlog_expired"
+DROP_UNENCODABLE = "span_unencodable"
+TRIM_EVERY_S = 5.0
+EXPORT_BACKOFF = RetryPolicy(initial_delay=1.0, max_delay=30.0, jitter=0.5)
+"""Waits between failed export attempts: 1 s doubling to 30 s, each shortened by up to half at random."""
+
+
+class SpanBacklog(Protocol):
+    """The store's side of the backlog. Every method may raise `StoreError`."""
+
+    def backlog(self, limit: int) -> list[tuple[int, bytes]]: ...
+
+    def delete_backlog(self, seqs: Sequence[int]) -> None: ...
+
+    def trim_backlog(self, max_spans: int, added_before: float) -> tuple[int, int]: ...
+
+    def backlog_stats(self) -> tuple[int, float | None]: ...
+
+
+class DeliveryHealth(Protocol):
+    def dropped(self, reason: str, n: int = 1) -> None: ...
+
+    def export_failed(self, n: int = 1) -> None: ...
+
+    def observe_export_lag(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BacklogLimits:
+    """At most `max_spans` spans wait, none older than `max_age_s`; beyond either the oldest are dropped."""
+
+    max_spans: int = 500_000
+    max_age_s: float = 86_400.0
+
+
+class SpanDelivery:
+    """Drains the backlog into `exporter` on its own thread. `exporter=None` (traces off) only trims the backlog.
+
+    `start()` returns at once; `notify(n)` tells it `n` spans were committed; `shutdown(timeout_s)` delivers what
+    it can within the deadline, stops, and returns how many spans stay in the backlog. Idempotent.
+    """
+
+    def __init__(
+        self,
+        backlog: SpanBacklog,
+        exporter: SpanExporter | None,
+        *,
+        resource: Resource,
+        health: DeliveryHealth,
+        limits: BacklogLimits = BacklogLimits(),
+        batch_size: int = 512,
+        delay_s: float = 0.1,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._backlog = backlog
+        self._exporter = exporter
+        self._resource = resource
+        self._health = health
+        self._limits = limits
+        self._batch = max(1, batch_size)
+        self._delay = max(0.0, delay_s)
+        self._wall = wall
+        self._wake = threading.Event()
+        self._flushing = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._failures = 0
+        self._thread: threading.Thread | None = None
+        self._done = False
+        self.state = "unknown" if exporter is not None else "off"
+
+    # --- what others read ---------------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Spans in the backlog (exact after every delivery and trim, counted up by `notify` in between)."""
+        with self._lock:
+            return self._pending
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest waiting span was committed; 0 when none waits or the store cannot say."""
+        try:
+            _, oldest = self._backlog.backlog_stats()
+        except StoreError:
+            return 0.0
+        return max(0.0, self._wall() - oldest) if oldest is not None else 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Count what an earlier process left in the backlog and start the thread."""
+        if self._thread is not None:
+            return
+        try:
+            self._pending = self._backlog.backlog_stats()[0]
+        except StoreError:
+            log.exception("cannot read the span backlog")
+        if self._pending and self._exporter is not None:
+            log.info("%d span(s) kept from an earlier start: delivering them first", self._pending)
+        self._thread = threading.Thread(target=self._run, name="stepscope-delivery", daemon=True)
+        self._thread.start()
+
+    def notify(self, n: int) -> None:
+        """`n` spans were appended to the backlog; safe from any thread."""
+        with self._lock:
+            self._pending += n
+        self._wake.set()
+
+    def shutdown(self, timeout_s: float) -> int:
+        """Deliver until the backlog is empty or `timeout_s` passed, then stop; returns the spans kept."""
+        if not self._done:
+            self._done = True
+            thread = self._thread
+            deadline = time.monotonic() + max(0.0, timeout_s)
+            if thread is not None and self._exporter is not None:
+                self._idle.clear()  # set again only by a read that finds the backlog empty
+                self._flushing.set()
+                self._wake.set()
+                self._idle.wait(max(0.0, deadline - time.monotonic() - 0.2))
+            self._stop.set()
+            self._wake.set()
+            if self._exporter is not None:
+                try:
+                    self._exporter.shutdown()  # ends the exporter's own retry waits
+                except Exception:
+                    log.exception("span exporter shutdown failed")
+            if thread is not None:
+                thread.join(max(0.05, deadline - time.monotonic()))
+        try:
+            return self._backlog.backlog_stats()[0]
+        except StoreError:
+            return self.pending
+
+    # --- the thread ---------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_trim = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_trim:
+                self._trim()
+                next_trim = time.monotonic() + TRIM_EVERY_S
+            if self._exporter is None:
+                self._wait(TRIM_EVERY_S)
+                continue
+            try:
+                rows = self._backlog.backlog(self._batch)
+            except StoreError:
+                if self._stop.is_set():
+                    return
+                log.exception("cannot read the span backlog")
+                self._wait(TRIM_EVERY_S)
+                continue
+            if not rows:
+                with self._lock:
+                    self._pending = 0
+                self._idle.set()
+                self._wait(TRIM_EVERY_S)
+                if not self._flushing.is_set():
+                    self._pause(self._delay)  # let a batch gather after the first new span
+                continue
+            self._idle.clear()
+            if self._deliver(rows):
+                self._failures = 0
+                if len(rows) < self._batch:
+                    self._pause(self._delay)
+            elif self._flushing.is_set():
+                self._idle.set()  # shutting down and the backend still refuses: keep the rest for the next start
+                return
+            else:
+                delay = EXPORT_BACKOFF.backoff(self._failures, random.random())
+                self._failures += 1
+                self._flushing.wait(delay)  # a shutdown ends the wait and tries once more
+
+    def _wait(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def _pause(self, seconds: float) -> None:
+        if seconds and not self._flushing.is_set():
+            self._stop.wait(seconds)
+
+    def _deliver(self, rows: list[tuple[int, bytes]]) -> bool:
+        """Export one batch; True when it left the backlog (delivered, or its bad spans dropped)."""
+        spans: list[ReadableSpan] = []
+        seqs: list[int] = []
+        step_ends: list[int] = []
+        bad: list[int] = []
+        for seq, data in rows:
+            try:
+                spec = spancodec.decode(data)
+                spans.append(readable_span(spec, self._resource))
+            except ValueError as exc:
+                log.warning("dropping a span that cannot be exported: %s", exc)
+                bad.append(seq)
+                continue
+            seqs.append(seq)
+            if spec.key.startswith("step:"):
+                step_ends.append(spec.end_ns)
+        if bad and not self._remove(bad, DROP_UNENCODABLE):
+            return False
+        if not spans:
+            return True
+        if self._export(spans):
+            if not self._remove(seqs, None):
+                return False
+            now_ns = self._wall() * 1e9
+            for end_ns in step_ends:
+                self._health.observe_export_lag(max(0.0, (now_ns - end_ns) / 1e9))
+            self._set_state("ok")
+            return True
+        if not _encodable(spans):  # isolate the span(s) the encoder rejects; the rest go out on the next pass
+            return self._remove([seq for seq, span in zip(seqs, spans, strict=True) if not _encodable([span])],
+                                DROP_UNENCODABLE)  # fmt: skip
+        self._health.export_failed(len(spans))
+        self._set_state("failing")
+        return False
+
+    def _export(self, spans: list[ReadableSpan]) -> bool:
+        assert self._exporter is not None
+        try:
+            return self._exporter.export(spans) is SpanExportResult.SUCCESS
+        except Exception:
+            log.exception("span exporter raised; the batch stays in the backlog")
+            return False
+
+    def _remove(self, seqs: list[int], reason: str | None) -> bool:
+        try:
+            self._backlog.delete_backlog(seqs)
+        except StoreError:
+            if not self._stop.is_set():
+                log.exception("cannot delete delivered spans from the backlog; they will be sent again")
+            return False
+        with self._lock:
+            self._pending = max(0, self._pending - len(seqs))
+        if reason is not None:
+            self._health.dropped(reason, len(seqs))
+        return True
+
+    def _trim(self) -> None:
+        try:
+            expired, over = self._backlog.trim_backlog(self._limits.max_spans, self._wall() - self._limits.max_age_s)
+            count = self._backlog.backlog_stats()[0]
+        except StoreError:
+            log.exception("cannot trim the span backlog")
+            return
+        with self._lock:
+            self._pending = count
+        for reason, n, why in (
+            (DROP_EXPIRED, expired, "older than the age limit"),
+            (DROP_FULL, over, "over the size limit"),
+        ):
+            if n:
+                self._health.dropped(reason, n)
+                log.warning("dropped the %d oldest undelivered span(s): %s of the backlog", n, why)
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        if state == "failing":
+            log.warning("span export failing: %d span(s) kept in the backlog and retried with backoff", self.pending)
+        elif self.state == "failing":
+            log.info("span export recovered; delivering the backlog (%d span(s))", self.pending)
+        self.state = state
+
+
+def _encodable(spans: list[ReadableSpan]) -> bool:
+    """Whether OTLP can encode these spans at all (checked only after a failed export, so it costs nothing else)."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: PLC0415
+
+    try:
+        encode_spans(spans).SerializeToString()
+    except Exception:
+        return False
+    return True
