@@ -150,11 +150,14 @@ class SpanDelivery:
             self._done = True
             thread = self._thread
             deadline = time.monotonic() + max(0.0, timeout_s)
+            if self.state == "failing":
+                self._stop.set()  # the backend refuses already: keep the backlog for the next start, at once
             if thread is not None and self._exporter is not None:
                 self._idle.clear()  # set again only by a read that finds the backlog empty
                 self._flushing.set()
                 self._wake.set()
-                self._idle.wait(max(0.0, deadline - time.monotonic() - 0.2))
+                if not self._stop.is_set():
+                    self._idle.wait(max(0.0, deadline - time.monotonic() - 0.2))
             self._stop.set()
             self._wake.set()
             if self._exporter is not None:
@@ -214,8 +217,8 @@ class SpanDelivery:
         self._wake.clear()
 
     def _pause(self, seconds: float) -> None:
-        if seconds and not self._flushing.is_set():
-            self._stop.wait(seconds)
+        if seconds:
+            self._flushing.wait(seconds)  # a shutdown ends the pause: it delivers what waits now
 
     def _deliver(self, rows: list[tuple[int, bytes]]) -> bool:
         """Export one batch; True when it left the backlog (delivered, or its bad spans dropped)."""
