@@ -21,11 +21,12 @@ from tests.faults.conftest import (
 from tests.procs import serve, simulator, wait_until
 
 pytestmark = pytest.mark.slow
+BATCH = 512  # spans per delivery batch (the default export batch size)
 
 
 def test_kill_9_three_times_under_load(tmp_path: Path, receiver: OtlpReceiver) -> None:
-    """Three kill -9 at random moments under load, restarting on the same store, lose no step, re-export only
-    with the same ids, and count a step twice only within the one-commit window before each crash."""
+    """Three kill -9 at random moments under load, restarting on the same store, lose no step, re-export at most the
+    delivery batch in flight at each crash, with the same ids, and never count a step twice."""
     rng = random.Random(4)
     counted = 0.0
     with simulator(tmp_path, "--scenario", "lively", "--speed", "30", "--seed", "15") as sim:
@@ -48,9 +49,11 @@ def test_kill_9_three_times_under_load(tmp_path: Path, receiver: OtlpReceiver) -
     assert not missing, f"{len(missing)} of {len(expected)} terminal steps lost across the crashes"
     assert not reexports_with_other_ids(received), "a re-exported span changed its ids"
     again = sum(1 for copies in received.values() if len(copies) > 1)
-    # A store that lost its commits would replay whole lives; the crash window is one commit per kill.
-    assert again < 0.1 * len(received), f"{again} of {len(received)} steps exported again"
-    assert counted <= len(received) + again, "a step was counted twice outside a crash window"
+    # A span leaves the backlog only after the backend took it: a crash can repeat the batch in flight, no more.
+    assert again <= 3 * BATCH, f"{again} of {len(received)} steps exported again"
+    # A step is counted in the transaction that commits it, and a committed step is never read again. Steps
+    # committed between a scrape and its kill are counted but not scraped, so the sum can only fall short.
+    assert counted <= len(received), "a step was counted twice"
     assert counted >= 0.9 * len(expected)
 
 

@@ -77,7 +77,7 @@ def test_serve_end_to_end(tmp_path: Path) -> None:
             code = proc.stop()
             output = proc.output()
         assert code == 0, output
-        assert "spans flushed" in output
+        assert "stepscope stopped in" in output and "all spans delivered" in output
         step_spans = {s.span_id for s in receiver.spans if "openai.run_step.id" in s.attributes}
         assert len(step_spans) >= committed
         assert "sk-sim" not in output
