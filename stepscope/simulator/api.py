@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl
 from stepscope.simulator.faults import FaultConfig, FaultInjector, FaultSpec
 from stepscope.simulator.handlers import ApiError, Handlers, Reply, Request
 from stepscope.simulator.serializers import dumps
+from stepscope.simulator.state import SimRun
+from stepscope.simulator.streaming import stream_run
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,7 +58,8 @@ def _route(method: str, segs: list[str]) -> tuple[str, dict[str, str]] | None:
     if head != "threads":
         return None
     if n == 1:
-        return ("create_thread", {}) if method == "POST" else None
+        name = {"POST": "create_thread", "GET": "list_threads"}.get(method)
+        return (name, {}) if name else None
     if n == 2:
         if segs[1] == "runs":
             return ("create_thread_and_run", {}) if method == "POST" else None
@@ -162,6 +165,9 @@ class SimApp:
             body = await _body(receive) if scope["method"] == "POST" else {}
             req = Request(ids, query, include, body, self.engine.now(), self.azure, as_dicts=spec.drift_rate > 0)
             reply: Reply = getattr(self.handlers, endpoint)(req)
+            if reply.stream is not None:
+                await self._stream(endpoint, spec, reply.stream, (req.t, headers), (receive, send))
+                return
             status, payload = 200, self._encode(reply, spec.drift_rate)
             if spec.active:
                 if injector.chance(spec.truncate_rate):
@@ -175,6 +181,17 @@ class SimApp:
         ms = int((time.perf_counter() - started) * 1000)
         headers.append((b"openai-processing-ms", str(ms).encode()))
         await _respond(send, status, payload, headers)
+
+    async def _stream(
+        self, endpoint: str, spec: FaultSpec, run: SimRun, start: tuple[float, list[tuple[bytes, bytes]]],
+        channel: tuple[Receive, Send],
+    ) -> None:  # fmt: skip
+        """Answer a streamed request with the run's events from `start` (time, headers); `truncate_rate` cuts the
+        stream short."""
+        since, headers = start
+        cut = 2 if spec.active and self.injector.chance(spec.truncate_rate) else None
+        await stream_run(*channel, self.engine, run, since=since, headers=headers,
+                         created=endpoint != "submit_tool_outputs", cut_after=cut)  # fmt: skip
 
     async def _inject(self, endpoint: str, spec: FaultSpec, headers: list[tuple[bytes, bytes]], send: Send) -> bool:
         """Apply the faults that replace an answer; True when the connection was dropped (nothing more to send)."""

@@ -22,7 +22,8 @@ from typing import Any
 
 ENDPOINTS = frozenset(
     {
-        "create_assistant", "get_assistant", "list_assistants", "create_thread", "get_thread", "create_thread_and_run",
+        "create_assistant", "get_assistant", "list_assistants", "create_thread", "get_thread", "list_threads",
+        "create_thread_and_run",
         "create_run", "list_runs", "get_run", "modify_run", "cancel_run", "submit_tool_outputs", "list_steps",
         "get_step",
     }

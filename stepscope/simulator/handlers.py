@@ -52,6 +52,7 @@ class Request:
 class Reply:
     obj: Any = None
     raw: bytes | None = None
+    stream: SimRun | None = None  # `"stream": true`: answer with the run's events (streaming.py), not `obj`
 
 
 class Handlers:
@@ -155,6 +156,15 @@ class Handlers:
     def get_thread(self, req: Request) -> Reply:
         return Reply(ser.thread_dict(self._thread(req)))
 
+    def list_threads(self, req: Request) -> Reply:
+        """The project's threads, newest first by default, paged like runs (Foundry Agents; OpenAI has none)."""
+        if not req.azure:
+            raise ApiError(404, "Invalid URL (GET /threads)")
+        limit, desc = self._paging(req)
+        items = list(self.engine.threads.values())  # creation order: threads are only ever appended
+        pos = {t.id: i for i, t in enumerate(items)}
+        return self._page(req, items, pos, limit=limit, desc=desc, to_obj=ser.thread_dict)
+
     # --- runs ---------------------------------------------------------------------------------------------------
 
     def create_run(self, req: Request) -> Reply:
@@ -175,7 +185,7 @@ class Handlers:
         if active is not None:
             raise ApiError(400, f"Thread {thread.id} already has an active run {active.id}.")
         run = self.engine.create_run(thread, assistant, body, req.t)
-        return Reply(ser.run_dict(run, req.t, azure=req.azure))
+        return Reply(ser.run_dict(run, req.t, azure=req.azure), stream=run if body.get("stream") is True else None)
 
     def get_run(self, req: Request) -> Reply:
         return Reply(ser.run_dict(self._run(req), req.t, azure=req.azure))
@@ -215,7 +225,8 @@ class Handlers:
         problem = run.submit(req.t, outputs)
         if problem:
             raise ApiError(400, problem, param="tool_outputs")
-        return Reply(ser.run_dict(run, req.t, azure=req.azure))
+        stream = run if req.body.get("stream") is True else None
+        return Reply(ser.run_dict(run, req.t, azure=req.azure), stream=stream)
 
     # --- steps --------------------------------------------------------------------------------------------------
 
