@@ -1,93 +1,48 @@
 """`AssistantsClient`: the Assistants v2 API (OpenAI or Azure Foundry Agents) as a `StepSource`.
 
-One instance per API endpoint and credential. It sends each GET with the beta, organisation, project and auth
-headers (plus `api-version` when set), retries transient failures under a `RetryPolicy`, never sends a request
-before a server's `retry-after` has elapsed (the rule is client-wide: rate limits belong to the key, not to a
-run), paces itself with a `RequestBudget`, pages lists lazily and parses objects tolerantly.
-
-HTTP outcome -> exception, after retries for the retried ones (`x-should-retry: true|false` overrides):
-401/403 `AuthError`, 404 `NotFound`, other 3xx/4xx `BadRequest` (none retried); 429 `RateLimited`; 408, 409,
-5xx, transport errors, timeouts and unreadable bodies `Unavailable` (all retried).
-
-Every read is bounded, so a hostile or broken server costs a known amount of memory and time: a body is read
-while streaming up to `max_body` bytes (after decompression) and abandoned past it (`LimitExceeded`
-`too_large`, observed as code `too_large`, not retried in the call); each attempt, from sending to the body's
-last byte, ends within `deadline` seconds (`deadline`, observed as code `deadline`, retried like a timeout). A
-listing ends at `max_pages` pages (`page_cap`) or at a cursor it has already seen (`repeated_cursor`); both
-raise after yielding what was read and are observed as an invalid `list`.
-
-A retry-after beyond `RetryPolicy.max_retry_after` is not slept through: calls fail fast with `RateLimited`
-until it passes. Messages name the endpoint, status and the server's `error.message` (truncated), or for
-transport errors the base URL (`cannot reach https://host/v1 (connection refused)`), never a credential: the
-values of the auth headers and the URL's userinfo are redacted. A single GET whose object cannot be parsed raises
-`InvalidObject` (list endpoints skip such items); both kinds of bad object go to `observe_invalid`.
+One instance per API endpoint and credential. The request discipline (headers, retries, the client-wide
+`retry-after`, the request budget, the body cap, the request deadline, the page cap and repeated cursors, tolerant
+parsing and the observer's counts, redaction) lives in `stepscope.source._http.RequestCore`; this module names the
+endpoints, builds their paths and picks their parsers. Every request carries `OpenAI-Beta: assistants=v2`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import random
-import socket
-import ssl
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 import httpx
 
-from stepscope import __version__
-from stepscope.errors import (
-    AuthError,
-    BadRequest,
-    ConfigError,
-    InvalidObject,
-    LimitExceeded,
-    NotFound,
-    RateLimited,
-    SourceError,
-    Unavailable,
+from stepscope.errors import ConfigError
+from stepscope.models import Assistant, Run, RunRef, RunStep, parse_assistant, parse_page, parse_run, parse_step
+from stepscope.source._http import (
+    DEFAULT_DEADLINE,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_PAGES,
+    RequestCore,
+    clamp,
+    redact_url,
+    seg,
 )
-from stepscope.models import Assistant, Page, Run, RunRef, RunStep, parse_assistant, parse_page, parse_run, parse_step
-from stepscope.source._retry import (
-    RequestBudget,
-    RetryPolicy,
-    SleepFn,
-    SystemClock,
-    parse_retry_after,
-    stop_aware_sleep,
-)
+from stepscope.source._retry import RequestBudget, RetryPolicy, SleepFn
 from stepscope.source.auth import Auth
 from stepscope.types import Clock, RequestObserver
 
-log = logging.getLogger("stepscope.source")
-_T = TypeVar("_T")
+__all__ = [
+    "DEFAULT_DEADLINE",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_PAGES",
+    "ENDPOINTS",
+    "FLAVORS",
+    "AssistantsClient",
+    "redact_url",
+]
 
 ENDPOINTS = ("list_runs", "get_run", "list_steps", "get_step", "get_assistant")
 """Values of the `endpoint` argument passed to `RequestObserver.observe_request`."""
 FLAVORS = ("openai", "azure")
-DEFAULT_MAX_BODY = 8 * 1024 * 1024
-"""Bytes of one response body at most; a page of 100 steps is well under 1 MB."""
-DEFAULT_DEADLINE = 30.0
-"""Seconds one request may take from sending to the body's last byte."""
-DEFAULT_MAX_PAGES = 100
-"""Pages of one listing at most (10,000 steps at 100 per page)."""
-_ERROR_BODY_MAX = 64 * 1024  # only `error.message` is read from an error body
-_MESSAGE_LIMIT = 200
-_LOGGED_IDS_MAX = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """One HTTP attempt: a JSON body, or an error and whether the policy allows another try."""
-
-    body: Any = None
-    error: SourceError | None = None
-    retryable: bool = False
-    headers: Mapping[str, str] | None = None
+BETA = "assistants=v2"
 
 
 class AssistantsClient:
@@ -126,402 +81,64 @@ class AssistantsClient:
             raise ConfigError([f"api.flavor: unknown flavor {flavor!r} (expected one of {', '.join(FLAVORS)})"])
         if flavor == "azure" and not api_version:
             raise ConfigError(["api.api_version: required for the azure flavor"])
-        bad = [
-            name
-            for name, v in (("max_body", max_body), ("deadline", deadline), ("max_pages", max_pages))
-            if v is not None and v <= 0
-        ]
-        if bad:
-            raise ConfigError([f"api.{name}: must be > 0" for name in bad])
-        self._http = http
-        self._base_url = base_url.rstrip("/")
-        self._shown_url = redact_url(self._base_url)
-        user, colon, password = urlsplit(self._base_url).netloc.rpartition("@")[0].partition(":")
-        self._url_secrets = tuple(v for v in ((password,) if colon else (user,)) if len(v) >= 4)  # a lone user: a token
-        self._max_body = max_body
-        self._deadline = deadline
-        self._max_pages = max_pages
-        self._auth = auth
-        self._api_version = api_version
-        self._retry = retry or RetryPolicy()
-        self._observer = observer
-        self._clock: Clock = clock or SystemClock()
-        self._rng = rng or random.Random().random
-        self._stop = stop
-        self._sleep = sleep or stop_aware_sleep(stop)
-        self._budget = budget or RequestBudget()
+        self._core = RequestCore(
+            http,
+            base_url=base_url,
+            auth=auth,
+            beta=BETA,
+            api_version=api_version,
+            organization=organization,
+            project=project,
+            retry=retry,
+            observer=observer,
+            clock=clock,
+            rng=rng,
+            stop=stop,
+            sleep=sleep,
+            budget=budget,
+            max_body=max_body,
+            deadline=deadline,
+            max_pages=max_pages,
+        )
         self.flavor = flavor
-        headers = {
-            "OpenAI-Beta": "assistants=v2",
-            "User-Agent": f"stepscope/{__version__}",
-            "Accept": "application/json",
-        }
-        if organization:
-            headers["OpenAI-Organization"] = organization
-        if project:
-            headers["OpenAI-Project"] = project
-        self._headers = headers
-        self._not_before = float("-inf")  # monotonic instant before which no request may be sent
-        self._failing: dict[str, str] = {}  # endpoint -> status of its last give-up, for state-change logging
-        self._logged_invalid: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"AssistantsClient(base_url={self._shown_url!r}, flavor={self.flavor!r}, auth={self._auth!r})"
+        return f"AssistantsClient(base_url={self._core.shown_url!r}, flavor={self.flavor!r}, auth={self._core.auth!r})"
 
     # --- StepSource ------------------------------------------------------------------------------------------
 
     async def list_runs(self, thread_id: str, *, limit: int = 20) -> AsyncIterator[Run]:
         """Runs of a thread, newest first (`order=desc`), paging with `after=<last run id>` while `has_more`."""
-        path = f"threads/{_seg(thread_id)}/runs"
-        async for run in self._paginate(
-            "list_runs", path, {"limit": _clamp(limit), "order": "desc"}, parse_run, thread_id=thread_id
-        ):
+        path = f"threads/{seg(thread_id)}/runs"
+        params: dict[str, str | int] = {"limit": clamp(limit), "order": "desc"}
+        async for run in self._core.paginate("list_runs", path, params, _RUN_PAGE, thread_id=thread_id):
             yield run
 
     async def get_run(self, ref: RunRef) -> Run:
-        path = f"threads/{_seg(ref.thread_id)}/runs/{_seg(ref.run_id)}"
-        body = await self._call("get_run", path, {}, thread_id=ref.thread_id, run_id=ref.run_id)
-        return self._parse_one(parse_run, body)
+        path = f"threads/{seg(ref.thread_id)}/runs/{seg(ref.run_id)}"
+        body = await self._core.get("get_run", path, {}, thread_id=ref.thread_id, run_id=ref.run_id)
+        return self._core.parse_one(parse_run, body)
 
     async def list_steps(self, ref: RunRef, *, after: str | None = None, limit: int = 100) -> AsyncIterator[RunStep]:
         """Steps of a run, oldest first (`order=asc`), starting after step id `after`, paging while `has_more`."""
-        path = f"threads/{_seg(ref.thread_id)}/runs/{_seg(ref.run_id)}/steps"
-        params: dict[str, str | int] = {"limit": _clamp(limit), "order": "asc"}
+        path = f"threads/{seg(ref.thread_id)}/runs/{seg(ref.run_id)}/steps"
+        params: dict[str, str | int] = {"limit": clamp(limit), "order": "asc"}
         if after:
             params["after"] = after
-        async for step in self._paginate(
-            "list_steps", path, params, parse_step, thread_id=ref.thread_id, run_id=ref.run_id
+        async for step in self._core.paginate(
+            "list_steps", path, params, _STEP_PAGE, thread_id=ref.thread_id, run_id=ref.run_id
         ):
             yield step
 
     async def get_step(self, ref: RunRef, step_id: str) -> RunStep:
-        path = f"threads/{_seg(ref.thread_id)}/runs/{_seg(ref.run_id)}/steps/{_seg(step_id)}"
-        body = await self._call("get_step", path, {}, thread_id=ref.thread_id, run_id=ref.run_id)
-        return self._parse_one(parse_step, body)
+        path = f"threads/{seg(ref.thread_id)}/runs/{seg(ref.run_id)}/steps/{seg(step_id)}"
+        body = await self._core.get("get_step", path, {}, thread_id=ref.thread_id, run_id=ref.run_id)
+        return self._core.parse_one(parse_step, body)
 
     async def get_assistant(self, assistant_id: str) -> Assistant:
-        body = await self._call("get_assistant", f"assistants/{_seg(assistant_id)}", {})
-        return self._parse_one(parse_assistant, body)
-
-    # --- paging and parsing ----------------------------------------------------------------------------------
-
-    async def _paginate(
-        self,
-        endpoint: str,
-        path: str,
-        params: dict[str, str | int],
-        parse: Callable[[object], Any],
-        *,
-        thread_id: str,
-        run_id: str | None = None,
-    ) -> AsyncIterator[Any]:
-        after = params.get("after")
-        seen: set[str | int | None] = {after} if after is not None else set()  # at most max_pages cursors
-        for pages in range(1, self._max_pages + 1):
-            query = dict(params)
-            if after is not None:
-                query["after"] = after
-            body = await self._call(endpoint, path, query, thread_id=thread_id, run_id=run_id)
-            page = self._parse_page(endpoint, body, parse, thread_id=thread_id, run_id=run_id)
-            if page.has_more and page.last_id in seen:
-                # Repeating or alternating cursors would page forever; this page's items were most likely yielded
-                # already, so it is dropped whole, while what was read before stays valid.
-                what = f"returned cursor {page.last_id} again after {pages} page(s)"
-                raise self._runaway(endpoint, "repeated_cursor", what, thread_id=thread_id, run_id=run_id)
-            for item in page.data:
-                yield item
-            if not page.has_more:
-                return
-            seen.add(page.last_id)
-            after = page.last_id
-        what = f"still has more after {self._max_pages} pages (STEPSCOPE_MAX_PAGES)"
-        raise self._runaway(endpoint, "page_cap", what, thread_id=thread_id, run_id=run_id)
-
-    def _runaway(self, endpoint: str, reason: str, what: str, *, thread_id: str, run_id: str | None) -> LimitExceeded:
-        """Count a listing that would not end as an invalid `list` and build the error that ends it."""
-        if self._observer is not None:
-            self._observer.observe_invalid(InvalidObject("list", f"listing stopped: {reason}"))
-        message = f"{endpoint}: listing stopped: the server {what}"
-        return LimitExceeded(message, reason=reason, endpoint=endpoint, thread_id=thread_id, run_id=run_id)
-
-    def _parse_page(
-        self, endpoint: str, body: Any, parse: Callable[[object], Any], *, thread_id: str, run_id: str | None
-    ) -> Page:
-        kind = "run" if endpoint == "list_runs" else "run_step"
-        try:
-            page = parse_page(body, kind, parse)
-        except InvalidObject as exc:
-            self._report_invalid(exc)
-            raise Unavailable(
-                f"{endpoint}: malformed list: {exc.reason}", endpoint=endpoint, thread_id=thread_id, run_id=run_id
-            ) from exc
-        for invalid in page.invalid:
-            self._report_invalid(invalid)
-        return page
-
-    def _parse_one(self, parse: Callable[[object], _T], body: Any) -> _T:
-        try:
-            return parse(body)
-        except InvalidObject as exc:
-            self._report_invalid(exc)
-            raise
-
-    def _report_invalid(self, exc: InvalidObject) -> None:
-        """Count every invalid object; log each object once while it stays among the recently logged ones."""
-        if self._observer is not None:
-            self._observer.observe_invalid(exc)
-        key = (exc.kind, exc.object_id or exc.reason)
-        if key in self._logged_invalid:
-            self._logged_invalid.move_to_end(key)
-            return
-        self._logged_invalid[key] = None
-        if len(self._logged_invalid) > _LOGGED_IDS_MAX:
-            self._logged_invalid.popitem(last=False)
-        log.warning("skipping %s", exc)
-
-    # --- requests, retries and pacing ------------------------------------------------------------------------
-
-    async def _call(
-        self,
-        endpoint: str,
-        path: str,
-        params: Mapping[str, str | int],
-        *,
-        thread_id: str | None = None,
-        run_id: str | None = None,
-    ) -> Any:
-        """GET `path` and return its JSON body, retrying under the policy; raises `SourceError` subclasses."""
-        ctx: dict[str, Any] = {"endpoint": endpoint, "thread_id": thread_id, "run_id": run_id}
-        policy = self._retry
-        deadline = None if policy.total_timeout is None else self._clock.monotonic() + policy.total_timeout
-        attempt = 0
-        while True:
-            await self._wait_turn(ctx)
-            outcome = await self._attempt(path, params, ctx)
-            error = outcome.error
-            if error is None:
-                if self._failing.pop(endpoint, None) is not None:
-                    log.debug("%s: requests succeed again", endpoint)
-                return outcome.body
-            server_after = getattr(error, "retry_after", None)
-            if (
-                not outcome.retryable
-                or attempt >= policy.max_retries
-                or (server_after is not None and server_after > policy.max_retry_after)
-            ):
-                self._give_up(endpoint, error)
-            delay = policy.retry_delay(attempt, outcome.headers or {}, self._rng(), now=self._clock.time())
-            if deadline is not None and self._clock.monotonic() + delay > deadline:
-                self._give_up(endpoint, error)
-            log.debug("%s; retry %d of %d in %.2fs", error, attempt + 1, policy.max_retries, delay)
-            await self._sleep(delay)
-            if self._stopping():
-                self._give_up(endpoint, error)
-            attempt += 1
-
-    def _give_up(self, endpoint: str, error: SourceError) -> NoReturn:
-        status = str(error.status_code) if error.status_code is not None else type(error).__name__
-        if self._failing.get(endpoint) != status:
-            self._failing[endpoint] = status
-            # DEBUG: the stage that acts on the error (poller, discovery, CLI) reports it once, in its own words.
-            log.debug("giving up: %s", error)
-        raise error
-
-    def _stopping(self) -> bool:
-        return self._stop is not None and self._stop.is_set()
-
-    async def _wait_turn(self, ctx: dict[str, Any]) -> None:
-        """Wait for the client-wide not-before instant, then for the budget's next slot."""
-        while (wait := self._not_before - self._clock.monotonic()) > 0:
-            if wait > self._retry.max_retry_after or self._stopping():
-                raise RateLimited(f"{ctx['endpoint']}: rate limited for another {wait:.1f}s", retry_after=wait, **ctx)
-            await self._sleep(wait)
-        wait = self._budget.acquire(self._clock.monotonic())
-        if wait > 0:
-            log.debug("%s: request budget low, waiting %.2fs", ctx["endpoint"], wait)
-            await self._sleep(wait)
-            if self._stopping():
-                raise RateLimited(f"{ctx['endpoint']}: stopped while pacing requests", retry_after=wait, **ctx)
-
-    async def _attempt(self, path: str, params: Mapping[str, str | int], ctx: dict[str, Any]) -> _Outcome:
-        endpoint = ctx["endpoint"]
-        try:
-            auth_headers = await self._auth.headers()
-        except AuthError as exc:
-            return _Outcome(error=AuthError(f"{endpoint}: {exc}", **ctx))
-        secrets = (*_secrets(auth_headers), *self._url_secrets)
-        query: dict[str, str | int] = dict(params)
-        if self._api_version:
-            query["api-version"] = self._api_version
-        started = self._clock.monotonic()
-        try:
-            async with asyncio.timeout(self._deadline):
-                response, content = await self._fetch(path, query, {**self._headers, **auth_headers})
-        except TimeoutError:
-            self._observe(endpoint, "deadline", started)
-            message = f"{endpoint}: no complete answer from {self._shown_url} within {self._deadline or 0:g}s"
-            return _Outcome(error=LimitExceeded(message, reason="deadline", **ctx), retryable=True)
-        except httpx.RequestError as exc:
-            self._observe(endpoint, "error", started)
-            message = f"{endpoint}: {_redact(self._transport_problem(exc), secrets)[:_MESSAGE_LIMIT]}"
-            return _Outcome(error=Unavailable(message, **ctx), retryable=True)
-        status = response.status_code
-        now = self._clock.monotonic()
-        self._budget.update(response.headers, now)
-        retry_after = parse_retry_after(response.headers, now=self._clock.time())
-        if retry_after is not None and retry_after < 0:
-            retry_after = None
-        if retry_after is not None and status >= 400:
-            self._not_before = max(self._not_before, now + retry_after)
-        if 200 <= status < 300:
-            if content is None:
-                # Not retried within the call: the same request would most likely bring the same body.
-                self._observe(endpoint, "too_large", started)
-                message = f"{endpoint}: HTTP {status}: body over {_size(self._max_body)} (STEPSCOPE_API_MAX_BODY)"
-                return _Outcome(error=LimitExceeded(message, reason="too_large", status_code=status, **ctx))
-            try:
-                body = json.loads(content)
-            except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-                # Counted apart from 200: a server answering garbage is an API error, not a success.
-                self._observe(endpoint, "invalid_body", started)
-                unreadable = Unavailable(f"{endpoint}: HTTP {status}: unreadable JSON body", status_code=status, **ctx)
-                return _Outcome(error=unreadable, retryable=True, headers=response.headers)
-            self._observe(endpoint, str(status), started)
-            return _Outcome(body=body)
-        self._observe(endpoint, str(status), started)
-        message = f"{endpoint}: HTTP {status}"
-        server_message = _redact(_server_message(content), secrets)
-        if server_message:
-            message += f": {server_message}"
-        error = _status_error(status, message, retry_after, ctx)
-        if status == 401:
-            self._auth.invalidate()
-        return _Outcome(
-            error=error, retryable=self._retry.should_retry(status, response.headers), headers=response.headers
-        )
-
-    async def _fetch(
-        self, path: str, query: Mapping[str, str | int], headers: Mapping[str, str]
-    ) -> tuple[httpx.Response, bytearray | None]:
-        """Send one GET and read its body up to the cap (None: larger); leaving the stream closes it."""
-        url = f"{self._base_url}/{path}"
-        async with self._http.stream("GET", url, params=query, headers=headers) as response:
-            cap = self._max_body if 200 <= response.status_code < 300 else min(self._max_body, _ERROR_BODY_MAX)
-            return response, await _read_capped(response, cap)
-
-    def _transport_problem(self, exc: httpx.RequestError) -> str:
-        """What went wrong on the wire, naming the (redacted) base URL, in one line."""
-        if isinstance(exc, httpx.ConnectTimeout):
-            return f"cannot reach {self._shown_url} (connect timed out)"
-        if isinstance(exc, httpx.TimeoutException):
-            return f"timed out waiting for {self._shown_url}"
-        if isinstance(exc, httpx.ConnectError):
-            return f"cannot reach {self._shown_url} ({_connect_reason(exc)})"
-        detail = str(exc)
-        return f"connection to {self._shown_url} failed: {type(exc).__name__}" + (f": {detail}" if detail else "")
-
-    def _observe(self, endpoint: str, code: str, started: float) -> None:
-        if self._observer is not None:
-            self._observer.observe_request(endpoint, code, max(self._clock.monotonic() - started, 0.0))
+        body = await self._core.get("get_assistant", f"assistants/{seg(assistant_id)}", {})
+        return self._core.parse_one(parse_assistant, body)
 
 
-def _status_error(status: int, message: str, retry_after: float | None, ctx: dict[str, Any]) -> SourceError:
-    if status in (401, 403):
-        return AuthError(message, status_code=status, **ctx)
-    if status == 404:
-        return NotFound(message, status_code=status, **ctx)
-    if status == 429:
-        return RateLimited(message, retry_after=retry_after, status_code=status, **ctx)
-    if status in (408, 409) or status >= 500:
-        return Unavailable(message, retry_after=retry_after, status_code=status, **ctx)
-    return BadRequest(message, status_code=status, **ctx)
-
-
-async def _read_capped(response: httpx.Response, cap: int) -> bytearray | None:
-    """The decoded body, or None as soon as it (or its declared length) exceeds `cap` bytes."""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        return None
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > cap:
-            return None
-    return body
-
-
-def _connect_reason(exc: BaseException) -> str:
-    """Why a connection could not be made, in a few words, from the first telling cause in the chain."""
-    cause: BaseException | None = exc
-    for _ in range(8):  # httpx -> httpcore -> anyio -> OS error: the telling one is a few links down
-        if cause is None:
-            break
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, socket.gaierror):
-            return f"name not resolved: {cause.strerror or cause}"
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS: {cause.verify_message or cause.reason}"
-        if isinstance(cause, ssl.SSLError):  # reason reads like WRONG_VERSION_NUMBER
-            return f"TLS: {(cause.reason or str(cause)).lower().replace('_', ' ')}"
-        cause = cause.__cause__ or cause.__context__
-    return str(exc) or type(exc).__name__
-
-
-def redact_url(url: str) -> str:
-    """`url` with any password (or a lone user, often a token) in its userinfo replaced by `***`."""
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    shown = f"{user}:***" if colon else "***"
-    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
-
-
-def _size(n: int) -> str:
-    return f"{n / 1048576:g} MiB" if n >= 1048576 else f"{n} bytes"
-
-
-def _server_message(content: bytes | bytearray | None) -> str:
-    """`error.message` (or a bare `message`) from an error body, with `error.code` when present; else ''."""
-    if content is None:
-        return ""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        return ""
-    err = body.get("error") if isinstance(body, dict) else None
-    source = err if isinstance(err, dict) else body if isinstance(body, dict) else {}
-    message = source.get("message")
-    text = message[:_MESSAGE_LIMIT] if isinstance(message, str) else ""
-    code = source.get("code")
-    if isinstance(code, str) and code:
-        text = f"{text} ({code})" if text else code
-    return text
-
-
-def _secrets(auth_headers: Mapping[str, str]) -> tuple[str, ...]:
-    values = []
-    for value in auth_headers.values():
-        values.append(value)
-        scheme, _, token = value.partition(" ")
-        if token and scheme.lower() == "bearer":
-            values.append(token)
-    return tuple(v for v in values if len(v) >= 4)
-
-
-def _redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "<redacted>")
-    return text
-
-
-def _seg(value: str) -> str:
-    """One path segment: ids are quoted so that an odd id can never change the path."""
-    return quote(value, safe="")
-
-
-def _clamp(limit: int) -> int:
-    """The API accepts page sizes 1..100 and answers 400 otherwise."""
-    return max(1, min(limit, 100))
+_RUN_PAGE = partial(parse_page, kind="run", parse=parse_run)
+_STEP_PAGE = partial(parse_page, kind="run_step", parse=parse_step)
