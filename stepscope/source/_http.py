@@ -33,29 +33,28 @@ import asyncio
 import json
 import logging
 import random
-import socket
-import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
 from stepscope import __version__
-from stepscope.errors import (
-    AuthError,
-    BadRequest,
-    ConfigError,
-    InvalidObject,
-    LimitExceeded,
-    NotFound,
-    RateLimited,
-    SourceError,
-    Unavailable,
-)
+from stepscope.errors import AuthError, ConfigError, InvalidObject, LimitExceeded, RateLimited, SourceError, Unavailable
 from stepscope.models import Page
+from stepscope.source._responses import (
+    MESSAGE_LIMIT,
+    connect_reason,
+    read_capped,
+    redact,
+    redact_url,
+    secrets_of,
+    server_message,
+    size_text,
+    status_error,
+)
 from stepscope.source._retry import (
     RequestBudget,
     RetryPolicy,
@@ -77,7 +76,6 @@ DEFAULT_DEADLINE = 30.0
 DEFAULT_MAX_PAGES = 100
 """Pages of one listing at most (10,000 steps at 100 per page)."""
 _ERROR_BODY_MAX = 64 * 1024  # only `error.message` is read from an error body
-_MESSAGE_LIMIT = 200
 _LOGGED_IDS_MAX = 1024
 
 PageParser = Callable[[object], Page]
@@ -308,7 +306,7 @@ class RequestCore:
             auth_headers = await self.auth.headers()
         except AuthError as exc:
             return _Outcome(error=AuthError(f"{endpoint}: {exc}", **ctx))
-        secrets = (*_secrets(auth_headers), *self._url_secrets)
+        secrets = (*secrets_of(auth_headers), *self._url_secrets)
         query: dict[str, str | int] = dict(params)
         if self._api_version:
             query["api-version"] = self._api_version
@@ -322,7 +320,7 @@ class RequestCore:
             return _Outcome(error=LimitExceeded(message, reason="deadline", **ctx), retryable=True)
         except httpx.RequestError as exc:
             self._observe(endpoint, "error", started)
-            message = f"{endpoint}: {_redact(self._transport_problem(exc), secrets)[:_MESSAGE_LIMIT]}"
+            message = f"{endpoint}: {redact(self._transport_problem(exc), secrets)[:MESSAGE_LIMIT]}"
             return _Outcome(error=Unavailable(message, **ctx), retryable=True)
         status = response.status_code
         now = self._clock.monotonic()
@@ -336,7 +334,7 @@ class RequestCore:
             if content is None:
                 # Not retried within the call: the same request would most likely bring the same body.
                 self._observe(endpoint, "too_large", started)
-                message = f"{endpoint}: HTTP {status}: body over {_size(self._max_body)} (STEPSCOPE_API_MAX_BODY)"
+                message = f"{endpoint}: HTTP {status}: body over {size_text(self._max_body)} (STEPSCOPE_API_MAX_BODY)"
                 return _Outcome(error=LimitExceeded(message, reason="too_large", status_code=status, **ctx))
             try:
                 body = json.loads(content)
@@ -349,10 +347,10 @@ class RequestCore:
             return _Outcome(body=body)
         self._observe(endpoint, str(status), started)
         message = f"{endpoint}: HTTP {status}"
-        server_message = _redact(_server_message(content), secrets)
-        if server_message:
-            message += f": {server_message}"
-        error = _status_error(status, message, retry_after, ctx)
+        said = redact(server_message(content), secrets)
+        if said:
+            message += f": {said}"
+        error = status_error(status, message, retry_after, ctx)
         if status == 401:
             self.auth.invalidate()
         return _Outcome(
@@ -366,7 +364,7 @@ class RequestCore:
         url = f"{self._base_url}/{path}"
         async with self._http.stream("GET", url, params=query, headers=headers) as response:
             cap = self._max_body if 200 <= response.status_code < 300 else min(self._max_body, _ERROR_BODY_MAX)
-            return response, await _read_capped(response, cap)
+            return response, await read_capped(response, cap)
 
     def _transport_problem(self, exc: httpx.RequestError) -> str:
         """What went wrong on the wire, naming the (redacted) base URL, in one line."""
@@ -375,109 +373,13 @@ class RequestCore:
         if isinstance(exc, httpx.TimeoutException):
             return f"timed out waiting for {self.shown_url}"
         if isinstance(exc, httpx.ConnectError):
-            return f"cannot reach {self.shown_url} ({_connect_reason(exc)})"
+            return f"cannot reach {self.shown_url} ({connect_reason(exc)})"
         detail = str(exc)
         return f"connection to {self.shown_url} failed: {type(exc).__name__}" + (f": {detail}" if detail else "")
 
     def _observe(self, endpoint: str, code: str, started: float) -> None:
         if self._observer is not None:
             self._observer.observe_request(endpoint, code, max(self._clock.monotonic() - started, 0.0))
-
-
-def _status_error(status: int, message: str, retry_after: float | None, ctx: dict[str, Any]) -> SourceError:
-    if status in (401, 403):
-        return AuthError(message, status_code=status, **ctx)
-    if status == 404:
-        return NotFound(message, status_code=status, **ctx)
-    if status == 429:
-        return RateLimited(message, retry_after=retry_after, status_code=status, **ctx)
-    if status in (408, 409) or status >= 500:
-        return Unavailable(message, retry_after=retry_after, status_code=status, **ctx)
-    return BadRequest(message, status_code=status, **ctx)
-
-
-async def _read_capped(response: httpx.Response, cap: int) -> bytearray | None:
-    """The decoded body, or None as soon as it (or its declared length) exceeds `cap` bytes."""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        return None
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > cap:
-            return None
-    return body
-
-
-def _connect_reason(exc: BaseException) -> str:
-    """Why a connection could not be made, in a few words, from the first telling cause in the chain."""
-    cause: BaseException | None = exc
-    for _ in range(8):  # httpx -> httpcore -> anyio -> OS error: the telling one is a few links down
-        if cause is None:
-            break
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, socket.gaierror):
-            return f"name not resolved: {cause.strerror or cause}"
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS: {cause.verify_message or cause.reason}"
-        if isinstance(cause, ssl.SSLError):  # reason reads like WRONG_VERSION_NUMBER
-            return f"TLS: {(cause.reason or str(cause)).lower().replace('_', ' ')}"
-        cause = cause.__cause__ or cause.__context__
-    return str(exc) or type(exc).__name__
-
-
-def redact_url(url: str) -> str:
-    """`url` with any password (or a lone user, often a token) in its userinfo replaced by `***`.
-
-    Unlike `stepscope.config.redact_url` (which hides the whole userinfo in config summaries), a user name that
-    comes with a password stays readable here, so an operator can tell which proxy account a message is about.
-    """
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    shown = f"{user}:***" if colon else "***"
-    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
-
-
-def _size(n: int) -> str:
-    return f"{n / 1048576:g} MiB" if n >= 1048576 else f"{n} bytes"
-
-
-def _server_message(content: bytes | bytearray | None) -> str:
-    """`error.message` (or a bare `message`) from an error body, with `error.code` when present; else ''."""
-    if content is None:
-        return ""
-    try:
-        body = json.loads(content)
-    except ValueError:
-        return ""
-    err = body.get("error") if isinstance(body, dict) else None
-    source = err if isinstance(err, dict) else body if isinstance(body, dict) else {}
-    message = source.get("message")
-    text = message[:_MESSAGE_LIMIT] if isinstance(message, str) else ""
-    code = source.get("code")
-    if isinstance(code, str) and code:
-        text = f"{text} ({code})" if text else code
-    return text
-
-
-def _secrets(auth_headers: Mapping[str, str]) -> tuple[str, ...]:
-    values = []
-    for value in auth_headers.values():
-        values.append(value)
-        scheme, _, token = value.partition(" ")
-        if token and scheme.lower() == "bearer":
-            values.append(token)
-    return tuple(v for v in values if len(v) >= 4)
-
-
-def _redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "<redacted>")
-    return text
 
 
 def seg(value: str) -> str:

@@ -22,9 +22,9 @@ from stepscope.source._http import (
     DEFAULT_MAX_PAGES,
     RequestCore,
     clamp,
-    redact_url,
     seg,
 )
+from stepscope.source._responses import redact_url
 from stepscope.source._retry import RequestBudget, RetryPolicy, SleepFn
 from stepscope.source.auth import Auth
 from stepscope.types import Clock, RequestObserver
