@@ -11,21 +11,22 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from stepscope.errors import ConfigError
+from stepscope.vocabulary import AUTH_MODES, FLAVORS, AuthMode, Flavor
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_AZURE_API_VERSION = "v1"
 DEFAULT_LISTEN = "127.0.0.1:9464"
 DEFAULT_STATE = "stepscope-state.db"
-FLAVORS = ("openai", "azure")
-AUTH_MODES = ("bearer", "api-key", "token-file", "azure-identity")
 TRACES_EXPORTERS = ("otlp", "console", "none")
 OTLP_PROTOCOLS = ("http/protobuf", "grpc")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_E = TypeVar("_E", bound=StrEnum)
 _ID_RE = re.compile(r"^thread_[A-Za-z0-9_-]{1,64}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -65,9 +66,9 @@ class ApiConfig:
     api_key: Secret = EMPTY_SECRET
     org_id: str | None = None
     project_id: str | None = None
-    flavor: str = "openai"
+    flavor: Flavor = Flavor.OPENAI
     api_version: str | None = None
-    auth: str = "bearer"
+    auth: AuthMode = AuthMode.BEARER
     token_file: str | None = None
     timeout: float = 30.0  # one request in total, from sending to the body's last byte
     max_body: int = 8 * 1024 * 1024  # a page of 100 steps is well under 1 MB
@@ -226,6 +227,16 @@ def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str],
     return parse
 
 
+def _enum(kind: type[_E]) -> Callable[[str], _E]:
+    """A parser for one of `kind`'s values (case-insensitive), returning the member."""
+    choose = _choice(tuple(kind))
+
+    def parse(text: str) -> _E:
+        return kind(choose(text))
+
+    return parse
+
+
 def _url(text: str) -> Url:
     value = text.strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+", value):
@@ -279,9 +290,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api.base_url", "OPENAI_BASE_URL", _url, f"API base URL (default {DEFAULT_BASE_URL})"),
     Setting("api.org_id", "OPENAI_ORG_ID", _str, "OpenAI-Organization header"),
     Setting("api.project_id", "OPENAI_PROJECT_ID", _str, "OpenAI-Project header"),
-    Setting("api.flavor", "STEPSCOPE_FLAVOR", _choice(FLAVORS), "openai or azure"),
+    Setting("api.flavor", "STEPSCOPE_FLAVOR", _enum(Flavor), " or ".join(FLAVORS)),
     Setting("api.api_version", "STEPSCOPE_API_VERSION", _str, "api-version query parameter (Azure)"),
-    Setting("api.auth", "STEPSCOPE_AUTH", _choice(AUTH_MODES), "bearer, api-key, token-file or azure-identity"),
+    Setting("api.auth", "STEPSCOPE_AUTH", _enum(AuthMode), ", ".join(AUTH_MODES[:-1]) + f" or {AUTH_MODES[-1]}"),
     Setting("api.token_file", "STEPSCOPE_TOKEN_FILE", _str, "file holding a bearer token, re-read on change"),
     Setting("api.timeout", "STEPSCOPE_API_TIMEOUT", _positive_duration, "deadline of one request, body included"),
     Setting("api.max_body", "STEPSCOPE_API_MAX_BODY", parse_size, "largest response body read, e.g. 8MiB"),
@@ -407,7 +418,7 @@ def load(*, env: Mapping[str, str], file: str | None = None, overrides: Mapping[
 
 
 def _apply_flavor_defaults(config: Config) -> Config:
-    if config.api.flavor == "azure" and config.api.api_version is None:
+    if config.api.flavor == Flavor.AZURE and config.api.api_version is None:
         return replace(config, api=replace(config.api, api_version=DEFAULT_AZURE_API_VERSION))
     return config
 
@@ -416,12 +427,14 @@ def validate(config: Config) -> list[str]:
     """Cross-field checks; each problem names its setting."""
     problems: list[str] = []
     api, poll = config.api, config.poll
-    if api.auth in ("bearer", "api-key") and not api.api_key:
+    if api.auth in (AuthMode.BEARER, AuthMode.API_KEY) and not api.api_key:
         problems.append(f"OPENAI_API_KEY (api.api_key): required with STEPSCOPE_AUTH={api.auth}")
-    if api.auth == "token-file" and not api.token_file:
-        problems.append("STEPSCOPE_TOKEN_FILE (api.token_file): required with STEPSCOPE_AUTH=token-file")
-    if api.flavor == "azure" and api.base_url == DEFAULT_BASE_URL:
-        problems.append("OPENAI_BASE_URL (api.base_url): set the Azure project endpoint with STEPSCOPE_FLAVOR=azure")
+    if api.auth == AuthMode.TOKEN_FILE and not api.token_file:
+        problems.append(f"STEPSCOPE_TOKEN_FILE (api.token_file): required with STEPSCOPE_AUTH={AuthMode.TOKEN_FILE}")
+    if api.flavor == Flavor.AZURE and api.base_url == DEFAULT_BASE_URL:
+        problems.append(
+            f"OPENAI_BASE_URL (api.base_url): set the Azure project endpoint with STEPSCOPE_FLAVOR={Flavor.AZURE}"
+        )
     if poll.max_interval is not None and poll.max_interval < poll.interval:
         problems.append("STEPSCOPE_POLL_MAX_INTERVAL (poll.max_interval): must be >= STEPSCOPE_POLL_INTERVAL")
     return problems

@@ -1,4 +1,4 @@
-"""stepscope's own health metrics, apart from the domain metrics (guideline 12).
+"""stepscope's own health metrics, apart from the domain metrics; defined in `metricdefs.SELF_METRICS`.
 
 Events are Counters and Histograms, updated as they happen; `stepscope_tracked_runs` is read at scrape time by a
 custom collector, as are the span backlog gauges. Known label sets exist from start-up so rates and alerts read 0
@@ -21,40 +21,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from stepscope import metricdefs as md
 from stepscope.errors import InvalidObject
+from stepscope.vocabulary import DropReason, Endpoint
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS = ("list_runs", "get_run", "list_steps", "get_step", "get_assistant")
-DROP_REASONS = (
-    "tracked_runs_full",
-    "backlog_full",
-    "backlog_expired",
-    "span_unencodable",
-    "label_cap",
-    "mapping_error",
-    "store_error",
-    "not_found",
-    "bad_request",
-    "internal_error",
-    "step_unfinished",
-    "run_invalid",
-    "watch_limit",
-    "watch_rate",
-    "watch_invalid",
-    "watch_expired",
-)
+ENDPOINTS = tuple(Endpoint)
+"""Endpoints whose latency series exist from start-up."""
+DROP_REASONS = tuple(DropReason)
+"""Reasons whose `stepscope_dropped_total` series exist from start-up."""
 INVALID_KINDS = ("run", "run_step", "tool_call", "list", "assistant")
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LAG_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 """Seconds from a step's terminal timestamp to its export: poll interval plus batch delay, typically 2-20 s."""
 
 
-_READ_GAUGES = {
-    "stepscope_tracked_runs": "Runs currently tracked by the poller.",
-    "stepscope_span_backlog": "Spans committed and waiting for delivery to the trace backend.",
-    "stepscope_span_backlog_age_seconds": "Age of the oldest span waiting for delivery; 0 when none waits.",
-}
+_READ_GAUGES = {d.name: d.help for d in md.READ_GAUGES}
 
 
 class _ReadGauges(Collector):
@@ -92,39 +75,23 @@ class SelfMetrics:
     def __init__(self, registry: CollectorRegistry, *, version: str, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._requests = Counter(
-            "stepscope_api_requests",
-            "Assistants API requests by endpoint and HTTP status (or error).",
-            ["endpoint", "code"],
-            registry=registry,
+            md.API_REQUESTS.family, md.API_REQUESTS.help, md.API_REQUESTS.labels, registry=registry
         )
         self._request_seconds = Histogram(
-            "stepscope_api_request_duration_seconds",
-            "Assistants API request duration by endpoint, in seconds.",
-            ["endpoint"],
+            md.API_REQUEST_DURATION.family,
+            md.API_REQUEST_DURATION.help,
+            md.API_REQUEST_DURATION.labels,
             registry=registry,
             buckets=API_BUCKETS,
         )
-        self._lag = Histogram(
-            "stepscope_export_lag_seconds",
-            "Seconds from a step's terminal timestamp to its acknowledged export.",
-            registry=registry,
-            buckets=LAG_BUCKETS,
-        )
-        self._dropped = Counter(
-            "stepscope_dropped", "Items dropped or degraded, by reason.", ["reason"], registry=registry
-        )
+        self._lag = Histogram(md.EXPORT_LAG.family, md.EXPORT_LAG.help, registry=registry, buckets=LAG_BUCKETS)
+        self._dropped = Counter(md.DROPPED.family, md.DROPPED.help, md.DROPPED.labels, registry=registry)
         self._invalid = Counter(
-            "stepscope_invalid_objects", "API objects that could not be parsed, by kind.", ["kind"], registry=registry
+            md.INVALID_OBJECTS.family, md.INVALID_OBJECTS.help, md.INVALID_OBJECTS.labels, registry=registry
         )
-        self._export_failures = Counter(
-            "stepscope_span_export_failures", "Spans the trace backend did not accept.", registry=registry
-        )
-        self._last_poll = Gauge(
-            "stepscope_last_successful_poll_timestamp_seconds",
-            "Unix time of the last successful Assistants API request.",
-            registry=registry,
-        )
-        build = Gauge("stepscope_build_info", "stepscope build; the value is always 1.", ["version"], registry=registry)
+        self._export_failures = Counter(md.SPAN_EXPORT_FAILURES.family, md.SPAN_EXPORT_FAILURES.help, registry=registry)
+        self._last_poll = Gauge(md.LAST_SUCCESSFUL_POLL.family, md.LAST_SUCCESSFUL_POLL.help, registry=registry)
+        build = Gauge(md.BUILD_INFO.family, md.BUILD_INFO.help, md.BUILD_INFO.labels, registry=registry)
         build.labels(version).set(1)
         self._gauges = _ReadGauges()
         registry.register(self._gauges)
@@ -172,9 +139,9 @@ class SelfMetrics:
 
     def set_tracked_runs_source(self, source: Callable[[], int]) -> None:
         """Read `stepscope_tracked_runs` from `source` at every scrape."""
-        self._gauges.sources["stepscope_tracked_runs"] = source
+        self._gauges.sources[md.TRACKED_RUNS.name] = source
 
     def set_backlog_sources(self, size: Callable[[], int], age: Callable[[], float]) -> None:
         """Read `stepscope_span_backlog` and `stepscope_span_backlog_age_seconds` at every scrape."""
-        self._gauges.sources["stepscope_span_backlog"] = size
-        self._gauges.sources["stepscope_span_backlog_age_seconds"] = age
+        self._gauges.sources[md.SPAN_BACKLOG.name] = size
+        self._gauges.sources[md.SPAN_BACKLOG_AGE.name] = age

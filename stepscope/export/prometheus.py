@@ -1,6 +1,6 @@
 """Domain metrics on an injected Prometheus registry: the `MetricSink` for mapping's observations.
 
-Metric families and labels are the telemetry contract (dashboards and alerts read them):
+Metric families, help texts and labels are the telemetry contract, defined in `metricdefs.DOMAIN_METRICS`:
 
 - `stepscope_run_steps_total{step_type,status,model,assistant_id}`
 - `stepscope_tokens_total{token_type,step_type,model,assistant_id}`
@@ -40,9 +40,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from stepscope import metricdefs as md
 from stepscope.mapping import attributes as a
 from stepscope.mapping import metrics as m
 from stepscope.types import Observation
+from stepscope.vocabulary import DropReason
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +55,12 @@ RUN_DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600
 QUEUE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 """Seconds from `created_at` to `started_at`."""
 
-OVERFLOW_REASON = "label_cap"
+OVERFLOW_REASON = DropReason.LABEL_CAP
 DEFAULT_LABEL_CAP = 100
 DEFAULT_MAX_SERIES = 2000
 """Series per family: a counter's 1,000 label sets hold 125 (model, assistant) pairs with all known step types
 and statuses, and the issue's hostile mix stays well under 1 MB per scrape."""
 
-_HELP = {
-    m.RUN_STEPS_TOTAL: "Terminal run steps, by step type, status, model and assistant.",
-    m.TOKENS_TOTAL: "Tokens from run step usage (each step counted once; run usage is never added).",
-    m.RUNS_TOTAL: "Finished runs, by terminal status, model and assistant.",
-    m.RUN_STEP_DURATION: "Run step duration from created_at to its terminal timestamp, in seconds.",
-    m.RUN_DURATION: "Run duration from created_at to its terminal timestamp, in seconds.",
-    m.RUN_QUEUE: "Time a run waited from created_at to started_at, in seconds.",
-    m.TOOL_CALLS_TOTAL: "Tool calls in terminal run steps, by tool type and name.",
-}
 _BUCKETS = {
     m.RUN_STEP_DURATION: STEP_DURATION_BUCKETS,
     m.RUN_DURATION: RUN_DURATION_BUCKETS,
@@ -237,17 +230,17 @@ class PrometheusMetrics:
         self._overflows = 0
         caps = {name: _LabelCap(label_cap, a.KNOWN_VALUES[name]) for name in sorted(a.CAPPED_LABELS)}
         self._families: dict[str, _Family] = {}
-        for metric_name, names in m.METRIC_LABELS.items():
+        for definition in md.DOMAIN_METRICS:
             metric: Any
-            short = metric_name.removesuffix("_total")
+            metric_name, names = definition.name, definition.labels
             bounds: tuple[float, ...] | None = None
-            if metric_name in _BUCKETS:
+            if definition.kind == "histogram":
                 bounds = (*_BUCKETS[metric_name], math.inf)
                 metric = Histogram(
-                    metric_name, _HELP[metric_name], names, registry=registry, buckets=_BUCKETS[metric_name]
+                    definition.family, definition.help, names, registry=registry, buckets=_BUCKETS[metric_name]
                 )
             else:
-                metric = Counter(short, _HELP[metric_name], names, registry=registry)
+                metric = Counter(definition.family, definition.help, names, registry=registry)
             capped = tuple((i, caps[n]) for i, n in enumerate(names) if n in caps)
             family = _Family(metric_name, metric, names, capped, bounds, budget=max_series)
             family.fan_out = [(names.index(label), known) for label, known in _FAN_OUT.get(metric_name, {}).items()]

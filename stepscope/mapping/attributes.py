@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stepscope import metricdefs as md
+
 # --- span attribute keys -------------------------------------------------------------------------------------
 
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
@@ -91,13 +93,14 @@ def tool_type(raw_type: str) -> str:
 
 # --- metric label keys and known values ----------------------------------------------------------------------
 
-LABEL_STEP_TYPE = "step_type"
-LABEL_STATUS = "status"
-LABEL_MODEL = "model"
-LABEL_ASSISTANT_ID = "assistant_id"
-LABEL_TOKEN_TYPE = "token_type"  # noqa: S105 - a label name, not a credential
-LABEL_TOOL_TYPE = "tool_type"
-LABEL_TOOL_NAME = "tool_name"
+# The label names belong to the metric contract and are defined with the metrics in `stepscope.metricdefs`.
+LABEL_STEP_TYPE = md.LABEL_STEP_TYPE
+LABEL_STATUS = md.LABEL_STATUS
+LABEL_MODEL = md.LABEL_MODEL
+LABEL_ASSISTANT_ID = md.LABEL_ASSISTANT_ID
+LABEL_TOKEN_TYPE = md.LABEL_TOKEN_TYPE
+LABEL_TOOL_TYPE = md.LABEL_TOOL_TYPE
+LABEL_TOOL_NAME = md.LABEL_TOOL_NAME
 
 UNKNOWN = "_unknown"
 """Label value when the API did not say (a run without `model`)."""

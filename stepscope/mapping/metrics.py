@@ -9,30 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stepscope import metricdefs as md
 from stepscope.mapping import attributes as a
 from stepscope.mapping.ids import span_id_for
 from stepscope.mapping.spans import run_trace
 from stepscope.models import Run, RunStep
 from stepscope.types import Observation
 
-RUN_STEPS_TOTAL = "stepscope_run_steps_total"
-TOKENS_TOTAL = "stepscope_tokens_total"
-RUNS_TOTAL = "stepscope_runs_total"
-RUN_STEP_DURATION = "stepscope_run_step_duration_seconds"
-RUN_DURATION = "stepscope_run_duration_seconds"
-RUN_QUEUE = "stepscope_run_queue_seconds"
-TOOL_CALLS_TOTAL = "stepscope_tool_calls_total"
+RUN_STEPS_TOTAL = md.RUN_STEPS.name
+TOKENS_TOTAL = md.TOKENS.name
+RUNS_TOTAL = md.RUNS.name
+RUN_STEP_DURATION = md.RUN_STEP_DURATION.name
+RUN_DURATION = md.RUN_DURATION.name
+RUN_QUEUE = md.RUN_QUEUE.name
+TOOL_CALLS_TOTAL = md.TOOL_CALLS.name
 
-METRIC_LABELS: dict[str, tuple[str, ...]] = {
-    RUN_STEPS_TOTAL: (a.LABEL_STEP_TYPE, a.LABEL_STATUS, a.LABEL_MODEL, a.LABEL_ASSISTANT_ID),
-    TOKENS_TOTAL: (a.LABEL_TOKEN_TYPE, a.LABEL_STEP_TYPE, a.LABEL_MODEL, a.LABEL_ASSISTANT_ID),
-    RUNS_TOTAL: (a.LABEL_STATUS, a.LABEL_MODEL, a.LABEL_ASSISTANT_ID),
-    RUN_STEP_DURATION: (a.LABEL_STEP_TYPE, a.LABEL_STATUS),
-    RUN_DURATION: (a.LABEL_STATUS,),
-    RUN_QUEUE: (),
-    TOOL_CALLS_TOTAL: (a.LABEL_TOOL_TYPE, a.LABEL_TOOL_NAME),
-}
-"""Every metric the mapping emits, with its label names in exposition order."""
+METRIC_LABELS: dict[str, tuple[str, ...]] = {d.name: d.labels for d in md.DOMAIN_METRICS}
+"""Every metric the mapping emits (`metricdefs.DOMAIN_METRICS`), with its label names in exposition order."""
 
 
 def step_observations(

@@ -13,7 +13,6 @@ from stepscope.source._retry import (
     stop_aware_sleep,
 )
 from stepscope.source.auth import (
-    AUTH_MODES,
     AZURE_AI_SCOPE,
     ApiKeyAuth,
     Auth,
@@ -22,7 +21,8 @@ from stepscope.source.auth import (
     TokenFileAuth,
     make_auth,
 )
-from stepscope.source.client import ENDPOINTS, FLAVORS, AssistantsClient
+from stepscope.source.client import AssistantsClient
+from stepscope.vocabulary import AUTH_MODES, ENDPOINTS, FLAVORS
 
 __all__ = [
     "AUTH_MODES",

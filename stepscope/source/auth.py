@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from stepscope.errors import AuthError, ConfigError
 from stepscope.source._retry import SystemClock
 from stepscope.types import Clock
+from stepscope.vocabulary import AUTH_MODES, AuthMode
 
-AUTH_MODES = ("bearer", "api-key", "token-file", "azure-identity")
 AZURE_AI_SCOPE = "https://ai.azure.com/.default"
 """Entra scope of Foundry Agents; Azure OpenAI (classic) uses `https://cognitiveservices.azure.com/.default`."""
 
@@ -49,7 +49,7 @@ class _StaticKeyAuth:
 
     def __init__(self, key: str) -> None:
         if not key.strip():
-            raise ConfigError(["api.key: empty"])
+            raise ConfigError(["api.api_key: empty"])
         self._key = key.strip()
 
     def __repr__(self) -> str:
@@ -237,14 +237,14 @@ def make_auth(
     clock: Clock | None = None,
 ) -> Auth:
     """Build the `Auth` for a `STEPSCOPE_AUTH` mode; raises `ConfigError` naming what is missing."""
-    if mode in {"bearer", "api-key"}:
+    if mode in {AuthMode.BEARER, AuthMode.API_KEY}:
         if not key or not key.strip():
-            raise ConfigError([f"api.key: required for auth mode {mode!r}"])
-        return BearerAuth(key) if mode == "bearer" else ApiKeyAuth(key)
-    if mode == "token-file":
+            raise ConfigError([f"api.api_key: required for auth mode {mode!s}"])
+        return BearerAuth(key) if mode == AuthMode.BEARER else ApiKeyAuth(key)
+    if mode == AuthMode.TOKEN_FILE:
         if not token_file:
-            raise ConfigError(["api.token_file: required for auth mode 'token-file'"])
+            raise ConfigError([f"api.token_file: required for auth mode {AuthMode.TOKEN_FILE!s}"])
         return TokenFileAuth(token_file, clock=clock)
-    if mode == "azure-identity":
+    if mode == AuthMode.AZURE_IDENTITY:
         return AzureIdentityAuth(scope=scope, clock=clock)
     raise ConfigError([f"api.auth: unknown mode {mode!r} (expected one of {', '.join(AUTH_MODES)})"])

@@ -90,7 +90,7 @@ class TestStaticKeys:
     @pytest.mark.parametrize("cls", [BearerAuth, ApiKeyAuth])
     def test_empty_key_rejected(self, cls: type[BearerAuth] | type[ApiKeyAuth]) -> None:
         """A blank key is a configuration error."""
-        with pytest.raises(ConfigError, match=r"api\.key"):
+        with pytest.raises(ConfigError, match=r"api\.api_key"):
             cls("  ")
 
 
@@ -283,7 +283,7 @@ class TestMakeAuth:
 
     @pytest.mark.parametrize(
         ("mode", "kwargs", "field"),
-        [("bearer", {}, "api.key"), ("api-key", {"key": " "}, "api.key"), ("token-file", {}, "api.token_file")],
+        [("bearer", {}, "api.api_key"), ("api-key", {"key": " "}, "api.api_key"), ("token-file", {}, "api.token_file")],
     )
     def test_missing_settings(self, mode: str, kwargs: dict[str, str], field: str) -> None:
         """A mode without its setting is a ConfigError naming the setting."""
