@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 
 from stepscope.errors import StoreError
 from stepscope.source.discovery import RegistrationFull
+from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.server")
 
@@ -255,7 +256,7 @@ class App:
         try:
             thread_id, run_id = parse_watch_body(await self._read_body(headers, receive))
         except HttpError as exc:
-            self._dropped("watch_invalid", 1)
+            self._dropped(DropReason.WATCH_INVALID, 1)
             # The messages are fixed texts, never the input; the log's duplicate filter bounds a flood.
             log.info("refused a /v1/watch request (%d): %s", exc.status, exc)
             raise
@@ -281,7 +282,7 @@ class App:
         if not self._limited:
             log.warning("/v1/watch over %g request(s)/s (STEPSCOPE_WATCH_RATE): refusing with 429", self._rate)
         self._limited += 1
-        self._dropped("watch_rate", 1)
+        self._dropped(DropReason.WATCH_RATE, 1)
         retry = str(max(1, math.ceil(wait))).encode()
         raise HttpError(429, "too many /v1/watch requests; retry later", headers=[(b"retry-after", retry)])
 

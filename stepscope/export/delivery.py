@@ -30,12 +30,13 @@ from stepscope import spancodec
 from stepscope.errors import StoreError
 from stepscope.export.otlp import readable_span
 from stepscope.source._retry import RetryPolicy
+from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.delivery")
 
-DROP_FULL = "backlog_full"
-DROP_EXPIRED = "backlog_expired"
-DROP_UNENCODABLE = "span_unencodable"
+DROP_FULL = DropReason.BACKLOG_FULL
+DROP_EXPIRED = DropReason.BACKLOG_EXPIRED
+DROP_UNENCODABLE = DropReason.SPAN_UNENCODABLE
 TRIM_EVERY_S = 5.0
 EXPORT_BACKOFF = RetryPolicy(initial_delay=1.0, max_delay=30.0, jitter=0.5)
 """Waits between failed export attempts: 1 s doubling to 30 s, each shortened by up to half at random."""

@@ -31,6 +31,7 @@ from stepscope.errors import AuthError, InvalidObject, NotFound, RateLimited, So
 from stepscope.models import RunRef
 from stepscope.store import SqliteStore
 from stepscope.types import StepSource
+from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.discovery")
 
@@ -165,7 +166,7 @@ class Discovery:
         registered = self._registrations()
         new = key not in registered
         if new and len(registered) >= self._max_registered:
-            self._on_drop("watch_limit", 1)
+            self._on_drop(DropReason.WATCH_LIMIT, 1)
             if not self._full_logged:
                 log.warning(
                     "refusing /v1/watch registrations: %d held, the maximum (STEPSCOPE_MAX_WATCHED); "
@@ -292,9 +293,9 @@ class Discovery:
                 self._backoff[thread_id] = delay
                 self._not_before[thread_id] = now + delay
         if missing:
-            self._on_drop("not_found", missing)
+            self._on_drop(DropReason.NOT_FOUND, missing)
         if expired:
-            self._on_drop("watch_expired", expired)
+            self._on_drop(DropReason.WATCH_EXPIRED, expired)
         if missing or expired:
             log.warning(
                 "stopped watching %d registered thread(s): %d not found, %d without a run for %.0f s",
