@@ -121,6 +121,7 @@ class ServerConfig:
     max_body_bytes: int = 16_384
     max_watched: int = 1000  # registrations (threads and runs) held at once
     watch_rate: float = 20.0  # /v1/watch requests per second, bursts of twice that
+    proxy_listen: str = ""  # HOST:PORT of the reverse proxy to the API; empty: no proxy
 
     @property
     def host(self) -> str:
@@ -129,6 +130,14 @@ class ServerConfig:
     @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def proxy_host(self) -> str:
+        return self.proxy_listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def proxy_port(self) -> int:
+        return int(self.proxy_listen.rsplit(":", 1)[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +333,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.watch_token", "STEPSCOPE_WATCH_TOKEN", _secret, "bearer token protecting /v1/watch"),
     Setting("server.max_watched", "STEPSCOPE_MAX_WATCHED", _positive_int, "/v1/watch registrations held at most"),
     Setting("server.watch_rate", "STEPSCOPE_WATCH_RATE", _positive_float, "/v1/watch requests per second"),
+    Setting("server.proxy_listen", "STEPSCOPE_PROXY_LISTEN", _listen, "HOST:PORT of a reverse proxy to the API"),
     Setting("state", "STEPSCOPE_STATE", _str, "checkpoint store path (SQLite)"),
     Setting("log_level", "STEPSCOPE_LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "log level"),
     Setting("log_format", "STEPSCOPE_LOG_FORMAT", _choice(LOG_FORMATS), "text or json"),
@@ -437,6 +447,8 @@ def validate(config: Config) -> list[str]:
         )
     if poll.max_interval is not None and poll.max_interval < poll.interval:
         problems.append("STEPSCOPE_POLL_MAX_INTERVAL (poll.max_interval): must be >= STEPSCOPE_POLL_INTERVAL")
+    if config.server.proxy_listen and config.server.proxy_port == config.server.port != 0:
+        problems.append("STEPSCOPE_PROXY_LISTEN (server.proxy_listen): must not use the port of STEPSCOPE_LISTEN")
     return problems
 
 
