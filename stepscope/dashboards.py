@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stepscope import metricdefs as md
+
 __all__ = ["EXEMPLAR_METRICS", "Panel", "Query", "check", "dashboards", "iter_panels", "render_all", "write"]
 
 JSON = dict[str, Any]
@@ -31,17 +33,7 @@ JSON = dict[str, Any]
 SCHEMA_VERSION = 39
 DATASOURCE: JSON = {"type": "prometheus", "uid": "${datasource}"}
 # Metrics the exporter annotates with trace_id/span_id exemplars (histograms: every series of the family).
-EXEMPLAR_METRICS = frozenset(
-    (
-        "stepscope_run_steps_total",
-        "stepscope_tokens_total",
-        "stepscope_runs_total",
-        "stepscope_tool_calls_total",
-        "stepscope_run_step_duration_seconds",
-        "stepscope_run_duration_seconds",
-        "stepscope_run_queue_seconds",
-    )
-)
+EXEMPLAR_METRICS = frozenset(d.name for d in md.ALL_METRICS if d.exemplars)
 _METRIC_RE = re.compile(r"\bstepscope_[a-z_]+")
 _HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
@@ -197,9 +189,9 @@ def _variables() -> list[JSON]:
     source = {"includeAll": False, "label": "Data source", "multi": False, "name": "datasource", "refresh": 1}
     return [
         {**json.loads(_VARIABLE), **source, "query": "prometheus", "type": "datasource"},
-        _query_variable("job", "Job", "label_values(stepscope_build_info, job)"),
-        _query_variable("assistant_id", "Assistant", 'label_values(stepscope_runs_total{job=~"$job"}, assistant_id)'),
-        _query_variable("model", "Model", 'label_values(stepscope_runs_total{job=~"$job"}, model)'),
+        _query_variable("job", "Job", f"label_values({md.BUILD_INFO}, job)"),
+        _query_variable("assistant_id", "Assistant", f"label_values({md.RUNS}{{{JOB}}}, {md.LABEL_ASSISTANT_ID})"),
+        _query_variable("model", "Model", f"label_values({md.RUNS}{{{JOB}}}, {md.LABEL_MODEL})"),
     ]
 
 
@@ -267,29 +259,30 @@ def _p(title: str, unit: str, *queries: Query, kind: str = "timeseries", width: 
 
 
 def _overview() -> JSON:
-    failed_runs, failed_steps = 'status=~"failed|expired|incomplete"', 'status=~"failed|expired"'
-    top_tokens = f"topk(10, sum by (assistant_id) (increase(stepscope_tokens_total{{{RUNS}}}[$__range])))"
+    failed_runs = md.matcher(md.LABEL_STATUS, md.RUN_FAILED_STATUSES)
+    failed_steps = md.matcher(md.LABEL_STATUS, md.STEP_FAILED_STATUSES)
+    top_tokens = f"topk(10, sum by (assistant_id) (increase({md.TOKENS.name}{{{RUNS}}}[$__range])))"
     runs = [
-        _p("Runs per second by status", "ops", Query(_rate("stepscope_runs_total", RUNS, "status"), "{{status}}")),
+        _p("Runs per second by status", "ops", Query(_rate(md.RUNS.name, RUNS, "status"), "{{status}}")),
         _p(
             "Run and step failure ratios",
             "percentunit",
-            Query(_ratio("stepscope_runs_total", RUNS, failed_runs), "runs"),
-            Query(_ratio("stepscope_run_steps_total", RUNS, failed_steps), "steps"),
+            Query(_ratio(md.RUNS.name, RUNS, failed_runs), "runs"),
+            Query(_ratio(md.RUN_STEPS.name, RUNS, failed_steps), "steps"),
         ),
-        _p("Run duration", "s", *_quantiles("stepscope_run_duration_seconds", JOB), width=8),
-        _p("Run queue time", "s", *_quantiles("stepscope_run_queue_seconds", JOB), width=8),
-        _p("Tracked runs", "short", Query(f"sum(stepscope_tracked_runs{{{JOB}}})", "tracked"), kind="stat", width=8),
+        _p("Run duration", "s", *_quantiles(md.RUN_DURATION.name, JOB), width=8),
+        _p("Run queue time", "s", *_quantiles(md.RUN_QUEUE.name, JOB), width=8),
+        _p("Tracked runs", "short", Query(f"sum({md.TRACKED_RUNS.name}{{{JOB}}})", "tracked"), kind="stat", width=8),
     ]
     steps = [
-        _p("Step duration by step type", "s", *_quantiles("stepscope_run_step_duration_seconds", JOB, "step_type")),
+        _p("Step duration by step type", "s", *_quantiles(md.RUN_STEP_DURATION.name, JOB, "step_type")),
         _p(
             "Tool calls per second by type",
             "ops",
-            Query(_rate("stepscope_tool_calls_total", JOB, "tool_type"), "{{tool_type}}"),
+            Query(_rate(md.TOOL_CALLS.name, JOB, "tool_type"), "{{tool_type}}"),
         ),
     ]
-    by_model = Query(_rate("stepscope_tokens_total", RUNS, "model, assistant_id"), "{{model}} {{assistant_id}}")
+    by_model = Query(_rate(md.TOKENS.name, RUNS, "model, assistant_id"), "{{model}} {{assistant_id}}")
     tokens = [
         _p("Tokens per second by model and assistant", "short", by_model, width=16),
         _p("Top assistants by tokens", "short", Query(top_tokens, "{{assistant_id}}", True), kind="bargauge", width=8),
@@ -303,42 +296,42 @@ def _overview() -> JSON:
 
 
 def _health() -> JSON:
-    api_all = _rate("stepscope_api_requests_total", JOB, "endpoint")
-    api_429 = _rate("stepscope_api_requests_total", JOB + ',code="429"', "endpoint") + f" or {api_all} * 0"
-    api_errors = _ratio("stepscope_api_requests_total", JOB, 'code=~"5..|error|invalid_body|401|403"')
+    api_all = _rate(md.API_REQUESTS.name, JOB, "endpoint")
+    api_429 = _rate(md.API_REQUESTS.name, JOB + ',code="429"', "endpoint") + f" or {api_all} * 0"
+    api_errors = _ratio(md.API_REQUESTS.name, JOB, md.matcher(md.LABEL_CODE, md.API_ERROR_CODES))
     api = [
         _p(
             "API requests per second by endpoint and code",
             "reqps",
-            Query(_rate("stepscope_api_requests_total", JOB, "endpoint, code"), "{{endpoint}} {{code}}"),
+            Query(_rate(md.API_REQUESTS.name, JOB, "endpoint, code"), "{{endpoint}} {{code}}"),
         ),
-        _p("API latency by endpoint", "s", *_quantiles("stepscope_api_request_duration_seconds", JOB, "endpoint")),
+        _p("API latency by endpoint", "s", *_quantiles(md.API_REQUEST_DURATION.name, JOB, "endpoint")),
         _p("429 responses per second by endpoint", "reqps", Query(api_429, "{{endpoint}}")),
         _p("API error ratio", "percentunit", Query(api_errors, "errors")),
     ]
-    failures = Query(_rate("stepscope_span_export_failures_total", JOB), "failures")
+    failures = Query(_rate(md.SPAN_EXPORT_FAILURES.name, JOB), "failures")
     export = [
         _p("Span export failures per second", "ops", failures, width=8),
-        _p("Export lag", "s", *_quantiles("stepscope_export_lag_seconds", JOB), width=8),
-        _p("Tracked runs", "short", Query(f"sum by (job) (stepscope_tracked_runs{{{JOB}}})", "{{job}}"), width=8),
-        _p("Span backlog", "short", Query(f"sum by (job) (stepscope_span_backlog{{{JOB}}})", "{{job}}")),
+        _p("Export lag", "s", *_quantiles(md.EXPORT_LAG.name, JOB), width=8),
+        _p("Tracked runs", "short", Query(f"sum by (job) ({md.TRACKED_RUNS.name}{{{JOB}}})", "{{job}}"), width=8),
+        _p("Span backlog", "short", Query(f"sum by (job) ({md.SPAN_BACKLOG.name}{{{JOB}}})", "{{job}}")),
         _p(
             "Oldest span in backlog",
             "s",
-            Query(f"max by (job) (stepscope_span_backlog_age_seconds{{{JOB}}})", "{{job}}"),
+            Query(f"max by (job) ({md.SPAN_BACKLOG_AGE.name}{{{JOB}}})", "{{job}}"),
         ),
         _p(
             "Dropped objects per second by reason",
             "ops",
-            Query(_rate("stepscope_dropped_total", JOB, "reason"), "{{reason}}"),
+            Query(_rate(md.DROPPED.name, JOB, "reason"), "{{reason}}"),
         ),
         _p(
             "Invalid objects per second by kind",
             "ops",
-            Query(_rate("stepscope_invalid_objects_total", JOB, "kind"), "{{kind}}"),
+            Query(_rate(md.INVALID_OBJECTS.name, JOB, "kind"), "{{kind}}"),
         ),
     ]
-    versions = Query(f"count by (job, version) (stepscope_build_info{{{JOB}}})", "{{version}}", instant=True)
+    versions = Query(f"count by (job, version) ({md.BUILD_INFO.name}{{{JOB}}})", "{{version}}", instant=True)
     build = [
         _p("Build info", "none", versions, kind="table"),
         _p("Targets up", "short", Query(f"sum by (job) (up{{{JOB}}})", "{{job}}"), kind="stat"),

@@ -187,6 +187,21 @@ READ_GAUGES: tuple[MetricDef, ...] = (TRACKED_RUNS, SPAN_BACKLOG, SPAN_BACKLOG_A
 """Self metrics read from a callable at scrape time rather than updated as events happen."""
 ALL_METRICS: tuple[MetricDef, ...] = DOMAIN_METRICS + SELF_METRICS
 
+# --- selectors dashboards and alerts share, so a panel and its alert count the same things as failures ---------
+
+RUN_FAILED_STATUSES = ("failed", "expired", "incomplete")  # cancelled is the application's choice, not a failure
+STEP_FAILED_STATUSES = ("failed", "expired")  # cancelled steps follow a cancelled run
+API_ERROR_CODES = ("5..", "error", "invalid_body", "401", "403")  # `code` values (regex) of a failed API request
+
+
+def matcher(label: str, values: tuple[str, ...]) -> str:
+    """A PromQL label matcher for any of `values`: `matcher("status", ("failed", "expired"))` is
+    `status=~"failed|expired"`; a single value gives `status="failed"`."""
+    if len(values) == 1:
+        return f'{label}="{values[0]}"'
+    return f'{label}=~"{"|".join(values)}"'
+
+
 _BY_SERIES = {series: d for d in ALL_METRICS for series in d.series}
 
 

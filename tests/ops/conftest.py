@@ -21,39 +21,14 @@ from typing import Any
 import promql_parser
 import pytest
 
+from stepscope.metricdefs import ALL_METRICS
+
 REPO = Path(__file__).resolve().parents[2]
 
-# The metric contract: every metric a dashboard or rule may reference (histograms by family name).
-CONTRACT_METRICS = frozenset(
-    {
-        "stepscope_run_steps_total",
-        "stepscope_tokens_total",
-        "stepscope_runs_total",
-        "stepscope_run_step_duration_seconds",
-        "stepscope_run_duration_seconds",
-        "stepscope_run_queue_seconds",
-        "stepscope_tool_calls_total",
-        "stepscope_api_requests_total",
-        "stepscope_api_request_duration_seconds",
-        "stepscope_tracked_runs",
-        "stepscope_export_lag_seconds",
-        "stepscope_dropped_total",
-        "stepscope_invalid_objects_total",
-        "stepscope_span_export_failures_total",
-        "stepscope_span_backlog",
-        "stepscope_span_backlog_age_seconds",
-        "stepscope_build_info",
-    }
-)
-HISTOGRAMS = frozenset(
-    {
-        "stepscope_run_step_duration_seconds",
-        "stepscope_run_duration_seconds",
-        "stepscope_run_queue_seconds",
-        "stepscope_api_request_duration_seconds",
-        "stepscope_export_lag_seconds",
-    }
-)
+# The metric contract: every metric a dashboard or rule may reference (histograms by family name), from the one
+# table the exporters register.
+CONTRACT_METRICS = frozenset(d.name for d in ALL_METRICS)
+HISTOGRAMS = frozenset(d.name for d in ALL_METRICS if d.kind == "histogram")
 # Series Prometheus itself produces for every target.
 PROMETHEUS_METRICS = frozenset({"up"})
 
