@@ -1,7 +1,7 @@
-"""README's "From the demo to a deployment" recipes, run as written against the simulator.
+"""The recipes of docs/recipes.md ("From the demo to a deployment", linked below README's Quickstart), run as written.
 
-Each recipe block in README.md follows a marker line ``<!-- recipe: NAME -->``; the blocks are read from the README
-itself, so documentation and test cannot drift. The shell blocks run in bash exactly as written except for ports:
+Each recipe block in docs/recipes.md follows a marker line ``<!-- recipe: NAME -->``; the blocks are read from that
+file itself, so documentation and test cannot drift. The shell blocks run in bash exactly as written except for ports:
 the simulator's 8089 and the collector's 4318 become free ones, and ``STEPSCOPE_LISTEN`` (the recipes leave it at
 its default, 127.0.0.1:9464) points ``serve`` at a free port. ``stepscope`` and ``python3`` come from this venv.
 """
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
+RECIPES = REPO / "docs" / "recipes.md"
 RULES_FILE = REPO / "deploy" / "prometheus" / "stepscope.rules.yml"
 _RECIPE = re.compile(r"^<!-- recipe: ([a-z-]+) -->\n```[a-z]+\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SIM_PORT, OTLP_PORT = "8089", "4318"
@@ -37,7 +38,7 @@ DEADLINE_S = 20.0
 
 def recipes() -> dict[str, str]:
     """Recipe name -> the text of the fenced block after its marker."""
-    found = _RECIPE.findall(README.read_text(encoding="utf-8"))
+    found = _RECIPE.findall(RECIPES.read_text(encoding="utf-8"))
     return dict(found)
 
 
@@ -134,16 +135,15 @@ def _start_simulator(terminals: Terminals) -> tuple[str, str]:
     return port, root
 
 
-def test_quickstart_keeps_its_two_commands_and_the_recipes_follow_it() -> None:
-    """Quickstart's block is still `make demo` and `make test`, and every recipe sits below it with its ports."""
-    text = README.read_text(encoding="utf-8")
-    quickstart = text.split("## Quickstart\n", 1)[1].split("\n## ", 1)[0]
+def test_quickstart_keeps_its_two_commands_and_leads_to_the_recipes() -> None:
+    """Quickstart's block is still `make demo` and `make test`, it links the recipes, and each recipe has its ports."""
+    quickstart = README.read_text(encoding="utf-8").split("## Quickstart\n", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```sh\n(.*?)```", quickstart, re.DOTALL)
     assert block is not None
     assert [line.split("#")[0].strip() for line in block.group(1).splitlines()] == ["make demo", "make test"]
+    assert "](docs/recipes.md)" in quickstart
     found = recipes()
     assert set(found) == {"simulate", "metrics-only", "with-traces", "prometheus-config"}
-    assert text.index("<!-- recipe:") > text.index("## Quickstart")
     assert SIM_PORT in found["simulate"] and SIM_PORT in found["metrics-only"]
     assert OTLP_PORT in found["with-traces"]
 
@@ -180,7 +180,7 @@ def test_traces_recipe_delivers_spans_to_the_otlp_endpoint(terminals: Terminals)
 
 
 def test_prometheus_config_recipe_loads_the_rules(tmp_path: Path) -> None:
-    """The README's prometheus.yml lines, with the rules path pointing at the shipped file, pass promtool."""
+    """The recipe's prometheus.yml lines, with the rules path pointing at the shipped file, pass promtool."""
     promtool = shutil.which("promtool") or "/usr/bin/promtool"
     if not Path(promtool).exists():
         pytest.fail("promtool not found: install Debian's `prometheus` package (`make deps`)")
