@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from stepscope.simulator.agents import AgentsService, WebhookTarget
+from stepscope.simulator.agents.app import AgentsApp
 from stepscope.simulator.api import DROP_HEADER, SimApp
 from stepscope.simulator.engine import Engine
 from stepscope.simulator.faults import FaultConfig, FaultInjector
@@ -26,6 +28,7 @@ from stepscope.simulator.scenario import Scenario, SimClock, SimTime
 log = logging.getLogger(__name__)
 
 FLAVORS = ("openai", "azure")
+PROTOCOLS = ("assistants", "agents", "both")
 AZURE_API_VERSIONS = ("2025-05-01", "v1", "2025-05-15-preview")
 
 
@@ -35,6 +38,9 @@ class Simulator:
     `flavor` is `openai` (paths under `/v1`) or `azure` (under `/api/projects/{project}`). `api_key` is accepted
     as Bearer token (and as `api-key` on Azure) together with `accepted_tokens`. `seed` defaults to the
     scenario's. `max_runs` bounds memory: housekeeping forgets the oldest terminal runs beyond it.
+
+    `protocol` is `assistants` (the default), `agents` (only the Agents API, under `/v1/agents`) or `both`; the
+    Agents API exists on the openai flavour only. `webhooks` (agents or both) delivers signed session events.
     """
 
     def __init__(
@@ -50,9 +56,15 @@ class Simulator:
         project: str = "sim",
         max_runs: int = 200_000,
         housekeeping_s: float = 1.0,
+        protocol: str = "assistants",
+        webhooks: WebhookTarget | None = None,
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}")
+        if protocol not in PROTOCOLS or (protocol != "assistants" and flavor != "openai"):
+            raise ValueError(f"protocol must be one of {PROTOCOLS} (agents and both with flavor openai only)")
+        if webhooks is not None and protocol == "assistants":
+            raise ValueError("webhooks need protocol agents or both")
         self.scenario = scenario or Scenario()
         problems = self.scenario.validate() + (faults.validate() if faults else [])
         if problems:
@@ -63,7 +75,9 @@ class Simulator:
         self.clock: SimTime = clock or SimClock()
         self.max_runs = max_runs
         self.base_path = "/v1" if flavor == "openai" else f"/api/projects/{project}"
-        self.engine = Engine(self.scenario, clock=self.clock, seed=self.seed, azure=flavor == "azure")
+        # Agents only: the Assistants workload stays off (its engine still answers /_sim/truth).
+        assistants = self.scenario if protocol != "agents" else self.scenario.replace(runs_per_second=0.0)
+        self.engine = Engine(assistants, clock=self.clock, seed=self.seed, azure=flavor == "azure")
         self.injector = FaultInjector(faults, seed=self.seed)
         self.app = SimApp(
             Handlers(self.engine),
@@ -73,6 +87,11 @@ class Simulator:
             accepted_keys=frozenset({api_key, *accepted_tokens}),
             lifespan=(self.start, self.shutdown),
         )
+        self.protocol = protocol
+        self.agents: AgentsService | None = None
+        if protocol != "assistants":
+            self.agents = AgentsService(self.scenario, clock=self.clock, seed=self.seed, webhooks=webhooks)
+            self.app = AgentsApp(self.app, self.agents.handlers, serve_assistants=protocol == "both", truth=self.truth)
         self._housekeeping_s = housekeeping_s
         self._task: asyncio.Task[None] | None = None
 
@@ -100,8 +119,12 @@ class Simulator:
         """What really happened, as of now: `{"now", "threads", "workload_threads", "assistants", "runs", "stats"}`.
 
         `runs` holds every run object as the API serialises it, plus `"steps"`: its steps in creation order.
+        With the Agents API served, `"agents"` holds its truth (stepscope/simulator/agents/truth.py).
         """
-        return self.engine.truth()
+        truth = self.engine.truth()
+        if self.agents is not None:
+            truth["agents"] = self.agents.truth()
+        return truth
 
     def transport(self) -> httpx.AsyncBaseTransport:
         """An httpx transport that calls `app` in-process (base URL: `http://sim` + `base_path`)."""
@@ -111,6 +134,8 @@ class Simulator:
         """Start housekeeping (workload catch-up, pruning). Returns at once; idempotent."""
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._housekeeping(), name="sim-housekeeping")
+        if self.agents is not None:
+            await self.agents.start()
 
     async def shutdown(self) -> None:
         """Stop housekeeping. Idempotent and safe without `start`."""
@@ -119,6 +144,8 @@ class Simulator:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.agents is not None:
+            await self.agents.shutdown()
 
     async def _housekeeping(self) -> None:
         while True:
@@ -127,6 +154,8 @@ class Simulator:
             dropped = self.engine.prune(t, self.max_runs)
             if dropped:
                 log.info("simulator forgot %d old terminal runs (max_runs=%d)", dropped, self.max_runs)
+            if self.agents is not None and self.agents.engine.prune(t, self.max_runs):
+                log.info("simulator forgot old idle agent sessions (max_runs=%d root turns)", self.max_runs)
 
 
 class SimTransport(httpx.AsyncBaseTransport):

@@ -28,6 +28,15 @@ ENDPOINTS = frozenset(
         "get_step",
     }
 )  # fmt: skip
+# The Agents API side's endpoints (stepscope/simulator/agents/app.py); faults name them like the ones above.
+AGENTS_ENDPOINTS = frozenset(
+    {
+        "list_agent_sessions", "get_agent_session", "list_agent_session_items", "list_agent_traces",
+        "list_agent_turns", "get_agent_turn", "list_agent_turn_items", "list_agent_subagents", "get_agent_subagent",
+        "list_agent_subagent_turns", "get_agent_subagent_turn", "list_agent_subagent_turn_items",
+        "list_agent_subagent_items",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +78,8 @@ class FaultConfig:
         return self.endpoints.get(name, self.default)
 
     def validate(self) -> list[str]:
-        problems = [f"endpoints.{name}: unknown endpoint" for name in self.endpoints if name not in ENDPOINTS]
+        known = ENDPOINTS | AGENTS_ENDPOINTS
+        problems = [f"endpoints.{name}: unknown endpoint" for name in self.endpoints if name not in known]
         for where, spec in [("default", self.default), *((f"endpoints.{k}", v) for k, v in self.endpoints.items())]:
             for name in ("error_rate", "rate_limit_rate", "drop_rate", "truncate_rate", "malformed_rate", "drift_rate"):
                 if not 0.0 <= getattr(spec, name) <= 1.0:
