@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -23,12 +24,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from stepscope.errors import ConfigError
-from stepscope.simulator.core import FLAVORS, Simulator
-from stepscope.simulator.faults import ENDPOINTS, FaultConfig, FaultSpec, spec_from_dict
+from stepscope.simulator.agents import WebhookTarget
+from stepscope.simulator.core import FLAVORS, PROTOCOLS, Simulator
+from stepscope.simulator.faults import AGENTS_ENDPOINTS, ENDPOINTS, FaultConfig, FaultSpec, spec_from_dict
 from stepscope.simulator.scenario import SCENARIOS, SimClock, scenario_named
 from stepscope.simulator.server import SimulatorServer
 
 log = logging.getLogger("stepscope.simulator")
+ENV_WEBHOOK_SECRET = "STEPSCOPE_SIM_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
 N = TypeVar("N", int, float)
 
 
@@ -79,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default="sk-sim", help="the one accepted key; others get 401 (default sk-sim)")
     parser.add_argument("--flavor", default="openai", choices=FLAVORS, help="openai (/v1) or azure (project path)")
     parser.add_argument("--project", default="sim", help="Azure project name in /api/projects/{project}")
+    parser.add_argument("--protocol", default="assistants", choices=PROTOCOLS,
+                        help="assistants (default), agents (/v1/agents, openai flavour) or both")  # fmt: skip
+    parser.add_argument("--webhook-url", default=None, help="agents: POST signed session events to this URL")
+    parser.add_argument("--webhook-secret", default=os.environ.get(ENV_WEBHOOK_SECRET),
+                        help=f"agents: signing secret whsec_<base64> (default ${ENV_WEBHOOK_SECRET})")  # fmt: skip
+    parser.add_argument("--webhook-attempts", type=_AT_LEAST_ONE, default=5, help="tries per event (default 5)")
     parser.add_argument("--fault-latency-ms", type=_MS, default=0.0)
     parser.add_argument("--fault-jitter-ms", type=_MS, default=0.0)
     parser.add_argument("--fault-error-rate", type=_RATE, default=0.0, help="probability of a 5xx per request")
@@ -92,8 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-budget", type=_AT_LEAST_ONE, default=None,
                         help="requests per --budget-window; then 429")  # fmt: skip
     parser.add_argument("--budget-window", type=number(float, above=0), default=1.0, help="seconds (default 1)")
+    endpoints = ", ".join(sorted(ENDPOINTS | AGENTS_ENDPOINTS))
     parser.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:KEY=VALUE",
-                        help=f"per-endpoint fault; endpoints: {', '.join(sorted(ENDPOINTS))}")  # fmt: skip
+                        help=f"per-endpoint fault; endpoints: {endpoints}")  # fmt: skip
     parser.add_argument("--faults-file", type=Path, default=None, help="FaultConfig JSON (overrides --fault-*)")
 
 
@@ -153,6 +163,13 @@ def _faults_file(path: Path) -> FaultConfig:
 def build(args: argparse.Namespace) -> Simulator:
     """The `Simulator` the options describe; `ValueError`/`KeyError` explain a bad option."""
     scenario = scenario_named(args.scenario, runs_per_second=args.runs_per_second, threads=args.threads)
+    webhooks = None
+    if args.webhook_url is not None:
+        if args.protocol == "assistants":
+            raise ValueError("--webhook-url needs --protocol agents or both")
+        if not args.webhook_secret:
+            raise ValueError(f"--webhook-url needs --webhook-secret (or ${ENV_WEBHOOK_SECRET})")
+        webhooks = WebhookTarget(args.webhook_url, args.webhook_secret, attempts=args.webhook_attempts)
     return Simulator(
         scenario,
         faults_from_args(args),
@@ -161,6 +178,8 @@ def build(args: argparse.Namespace) -> Simulator:
         clock=SimClock(args.speed),
         seed=args.seed,
         project=args.project,
+        protocol=args.protocol,
+        webhooks=webhooks,
     )
 
 
@@ -189,9 +208,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         server.start()
         log.info(
-            "simulator listening url=%s api_key=%s scenario=%s flavor=%s seed=%s speed=%s threads=%d",
-            server.url, args.api_key, simulator.scenario.name, simulator.flavor, simulator.seed, args.speed,
-            len(simulator.thread_ids),
+            "simulator listening url=%s api_key=%s scenario=%s flavor=%s protocol=%s seed=%s speed=%s threads=%d",
+            server.url, args.api_key, simulator.scenario.name, simulator.flavor, simulator.protocol, simulator.seed,
+            args.speed, len(simulator.thread_ids),
         )  # fmt: skip
         stop.wait()
         log.info("simulator stopping")
