@@ -1,4 +1,4 @@
-"""The `stepscope` command: serve, demo, simulate, inspect, backfill, config check, dashboards.
+"""The `stepscope` command: serve, demo, simulate, inspect, backfill, config check, dashboards, rules.
 
 The only module that calls `sys.exit`. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 Every failure an operator can cause prints plain lines on stderr, never a traceback: a bad flag value is one
@@ -162,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     group = dashboards.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", metavar="DIR", help="write dashboard JSON files into DIR")
     group.add_argument("--check", metavar="DIR", help="exit 1 if DIR differs from the generated dashboards")
+
+    rules = sub.add_parser("rules", help="render the Prometheus rules file and the PrometheusRule manifest")
+    group = rules.add_mutually_exclusive_group(required=True)
+    group.add_argument("--write", metavar="DIR", help="write DIR/prometheus/stepscope.rules.yml and the manifest")
+    group.add_argument("--check", metavar="DIR", help="exit 1 if the files under DIR differ from the generated ones")
+    rules.add_argument(
+        "--runbook-url",
+        metavar="BASE",
+        help="prefix of each alert's runbook_url, before the lower-cased alert name (default: the path of "
+        "deploy/runbook.md in the repository, deploy/runbook.md#)",
+    )
     return parser
 
 
@@ -206,6 +217,8 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return simulator_cli.run(args)
     if command == "dashboards":
         return _dashboards(write=args.write, check=args.check)
+    if command == "rules":
+        return _rules(write=args.write, check=args.check, runbook_url=args.runbook_url)
     if command == "demo":
         from stepscope.demo import run_demo  # noqa: PLC0415
 
@@ -249,6 +262,21 @@ def _dashboards(*, write: str | None, check: str | None) -> int:
     stale = dashboards.check(check)
     for name in stale:
         print(f"{name} is out of date: run `stepscope dashboards --write {check}`", file=sys.stderr)
+    return EXIT_FAILURE if stale else EXIT_OK
+
+
+def _rules(*, write: str | None, check: str | None, runbook_url: str | None) -> int:
+    from stepscope import rules  # noqa: PLC0415
+
+    runbook_url = runbook_url or rules.RUNBOOK_URL
+    if write:
+        for path in rules.write(write, runbook_url):
+            print(f"wrote {path}")
+        return EXIT_OK
+    assert check is not None
+    stale = rules.check(check, runbook_url)
+    for path in stale:
+        print(f"{path} is out of date: run `stepscope rules --write {check}`", file=sys.stderr)
     return EXIT_FAILURE if stale else EXIT_OK
 
 
