@@ -1,0 +1,130 @@
+"""Reading run answers as they pass: JSON runs, gzip, streams, bounds, and a feed that fails."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from stepscope.proxy.feed import RecordingFeed, SafeFeed
+from stepscope.proxy.observe import AnswerObserver
+from stepscope.proxy.routes import CREATE_RUN, SUBMIT_TOOL_OUTPUTS, RunRoute
+
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+RUN = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "queued", "metadata": {}}
+STEP = {"id": "step_1", "object": "thread.run.step", "run_id": "run_1", "thread_id": "thread_1", "status": "completed"}
+
+
+def _sse(*events: tuple[str, Any]) -> bytes:
+    return b"".join(f"event: {n}\ndata: {json.dumps(d)}\n\n".encode() for n, d in events)
+
+
+def _observer(feed: Any, route: RunRoute, ctype: str = "application/json", **kw: Any) -> AnswerObserver:
+    counts: list[str] = kw.pop("counts", [])
+    return AnswerObserver(route, feed, content_type=ctype, traceparent=TP,
+                          dropped=lambda r, n: counts.extend([r] * n), **kw)  # fmt: skip
+
+
+def test_json_run_reported_once_complete_with_traceparent() -> None:
+    """A run body cut in chunks is reported when complete, with the traceparent, and not when cut short."""
+    feed = RecordingFeed()
+    body = json.dumps(RUN).encode()
+    obs = _observer(feed, RunRoute(CREATE_RUN, "thread_1"))
+    obs.chunk(body[:10])
+    assert feed.calls == []
+    obs.chunk(body[10:])
+    obs.finish(True)
+    obs.finish(True)
+    assert feed.calls == [("run_created", (RUN, TP))]
+    cut = _observer(feed, RunRoute(CREATE_RUN, "thread_1"))
+    cut.chunk(body[:10])
+    cut.finish(False)
+    assert len(feed.calls) == 1
+
+
+def test_own_metadata_traceparent_and_resumes_get_none() -> None:
+    """A run carrying its own traceparent, or resumed by submit_tool_outputs, is reported without the header's."""
+    feed = RecordingFeed()
+    own = {**RUN, "metadata": {"traceparent": TP}}
+    for route, run in ((RunRoute(CREATE_RUN, "thread_1"), own), (RunRoute(SUBMIT_TOOL_OUTPUTS, "t", "r"), RUN)):
+        obs = _observer(feed, route)
+        obs.chunk(json.dumps(run).encode())
+        obs.finish(True)
+    assert [tp for _, tp in feed.of("run_created")] == [None, None]
+
+
+def test_gzip_body_is_read_and_unknown_encoding_skipped() -> None:
+    """A gzip answer is decoded for reading; a brotli one is left unread and counted."""
+    feed, counts = RecordingFeed(), []
+    obs = _observer(feed, RunRoute(CREATE_RUN, "thread_1"), content_encoding="gzip", counts=counts)
+    packed = gzip.compress(json.dumps(RUN).encode())
+    for i in range(0, len(packed), 7):
+        obs.chunk(packed[i : i + 7])
+    obs.finish(True)
+    other = _observer(feed, RunRoute(CREATE_RUN, "thread_1"), content_encoding="br", counts=counts)
+    other.chunk(b"\x0b\x02")
+    other.finish(True)
+    assert feed.of("run_created") == [(RUN, TP)] and counts == ["proxy_unreadable"]
+
+
+def test_too_large_body_is_given_up() -> None:
+    """A body past the bound is not kept nor reported, and is counted."""
+    feed, counts = RecordingFeed(), []
+    obs = _observer(feed, RunRoute(CREATE_RUN, "thread_1"), max_body=100, counts=counts)
+    obs.chunk(json.dumps({**RUN, "instructions": "x" * 500}).encode())
+    obs.finish(True)
+    assert feed.calls == [] and counts == ["proxy_body_too_large"]
+
+
+def test_stream_events_in_order_then_ended_complete() -> None:
+    """A stream's first run event reports the run; every run and step event follows in order; done completes."""
+    feed = RecordingFeed()
+    done = {**RUN, "status": "completed"}
+    body = _sse(("thread.run.created", RUN), ("thread.message.created", {"id": "msg"}),
+                ("thread.run.step.completed", STEP), ("thread.run.completed", done))  # fmt: skip
+    obs = _observer(feed, RunRoute(CREATE_RUN, "thread_1"), "text/event-stream; charset=utf-8")
+    for i in range(0, len(body), 13):
+        obs.chunk(body[i : i + 13])
+    obs.chunk(b"event: done\ndata: [DONE]\n\n")
+    obs.finish(True)
+    assert [name for name, _ in feed.calls] == ["run_created"] + ["stream_event"] * 3 + ["stream_ended"]
+    assert [e for e, _ in feed.of("stream_event")] == [
+        "thread.run.created", "thread.run.step.completed", "thread.run.completed"
+    ]  # fmt: skip
+    assert feed.of("stream_ended") == [("thread_1", "run_1", True)]
+
+
+def test_stream_without_done_is_incomplete_and_keeps_path_ids() -> None:
+    """A stream that ends before `done` is incomplete; with no event, the path's ids are what is known."""
+    feed = RecordingFeed()
+    obs = _observer(feed, RunRoute(SUBMIT_TOOL_OUTPUTS, "thread_9", "run_9"), "text/event-stream")
+    obs.chunk(b'event: thread.run.queued\ndata: {"id": "run_9", "obj')
+    obs.finish(True)
+    assert feed.calls == [("stream_ended", ("thread_9", "run_9", False))]
+
+
+class _Failing:
+    def run_created(self, run: Mapping[str, Any], traceparent: str | None) -> None:
+        raise ValueError("nope")
+
+    def stream_event(self, event: str, data: Mapping[str, Any]) -> None:
+        raise ValueError("nope")
+
+    def stream_ended(self, thread_id: str | None, run_id: str | None, complete: bool) -> None:
+        raise ValueError("nope")
+
+
+def test_safe_feed_counts_and_logs_rarely(caplog: Any) -> None:
+    """Every failing call is counted; the log says so once per minute with the number left out."""
+    now = [0.0]
+    counts: list[str] = []
+    feed = SafeFeed(_Failing(), dropped=lambda r, n: counts.extend([r] * n), monotonic=lambda: now[0])
+    for _ in range(5):
+        feed.run_created(RUN, None)
+        feed.stream_event("thread.run.created", RUN)
+    now[0] = 61.0
+    feed.stream_ended(None, None, False)
+    assert feed.failures == 11 and counts == ["proxy_feed_error"] * 11
+    lines = [r.getMessage() for r in caplog.records if "run feed failed" in r.getMessage()]
+    assert len(lines) == 2 and "9 more failure(s)" in lines[1]
