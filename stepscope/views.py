@@ -1,7 +1,7 @@
 """Terminal views: the waterfall of one run (`inspect`, and the demo's live view), and its JSON form.
 
-All are built from the same rows, timed by the server's timestamps (1 s resolution), so what the terminal shows
-is what the spans carry.
+All are built from the same rows, and the rows from the span specs the mapping exports (names, statuses, times at
+the server's 1 s resolution, token counts), so what the terminal shows is what the spans carry.
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ from rich.text import Text
 
 from stepscope.config import Config
 from stepscope.errors import InvalidObject, SourceError
+from stepscope.mapping import attributes as a
+from stepscope.mapping.attributes import MappingOptions
+from stepscope.mapping.spans import STEP_SPAN_PREFIX, run_span, step_spans
 from stepscope.models import Run, RunRef, RunStep
 from stepscope.source.connect import connect
+from stepscope.types import SpanSpec
 
+_NS = 1_000_000_000
 BAR_WIDTH = 40
 MIN_BAR_WIDTH = 10
 FULL_TABLE_WIDTH = 120  # narrower consoles get the compact waterfall: the full one would squeeze out the bars
@@ -50,37 +55,42 @@ class Row:
         return None if self.end is None else max(0, self.end - self.start)
 
 
-def waterfall_rows(run: Run, steps: list[RunStep], assistant_name: str | None = None) -> list[Row]:
-    """The run, then each step in creation order followed by its tool calls (timed as their step)."""
-    rows = [
-        Row(
-            f"invoke_agent {assistant_name or run.assistant_id}",
-            "run",
-            run.status,
-            run.created_at,
-            run.ended_at,
-            run.usage.prompt_tokens if run.usage else None,
-            run.usage.completion_tokens if run.usage else None,
-        )
-    ]
+def waterfall_rows(
+    run: Run, steps: list[RunStep], assistant_name: str | None = None, *, options: MappingOptions | None = None
+) -> list[Row]:
+    """The run, then each step in creation order followed by its tool calls: one row per span the mapping makes
+    of them (`run_span`, `step_spans`), so the rows cannot disagree with what is exported.
+
+    A row takes its span's name (a step's without the `run_step ` prefix; a tool's indented), status attribute
+    (a tool's is its step's), start, end and token counts, in whole seconds. A run or step still going has no end.
+    """
+    options = options or MappingOptions()
+    spec = run_span(run, assistant_name=assistant_name, options=options, partial=True)
+    rows = [_row(spec, spec.name, "run", str(spec.attributes[a.OPENAI_RUN_STATUS]), run.ended_at is None)]
     for step in steps:
-        usage = step.usage
-        rows.append(
-            Row(
-                step.type,
-                "step",
-                step.status,
-                step.created_at,
-                step.ended_at,
-                usage.prompt_tokens if usage else None,
-                usage.completion_tokens if usage else None,
-            )
-        )
-        rows.extend(
-            Row(f"  execute_tool {call.name or call.type}", "tool", step.status, step.created_at, step.ended_at)
-            for call in step.tool_calls
-        )
+        step_spec, *tool_specs = step_spans(run, step, options=options)
+        status = str(step_spec.attributes[a.OPENAI_RUN_STEP_STATUS])
+        going = step.ended_at is None
+        rows.append(_row(step_spec, step_spec.name.removeprefix(STEP_SPAN_PREFIX), "step", status, going))
+        rows.extend(_row(tool, f"  {tool.name}", "tool", status, going) for tool in tool_specs)
     return rows
+
+
+def _row(spec: SpanSpec, label: str, kind: str, status: str, going: bool) -> Row:
+    return Row(
+        label,
+        kind,
+        status,
+        spec.start_ns // _NS,
+        None if going else spec.end_ns // _NS,
+        _tokens(spec, a.GEN_AI_USAGE_INPUT_TOKENS),
+        _tokens(spec, a.GEN_AI_USAGE_OUTPUT_TOKENS),
+    )
+
+
+def _tokens(spec: SpanSpec, key: str) -> int | None:
+    value = spec.attributes.get(key)
+    return value if isinstance(value, int) else None
 
 
 def _bar(row: Row, origin: int, span: int, width: int) -> Text:

@@ -17,6 +17,8 @@ from stepscope.models import Run, RunStep, ToolCall
 from stepscope.types import AttrValue, SpanEvent, SpanSpec
 
 _NS = 1_000_000_000
+STEP_SPAN_PREFIX = "run_step "
+"""A step span's name is this prefix and the step type: `run_step tool_calls`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +82,9 @@ def _truncate(text: str) -> str:
     return text[: a.MAX_CONTENT_CHARS - 1] + "…"
 
 
-def run_span(run: Run, *, assistant_name: str | None, options: a.MappingOptions) -> SpanSpec:
-    """The `invoke_agent` span of a terminal run; raises ValueError for a run that is still going.
+def run_span(run: Run, *, assistant_name: str | None, options: a.MappingOptions, partial: bool = False) -> SpanSpec:
+    """The `invoke_agent` span of a terminal run; raises ValueError for a run that is still going, unless
+    `partial` (what `inspect` shows of a run in progress: the span so far, ending at its start).
 
     Sample: `Run(id="run_1", thread_id="thread_1", assistant_id="asst_1", status="failed", created_at=100,
     started_at=102, failed_at=130, model="gpt-4o", last_error=LastError("server_error", "…"),
@@ -96,7 +99,7 @@ def run_span(run: Run, *, assistant_name: str | None, options: a.MappingOptions)
     Without a name the span is `invoke_agent asst_1` (bare `invoke_agent` when the assistant id is unknown). The
     end is `run.ended_at`; when none can be determined, or it precedes `created_at`, the span ends at its start.
     """
-    if not run.is_terminal:
+    if not run.is_terminal and not partial:
         raise ValueError(f"run {run.id} is {run.status}, not terminal")
     where = run_trace(run)
     start_ns = run.created_at * _NS
@@ -189,7 +192,7 @@ def step_spans(run: Run, step: RunStep, *, options: a.MappingOptions) -> list[Sp
     specs = [
         SpanSpec(
             f"step:{step.id}",
-            f"run_step {step.type}",
+            f"{STEP_SPAN_PREFIX}{step.type}",
             "internal",
             trace_id,
             step_span_id,

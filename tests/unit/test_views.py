@@ -8,6 +8,7 @@ import re
 
 from rich.console import Console
 
+from stepscope.mapping import MappingOptions, run_span, step_spans
 from stepscope.models import Run, RunStep, ToolCall, Usage
 from stepscope.views import BAR_WIDTH, Row, waterfall_json, waterfall_rows, waterfall_table
 from tests.unit.samples import make_run, make_step
@@ -49,6 +50,30 @@ class TestRows:
             ("message_creation", "step", "failed"),
         ]
         assert [r.duration for r in rows] == [40, 4, 14, 14, 14, 20]
+
+    def test_rows_are_the_exported_spans(self) -> None:
+        """Each row has the name, start and end of the span the mapping exports for it, in the same order."""
+        run, steps = _sample()
+        options = MappingOptions()
+        specs = [run_span(run, assistant_name="Research assistant", options=options)]
+        for step in steps:
+            specs.extend(step_spans(run, step, options=options))
+        rows = waterfall_rows(run, steps, "Research assistant")
+        assert len(rows) == len(specs)
+        for row, spec in zip(rows, specs, strict=True):
+            assert spec.name.endswith(row.label.strip())
+            assert (row.start, row.end) == (spec.start_ns // 10**9, spec.end_ns // 10**9)
+
+    def test_a_run_in_progress_has_open_rows(self) -> None:
+        """A run and a step still going get rows without an end, and a finished step keeps its own end."""
+        run = make_run(status="in_progress", completed_at=None)
+        steps = [make_step(), make_step(id="s2", type="tool_calls", status="in_progress", completed_at=None)]
+        rows = waterfall_rows(run, steps)
+        assert [(r.label, r.status, r.end) for r in rows] == [
+            ("invoke_agent asst_1", "in_progress", None),
+            ("message_creation", "completed", 105),
+            ("tool_calls", "in_progress", None),
+        ]
 
     def test_json_carries_the_same_rows(self) -> None:
         """`--json` lists the rows with names stripped of indentation and their durations."""
