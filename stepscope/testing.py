@@ -20,6 +20,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from stepscope.simulator.scenario import ManualClock
 from stepscope.types import Observation
 
 _KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -73,22 +74,9 @@ class RecordingMetricSink:
         )
 
 
-class FakeClock:
-    """`Clock` whose time moves only with `advance()`; wall and monotonic move together."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self._wall = start
-        self._mono = 0.0
-
-    def time(self) -> float:
-        return self._wall
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def advance(self, seconds: float) -> None:
-        self._wall += seconds
-        self._mono += seconds
+FakeClock = ManualClock
+"""`Clock` whose time moves only with `advance()`: the simulator's `ManualClock`, so one fake clock (with `time()`,
+`now()`, `monotonic()` and `advance()`) drives both the bridge and the simulated server."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,12 @@ class SimClock:
 
 
 class ManualClock:
-    """A clock that moves only when told: `advance(seconds)` moves both simulated and monotonic time."""
+    """A clock that moves only when told: `advance(seconds)` moves both simulated and monotonic time.
+
+    The one fake clock of the code base: `now()` serves the simulator (`SimTime`), `time()` the bridge
+    (`stepscope.types.Clock`, whose test double `stepscope.testing.FakeClock` is this class), so a test can drive
+    the simulated server and the bridge from one timeline.
+    """
 
     __slots__ = ("_mono", "_now")
 
@@ -65,6 +70,9 @@ class ManualClock:
         self._mono = 0.0
 
     def now(self) -> float:
+        return self._now
+
+    def time(self) -> float:
         return self._now
 
     def monotonic(self) -> float:

@@ -8,30 +8,18 @@ import httpx
 import pytest
 
 from stepscope.errors import InvalidObject, SourceError
-from stepscope.simulator import FaultConfig, FaultSpec, ManualClock, Simulator, scenario_named
+from stepscope.simulator import FaultConfig, FaultSpec, Simulator, scenario_named
 from stepscope.source import ApiKeyAuth, AssistantsClient, BearerAuth, RetryPolicy
 from stepscope.source.auth import Auth
+from stepscope.testing import FakeClock
 from tests.unit.test_client import Recorder
 
 KEYS = {"openai": "sk-sim-key-0001", "azure": "az-sim-key-0001"}
 
 
-class SimClockAdapter:
-    """Exposes the simulator's ManualClock through stepscope's Clock protocol."""
-
-    def __init__(self, clock: ManualClock) -> None:
-        self.clock = clock
-
-    def time(self) -> float:
-        return self.clock.now()
-
-    def monotonic(self) -> float:
-        return self.clock.monotonic()
-
-
 async def crawl(flavor: str, faults: FaultConfig, retry: RetryPolicy) -> tuple[Recorder, Counter[str], int]:
     """List runs and steps of 20 threads; return the observer, the errors raised and the steps read."""
-    clock = ManualClock()
+    clock = FakeClock()
     sim = Simulator(scenario_named("lively"), faults, flavor=flavor, api_key=KEYS[flavor], clock=clock, seed=3)
     clock.advance(120)
 
@@ -50,7 +38,7 @@ async def crawl(flavor: str, faults: FaultConfig, retry: RetryPolicy) -> tuple[R
             api_version="v1" if flavor == "azure" else None,
             flavor=flavor,
             observer=observer,
-            clock=SimClockAdapter(clock),
+            clock=clock,
             sleep=sleep,
             rng=lambda: 0.5,
             retry=retry,
