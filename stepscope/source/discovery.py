@@ -1,7 +1,12 @@
 """Discovery: which runs to watch.
 
-Three combinable sources: configured thread ids, threads and runs registered through `/v1/watch` (kept in the
-store), and, for every watched thread, its runs listed newest first until a known run or the lookback horizon.
+Four combinable sources: configured thread ids, threads and runs registered through `/v1/watch` (kept in the
+store), the project's threads listed newest first down to the lookback horizon (with a `ThreadSource`: Azure
+Foundry Agents, when no thread is configured), and, for every watched thread, its runs listed newest first until a
+known run or the lookback horizon. Listed threads are remembered until they fall behind the horizon, so each pass
+lists only the threads created since the last one; like configured threads they are listed every pass, so a run
+on any of them is found within one interval. A run on a thread older than the lookback is found only when the
+thread is configured, registered or seen by the proxy.
 A thread has at most one active run at a time, so older runs than a known one are known or finished already, and
 a thread whose run is still being tracked is skipped: it cannot have started another. That keeps discovery cheap
 enough to run every second on idle threads, which is what bounds the delay before a new run's first poll.
@@ -29,6 +34,7 @@ from typing import Protocol
 
 from stepscope.errors import AuthError, InvalidObject, NotFound, RateLimited, SourceError, StepscopeError, StoreError
 from stepscope.models import RunRef
+from stepscope.source.threads import ThreadSource
 from stepscope.store import SqliteStore
 from stepscope.types import StepSource
 from stepscope.vocabulary import DropReason
@@ -101,8 +107,11 @@ class Discovery:
         pass_budget: int = DISCOVERY_BUDGET,
         on_drop: Callable[[str, int], None] = _no_drop,
         monotonic: Callable[[], float] = time.monotonic,
+        thread_source: ThreadSource | None = None,
     ) -> None:
         self._source = source
+        self._thread_source = thread_source
+        self._listed: dict[str, int] = {}  # thread id -> created_at, threads listed inside the lookback
         self._store = store
         self._tracker = tracker
         self._configured = list(dict.fromkeys(threads))
@@ -139,7 +148,40 @@ class Discovery:
 
     def _threads(self, rows: list[tuple[str, str | None]]) -> list[str]:
         registered = [t for t, run in rows if run is None]
-        return [t for t in dict.fromkeys(self._configured + registered) if self.owns(t) and t not in self._missing]
+        every = dict.fromkeys(self._configured + list(self._listed) + registered)
+        return [t for t in every if self.owns(t) and t not in self._missing]
+
+    def _pinned(self, thread_id: str) -> bool:
+        """Configured or listed: listed every pass, never backed off or expired for being empty."""
+        return thread_id in self._configured_set or thread_id in self._listed
+
+    async def _list_threads(self) -> None:
+        """Add the threads created since the last listing (down to the horizon) and forget those behind it.
+
+        Newest first, stopping at the first thread already known: an older one was listed before. A listing that
+        fails part-way adds nothing, so the next one starts again from the newest and misses no thread.
+        """
+        if self._thread_source is None:
+            return
+        horizon = self._wall() - self._lookback
+        for thread_id in [t for t, created in self._listed.items() if created < horizon]:
+            del self._listed[thread_id]
+        found: dict[str, int] = {}
+        try:
+            async for thread in self._thread_source.list_threads():
+                if thread.created_at < horizon or thread.id in self._listed:
+                    break
+                found[thread.id] = thread.created_at
+        except AuthError as exc:
+            self._tracker.api_failed("auth_failed", exc)
+            return
+        except RateLimited as exc:
+            self._tracker.api_failed("rate_limited", exc)
+            return
+        except SourceError as exc:
+            self._tracker.api_failed("unavailable", exc)
+            return
+        self._listed.update(found)
 
     @property
     def registered_count(self) -> int:
@@ -224,6 +266,7 @@ class Discovery:
             return 0
         # The store is the truth: the poller deletes the registration of a run it dropped.
         self._registered = {(t, r or "") for t, r in rows}
+        await self._list_threads()
         threads = self._threads(rows)
         self._prune_schedule(set(threads))
         busy = self._tracker.busy_threads()
@@ -252,7 +295,7 @@ class Discovery:
         due = sorted(due, key=lambda t: self._listed_at.get(t, -math.inf))
         if len(due) <= self._budget:
             return due
-        preferred = [t for t in due if t in self._configured_set or t in self._active][: self._budget // 2]
+        preferred = [t for t in due if self._pinned(t) or t in self._active][: self._budget // 2]
         chosen = set(preferred)
         rest = [t for t in due if t not in chosen][: self._budget - len(preferred)]
         return preferred + rest
@@ -279,12 +322,13 @@ class Discovery:
                 continue  # the API's state is reported to the tracker; the thread is tried again next time
             self._active.discard(thread_id)
             if outcome == _MISSING:
+                self._listed.pop(thread_id, None)  # a listed thread deleted since: nothing to report
                 if configured and thread_id not in self._missing:
                     log.warning("configured thread %s not found; no longer watching it", thread_id)
                     self._missing.add(thread_id)
                 if self._drop_registered(thread_id):
                     missing += 1
-            elif not configured:  # empty: back off, and drop once empty for the whole lookback
+            elif not self._pinned(thread_id):  # empty: back off, and drop once empty for the whole lookback
                 since = self._empty_since.setdefault(thread_id, wall)
                 if wall - since >= ttl and self._drop_registered(thread_id):
                     expired += 1
