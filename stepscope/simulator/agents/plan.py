@@ -47,13 +47,15 @@ class TurnKnobs:
     """Test controls for one turn; None fields are drawn from the scenario.
 
     `kinds` fixes the segment kinds in order; `seconds` fixes every duration (queue, segment, wait); `outcome`
-    is completed, failed, incomplete, cancelled or expired; `legacy_user_message` gives the input message no id.
+    is completed, failed, incomplete, cancelled or expired; `legacy_user_message` gives the input message no id;
+    `fail_session` makes a failed turn fail its session too.
     """
 
     kinds: tuple[str, ...] | None = None
     seconds: float | None = None
     outcome: str | None = None
     legacy_user_message: bool = False
+    fail_session: bool = False
 
 
 def _text(kind: str, text: str) -> list[dict[str, Any]]:
@@ -228,7 +230,7 @@ def build_root_turn(
     if outcome == "failed" and not b.stalled:
         b.reasoning(0.5, status="incomplete")
         turn.status, turn.error = "failed", rng.choice(TURN_ERRORS)
-        session_fails = rng.random() < _SESSION_FAILURE_SHARE
+        session_fails = rng.random() < _SESSION_FAILURE_SHARE or knobs.fail_session
     elif outcome == "incomplete" and not b.stalled:
         b.message("final_answer", status="incomplete")
         turn.status, turn.error = "failed", _INCOMPLETE
