@@ -28,6 +28,7 @@ from stepscope.source._responses import redact_url
 from stepscope.source._retry import RequestBudget, RetryPolicy, SleepFn
 from stepscope.source.auth import Auth
 from stepscope.types import Clock, RequestObserver
+from stepscope.vocabulary import ENDPOINTS, FLAVORS  # the `endpoint` values this client reports; its flavours
 
 __all__ = [
     "DEFAULT_DEADLINE",
@@ -39,9 +40,6 @@ __all__ = [
     "redact_url",
 ]
 
-ENDPOINTS = ("list_runs", "get_run", "list_steps", "get_step", "get_assistant")
-"""Values of the `endpoint` argument passed to `RequestObserver.observe_request`."""
-FLAVORS = ("openai", "azure")
 BETA = "assistants=v2"
 
 
