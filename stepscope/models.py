@@ -1,9 +1,9 @@
 """Typed records parsed from Assistants v2 JSON, and the tolerant parsers that build them.
 
-Parsing rules (protocol.md sections 4, 6 and 9): unknown fields are ignored, unknown enum values are kept as
-plain strings, missing optional fields become None, and Azure's extra step and tool-call types parse like the
-known ones. Only a missing or mistyped *identity* (ids, `created_at`, `status`, `type`) makes an object invalid:
-the parser then raises `InvalidObject`, which the caller counts and skips.
+Parsing rules, so that a newer or an Azure server never breaks parsing: unknown fields are ignored, unknown
+enum values are kept as plain strings, missing optional fields become None, and Azure's extra step and tool-call
+types parse like the known ones. Only a missing or mistyped *identity* (ids, `created_at`, `status`, `type`) makes
+an object invalid: the parser then raises `InvalidObject`, which the caller counts and skips.
 
 Numbers outside sane bounds also make an object invalid, because no span or counter built from them would be
 true: any timestamp outside [1970-01-01, 2100-01-01) (`MIN_TIMESTAMP`, `MAX_TIMESTAMP`; nanoseconds past 2100 are
@@ -371,8 +371,8 @@ def parse_assistant(obj: object) -> Assistant:
 def parse_page(obj: object, kind: str, parse: Any) -> Page:
     """Parse a list envelope; items that fail to parse are collected in `Page.invalid`, not raised.
 
-    Only `data`, `has_more` and the last raw item's id are relied on (protocol.md section 4.4). The raw last id is
-    the cursor even when that item was invalid, so a bad object never stalls paging.
+    Only `data`, `has_more` and the last raw item's id are relied on (Azure's envelope has no `first_id`). The raw
+    last id is the cursor even when that item was invalid, so a bad object never stalls paging.
     """
     if not isinstance(obj, Mapping) or not isinstance(obj.get("data"), list):
         raise InvalidObject("list", f"{kind} list without a 'data' array")

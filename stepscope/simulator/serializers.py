@@ -1,4 +1,4 @@
-"""Wire shapes of simulated objects at a point in time (protocol.md section 4, Azure differences in section 9).
+"""Wire shapes of simulated objects at a point in time, as the Assistants v2 API serialises them.
 
 OpenAI flavour: every field present, nullable ones null. Azure flavour: `usage` left out where the plan says so,
 `required_action` left out when null, list envelopes reduced to `{data, last_id, has_more}`.

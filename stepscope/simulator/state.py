@@ -5,8 +5,8 @@ and, per step, creation time, end time and final status. The state at time `t` i
 reading one of 10,000 live runs costs the same as reading one of ten. Only client events change a timeline:
 `submit_tool_outputs` and `cancel` record the event and rebuild that run's timeline (`SimRun.rebuild`).
 
-Lifecycle rules (protocol.md section 6): queued -> in_progress (`started_at`) -> steps; a step with function
-calls moves the run to requires_action until outputs arrive, then queued -> in_progress again and the step
+Lifecycle rules, as the Assistants API documents them: queued -> in_progress (`started_at`) -> steps; a step with
+function calls moves the run to requires_action until outputs arrive, then queued -> in_progress again and the step
 completes; the last step fails for a failed run; a cancel moves the run to cancelling, then cancelled, and its
 open steps to cancelled; at `expires_at` an unfinished run expires and its open step with it.
 """

@@ -1,5 +1,5 @@
 """Server-sent events for streamed runs (`"stream": true` on create-run, create-thread-and-run and
-`submit_tool_outputs`), as the Assistants API sends them (protocol.md section 8).
+`submit_tool_outputs`), as the Assistants API sends them (`thread.run.*` and `thread.run.step.*` events).
 
 The events are read off the run's timeline as simulated time passes: `thread.run.created` (create requests
 only), then each run status change as `thread.run.<status>` and each step's `thread.run.step.created`,

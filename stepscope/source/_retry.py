@@ -1,6 +1,6 @@
 """Retry policy and request budget for the Assistants API client, as data plus pure functions.
 
-The policy copies the official SDK (protocol.md section 5): retry 408, 409, 429 and any 5xx unless the server
+The policy copies the official OpenAI Python SDK's: retry 408, 409, 429 and any 5xx unless the server
 says `x-should-retry: false` (or forces a retry with `true`); wait `retry-after-ms`, else `retry-after` (seconds or
 an HTTP date) when it lies within 0..`max_retry_after`, else `initial_delay * 2**attempt` capped at `max_delay`,
 times a jitter factor in `(1 - jitter, 1]`.

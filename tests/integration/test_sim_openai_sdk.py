@@ -12,7 +12,7 @@ from openai.types.beta.threads.runs import RunStep
 
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 
-# Every Assistants method of the SDK is marked deprecated (protocol.md section 10); the warning names our module.
+# The SDK marks every Assistants method deprecated (the API is replaced by Responses); the warning names our module.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 FUNCTION_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}

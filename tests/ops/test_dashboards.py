@@ -248,7 +248,7 @@ def test_rates_use_rate_interval_everywhere() -> None:
 
 
 def test_the_issue_panels_exist() -> None:
-    """The panels the issue lists are present on the right dashboard."""
+    """The panels docs/telemetry.md promises are present on the right dashboard."""
     titles = {m["uid"]: {p["title"] for p in _panels(m)} for m in _models()}
     assert {
         "Runs per second by status",

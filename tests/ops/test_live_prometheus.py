@@ -1,4 +1,4 @@
-"""End to end against a real Prometheus (operations.md §3.1).
+"""End to end against a real Prometheus: stepscope's metrics, rules and dashboard queries on live data.
 
 `stepscope simulate --scenario faulty` plays a failure-heavy workload, `stepscope serve` watches its threads, and
 Debian's prometheus (free loopback port, exemplar storage on, 1 s scrape and evaluation) scrapes it with a test

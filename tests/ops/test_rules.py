@@ -116,7 +116,7 @@ def test_every_alert_has_a_firing_and_a_not_firing_case() -> None:
 
 
 def test_the_issue_alerts_all_exist() -> None:
-    """The eleven alerts the issues ask for are defined, and no others."""
+    """The eleven alerts docs/telemetry.md and deploy/runbook.md name are defined, and no others."""
     assert {a["alert"] for a in _alerts()} == {
         "StepscopeRunFailureRatioHigh",
         "StepscopeStepFailureRatioHigh",

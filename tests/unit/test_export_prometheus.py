@@ -270,7 +270,7 @@ def _counted_steps(registry: CollectorRegistry) -> float:
 
 class TestHostileMix:
     def test_series_and_scrape_size_stay_bounded(self) -> None:
-        """The issue's mix (10,000 step types, 1,500 statuses, 50x50 model/assistant pairs) stays under 2,000 series
+        """A hostile mix (10,000 step types, 1,500 statuses, 50x50 model/assistant pairs) stays under 2,000 series
         per family and 1 MB per scrape in both formats, known pairs keep their series, and every step is counted."""
         reg = CollectorRegistry()
         reasons: list[str] = []
