@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import httpx
 import pytest
 
 from stepscope.simulator import FaultConfig, FaultSpec, ManualClock, Simulator, scenario_named
+from stepscope.simulator import cli as simulator_cli
 from stepscope.simulator.agents import UNKNOWN_ITEM_TYPE, TurnKnobs, WebhookTarget
 from stepscope.simulator.agents.state import SimSession
 
@@ -329,3 +331,34 @@ async def test_faults_apply_to_agents_endpoints() -> None:
     assert limited.status_code == 429 and limited.headers["retry-after"] == "3"
     assert all("x_sim_drift" in turn for turn in drifted["data"])
     assert FaultConfig.from_dict({"endpoints": {"list_agent_traces": {"error_rate": 0.5}}}).validate() == []
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    simulator_cli.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_simulate_flags_choose_the_protocol_and_the_webhook_target() -> None:
+    """`--protocol` defaults to assistants; `both` with a webhook URL and secret builds a delivering simulator."""
+    assert simulator_cli.build(_parse()).agents is None
+    url, secret = "http://127.0.0.1:9/hooks", "whsec_c2VjcmV0"
+    sim = simulator_cli.build(_parse("--protocol", "both", "--webhook-url", url, "--webhook-secret", secret))
+    assert sim.protocol == "both" and sim.agents is not None and sim.agents.delivery is not None
+    assert sim.agents.delivery.target == WebhookTarget(url, secret, attempts=5)
+    assert secret not in repr(sim.agents.delivery.target)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--webhook-url", "http://127.0.0.1:9/h", "--webhook-secret", "whsec_c2VjcmV0"), "--protocol agents or both"),
+        (("--protocol", "agents", "--webhook-url", "http://127.0.0.1:9/h"), "needs --webhook-secret"),
+        (("--protocol", "agents", "--webhook-url", "ftp://x", "--webhook-secret", "whsec_c2VjcmV0"), "webhook_url"),
+        (("--protocol", "agents", "--flavor", "azure"), "flavor openai"),
+    ],
+)
+def test_simulate_flags_refuse_inconsistent_agents_options(argv: tuple[str, ...], message: str) -> None:
+    """Webhooks without the Agents API or without a secret, a bad URL and Agents on Azure are refused by name."""
+    with pytest.raises(ValueError, match=message):
+        simulator_cli.build(_parse(*argv))
