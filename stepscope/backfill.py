@@ -14,9 +14,9 @@ import time
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from stepscope.app import Service
 from stepscope.config import Config
 from stepscope.errors import InvalidObject, SourceError
+from stepscope.sidecar import Sidecar
 
 log = logging.getLogger("stepscope.backfill")
 
@@ -24,20 +24,21 @@ STALL_S = 60.0
 DELIVERY_S = 30.0
 
 
-async def run_backfill(config: Config, *, service: Service | None = None) -> int:
+async def run_backfill(config: Config, *, service: Sidecar | None = None) -> int:
     """Track every finished, unknown run of the configured threads within the lookback; wait until exported."""
-    service = service or Service(config, serve_http=False, discover=False, check_api=False)
+    service = service or Sidecar(config, serve_http=False, discover=False, check_api=False)
+    parts = service.parts
     await service.start()
     try:
         horizon = time.time() - config.poll.lookback
         total = 0
         for thread_id in config.poll.threads:
             try:
-                async for run in service.source.list_runs(thread_id):
+                async for run in parts.api.client.list_runs(thread_id):
                     if run.created_at < horizon:
                         break
-                    if run.is_terminal and not service.store.known_runs([run.id]):
-                        total += service.poller.track(run.ref)
+                    if run.is_terminal and not parts.store.known_runs([run.id]):
+                        total += parts.poller.track(run.ref)
             except (SourceError, InvalidObject) as exc:
                 log.error("cannot list runs of %s: %s", thread_id, exc)
                 return 1
@@ -45,19 +46,19 @@ async def run_backfill(config: Config, *, service: Service | None = None) -> int
             TextColumn("backfilling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
         ) as progress:
             task = progress.add_task("runs", total=total)
-            left, moved = service.poller.tracked_count, time.monotonic()
+            left, moved = parts.poller.tracked_count, time.monotonic()
             while left and time.monotonic() - moved < STALL_S:
                 await asyncio.sleep(0.2)
-                if service.poller.tracked_count != left:
-                    left, moved = service.poller.tracked_count, time.monotonic()
+                if parts.poller.tracked_count != left:
+                    left, moved = parts.poller.tracked_count, time.monotonic()
                 progress.update(task, completed=total - left)
         deadline = time.monotonic() + DELIVERY_S
-        delivery = service.delivery
+        delivery = parts.delivery
         while delivery.pending and delivery.state != "failing" and time.monotonic() < deadline:  # noqa: ASYNC110 - a thread's counter, no event to await
             await asyncio.sleep(0.1)
     finally:
         await service.shutdown()
-    unread = service.poller.tracked_count
+    unread = parts.poller.tracked_count
     kept = service.spans_kept
     spans = "all spans delivered" if not kept else f"{kept} span(s) kept in the backlog for the next start"
     print(f"backfilled {total - unread} of {total} run(s) from {len(config.poll.threads)} thread(s); {spans}")

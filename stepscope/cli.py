@@ -244,11 +244,11 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         setup_logging(config.log_level, config.log_format)
         return asyncio.run(run_backfill(config))
     # serve
-    from stepscope.app import run_service  # noqa: PLC0415
+    from stepscope.sidecar import run_sidecar  # noqa: PLC0415
 
     config = _load(args, env)
     setup_logging(config.log_level, config.log_format)
-    return asyncio.run(run_service(config))
+    return asyncio.run(run_sidecar(config))
 
 
 def _dashboards(*, write: str | None, check: str | None) -> int:

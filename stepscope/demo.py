@@ -37,7 +37,7 @@ from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_n
 from stepscope.views import STATUS_STYLE, waterfall_rows, waterfall_table
 
 if TYPE_CHECKING:
-    from stepscope.app import Service
+    from stepscope.sidecar import Sidecar
 
 RECENT = 12  # rows of the recent list when the terminal is tall enough
 MIN_RECENT = 4  # ... and when it is not
@@ -265,12 +265,13 @@ class DemoView:
         )
 
 
-def service_tracking(service: Service) -> Callable[[], Tracking]:
+def service_tracking(service: Sidecar) -> Callable[[], Tracking]:
     """Read the view's figures from a running service (its poller's counts and its status document)."""
 
     def read() -> Tracking:
         pending = service.status()["exporter"]["pending_spans"]
-        return Tracking(service.poller.tracked_count, service.poller.status_counts(), int(pending))
+        poller = service.parts.poller
+        return Tracking(poller.tracked_count, poller.status_counts(), int(pending))
 
     return read
 
@@ -290,7 +291,7 @@ def _free_listen(listen: str) -> str:
 async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_every: float = PLAIN_EVERY_S) -> int:
     """Run the demo until `args.duration` passes or SIGINT/SIGTERM; `plain_every` paces the `--no-view` lines."""
     # Imported here so that the view (above) does not pull in the whole service with its exporters.
-    from stepscope.app import Service  # noqa: PLC0415
+    from stepscope.sidecar import Sidecar  # noqa: PLC0415
 
     simulator = Simulator(scenario_named(args.scenario), seed=args.seed, clock=SimClock(args.speed))
     server = SimulatorServer(simulator).start()
@@ -307,7 +308,7 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_ev
             STEPSCOPE_STATE=f"{tmp}/state.db",
             OTEL_TRACES_EXPORTER="otlp" if otlp else "none",
         )
-        service = Service(load(env=demo_env))
+        service = Sidecar(load(env=demo_env))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -318,7 +319,7 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_ev
             metrics_url = f"http://{service.config.server.host}:{service.http_server.port}/metrics"
             traces = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP") if otlp else "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"
             view = DemoView(service_tracking(service), metrics_url=metrics_url, traces=traces)
-            service.pipeline.add_listener(view)
+            service.parts.pipeline.add_listener(view)
             console = Console()
             started = time.monotonic()
             deadline = started + args.duration if args.duration else None

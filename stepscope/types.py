@@ -1,15 +1,17 @@
-"""The data that flows between stages, and the tiny interfaces each stage implements.
+"""The data that flows between stages, and the tiny interfaces at the protocol seam.
 
-source (`StepSource`) -> poller -> pipeline: mapping (`SpanSpec`, `Observation`), one store commit of progress and
-encoded spans, then `MetricSink` -> export (the span backlog's delivery worker). Each stage declares the small
-protocol it needs of its neighbours beside itself; only `app.py` knows the concrete classes.
+A *protocol* (Assistants runs and steps; later others) plugs in with two pieces: a `UnitReader` under `source/`
+that polls one unit of work (a run) and hands what became terminal to the pipeline as a `Commit`, and a `Mapper`
+under `mapping/` that turns the unit and its records into `Telemetry` (span specs and metric observations). The
+poller (scheduling, error handling, bounds), the pipeline (one store transaction per commit, then metrics and the
+span backlog), the store and the exporters know only these types. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from stepscope.errors import InvalidObject
 from stepscope.models import Assistant, Run, RunRef, RunStep
@@ -63,6 +65,79 @@ class Observation:
     value: float
     trace_id: int | None = None
     span_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """What one record (a step, a finished run) becomes: its spans and its metric observations."""
+
+    spans: Sequence[SpanSpec] = ()
+    observations: Sequence[Observation] = ()
+
+
+U = TypeVar("U")
+R = TypeVar("R")
+F = TypeVar("F")
+U_contra = TypeVar("U_contra", contravariant=True)
+R_contra = TypeVar("R_contra", contravariant=True)
+F_contra = TypeVar("F_contra", contravariant=True)
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)  # no slots: a slotted generic dataclass breaks typing's `Commit[...](...)` construction
+class Commit(Generic[U, R, F]):
+    """One durable step of progress on one unit of work, as a reader hands it to the pipeline.
+
+    `records` became terminal since the last commit (their ids are remembered, so they are never committed again);
+    `cursor` is where the next listing starts; `finish` set means the unit is done: it carries what the mapper needs
+    to describe the whole unit (for a run, the assistant's name), and the unit's progress is retired. `unit` is the
+    unit as last read (a run), for the mapper and for listeners.
+    """
+
+    ref: RunRef
+    unit: U
+    records: Sequence[R] = ()
+    record_ids: Sequence[str] = ()
+    cursor: str | None = None
+    finish: F | None = None
+    finished: bool = False
+
+
+class Mapper(Protocol[U_contra, R_contra, F_contra]):
+    """A protocol's pure mapping: a record, or a finished unit, to telemetry. May raise on a bug; never does I/O."""
+
+    def record(self, unit: U_contra, record: R_contra) -> Telemetry: ...
+
+    def finish(self, unit: U_contra, finish: F_contra | None) -> Telemetry: ...
+
+
+class Committer(Protocol[U, R, F]):
+    """The pipeline as a reader sees it. True when the commit is durable; never raises."""
+
+    def commit(self, commit: Commit[U, R, F]) -> bool: ...
+
+
+class UnitReader(Protocol[S]):
+    """A protocol's way to poll one unit of work; `S` is its per-unit state.
+
+    `poll` reads the API, commits what became terminal through its `Committer`, and returns the seconds until the
+    next poll, or None when the unit is done. It raises only `SourceError`s, `InvalidObject` and `StoreError`; the
+    poller decides what each means for the schedule.
+    """
+
+    def begin(self, ref: RunRef, cursor: str | None, committed: set[str]) -> S:
+        """State for a unit first seen (`cursor` None, nothing committed) or resumed from the store."""
+        ...
+
+    async def poll(self, state: S) -> float | None: ...
+
+    def status(self, state: S) -> str:
+        """The unit's last seen status (`pending` before the first read)."""
+        ...
+
+    def busy(self, state: S) -> bool:
+        """Whether the unit's container (a thread) cannot start another unit while this one lives."""
+        ...
 
 
 class StepSource(Protocol):

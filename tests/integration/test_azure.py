@@ -14,11 +14,12 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stepscope.app import Service
 from stepscope.config import load
+from stepscope.sidecar import Sidecar
 from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
 from stepscope.source.auth import Auth, AzureIdentityAuth
 from stepscope.testing import OtlpReceiver, eventually
+from stepscope.wiring import Seams
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 KEY = "az-key-0123456789"
@@ -72,7 +73,7 @@ async def _run_to_quiescence(
     *,
     registry: CollectorRegistry | None = None,
     also: Callable[[], bool] = lambda: True,
-) -> tuple[OtlpReceiver, CollectorRegistry, Service]:
+) -> tuple[OtlpReceiver, CollectorRegistry, Sidecar]:
     receiver = OtlpReceiver().start()
     registry = registry or CollectorRegistry()
     config = load(
@@ -88,7 +89,7 @@ async def _run_to_quiescence(
             **env,
         }
     )
-    service = Service(config, registry=registry, serve_http=False, auth=auth)
+    service = Sidecar(config, Seams(registry=registry, auth=auth), serve_http=False)
     await service.start()
     try:
 
@@ -159,7 +160,7 @@ async def test_entra_token_refresh_loses_nothing(azure_sim: tuple[Simulator, Sim
     _check_export(server, receiver, registry)
     assert credential.issued >= 2
     assert set(credential.scopes) == {"https://ai.azure.com/.default"}
-    assert service.poller.api_state == "ok"
+    assert service.parts.health.state == "ok"
 
 
 async def test_rotated_token_file_is_reread(azure_sim: tuple[Simulator, SimulatorServer], tmp_path: Path) -> None:
@@ -189,5 +190,5 @@ async def test_rotated_token_file_is_reread(azure_sim: tuple[Simulator, Simulato
         also=rotation.done,
     )
     _check_export(server, receiver, registry)
-    assert service.poller.api_state == "ok"
+    assert service.parts.health.state == "ok"
     assert _total(registry, "stepscope_api_requests_total") > requests_at_revocation[0]  # requests after revocation

@@ -51,5 +51,6 @@ async def test_backfill_exports_finished_runs_once(tmp_path: Path) -> None:
         runs = Counter(s.attributes["openai.run.id"] for s in receiver.spans if s.kind == "client")
         assert sorted(runs) == expected
         assert set(runs.values()) == {1}
-        assert f"backfilled {len(expected)} of {len(expected)} run(s) from 1 thread(s); all spans delivered" in out.getvalue()
+        n = len(expected)
+        assert f"backfilled {n} of {n} run(s) from 1 thread(s); all spans delivered" in out.getvalue()
         assert "backfilled 0 of 0 run(s)" in out.getvalue()

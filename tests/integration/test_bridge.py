@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stepscope.app import Service
 from stepscope.config import Config, load
+from stepscope.sidecar import Sidecar
 from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
 from stepscope.testing import OtlpReceiver, ReceivedSpan, eventually
+from stepscope.wiring import Seams
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 NS = 1_000_000_000
@@ -87,7 +88,7 @@ async def test_every_step_exactly_once_across_a_restart(
     config = _config(server, simulator, receiver, tmp_path / "state.db")
     registries = [CollectorRegistry(), CollectorRegistry()]
 
-    first = Service(config, registry=registries[0], serve_http=False)
+    first = Sidecar(config, Seams(registry=registries[0]), serve_http=False)
     await first.start()
     await eventually(lambda: len(receiver.spans) > 30, 30, "first spans")
     # A step exported is a step the server calls terminal (read the spans first: terminal is permanent).
@@ -98,7 +99,7 @@ async def test_every_step_exactly_once_across_a_restart(
     assert all(in_truth[step_id]["status"] != "in_progress" for step_id in exported)
     await first.shutdown()
 
-    second = Service(config, registry=registries[1], serve_http=False)
+    second = Sidecar(config, Seams(registry=registries[1]), serve_http=False)
     await second.start()
     try:
 
@@ -108,7 +109,7 @@ async def test_every_step_exactly_once_across_a_restart(
             return (
                 len(runs) == 24
                 and all(r["status"] in TERMINAL_RUN for r in runs)
-                and second.poller.tracked_count == 0
+                and second.parts.poller.tracked_count == 0
                 and sum(1 for s in receiver.spans if s.kind == "client") >= 24
             )
 
@@ -174,7 +175,7 @@ async def test_shards_together_export_every_run_exactly_once(
     services = []
     for index in range(3):
         config = _config(server, simulator, receiver, tmp_path / f"state-{index}.db", STEPSCOPE_SHARD=f"{index}/3")
-        services.append(Service(config, serve_http=False))
+        services.append(Sidecar(config, serve_http=False))
     for service in services:
         await service.start()
     try:
@@ -186,12 +187,12 @@ async def test_shards_together_export_every_run_exactly_once(
 
         await eventually(settled, 90, "every run exported")
         await asyncio.sleep(0.5)  # a duplicate, if any, would arrive now
-        owned = [len(s.discovery.threads()) for s in services]
+        owned = [len(s.parts.discovery.threads()) for s in services]
     finally:
         for service in services:
             await service.shutdown()
     runs = Counter(s.attributes["openai.run.id"] for s in receiver.spans if s.kind == "client")
     assert sorted(runs) == sorted(r["id"] for r in _truth(server)["runs"])
     assert set(runs.values()) == {1}
-    assert all(s.poller.tracked_count == 0 for s in services)
+    assert all(s.parts.poller.tracked_count == 0 for s in services)
     assert sum(owned) == len(simulator.thread_ids)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError
+from stepscope.health import ApiHealth
 from stepscope.models import Assistant, Run, RunRef, RunStep
+from stepscope.poller import Poller, UnitStore
+from stepscope.source.steps import PollSchedule, RunState, StepReader
+from stepscope.types import Commit
 
 
 def make_run(run_id: str = "run_1", thread_id: str = "thread_a", status: str = "in_progress", **kw: object) -> Run:
@@ -97,23 +102,24 @@ class FakeSource:
 
 @dataclass
 class RecordingCommits:
-    """The poller's `Committer`: keeps what it was given. Set `fail = True` to refuse commits (a store error)."""
+    """A reader's `Committer`: keeps what it was given. Set `fail = True` to refuse commits (a store error)."""
 
-    steps: list[tuple[Run, RunStep, str | None]] = field(default_factory=list)
-    runs: list[tuple[Run, str | None]] = field(default_factory=list)
+    commits: list[Commit[Run, RunStep, str]] = field(default_factory=list)
     fail: bool = False
 
-    def commit_steps(self, run: Run, steps: list[RunStep], cursor: str | None) -> bool:
+    def commit(self, commit: Commit[Run, RunStep, str]) -> bool:
         if self.fail:
             return False
-        self.steps.extend((run, step, cursor) for step in steps)
+        self.commits.append(commit)
         return True
 
-    def finish_run(self, run: Run, assistant_name: str | None) -> bool:
-        if self.fail:
-            return False
-        self.runs.append((run, assistant_name))
-        return True
+    @property
+    def steps(self) -> list[tuple[Run, RunStep, str | None]]:
+        return [(c.unit, step, c.cursor) for c in self.commits for step in c.records]
+
+    @property
+    def runs(self) -> list[tuple[Run, str | None]]:
+        return [(c.unit, c.finish) for c in self.commits if c.finished]
 
     def step_ids(self) -> list[str]:
         return [step.id for _, step, _ in self.steps]
@@ -135,3 +141,18 @@ class Counters:
 
     def observe_export_lag(self, seconds: float) -> None:
         self.lags.append(seconds)
+
+
+def make_poller(
+    source: FakeSource,
+    store: UnitStore,
+    commits: RecordingCommits,
+    health: Counters,
+    *,
+    schedule: PollSchedule,
+    api: ApiHealth | None = None,
+    **kw: Any,
+) -> Poller[RunState]:
+    """A poller over a `StepReader` of `source`, the way the composition root wires one."""
+    reader = StepReader(source, commits, health, schedule=schedule)
+    return Poller(reader, store, health, api or ApiHealth(), fast=schedule.fast, slow=schedule.slow, **kw)

@@ -17,13 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from stepscope import spancodec
 from stepscope.export.delivery import BacklogLimits, SpanDelivery
+from stepscope.mapping.assistants import AssistantsMapper
 from stepscope.mapping.attributes import MappingOptions
-from stepscope.models import RunRef, Usage
+from stepscope.models import Run, RunRef, RunStep, Usage
 from stepscope.pipeline import Pipeline
 from stepscope.selfmetrics import SelfMetrics
 from stepscope.store import SqliteStore
 from stepscope.testing import OtlpReceiver, RecordingMetricSink, RecordingSpanExporter
-from stepscope.types import SpanEvent, SpanSpec
+from stepscope.types import Commit, SpanEvent, SpanSpec
 from tests.unit.samples import make_run, make_step
 
 REF = RunRef("thread_1", "run_1")
@@ -353,11 +354,15 @@ class TestLimits:
         assert rig.delivery.oldest_age() == 0.0
 
 
+def one_step() -> Commit[Run, RunStep, str]:
+    run, step = make_run(), make_step()
+    return Commit(run.ref, run, records=[step], record_ids=[step.id], cursor=step.id)
+
+
 class TestPipelineIndependence:
-    def _pipeline(self, rig: Rig, sink: RecordingMetricSink, *, traces: bool = True) -> Pipeline:
-        return Pipeline(
-            rig.store, sink, rig.health, options=MappingOptions(), on_spans=rig.delivery.notify, traces=traces
-        )
+    def _pipeline(self, rig: Rig, sink: RecordingMetricSink, *, traces: bool = True) -> Pipeline[Run, RunStep, str]:
+        mapper = AssistantsMapper(MappingOptions())
+        return Pipeline(rig.store, mapper, sink, rig.health, on_spans=rig.delivery.notify, traces=traces)
 
     def test_steps_are_counted_at_commit_while_the_exporter_fails(
         self, rigs: list[Rig], exporter: RecordingSpanExporter
@@ -373,8 +378,8 @@ class TestPipelineIndependence:
             make_step(id="step_1", usage=Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15)),
             make_step(id="step_2", created_at=106, completed_at=110),
         ]
-        assert pipeline.commit_steps(run, steps, "step_2")
-        assert pipeline.finish_run(run, "helper")
+        assert pipeline.commit(Commit(run.ref, run, records=steps, record_ids=[s.id for s in steps], cursor="step_2"))
+        assert pipeline.commit(Commit(run.ref, run, finish="helper", finished=True))
         assert sink.total("stepscope_run_steps_total") == 2
         assert sink.total("stepscope_runs_total", status="completed") == 1
         assert sink.total("stepscope_tokens_total") == 15
@@ -399,7 +404,7 @@ class TestPipelineIndependence:
         other = sqlite3.connect(path)
         other.execute("CREATE TRIGGER refuse BEFORE INSERT ON backlog BEGIN SELECT RAISE(ABORT, 'full disk'); END")
         other.commit()
-        assert not pipeline.commit_steps(make_run(), [make_step()], "step_1")
+        assert not pipeline.commit(one_step())
         assert sink.observations == []
         assert rig.waiting() == 0
         assert rig.store.active_runs() == []
@@ -408,7 +413,7 @@ class TestPipelineIndependence:
         other.execute("DROP TRIGGER refuse")
         other.commit()
         other.close()
-        assert pipeline.commit_steps(make_run(), [make_step()], "step_1")
+        assert pipeline.commit(one_step())
         assert sink.total("stepscope_run_steps_total") == 1
         assert rig.healthy()
 
@@ -416,6 +421,6 @@ class TestPipelineIndependence:
         """With traces off a commit counts its steps and leaves the backlog empty."""
         rig = make_rig(rigs, None)
         sink = RecordingMetricSink()
-        assert self._pipeline(rig, sink, traces=False).commit_steps(make_run(), [make_step()], "step_1")
+        assert self._pipeline(rig, sink, traces=False).commit(one_step())
         assert sink.total("stepscope_run_steps_total") == 1
         assert rig.waiting() == 0

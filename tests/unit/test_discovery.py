@@ -11,7 +11,6 @@ import pytest
 
 from stepscope.errors import AuthError, NotFound, SourceError
 from stepscope.models import Run, RunRef, RunStep
-from stepscope.poller import Poller, PollSchedule
 from stepscope.source.discovery import (
     DISCOVERY_BUDGET,
     DISCOVERY_CONCURRENCY,
@@ -20,9 +19,10 @@ from stepscope.source.discovery import (
     RegistrationFull,
     shard_of,
 )
+from stepscope.source.steps import PollSchedule
 from stepscope.store import SqliteStore
 from stepscope.testing import eventually
-from tests.unit._fakes import Counters, FakeSource, RecordingCommits, make_run
+from tests.unit._fakes import Counters, FakeSource, RecordingCommits, make_poller, make_run
 
 pytestmark = pytest.mark.anyio
 NOW = 10_000.0
@@ -350,7 +350,7 @@ async def test_a_bogus_registered_run_is_forgotten_after_its_first_404(store: Sq
     clocks, drops = Clocks(), Counters()
     source = KnownThreads({"thread_a"}, clocks)
     health = Counters()
-    poller = Poller(source, store, RecordingCommits(), health, schedule=PollSchedule(fast=0.01, slow=0.03))
+    poller = make_poller(source, store, RecordingCommits(), health, schedule=PollSchedule(fast=0.01, slow=0.03))
     discovery = _bounded(source, store, poller, clocks, drops)  # type: ignore[arg-type]
     await poller.start()
     try:

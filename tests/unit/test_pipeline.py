@@ -9,11 +9,13 @@ import pytest
 
 from stepscope import spancodec
 from stepscope.errors import StoreError
+from stepscope.mapping.assistants import AssistantsMapper
 from stepscope.mapping.attributes import MappingOptions
 from stepscope.models import Run, RunRef, RunStep, ToolCall, Usage
 from stepscope.pipeline import Pipeline
 from stepscope.store import SqliteStore
 from stepscope.testing import RecordingMetricSink
+from stepscope.types import Commit, Telemetry
 from tests.unit._fakes import Counters
 
 RUN = Run(id="run_1", thread_id="thread_1", assistant_id="asst_1", status="completed", created_at=100, model="m",
@@ -37,16 +39,28 @@ def store() -> SqliteStore:
     return s
 
 
-def _pipeline(store: SqliteStore, *, traces: bool = True) -> tuple[Pipeline, RecordingMetricSink, Counters, list[int]]:
+Rig = tuple[Pipeline[Run, RunStep, str], RecordingMetricSink, Counters, list[int]]
+
+
+def _pipeline(store: SqliteStore, *, traces: bool = True) -> Rig:
     metrics, health, notified = RecordingMetricSink(), Counters(), []
-    pipeline = Pipeline(store, metrics, health, options=OPTIONS, on_spans=notified.append, traces=traces)
+    mapper = AssistantsMapper(OPTIONS)
+    pipeline = Pipeline(store, mapper, metrics, health, on_spans=notified.append, traces=traces)
     return pipeline, metrics, health, notified
+
+
+def steps(*records: RunStep, cursor: str) -> Commit[Run, RunStep, str]:
+    return Commit(RUN.ref, RUN, records=records, record_ids=[s.id for s in records], cursor=cursor)
+
+
+def finish(name: str | None) -> Commit[Run, RunStep, str]:
+    return Commit(RUN.ref, RUN, finish=name, finished=True)
 
 
 def test_commit_keeps_spans_and_counts_at_once(store: SqliteStore) -> None:
     """Committed steps put their step and tool spans in the backlog and are counted before any export."""
     pipeline, metrics, _, notified = _pipeline(store)
-    assert pipeline.commit_steps(RUN, [MESSAGE, TOOLS], cursor="step_b")
+    assert pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
     names = [spancodec.decode(span).key for _, span in store.backlog(100)]
     assert names == ["step:step_a", "step:step_b", "call:step_b:call_1", "call:step_b:call_2"]
     assert notified == [4]
@@ -59,8 +73,8 @@ def test_commit_keeps_spans_and_counts_at_once(store: SqliteStore) -> None:
 def test_finish_run_commits_the_run_span_and_forgets_progress(store: SqliteStore) -> None:
     """Finishing a run appends its run span, counts the run and marks it done in the same transaction."""
     pipeline, metrics, _, _ = _pipeline(store)
-    pipeline.commit_steps(RUN, [MESSAGE], cursor="step_a")
-    assert pipeline.finish_run(RUN, "Helper")
+    pipeline.commit(steps(MESSAGE, cursor="step_a"))
+    assert pipeline.commit(finish("Helper"))
     keys = [spancodec.decode(span).key for _, span in store.backlog(100)]
     assert keys[-1] == "run:run_1"
     assert store.active_runs() == []
@@ -71,7 +85,7 @@ def test_finish_run_commits_the_run_span_and_forgets_progress(store: SqliteStore
 def test_traces_off_counts_without_a_backlog(store: SqliteStore) -> None:
     """With traces off nothing enters the backlog, and the steps still count."""
     pipeline, metrics, _, notified = _pipeline(store, traces=False)
-    assert pipeline.commit_steps(RUN, [MESSAGE], cursor="step_a")
+    assert pipeline.commit(steps(MESSAGE, cursor="step_a"))
     assert store.backlog(10) == []
     assert notified == []
     assert metrics.total("stepscope_tokens_total") == 6
@@ -86,13 +100,13 @@ def test_failed_store_write_commits_and_counts_nothing(tmp_path: Path) -> None:
         other.execute("BEGIN EXCLUSIVE")
         store._db.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]  # fail at once, not after 5 s
         pipeline, metrics, health, notified = _pipeline(store)
-        assert not pipeline.commit_steps(RUN, [MESSAGE], cursor="step_a")
+        assert not pipeline.commit(steps(MESSAGE, cursor="step_a"))
         assert not store.healthy
         other.rollback()
     assert metrics.observations == []
     assert notified == []
     assert health.counts == {"store_error": 1}
-    assert pipeline.commit_steps(RUN, [MESSAGE], cursor="step_a")
+    assert pipeline.commit(steps(MESSAGE, cursor="step_a"))
     assert store.healthy
     assert metrics.total("stepscope_tokens_total") == 6
 
@@ -102,8 +116,8 @@ def test_listeners_hear_committed_steps_and_runs(store: SqliteStore) -> None:
     pipeline, _, _, _ = _pipeline(store)
     heard: list[str | None] = []
     pipeline.add_listener(lambda run, step: heard.append(step.id if step else None))
-    pipeline.commit_steps(RUN, [MESSAGE, TOOLS], cursor="step_b")
-    pipeline.finish_run(RUN, None)
+    pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
+    pipeline.commit(finish(None))
     assert heard == ["step_a", "step_b", None]
 
 
@@ -112,3 +126,29 @@ def test_store_error_type_is_what_the_pipeline_catches() -> None:
     store = SqliteStore(":memory:")
     with pytest.raises(StoreError):
         store.commit_steps(RunRef("thread_1", "run_1"), ["step_a"], "step_a", 0.0)
+
+
+class BrokenMapper:
+    """Maps every record but the one named `step_a`, which raises like a mapping bug would."""
+
+    def __init__(self) -> None:
+        self.inner = AssistantsMapper(OPTIONS)
+
+    def record(self, unit: Run, record: RunStep) -> Telemetry:
+        if record.id == "step_a":
+            raise RuntimeError("mapping bug")
+        return self.inner.record(unit, record)
+
+    def finish(self, unit: Run, finish: str | None) -> Telemetry:
+        return self.inner.finish(unit, finish)
+
+
+def test_a_record_that_cannot_be_mapped_is_committed_without_telemetry(store: SqliteStore) -> None:
+    """A mapping failure drops that record's telemetry (counted) and commits it, so its siblings go on."""
+    metrics, health = RecordingMetricSink(), Counters()
+    pipeline: Pipeline[Run, RunStep, str] = Pipeline(store, BrokenMapper(), metrics, health)
+    assert pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
+    keys = [spancodec.decode(span).key for _, span in store.backlog(100)]
+    assert keys == ["step:step_b", "call:step_b:call_1", "call:step_b:call_2"]
+    assert health.counts == {"mapping_error": 1}
+    assert store.active_runs()[0].committed == {"step_a", "step_b"}

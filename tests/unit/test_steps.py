@@ -1,8 +1,8 @@
-"""The poller: every terminal step committed once, the cursor past the committed prefix, bounded and error-tolerant."""
+"""The Assistants reader under the poller: each terminal step committed once, the cursor past the committed
+prefix, bounded and error-tolerant."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -10,10 +10,11 @@ import pytest
 
 from stepscope.errors import AuthError, NotFound, RateLimited
 from stepscope.models import RunRef
-from stepscope.poller import Poller, PollSchedule
+from stepscope.poller import Poller
+from stepscope.source.steps import PollSchedule, RunState
 from stepscope.store import RunProgress, SqliteStore
 from stepscope.testing import eventually
-from tests.unit._fakes import Counters, FakeSource, RecordingCommits, make_run, make_step
+from tests.unit._fakes import Counters, FakeSource, RecordingCommits, make_poller, make_run, make_step
 
 pytestmark = pytest.mark.anyio
 REF = RunRef("thread_a", "run_1")
@@ -28,15 +29,15 @@ def store() -> SqliteStore:
 
 
 @pytest.fixture
-async def rig(store: SqliteStore) -> AsyncIterator[tuple[FakeSource, RecordingCommits, Counters, Poller]]:
+async def rig(store: SqliteStore) -> AsyncIterator[tuple[FakeSource, RecordingCommits, Counters, Poller[RunState]]]:
     source, sink, health = FakeSource(), RecordingCommits(), Counters()
-    poller = Poller(source, store, sink, health, schedule=FAST, concurrency=4, max_tracked_runs=3)
+    poller = make_poller(source, store, sink, health, schedule=FAST, concurrency=4, max_tracked=3)
     await poller.start()
     yield source, sink, health, poller
     await poller.shutdown(timeout_s=1.0)
 
 
-Rig = tuple[FakeSource, RecordingCommits, Counters, Poller]
+Rig = tuple[FakeSource, RecordingCommits, Counters, Poller[RunState]]
 
 
 async def test_in_progress_step_waits_until_terminal(rig: Rig) -> None:
@@ -142,7 +143,7 @@ async def test_listing_cut_at_the_page_cap_is_committed_as_far_as_it_went(rig: R
     poller.track(REF)
     await eventually(lambda: len(sink.step_ids()) == 7)
     assert sink.step_ids() == [f"step_{i}" for i in range(1, 8)]
-    assert poller.api_state != "unavailable"
+    assert poller.api.state != "unavailable"
 
 
 async def test_run_that_stays_unreadable_is_given_up(rig: Rig) -> None:
@@ -195,7 +196,7 @@ async def test_resume_skips_committed_steps(store: SqliteStore) -> None:
     source.put_run(run)
     for i in (1, 2, 3):
         source.put_step(make_step(f"step_{i}", run, created_at=1000 + i))
-    poller = Poller(source, store, sink, health, schedule=FAST)
+    poller = make_poller(source, store, sink, health, schedule=FAST)
     poller.resume([RunProgress(REF, cursor="step_1", committed={"step_3"})])
     await poller.start()
     try:
@@ -234,7 +235,7 @@ async def test_rate_limit_delays_the_run(rig: Rig) -> None:
     source.put_run(make_run(status="queued"))
     source.fail_with = RateLimited("slow down", retry_after=0.3, status_code=429)
     poller.track(REF)
-    await eventually(lambda: poller.api_state == "rate_limited")
+    await eventually(lambda: poller.api.state == "rate_limited")
     started = time.monotonic()
     await eventually(lambda: source.calls.count("get_run run_1") >= 2)
     assert time.monotonic() - started >= 0.25
@@ -246,13 +247,13 @@ async def test_auth_failure_is_reported_and_recovers(rig: Rig) -> None:
     source.put_run(make_run(status="queued"))
     source.fail_with = AuthError("bad key", status_code=401)
     poller.track(REF)
-    await eventually(lambda: poller.api_state == "auth_failed")
-    assert poller.last_error == "bad key"
+    await eventually(lambda: poller.api.state == "auth_failed")
+    assert poller.api.last_error == "bad key"
 
 
 async def test_shutdown_is_idempotent(store: SqliteStore) -> None:
     """shutdown() works before start() and twice."""
-    poller = Poller(FakeSource(), store, RecordingCommits(), Counters(), schedule=FAST)
+    poller = make_poller(FakeSource(), store, RecordingCommits(), Counters(), schedule=FAST)
     await poller.shutdown()
     await poller.start()
     await poller.shutdown()

@@ -1,0 +1,165 @@
+"""The composition root: the only module that knows every concrete class.
+
+`build(config, seams)` wires config -> API client -> discovery and poller (with the protocol's reader) -> pipeline
+(with the protocol's mapper) -> Prometheus metrics and the span backlog's delivery, around one checkpoint store, and
+returns them as a plain record, `Components`. It does no I/O: opening, checking and starting are the lifecycle's
+(`sidecar.py`). `Seams` are what tests replace: the HTTP transport, the credential, the span exporter, the metrics
+registry, the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+from opentelemetry.sdk.trace.export import SpanExporter
+from prometheus_client import CollectorRegistry
+
+from stepscope import __version__
+from stepscope.config import Config
+from stepscope.export.delivery import BacklogLimits, SpanDelivery
+from stepscope.export.otlp import TraceSettings, build_resource, build_span_exporter
+from stepscope.export.prometheus import PrometheusMetrics
+from stepscope.health import ApiHealth
+from stepscope.mapping.assistants import AssistantsMapper
+from stepscope.mapping.attributes import PROVIDER_AZURE, PROVIDER_OPENAI, MappingOptions
+from stepscope.models import Run, RunStep
+from stepscope.pipeline import Pipeline
+from stepscope.poller import Poller
+from stepscope.selfmetrics import SelfMetrics
+from stepscope.source.auth import Auth
+from stepscope.source.connect import ApiConnection, connect
+from stepscope.source.discovery import Discovery
+from stepscope.source.steps import PollSchedule, RunState, StepReader
+from stepscope.store import SqliteStore
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Seams:
+    """What a test may replace. `span_exporter` set wins over `OTEL_TRACES_EXPORTER`."""
+
+    registry: CollectorRegistry | None = None
+    transport: httpx.AsyncBaseTransport | None = None
+    auth: Auth | None = None
+    span_exporter: SpanExporter | None = None
+    wall: Callable[[], float] = time.time
+
+
+@dataclass(slots=True)
+class Components:
+    """Every stage of one stepscope, built and wired, nothing started."""
+
+    config: Config
+    registry: CollectorRegistry
+    metrics: SelfMetrics
+    store: SqliteStore
+    api: ApiConnection
+    health: ApiHealth
+    delivery: SpanDelivery
+    pipeline: Pipeline[Run, RunStep, str]
+    poller: Poller[RunState]
+    discovery: Discovery
+    traces: bool
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def trace_settings(config: Config) -> TraceSettings:
+    e = config.export
+    return TraceSettings(
+        exporter=e.traces_exporter,
+        protocol=e.otlp_protocol,
+        endpoint=e.otlp_endpoint,
+        traces_endpoint=e.otlp_traces_endpoint,
+        headers=str(e.otlp_headers),
+        service_name=e.service_name,
+        resource_attributes=e.resource_attributes,
+        service_version=__version__,
+        schedule_delay_ms=e.schedule_delay_ms,
+    )
+
+
+def build(config: Config, seams: Seams = Seams()) -> Components:
+    """Wire one stepscope for `config`. Raises `ConfigError` for settings only a build can check."""
+    cfg, wall = config, seams.wall
+    registry = seams.registry or CollectorRegistry()
+    metrics = SelfMetrics(registry, version=__version__)
+    store = SqliteStore(cfg.state)
+    stop = asyncio.Event()
+    api = connect(cfg, transport=seams.transport, auth=seams.auth, observer=metrics, stop=stop)
+    health = ApiHealth("Azure AI Agents API" if cfg.api.flavor == "azure" else "Assistants API", wall=wall)
+    settings = trace_settings(cfg)
+    exporter = seams.span_exporter if seams.span_exporter is not None else build_span_exporter(settings)
+    delivery = SpanDelivery(
+        store,
+        exporter,
+        resource=build_resource(settings),
+        health=metrics,
+        limits=BacklogLimits(max_spans=cfg.export.backlog_max_spans, max_age_s=cfg.export.backlog_max_age),
+        batch_size=settings.max_export_batch_size,
+        delay_s=settings.schedule_delay_ms / 1000,
+        wall=wall,
+    )
+    options = MappingOptions(
+        provider_name=PROVIDER_AZURE if cfg.api.flavor == "azure" else PROVIDER_OPENAI,
+        capture_content=cfg.export.capture_content,
+    )
+    prometheus = PrometheusMetrics(
+        registry,
+        label_cap=cfg.export.label_cap,
+        max_series=cfg.export.max_series_per_metric,
+        overflow=metrics.dropped,
+    )
+    pipeline: Pipeline[Run, RunStep, str] = Pipeline(
+        store,
+        AssistantsMapper(options),
+        prometheus,
+        metrics,
+        on_spans=delivery.notify,
+        traces=exporter is not None,
+        wall=wall,
+    )
+    schedule = PollSchedule(fast=cfg.poll.interval, slow=cfg.poll.slow_interval)
+    reader = StepReader(api.client, pipeline, metrics, schedule=schedule)
+    poller = Poller(
+        reader,
+        store,
+        metrics,
+        health,
+        fast=schedule.fast,
+        slow=schedule.slow,
+        concurrency=cfg.poll.concurrency,
+        max_tracked=cfg.poll.max_tracked_runs,
+        wall=wall,
+    )
+    discovery = Discovery(
+        api.client,
+        store,
+        poller,
+        threads=cfg.poll.threads,
+        lookback_s=cfg.poll.lookback,
+        interval_s=cfg.poll.discovery_interval,
+        shard_index=cfg.poll.shard_index,
+        shard_count=cfg.poll.shard_count,
+        wall=wall,
+        max_registered=cfg.server.max_watched,
+        on_drop=metrics.dropped,
+    )
+    metrics.set_tracked_runs_source(lambda: poller.tracked_count)
+    metrics.set_backlog_sources(lambda: delivery.pending, delivery.oldest_age)
+    return Components(
+        config=cfg,
+        registry=registry,
+        metrics=metrics,
+        store=store,
+        api=api,
+        health=health,
+        delivery=delivery,
+        pipeline=pipeline,
+        poller=poller,
+        discovery=discovery,
+        traces=exporter is not None,
+        stop=stop,
+    )
