@@ -1,0 +1,184 @@
+"""`AgentsClient`: the OpenAI Agents API (beta) read through the shared request core.
+
+Same discipline as the Assistants client (`stepscope.source._http.RequestCore`): auth, `OpenAI-Beta: agents=v1`,
+retries, the client-wide retry-after, the request budget, the body cap, the deadline, the page cap and repeated
+cursors, invalid objects counted and skipped in listings (`InvalidObject` for a single GET). Errors carry the
+session id as `thread_id` and the turn id as `run_id` (`SourceError` has no fields of their own for them).
+
+Paging: sessions, turns, traces and subagents follow `after=<last item id>` (the SDK's `CursorPage`); turn items
+follow `after=<body last_id>` (`ConversationCursorPage`: "the previous response's last_id, which can differ from the
+last item's ID"). Page sizes are clamped to the API's 1..100.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+
+import httpx
+
+from stepscope.models import parse_page
+from stepscope.source._http import DEFAULT_DEADLINE, DEFAULT_MAX_BODY, DEFAULT_MAX_PAGES, RequestCore, clamp, seg
+from stepscope.source._retry import RequestBudget, RetryPolicy, SleepFn
+from stepscope.source.agents.models import (
+    Agent,
+    AgentSession,
+    Item,
+    SessionTrace,
+    Subagent,
+    Turn,
+    parse_agent,
+    parse_conversation_page,
+    parse_item,
+    parse_session,
+    parse_subagent,
+    parse_trace,
+    parse_turn,
+)
+from stepscope.source.auth import Auth
+from stepscope.types import Clock, RequestObserver
+
+BETA = "agents=v1"
+AGENTS_ENDPOINTS = (
+    "list_sessions",
+    "get_session",
+    "list_turns",
+    "get_turn",
+    "list_turn_items",
+    "list_traces",
+    "list_subagents",
+    "list_subagent_turns",
+    "get_agent",
+)
+"""Values of the `endpoint` argument this client passes to `RequestObserver.observe_request`."""
+
+_SESSION_PAGE = partial(parse_page, kind="agent_session", parse=parse_session)
+_TURN_PAGE = partial(parse_page, kind="agent_turn", parse=parse_turn)
+_TRACE_PAGE = partial(parse_page, kind="agent_trace", parse=parse_trace)
+_SUBAGENT_PAGE = partial(parse_page, kind="agent_subagent", parse=parse_subagent)
+
+
+class AgentsClient:
+    """Reads agent sessions, their turns, turn items, published traces and agents.
+
+    Constructor arguments mean what they mean for `AssistantsClient` (there is no Azure flavour here). List
+    methods page lazily: the caller may stop early.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        auth: Auth,
+        organization: str | None = None,
+        project: str | None = None,
+        retry: RetryPolicy | None = None,
+        observer: RequestObserver | None = None,
+        clock: Clock | None = None,
+        rng: Callable[[], float] | None = None,
+        stop: asyncio.Event | None = None,
+        sleep: SleepFn | None = None,
+        budget: RequestBudget | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        deadline: float | None = DEFAULT_DEADLINE,
+        max_pages: int = DEFAULT_MAX_PAGES,
+    ) -> None:
+        self._core = RequestCore(
+            http,
+            base_url=base_url,
+            auth=auth,
+            beta=BETA,
+            organization=organization,
+            project=project,
+            retry=retry,
+            observer=observer,
+            clock=clock,
+            rng=rng,
+            stop=stop,
+            sleep=sleep,
+            budget=budget,
+            max_body=max_body,
+            deadline=deadline,
+            max_pages=max_pages,
+        )
+
+    def __repr__(self) -> str:
+        return f"AgentsClient(base_url={self._core.shown_url!r}, auth={self._core.auth!r})"
+
+    async def list_sessions(
+        self, *, agent_id: str | None = None, after: str | None = None, limit: int = 100
+    ) -> AsyncIterator[AgentSession]:
+        """Sessions, newest first (`order=desc`), optionally of one root agent, starting after session `after`."""
+        params: dict[str, str | int] = {"limit": clamp(limit), "order": "desc"}
+        if agent_id:
+            params["agent_id"] = agent_id
+        if after:
+            params["after"] = after
+        async for session in self._core.paginate("list_sessions", "agents/sessions", params, _SESSION_PAGE):
+            yield session
+
+    async def get_session(self, session_id: str) -> AgentSession:
+        body = await self._core.get("get_session", f"agents/sessions/{seg(session_id)}", {}, thread_id=session_id)
+        return self._core.parse_one(parse_session, body)
+
+    async def list_turns(self, session_id: str, *, after: str | None = None, limit: int = 100) -> AsyncIterator[Turn]:
+        """Turns of a session, oldest first (`order=asc`, by creation time and turn id), after turn `after`."""
+        params = _ascending(limit, after)
+        path = f"agents/sessions/{seg(session_id)}/turns"
+        async for turn in self._core.paginate("list_turns", path, params, _TURN_PAGE, thread_id=session_id):
+            yield turn
+
+    async def get_turn(self, session_id: str, turn_id: str) -> Turn:
+        path = f"agents/sessions/{seg(session_id)}/turns/{seg(turn_id)}"
+        body = await self._core.get("get_turn", path, {}, thread_id=session_id, run_id=turn_id)
+        return self._core.parse_one(parse_turn, body)
+
+    async def list_turn_items(
+        self, session_id: str, turn_id: str, *, after: str | None = None, limit: int = 100, content: bool = False
+    ) -> AsyncIterator[Item]:
+        """Items of a turn in order (`order=asc`), paging with the body's `last_id`; content only with `content`."""
+        params = _ascending(limit, after)
+        path = f"agents/sessions/{seg(session_id)}/turns/{seg(turn_id)}/items"
+        parse = partial(parse_conversation_page, kind="agent_item", parse=partial(parse_item, content=content))
+        async for item in self._core.paginate(
+            "list_turn_items", path, params, parse, thread_id=session_id, run_id=turn_id
+        ):
+            yield item
+
+    async def list_traces(
+        self, session_id: str, *, after: str | None = None, limit: int = 100
+    ) -> AsyncIterator[SessionTrace]:
+        """Published root-turn traces of a session, oldest first; each trace's id is its root turn's id."""
+        params = _ascending(limit, after)
+        path = f"agents/sessions/{seg(session_id)}/traces"
+        async for trace in self._core.paginate("list_traces", path, params, _TRACE_PAGE, thread_id=session_id):
+            yield trace
+
+    async def list_subagents(self, session_id: str, *, limit: int = 100) -> AsyncIterator[Subagent]:
+        """Subagents of a session, oldest first."""
+        params = _ascending(limit, None)
+        path = f"agents/sessions/{seg(session_id)}/subagents"
+        async for sub in self._core.paginate("list_subagents", path, params, _SUBAGENT_PAGE, thread_id=session_id):
+            yield sub
+
+    async def list_subagent_turns(
+        self, session_id: str, subagent_id: str, *, after: str | None = None, limit: int = 100
+    ) -> AsyncIterator[Turn]:
+        """Turns a subagent ran, oldest first, after turn `after`."""
+        params = _ascending(limit, after)
+        path = f"agents/sessions/{seg(session_id)}/subagents/{seg(subagent_id)}/turns"
+        async for turn in self._core.paginate("list_subagent_turns", path, params, _TURN_PAGE, thread_id=session_id):
+            yield turn
+
+    async def get_agent(self, agent_id: str) -> Agent:
+        body = await self._core.get("get_agent", f"agents/{seg(agent_id)}", {})
+        return self._core.parse_one(parse_agent, body)
+
+
+def _ascending(limit: int, after: str | None) -> dict[str, str | int]:
+    params: dict[str, str | int] = {"limit": clamp(limit), "order": "asc"}
+    if after:
+        params["after"] = after
+    return params
