@@ -214,7 +214,7 @@ class TestSessionTraceAgent:
 
     def test_trace_keeps_payload_untouched(self) -> None:
         """A trace's OTLP payload is the very object received, not a copy or a rewrite."""
-        otlp = {"resourceSpans": [{"resource": {}, "scopeSpans": []}]}
+        otlp: dict[str, Any] = {"resourceSpans": [{"resource": {}, "scopeSpans": []}]}
         raw = {"id": "turn_1", "session_id": "sess_1", "created_at": 1_780_000_000, "otlp": otlp}
         before = copy.deepcopy(raw)
         trace = parse_trace(raw)
