@@ -37,6 +37,7 @@ import uvicorn
 from stepscope.errors import ConfigError
 from stepscope.proxy.feed import RunFeed, SafeFeed
 from stepscope.proxy.observe import DEFAULT_MAX_BODY, AnswerObserver
+from stepscope.proxy.protocol import ProxyHttpProtocol
 from stepscope.proxy.routes import RunRoute, classify, valid_traceparent
 
 log = logging.getLogger("stepscope.proxy")
@@ -57,6 +58,8 @@ UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=600.0, pool=30.
 """The SDK's own request timeout is 600 s; a run's stream may be quiet for long between events."""
 UPSTREAM_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=30.0)
 LOG_EVERY_S = 60.0
+SMALL_BODY = 1024 * 1024
+"""Answers of known length up to this size are relayed without watching for the application to leave."""
 
 
 class UpstreamCut(Exception):
@@ -244,6 +247,12 @@ class ProxyApp:
         """Relay the answer while watching for the application to go away (then the upstream stream is closed)."""
         head = end_to_end(response.headers.raw, request=False)
         await send({"type": "http.response.start", "status": response.status_code, "headers": head})
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) <= SMALL_BODY:
+            # Most answers: small and of known length. Relaying them takes no longer than noticing a departed
+            # application would, so no watcher task (two tasks per request are a measurable part of the latency).
+            await self._relay_body(response, observer, send)
+            return
         relay = asyncio.ensure_future(self._relay_body(response, observer, send))
         gone = asyncio.ensure_future(_wait_disconnect(receive, body_done))
         try:
@@ -342,8 +351,9 @@ class ProxyServer:
     """The proxy under uvicorn on the running event loop. `start()` binds (errors at once) and returns once it
     serves; `shutdown()` is idempotent and safe without `start()`.
 
-    Served with uvicorn's h11 protocol, which keeps the request target as sent, so absolute-form targets can be
-    told apart and refused; without `Server` or `Date` headers of its own, so the upstream's pass unchanged.
+    Served with `ProxyHttpProtocol` (httptools, refusing absolute-form targets and CONNECT before the app runs;
+    `ProxyApp` refuses them too under any other server), without `Server` or `Date` headers of its own, so the
+    upstream's pass unchanged.
     """
 
     def __init__(self, app: ProxyApp, host: str, port: int) -> None:
@@ -387,8 +397,8 @@ class ProxyServer:
         sock.setblocking(False)
         self._sock = sock
         config = uvicorn.Config(
-            self.app, http="h11", log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2,
-            server_header=False, date_header=False,
+            self.app, http=ProxyHttpProtocol, log_config=None, access_log=False, lifespan="on",
+            timeout_graceful_shutdown=2, server_header=False, date_header=False,
         )  # fmt: skip
         logging.getLogger("uvicorn.error").addFilter(self._filter)
         self._server = _QuietServer(config)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.benchmarks import bench_api, bench_pipeline, bench_scale
+from tests.benchmarks import bench_api, bench_pipeline, bench_proxy, bench_scale
 
 
 def main() -> int:
@@ -17,6 +17,8 @@ def main() -> int:
     rows += bench_pipeline.main()
     print("API efficiency and freshness (60 s, stepscope and a naive poller side by side) ...", flush=True)
     rows += bench_api.main()
+    print("proxy added latency (2,000 requests of each kind, direct and proxied alternately) ...", flush=True)
+    rows += bench_proxy.main()
     print("scale: 10,000 concurrently active runs (~3 min) ...", flush=True)
     rows += bench_scale.main()
     print("simulator throughput ...", flush=True)
