@@ -27,6 +27,7 @@ from stepscope import spancodec
 from stepscope.errors import StoreError
 from stepscope.models import RunRef
 from stepscope.types import Commit, F, Mapper, MetricSink, Observation, R, SpanSpec, U
+from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.pipeline")
 
@@ -91,7 +92,7 @@ class Pipeline(Generic[U, R, F]):
                 telemetry = self._mapper.record(commit.unit, record)
             except Exception:
                 log.exception("cannot map a record of %s; committing it without telemetry", commit.ref.run_id)
-                self._health.dropped("mapping_error")
+                self._health.dropped(DropReason.MAPPING_ERROR)
                 continue
             specs.extend(telemetry.spans)
             observations.extend(telemetry.observations)
@@ -101,7 +102,7 @@ class Pipeline(Generic[U, R, F]):
                 telemetry = self._mapper.finish(commit.unit, commit.finish)
             except Exception:
                 log.exception("cannot map %s; finishing it without its own span", commit.ref.run_id)
-                self._health.dropped("mapping_error")
+                self._health.dropped(DropReason.MAPPING_ERROR)
             else:
                 specs.extend(telemetry.spans)
                 observations.extend(telemetry.observations)
@@ -138,11 +139,11 @@ class Pipeline(Generic[U, R, F]):
                 encoded.append(spancodec.encode(spec))
             except ValueError:
                 log.warning("span %s carries a value that cannot be stored; dropping the span", spec.key)
-                self._health.dropped("span_unencodable")
+                self._health.dropped(DropReason.SPAN_UNENCODABLE)
         return encoded
 
     def _store_failed(self, exc: StoreError, n: int) -> None:
-        self._health.dropped("store_error", n)
+        self._health.dropped(DropReason.STORE_ERROR, n)
         if not self._store_failing:
             self._store_failing = True
             log.error("%s; progress is not saved and is read again later (check the disk and the permissions of "

@@ -34,6 +34,7 @@ from stepscope.health import ApiHealth
 from stepscope.models import RunRef
 from stepscope.store import RunProgress
 from stepscope.types import S, UnitReader
+from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.poller")
 
@@ -134,7 +135,7 @@ class Poller(Generic[S]):
         if ref.run_id in self._units or self._stopping.is_set():
             return False
         if len(self._units) >= self._max_tracked:
-            self._health.dropped("tracked_runs_full")
+            self._health.dropped(DropReason.TRACKED_RUNS_FULL)
             if not self._full_logged:
                 log.warning("tracking %d runs, the maximum: new runs wait for a slot", self._max_tracked)
                 self._full_logged = True
@@ -144,7 +145,7 @@ class Poller(Generic[S]):
             self._store.add_run(ref, self._wall())
         except StoreError:
             log.exception("checkpoint store: cannot record run %s", ref.run_id)
-            self._health.dropped("store_error")
+            self._health.dropped(DropReason.STORE_ERROR)
             return False
         self._add(ref, self._reader.begin(ref, None, set()))
         return True
@@ -248,7 +249,7 @@ class Poller(Generic[S]):
         if isinstance(exc, FatalSourceError):
             # 404 or another permanent 4xx for this unit: it cannot be polled, so it is dropped and counted.
             log.warning("run %s dropped: %s", run_id, exc)
-            self._health.dropped("not_found" if exc.status_code == 404 else "bad_request")
+            self._health.dropped(DropReason.NOT_FOUND if exc.status_code == 404 else DropReason.BAD_REQUEST)
             self._forget(t)
             return None
         if isinstance(exc, SourceError):
@@ -260,14 +261,14 @@ class Poller(Generic[S]):
             if t.invalid_reads < INVALID_READS_MAX:
                 return self._slow
             log.warning("run %s dropped: unreadable on %d polls in a row", run_id, t.invalid_reads)
-            self._health.dropped("run_invalid")
+            self._health.dropped(DropReason.RUN_INVALID)
             self._forget(t)
             return None
         if isinstance(exc, StoreError):
             log.error("checkpoint store error while polling run %s: %s", run_id, exc)
         else:
             log.error("unexpected error while polling run %s", run_id, exc_info=exc)
-            self._health.dropped("internal_error")
+            self._health.dropped(DropReason.INTERNAL_ERROR)
         return self._slow
 
     def _forget(self, t: Tracked[S]) -> None:

@@ -35,6 +35,7 @@ from stepscope.source.connect import ApiConnection, connect
 from stepscope.source.discovery import Discovery
 from stepscope.source.steps import PollSchedule, RunState, StepReader
 from stepscope.store import SqliteStore
+from stepscope.vocabulary import Flavor
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,7 +90,7 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
     store = SqliteStore(cfg.state)
     stop = asyncio.Event()
     api = connect(cfg, transport=seams.transport, auth=seams.auth, observer=metrics, stop=stop)
-    health = ApiHealth("Azure AI Agents API" if cfg.api.flavor == "azure" else "Assistants API", wall=wall)
+    health = ApiHealth("Azure AI Agents API" if cfg.api.flavor == Flavor.AZURE else "Assistants API", wall=wall)
     settings = trace_settings(cfg)
     exporter = seams.span_exporter if seams.span_exporter is not None else build_span_exporter(settings)
     delivery = SpanDelivery(
@@ -103,7 +104,7 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
         wall=wall,
     )
     options = MappingOptions(
-        provider_name=PROVIDER_AZURE if cfg.api.flavor == "azure" else PROVIDER_OPENAI,
+        provider_name=PROVIDER_AZURE if cfg.api.flavor == Flavor.AZURE else PROVIDER_OPENAI,
         capture_content=cfg.export.capture_content,
     )
     prometheus = PrometheusMetrics(

@@ -23,6 +23,7 @@ from typing import Protocol
 from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError
 from stepscope.models import Run, RunRef, RunStep
 from stepscope.types import Commit, Committer, StepSource
+from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.steps")
 
@@ -154,7 +155,7 @@ class StepReader:
                 return self._schedule.fast
             log.warning("run %s ended but %d step(s) never finished; exporting the run without them",
                         run.id, len(state.open))  # fmt: skip
-            self._health.dropped("step_unfinished", len(state.open))
+            self._health.dropped(DropReason.STEP_UNFINISHED, len(state.open))
             state.open.clear()
         name = await self._names.name(run.assistant_id)
         if not self._committer.commit(RunCommit(run.ref, run, finish=name, finished=True)):
