@@ -62,8 +62,8 @@ def is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
-class Service(Protocol):
-    """What the HTTP server asks of the running service.
+class SidecarControl(Protocol):
+    """What the HTTP surface asks of the running sidecar: liveness, readiness, status, registrations.
 
     `watch` may raise `RegistrationFull` (answered 429) or `StoreError` (answered 503); it returns False when
     another shard owns the thread (409).
@@ -121,7 +121,7 @@ async def _respond(
 
 
 def _no_drop(reason: str, n: int = 1) -> None:
-    """Default drop counter for an App built without one."""
+    """Default drop counter for an HttpApp built without one."""
 
 
 def _flat_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -159,7 +159,7 @@ def parse_watch_body(body: bytes) -> tuple[str, str | None]:
     return thread_id, run_id
 
 
-class App:
+class HttpApp:
     """The ASGI application.
 
     `/v1/watch` takes bodies up to `max_body` bytes and `watch_rate` requests per second (bursts of twice that);
@@ -170,7 +170,7 @@ class App:
 
     def __init__(
         self,
-        service: Service,
+        service: SidecarControl,
         registry: CollectorRegistry,
         *,
         token: str = "",
@@ -332,7 +332,7 @@ class HttpServer:
     idempotent."""
 
     def __init__(self, app: Any, host: str, port: int) -> None:
-        if isinstance(app, App) and app.listen_host is None:
+        if isinstance(app, HttpApp) and app.listen_host is None:
             app.listen_host = host  # the address it serves on decides whether registration needs a token
         self._app = app
         self._host = host

@@ -20,7 +20,7 @@ from stepscope import __version__
 from stepscope.config import Config, redact_url
 from stepscope.errors import AuthError, ConfigError, NotFound, SourceError, StoreError
 from stepscope.lifecycle import Lifecycle, Stage
-from stepscope.server import App, HttpServer
+from stepscope.server import HttpApp, HttpServer
 from stepscope.wiring import Components, Seams, build
 
 log = logging.getLogger("stepscope")
@@ -115,7 +115,7 @@ class Sidecar:
 
     async def _start_http(self) -> None:
         cfg, metrics = self.config.server, self.parts.metrics
-        app = App(self, self.parts.registry, token=str(cfg.watch_token), max_body=cfg.max_body_bytes,
+        app = HttpApp(self, self.parts.registry, token=str(cfg.watch_token), max_body=cfg.max_body_bytes,
                   listen_host=cfg.host, watch_rate=cfg.watch_rate, dropped=metrics.dropped)  # fmt: skip
         self.http_server = HttpServer(app, cfg.host, cfg.port)
         await self.http_server.start()

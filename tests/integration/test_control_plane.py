@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stepscope.selfmetrics import SelfMetrics
-from stepscope.server import App, HttpServer
+from stepscope.server import HttpApp, HttpServer
 from stepscope.source.discovery import Discovery
 from stepscope.store import SqliteStore
 from tests.unit._fakes import FakeSource
@@ -27,7 +27,7 @@ async def test_hostile_bodies_over_http_get_4xx_and_the_server_lives_on() -> Non
     registry = CollectorRegistry()
     metrics = SelfMetrics(registry, version="test")
     service = DiscoveryService(Discovery(FakeSource(), store, Tracker(), on_drop=metrics.dropped))
-    server = HttpServer(App(service, registry, dropped=metrics.dropped, watch_rate=1000.0), "127.0.0.1", 0)
+    server = HttpServer(HttpApp(service, registry, dropped=metrics.dropped, watch_rate=1000.0), "127.0.0.1", 0)
     await server.start()
 
     async def chunks() -> AsyncIterator[bytes]:

@@ -14,7 +14,7 @@ from stepscope.errors import SourceError, StoreError
 from stepscope.logs import DuplicateFilter
 from stepscope.models import RunRef
 from stepscope.selfmetrics import SelfMetrics
-from stepscope.server import App, HttpServer, TokenBucket, is_loopback
+from stepscope.server import HttpApp, HttpServer, TokenBucket, is_loopback
 from stepscope.source.discovery import Discovery
 from stepscope.store import SqliteStore
 from tests.unit._fakes import FakeSource
@@ -86,7 +86,7 @@ class Clock:
 
 def rig(
     *, listen_host: str | None = "127.0.0.1", token: str = "", rate: float = 20.0, max_registered: int = 1000
-) -> tuple[App, DiscoveryService, SqliteStore, CollectorRegistry, Clock]:
+) -> tuple[HttpApp, DiscoveryService, SqliteStore, CollectorRegistry, Clock]:
     store = SqliteStore(":memory:")
     store.open()
     registry = CollectorRegistry()
@@ -96,14 +96,14 @@ def rig(
         FakeSource(), store, Tracker(), max_registered=max_registered, on_drop=metrics.dropped, wall=lambda: 1e9
     )
     service = DiscoveryService(discovery)
-    app = App(
+    app = HttpApp(
         service, registry, token=token, listen_host=listen_host, watch_rate=rate, dropped=metrics.dropped, clock=clock
     )
     return app, service, store, registry, clock
 
 
 async def call(
-    app: App, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    app: HttpApp, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], Any]:
     """One request through the ASGI interface: (status, response headers, decoded body)."""
     scope = {
@@ -243,7 +243,7 @@ class TestListener:
         assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
     def test_http_server_tells_the_app_where_it_listens(self) -> None:
-        """An App built without a listen address learns it from HttpServer, so a wildcard bind is closed."""
+        """An HttpApp built without a listen address learns it from HttpServer, so a wildcard bind is closed."""
         app, _, _, _, _ = rig(listen_host=None)
         assert not app.registration_open
         HttpServer(app, "0.0.0.0", 0)
