@@ -12,7 +12,7 @@ from stepscope.selfmetrics import SelfMetrics
 from stepscope.server import HttpApp, HttpServer
 from stepscope.source.discovery import Discovery
 from stepscope.store import SqliteStore
-from tests.unit._fakes import FakeSource
+from tests.kit.fakes import FakeSource
 from tests.unit.test_watch_hardening import DiscoveryService, Tracker
 
 pytestmark = pytest.mark.anyio

@@ -25,7 +25,7 @@ from stepscope.selfmetrics import SelfMetrics
 from stepscope.store import SqliteStore
 from stepscope.testing import OtlpReceiver, RecordingMetricSink, RecordingSpanExporter
 from stepscope.types import Commit, SpanEvent, SpanSpec
-from tests.unit.samples import make_run, make_step
+from tests.kit.samples import make_run, make_step
 
 REF = RunRef("thread_1", "run_1")
 RESOURCE = Resource.create({"service.name": "stepscope-test"})

@@ -11,7 +11,7 @@ from rich.console import Console
 from stepscope.demo import DemoView, Tracking
 from stepscope.models import LastError, Run, RunStep, ToolCall, Usage
 from stepscope.testing import FakeClock
-from tests.unit.samples import make_run, make_step
+from tests.kit.samples import make_run, make_step
 
 RUN_A = "run_OLyhvbUbVMExd743DEehcdPT"  # simulator-length ids: 28 characters
 RUN_B = "run_YqT3dIqUfB2tImBgFS0xOPyh"

@@ -22,7 +22,8 @@ from stepscope.source.discovery import (
 from stepscope.source.steps import PollSchedule
 from stepscope.store import SqliteStore
 from stepscope.testing import eventually
-from tests.unit._fakes import Counters, FakeSource, RecordingCommits, make_poller, make_run
+from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_poller
+from tests.kit.samples import make_run
 
 pytestmark = pytest.mark.anyio
 NOW = 10_000.0
@@ -66,7 +67,7 @@ async def test_new_runs_tracked_oldest_first_until_known(store: SqliteStore) -> 
     """Runs newer than the newest known run are tracked, oldest first; listing stops at the known one."""
     source, tracker = FakeSource(), Tracker()
     for i in range(5):
-        source.put_run(make_run(f"run_{i}", created_at=int(NOW) - 100 + i, status="completed"))
+        source.put_run(make_run(id=f"run_{i}", thread_id="thread_a", created_at=int(NOW) - 100 + i, status="completed"))
     store.add_run(RunRef("thread_a", "run_2"), NOW)
     found = await _discovery(source, store, tracker, threads=["thread_a"]).run_once()
     assert found == 2
@@ -76,8 +77,8 @@ async def test_new_runs_tracked_oldest_first_until_known(store: SqliteStore) -> 
 async def test_lookback_bounds_history(store: SqliteStore) -> None:
     """Runs created before the lookback horizon are not backfilled."""
     source, tracker = FakeSource(), Tracker()
-    source.put_run(make_run("run_old", created_at=int(NOW) - 7200, status="completed"))
-    source.put_run(make_run("run_new", created_at=int(NOW) - 60, status="completed"))
+    source.put_run(make_run(id="run_old", thread_id="thread_a", created_at=int(NOW) - 7200, status="completed"))
+    source.put_run(make_run(id="run_new", thread_id="thread_a", created_at=int(NOW) - 60, status="completed"))
     await _discovery(source, store, tracker, threads=["thread_a"]).run_once()
     assert [r.run_id for r in tracker.refs] == ["run_new"]
 
@@ -85,7 +86,7 @@ async def test_lookback_bounds_history(store: SqliteStore) -> None:
 async def test_registered_threads_and_runs(store: SqliteStore) -> None:
     """A thread registered through watch() is listed on the next pass; a registered run is tracked at once."""
     source, tracker = FakeSource(), Tracker()
-    source.put_run(make_run("run_1", thread_id="thread_b", created_at=int(NOW) - 5))
+    source.put_run(make_run(id="run_1", thread_id="thread_b", created_at=int(NOW) - 5, status="in_progress"))
     discovery = _discovery(source, store, tracker)
     assert discovery.watch("thread_b", None)
     assert discovery.watch("thread_c", "run_9")
@@ -258,7 +259,11 @@ async def test_registered_thread_without_runs_expires_after_the_lookback(store: 
     discovery.watch("thread_busy", None)
     for _ in range(3700 // 10):
         # A run every ten seconds keeps thread_busy active throughout.
-        source.put_run(make_run(f"run_{clocks.mono:.0f}", thread_id="thread_busy", created_at=int(clocks.wall)))
+        source.put_run(
+            make_run(
+                id=f"run_{clocks.mono:.0f}", thread_id="thread_busy", created_at=int(clocks.wall), status="in_progress"
+            )
+        )
         await discovery.run_once()
         clocks.advance(10.0)
     assert store.watched() == [("thread_busy", None)]
@@ -296,7 +301,9 @@ async def test_a_pass_lists_at_most_its_budget_round_robin(store: SqliteStore) -
     found_in: int | None = None
     for n in range(40):
         if n == 1:
-            source.put_run(make_run("run_new", thread_id="thread_conf", created_at=int(clocks.wall)))
+            source.put_run(
+                make_run(id="run_new", thread_id="thread_conf", created_at=int(clocks.wall), status="in_progress")
+            )
         before = len(source.listed)
         await discovery.run_once()
         per_pass.append(len(source.listed) - before)

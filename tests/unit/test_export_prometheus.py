@@ -14,7 +14,7 @@ from stepscope.export.prometheus import PrometheusMetrics
 from stepscope.mapping import run_observations, step_observations
 from stepscope.models import ToolCall, Usage
 from stepscope.types import Observation
-from tests.unit import samples
+from tests.kit import samples
 
 make_run = samples.make_run
 

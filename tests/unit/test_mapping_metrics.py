@@ -8,7 +8,7 @@ from stepscope.mapping import run_observations, step_observations
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
 from stepscope.models import ToolCall, Usage
 from stepscope.types import Observation
-from tests.unit import samples
+from tests.kit import samples
 
 TRACE = trace_id_for_run("run_1")
 STEP_SPAN = span_id_for("step", "step_1")

@@ -13,7 +13,7 @@ from stepscope.mapping import MappingOptions, run_span, run_trace, step_observat
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
 from stepscope.models import LastError, ToolCall, Usage, parse_step
 from stepscope.types import SpanEvent, SpanSpec
-from tests.unit import samples
+from tests.kit import samples
 
 S = 1_000_000_000
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -12,7 +12,7 @@ from stepscope.export.prometheus import PrometheusMetrics
 from stepscope.mapping.metrics import run_observations, step_observations
 from stepscope.models import ToolCall, Usage
 from stepscope.selfmetrics import SelfMetrics
-from tests.unit.samples import make_run, make_step
+from tests.kit.samples import make_run, make_step
 
 TELEMETRY = Path(__file__).parents[2] / "docs" / "telemetry.md"
 _ROW = re.compile(r"^\| `(stepscope_[a-z_]+)` \| (\w+) \|([^|]*)\|", re.MULTILINE)

@@ -16,17 +16,13 @@ from stepscope.pipeline import Pipeline
 from stepscope.store import SqliteStore
 from stepscope.testing import RecordingMetricSink
 from stepscope.types import Commit, Telemetry
-from tests.unit._fakes import Counters
+from tests.kit.fakes import Counters
+from tests.kit.samples import make_run, make_step
 
-RUN = Run(id="run_1", thread_id="thread_1", assistant_id="asst_1", status="completed", created_at=100, model="m",
-          started_at=100, completed_at=110)  # fmt: skip
-MESSAGE = RunStep(
-    id="step_a", run_id="run_1", thread_id="thread_1", assistant_id="asst_1", type="message_creation",
-    status="completed", created_at=101, completed_at=102, usage=Usage(5, 1, 6), message_id="msg_1",
-)  # fmt: skip
-TOOLS = RunStep(
-    id="step_b", run_id="run_1", thread_id="thread_1", assistant_id="asst_1", type="tool_calls",
-    status="completed", created_at=102, completed_at=104, usage=Usage(7, 2, 9),
+RUN = make_run(model="m", started_at=100, completed_at=110)
+MESSAGE = make_step(RUN, id="step_a", created_at=101, completed_at=102, usage=Usage(5, 1, 6), message_id="msg_1")
+TOOLS = make_step(
+    RUN, id="step_b", type="tool_calls", created_at=102, completed_at=104, usage=Usage(7, 2, 9),
     tool_calls=(ToolCall("call_1", "function", name="f"), ToolCall("call_2", "function", name="g")),
 )  # fmt: skip
 OPTIONS = MappingOptions(provider_name="openai")

@@ -14,10 +14,11 @@ from stepscope.poller import Poller
 from stepscope.source.steps import PollSchedule, RunState
 from stepscope.store import RunProgress, SqliteStore
 from stepscope.testing import eventually
-from tests.unit._fakes import Counters, FakeSource, RecordingCommits, make_poller, make_run, make_step
+from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_poller
+from tests.kit.samples import make_run, make_step
 
 pytestmark = pytest.mark.anyio
-REF = RunRef("thread_a", "run_1")
+REF = RunRef("thread_1", "run_1")
 FAST = PollSchedule(fast=0.01, slow=0.03, final_sweeps=2)
 
 
@@ -43,15 +44,15 @@ Rig = tuple[FakeSource, RecordingCommits, Counters, Poller[RunState]]
 async def test_in_progress_step_waits_until_terminal(rig: Rig) -> None:
     """A finished step is committed at once; an in-progress one only after it completes, and then exactly once."""
     source, sink, _, poller = rig
-    run = make_run()
+    run = make_run(status="in_progress")
     source.put_run(run)
-    source.put_step(make_step("step_1", run))
-    source.put_step(make_step("step_2", run, status="in_progress", created_at=1003))
+    source.put_step(make_step(run, id="step_1"))
+    source.put_step(make_step(run, id="step_2", status="in_progress", created_at=1003))
     poller.track(REF)
     await eventually(lambda: sink.step_ids() == ["step_1"])
     await eventually(lambda: source.calls.count("list_steps run_1 after=step_1") >= 2)
     assert sink.step_ids() == ["step_1"]
-    source.put_step(make_step("step_2", run, status="completed", created_at=1003))
+    source.put_step(make_step(run, id="step_2", status="completed", created_at=1003))
     await eventually(lambda: sink.step_ids() == ["step_1", "step_2"])
     await eventually(lambda: source.calls.count("list_steps run_1 after=step_2") >= 2)
     assert sink.step_ids() == ["step_1", "step_2"]
@@ -60,10 +61,10 @@ async def test_in_progress_step_waits_until_terminal(rig: Rig) -> None:
 async def test_commit_moves_cursor(rig: Rig) -> None:
     """A committed prefix of steps moves the cursor handed to the commit, so later listings start after it."""
     source, sink, _, poller = rig
-    run = make_run()
+    run = make_run(status="in_progress")
     source.put_run(run)
     for i in (1, 2):
-        source.put_step(make_step(f"step_{i}", run, created_at=1000 + i))
+        source.put_step(make_step(run, id=f"step_{i}", created_at=1000 + i))
     poller.track(REF)
     await eventually(lambda: len(sink.step_ids()) == 2)
     assert [cursor for _, _, cursor in sink.steps] == ["step_2", "step_2"]
@@ -73,14 +74,14 @@ async def test_commit_moves_cursor(rig: Rig) -> None:
 async def test_cursor_stops_at_an_open_step(rig: Rig) -> None:
     """A finished step after an open one is committed, but the cursor stays before the open step."""
     source, sink, _, poller = rig
-    run = make_run()
+    run = make_run(status="in_progress")
     source.put_run(run)
-    source.put_step(make_step("step_1", run, status="in_progress", created_at=1001))
-    source.put_step(make_step("step_2", run, created_at=1002))
+    source.put_step(make_step(run, id="step_1", status="in_progress", created_at=1001))
+    source.put_step(make_step(run, id="step_2", created_at=1002))
     poller.track(REF)
     await eventually(lambda: sink.step_ids() == ["step_2"])
     assert sink.steps[0][2] is None
-    source.put_step(make_step("step_1", run, status="completed", created_at=1001))
+    source.put_step(make_step(run, id="step_1", status="completed", created_at=1001))
     await eventually(lambda: sink.step_ids() == ["step_2", "step_1"])
     assert sink.steps[-1][2] == "step_2"
 
@@ -88,9 +89,9 @@ async def test_cursor_stops_at_an_open_step(rig: Rig) -> None:
 async def test_failed_commit_is_read_again(rig: Rig) -> None:
     """A step whose commit failed (the store) is offered again by a later poll, and committed once it works."""
     source, sink, _, poller = rig
-    run = make_run()
+    run = make_run(status="in_progress")
     source.put_run(run)
-    source.put_step(make_step("step_1", run))
+    source.put_step(make_step(run, id="step_1"))
     sink.fail = True
     poller.track(REF)
     await eventually(lambda: source.calls.count("list_steps run_1 after=None") >= 2)
@@ -104,7 +105,7 @@ async def test_terminal_run_finishes_after_its_steps(rig: Rig, store: SqliteStor
     source, sink, _, poller = rig
     run = make_run(status="completed")
     source.put_run(run)
-    source.put_step(make_step("step_1", run))
+    source.put_step(make_step(run, id="step_1"))
     poller.track(REF)
     await eventually(lambda: sink.finished_runs() == ["run_1"])
     assert sink.step_ids() == ["step_1"]
@@ -115,18 +116,18 @@ async def test_terminal_run_finishes_after_its_steps(rig: Rig, store: SqliteStor
 async def test_long_tail_behind_an_open_step_is_not_reread(rig: Rig) -> None:
     """Once many steps finished behind an open first step, polls list only after the newest and re-read the open one."""
     source, sink, _, poller = rig
-    run = make_run()
+    run = make_run(status="in_progress")
     source.put_run(run)
-    source.put_step(make_step("step_000", run, status="in_progress", created_at=1001))
+    source.put_step(make_step(run, id="step_000", status="in_progress", created_at=1001))
     for i in range(1, 31):
-        source.put_step(make_step(f"step_{i:03d}", run, created_at=1001 + i))
+        source.put_step(make_step(run, id=f"step_{i:03d}", created_at=1001 + i))
     poller.track(REF)
     await eventually(lambda: len(sink.step_ids()) == 30)
     source.calls.clear()
     await eventually(lambda: source.calls.count("get_step step_000") >= 2)
     assert "list_steps run_1 after=None" not in source.calls
     assert "list_steps run_1 after=step_030" in source.calls
-    source.put_step(make_step("step_000", run, status="completed", created_at=1001))
+    source.put_step(make_step(run, id="step_000", status="completed", created_at=1001))
     await eventually(lambda: "step_000" in sink.step_ids())
     await eventually(lambda: any(c == "list_steps run_1 after=step_030" for c in source.calls[-3:]))
     assert sorted(sink.step_ids()) == sorted({*sink.step_ids()})
@@ -135,10 +136,10 @@ async def test_long_tail_behind_an_open_step_is_not_reread(rig: Rig) -> None:
 async def test_listing_cut_at_the_page_cap_is_committed_as_far_as_it_went(rig: Rig) -> None:
     """A listing that hits the page cap commits what it read, and the next poll carries on from there."""
     source, sink, _, poller = rig
-    run = make_run()
+    run = make_run(status="in_progress")
     source.put_run(run)
     for i in range(1, 8):
-        source.put_step(make_step(f"step_{i}", run, created_at=1000 + i))
+        source.put_step(make_step(run, id=f"step_{i}", created_at=1000 + i))
     source.page_cap = 3
     poller.track(REF)
     await eventually(lambda: len(sink.step_ids()) == 7)
@@ -149,7 +150,7 @@ async def test_listing_cut_at_the_page_cap_is_committed_as_far_as_it_went(rig: R
 async def test_run_that_stays_unreadable_is_given_up(rig: Rig) -> None:
     """A run that cannot be parsed on three polls in a row is dropped and counted, not re-read forever."""
     source, _, health, poller = rig
-    source.put_run(make_run())
+    source.put_run(make_run(status="in_progress"))
     source.invalid_runs.add("run_1")
     poller.track(REF)
     await eventually(lambda: not poller.is_tracked("run_1"))
@@ -162,7 +163,7 @@ async def test_missing_assistant_is_remembered(rig: Rig) -> None:
     source, sink, _, poller = rig
     source.missing_assistants.add("asst_1")
     for i in range(3):
-        source.put_run(make_run(f"run_{i}", thread_id=f"thread_{i}", status="completed"))
+        source.put_run(make_run(id=f"run_{i}", thread_id=f"thread_{i}", status="completed"))
         poller.track(RunRef(f"thread_{i}", f"run_{i}"))
     await eventually(lambda: len(sink.finished_runs()) == 3)
     assert source.calls.count("get_assistant asst_1") == 1
@@ -174,7 +175,7 @@ async def test_unfinished_steps_of_ended_run_are_given_up(rig: Rig) -> None:
     source, sink, health, poller = rig
     run = make_run(status="completed")
     source.put_run(run)
-    source.put_step(make_step("step_1", run, status="in_progress"))
+    source.put_step(make_step(run, id="step_1", status="in_progress"))
     poller.track(REF)
     await eventually(lambda: sink.finished_runs() == ["run_1"])
     assert health.counts == {"step_unfinished": 1}
@@ -192,10 +193,10 @@ async def test_waiting_run_is_only_reread(rig: Rig) -> None:
 async def test_resume_skips_committed_steps(store: SqliteStore) -> None:
     """After a restart, steps the store has committed are not committed again."""
     source, sink, health = FakeSource(), RecordingCommits(), Counters()
-    run = make_run()
+    run = make_run(status="in_progress")
     source.put_run(run)
     for i in (1, 2, 3):
-        source.put_step(make_step(f"step_{i}", run, created_at=1000 + i))
+        source.put_step(make_step(run, id=f"step_{i}", created_at=1000 + i))
     poller = make_poller(source, store, sink, health, schedule=FAST)
     poller.resume([RunProgress(REF, cursor="step_1", committed={"step_3"})])
     await poller.start()
@@ -211,7 +212,7 @@ async def test_tracking_is_bounded(rig: Rig) -> None:
     """Beyond max_tracked_runs new runs are refused and counted."""
     source, _, health, poller = rig
     for i in range(4):
-        source.put_run(make_run(f"run_{i}", status="queued"))
+        source.put_run(make_run(id=f"run_{i}", status="queued"))
     results = [poller.track(RunRef("thread_a", f"run_{i}")) for i in range(4)]
     assert results == [True, True, True, False]
     assert health.counts == {"tracked_runs_full": 1}
@@ -221,7 +222,7 @@ async def test_tracking_is_bounded(rig: Rig) -> None:
 async def test_not_found_run_is_dropped(rig: Rig, store: SqliteStore) -> None:
     """A 404 for a run drops it, counts it and forgets it in the store."""
     source, _, health, poller = rig
-    source.put_run(make_run())
+    source.put_run(make_run(status="in_progress"))
     source.fail_with = NotFound("gone", status_code=404)
     poller.track(REF)
     await eventually(lambda: not poller.is_tracked("run_1"))
@@ -264,8 +265,8 @@ async def test_shutdown_is_idempotent(store: SqliteStore) -> None:
 async def test_busy_threads_are_those_with_unfinished_runs(rig: Rig) -> None:
     """A thread is busy while its tracked run is unread or not terminal, and free once the run ended."""
     source, sink, _, poller = rig
-    source.put_run(make_run("run_1", thread_id="thread_a", status="in_progress"))
-    source.put_run(make_run("run_2", thread_id="thread_b", status="completed"))
+    source.put_run(make_run(id="run_1", thread_id="thread_a", status="in_progress"))
+    source.put_run(make_run(id="run_2", thread_id="thread_b", status="completed"))
     poller.track(RunRef("thread_a", "run_1"))
     poller.track(RunRef("thread_b", "run_2"))
     assert poller.busy_threads() == {"thread_a", "thread_b"}  # nothing read yet

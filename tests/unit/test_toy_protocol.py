@@ -22,7 +22,7 @@ from stepscope.poller import Poller
 from stepscope.store import SqliteStore
 from stepscope.testing import RecordingMetricSink, RecordingSpanExporter, eventually
 from stepscope.types import Commit, Committer, Observation, SpanSpec, Telemetry
-from tests.unit._fakes import Counters
+from tests.kit.fakes import Counters
 
 pytestmark = pytest.mark.anyio
 S = 1_000_000_000

@@ -11,7 +11,7 @@ from rich.console import Console
 from stepscope.mapping import MappingOptions, run_span, step_spans
 from stepscope.models import Run, RunStep, ToolCall, Usage
 from stepscope.views import BAR_WIDTH, Row, waterfall_json, waterfall_rows, waterfall_table
-from tests.unit.samples import make_run, make_step
+from tests.kit.samples import make_run, make_step
 
 
 def _sample() -> tuple[Run, list[RunStep]]:

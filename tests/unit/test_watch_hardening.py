@@ -17,7 +17,7 @@ from stepscope.selfmetrics import SelfMetrics
 from stepscope.server import HttpApp, HttpServer, TokenBucket, is_loopback
 from stepscope.source.discovery import Discovery
 from stepscope.store import SqliteStore
-from tests.unit._fakes import FakeSource
+from tests.kit.fakes import FakeSource
 
 pytestmark = pytest.mark.anyio
 JSON = {"content-type": "application/json"}

@@ -1,4 +1,4 @@
-"""Injected fakes for poller and discovery unit tests: an in-memory StepSource and recorders."""
+"""Injected fakes for poller, discovery and pipeline tests: an in-memory source, a commit recorder, counters."""
 
 from __future__ import annotations
 
@@ -12,23 +12,6 @@ from stepscope.models import Assistant, Run, RunRef, RunStep
 from stepscope.poller import Poller, UnitStore
 from stepscope.source.steps import PollSchedule, RunState, StepReader
 from stepscope.types import Commit
-
-
-def make_run(run_id: str = "run_1", thread_id: str = "thread_a", status: str = "in_progress", **kw: object) -> Run:
-    fields: dict[str, object] = {"created_at": 1000, "model": "gpt-4o", "started_at": 1001, **kw}
-    if status == "completed":
-        fields.setdefault("completed_at", 1010)
-    return Run(id=run_id, thread_id=thread_id, assistant_id="asst_1", status=status, **fields)  # type: ignore[arg-type]
-
-
-def make_step(step_id: str, run: Run, status: str = "completed", created_at: int = 1002, **kw: object) -> RunStep:
-    fields: dict[str, object] = dict(kw)
-    if status == "completed":
-        fields.setdefault("completed_at", created_at + 1)
-    return RunStep(
-        id=step_id, run_id=run.id, thread_id=run.thread_id, assistant_id="asst_1", type="message_creation",
-        status=status, created_at=created_at, **fields,  # type: ignore[arg-type]
-    )  # fmt: skip
 
 
 @dataclass
@@ -130,6 +113,8 @@ class RecordingCommits:
 
 @dataclass
 class Counters:
+    """The health sink of the poller, reader and pipeline: drops by reason and export lags, kept as given."""
+
     counts: dict[str, int] = field(default_factory=dict)
     lags: list[float] = field(default_factory=list)
 
