@@ -9,11 +9,12 @@ span (type, id, call id, tool name, status; content only with content capture on
 moment the turn's items were final, not the item's own time), in the API's order, at most `MAX_ITEM_EVENTS` of them.
 
 Subagent turns (`Turn.subagent_id` set) get spans of their own, in a trace of their own, with a span link to the
-root turn that addressed the subagent. The API never names the turn that opened a subagent turn: the only
-statement it makes is a subagent call item (`send_subagent_input_call`, `resume_subagent_call`) whose
-`recipient_agent_id` is the subagent, inside some root turn (`subagent_opener`). The link is set only when exactly
-one root turn addressed the subagent; otherwise there is none (the span still names the subagent). A subagent
-turn's `created_at` is its start (the API's rule), so it has no queue time.
+root turn that gave the subagent work. The API never names the turn that opened a subagent turn (a
+`create_subagent_call` names the requesting agent, not the subagent): the only statement it makes is a subagent
+call item that gives work to or waits for the subagent by id (`send_subagent_input_call`, `resume_subagent_call`,
+`wait_for_subagents_call`, with the subagent among its recipients), inside some root turn (`subagent_opener`). The
+link is set only when exactly one root turn did so; otherwise there is none (the span still names the subagent
+in `openai.subagent.id`). A subagent turn's `created_at` is its start (the API's rule), so it has no queue time.
 
 A turn span also links to the root span of the trace the server published for it (`published_root`), which is
 relayed unchanged (`stepscope.export.relay`). `SpanSpec` has no links yet: `turn_links` returns them as
@@ -85,7 +86,8 @@ ITEM_TOOL_TYPES: dict[str, str] = {
     "computer_use_call": a.TOOL_TYPE_EXTENSION,
 }
 """Tool-call item type -> `gen_ai.tool.type`, the same reasoning as for Assistants tools."""
-_OPENING_CALLS = frozenset({"send_subagent_input_call", "resume_subagent_call"})
+_OPENING_CALLS = frozenset({"send_subagent_input_call", "resume_subagent_call", "wait_for_subagents_call"})
+# Not close or interrupt calls: they end work, and a later turn closing a subagent must not make the link ambiguous.
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +131,7 @@ def published_root(trace: SessionTrace) -> tuple[int, int] | None:
 
 
 def subagent_opener(turn: Turn, root_items: Iterable[Item]) -> str | None:
-    """The root turn that addressed `turn`'s subagent, when exactly one did (see the module docstring).
+    """The root turn that gave `turn`'s subagent work, when exactly one did (see the module docstring).
 
     `Turn(subagent_id="sa_1", …)` with root items `[Item("send_subagent_input_call", turn_id="turn_1",
     recipients=("sa_1",))]` -> `"turn_1"`; two root turns addressing `sa_1` -> None.

@@ -190,10 +190,12 @@ class TestLinks:
             assert published_root(SessionTrace("t", "s", 1, otlp)) is None
 
     def test_subagent_turn_links_to_its_opener(self) -> None:
-        """A subagent turn has its own trace and links to the single root turn that sent its subagent input."""
+        """A subagent turn has its own trace and links to the single root turn that gave its subagent work
+        (closing it does not count)."""
         sub = replace(TURN, id="turn_s", subagent_id="sa_1", agent_id="agent_sub")
         root_items = [
-            parse_item({"type": "send_subagent_input_call", "turn_id": "turn_1", "recipient_agent_id": "sa_1"}),
+            parse_item({"type": "wait_for_subagents_call", "turn_id": "turn_1", "recipient_agent_ids": ["sa_1"]}),
+            parse_item({"type": "close_subagent_call", "turn_id": "turn_4", "recipient_agent_id": "sa_1"}),
             parse_item({"type": "send_subagent_input_call", "turn_id": "turn_2", "recipient_agent_id": "sa_2"}),
             parse_item({"type": "create_subagent_call", "turn_id": "turn_3", "agent_id": "agent_1"}),
         ]
@@ -212,7 +214,8 @@ class TestLinks:
         sub = replace(TURN, id="turn_s", subagent_id="sa_1")
         two = [
             Item("send_subagent_input_call", turn_id="turn_1", recipients=("sa_1",)),
-            Item("resume_subagent_call", turn_id="turn_2", recipients=("sa_1",)),
+            Item("wait_for_subagents_call", turn_id="turn_2", recipients=("sa_2", "sa_1")),
+            Item("close_subagent_call", turn_id="turn_3", recipients=("sa_1",)),
         ]
         assert subagent_opener(sub, two) is None
         assert subagent_opener(sub, []) is None
