@@ -12,7 +12,7 @@ import pytest
 
 from stepscope.simulator.faults import FaultConfig, FaultSpec
 from stepscope.testing import OtlpReceiver
-from tests.faults.conftest import (
+from tests.faults.harness import (
     Exchange,
     RecordedSimulator,
     metric_sum,

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from stepscope.testing import OtlpReceiver
-from tests.faults.conftest import serve_env, step_spans
+from tests.faults.harness import serve_env, step_spans
 from tests.procs import Sim, serve, simulator
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from stepscope.testing import OtlpReceiver
-from tests.faults.conftest import (
+from tests.faults.harness import (
     metric_sum,
     reexports_with_other_ids,
     serve_env,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stepscope import cli, dashboards
-from tests.ops.conftest import REPO, in_contract, metric_names, walk
+from tests.kit.contract import REPO, in_contract, metric_names, walk
 
 GRAFANA = REPO / "grafana"
 # dashboard-linter substitutes a magic duration for $__rate_interval and looks for it under rate()/irate().

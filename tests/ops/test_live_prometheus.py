@@ -21,7 +21,9 @@ import pytest
 import yaml
 
 from stepscope import dashboards
-from tests.ops.conftest import REPO, ProcessGroup, pick_free_port
+from tests.kit.contract import REPO
+from tests.kit.processes import ProcessGroup
+from tests.procs import free_port as pick_free_port
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from stepscope import cli, rules
-from tests.ops.conftest import REPO, in_contract, metric_names
+from tests.kit.contract import REPO, in_contract, metric_names
 
 RULES_FILE = REPO / "deploy" / "prometheus" / "stepscope.rules.yml"
 RUNBOOK = REPO / "deploy" / "runbook.md"
