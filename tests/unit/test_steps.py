@@ -3,7 +3,7 @@ prefix, bounded and error-tolerant."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +13,7 @@ from stepscope.models import RunRef
 from stepscope.poller import Poller
 from stepscope.source.steps import PollSchedule, RunState
 from stepscope.store import RunProgress, SqliteStore
-from stepscope.testing import eventually
+from stepscope.testing import FakeClock, eventually
 from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_poller
 from tests.kit.samples import make_run, make_step
 
@@ -230,16 +230,26 @@ async def test_not_found_run_is_dropped(rig: Rig, store: SqliteStore) -> None:
     assert store.known_runs(["run_1"]) == set()
 
 
-async def test_rate_limit_delays_the_run(rig: Rig) -> None:
-    """A 429 with retry-after pushes that run's next poll back by at least the server's delay."""
-    source, _, _, poller = rig
+async def test_rate_limit_delays_the_run(store: SqliteStore) -> None:
+    """A 429 with retry-after: 0.3 puts that run's next poll 0.3 s later on the poller's clock, not before."""
+    clock = FakeClock()
+    source, sink, health = FakeSource(), RecordingCommits(), Counters()
+    poller = make_poller(source, store, sink, health, schedule=FAST, monotonic=clock.monotonic, wall=clock.time)
     source.put_run(make_run(status="queued"))
     source.fail_with = RateLimited("slow down", retry_after=0.3, status_code=429)
-    poller.track(REF)
-    await eventually(lambda: poller.api.state == "rate_limited")
-    started = time.monotonic()
-    await eventually(lambda: source.calls.count("get_run run_1") >= 2)
-    assert time.monotonic() - started >= 0.25
+    await poller.start()
+    try:
+        poller.track(REF)
+        await eventually(lambda: poller.api.state == "rate_limited")
+        clock.advance(0.29)
+        # The loop sleeps on real time until the due time it computed (0.3 s) and then re-reads the clock, so wait
+        # past that: whatever the load, the run is not due at 0.29 on the poller's clock.
+        await asyncio.sleep(0.4)
+        assert source.calls.count("get_run run_1") == 1
+        clock.advance(0.02)
+        await eventually(lambda: source.calls.count("get_run run_1") == 2)
+    finally:
+        await poller.shutdown(timeout_s=1.0)
 
 
 async def test_auth_failure_is_reported_and_recovers(rig: Rig) -> None:
