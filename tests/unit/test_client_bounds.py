@@ -24,7 +24,7 @@ from stepscope.errors import LimitExceeded, RetryableSourceError, Unavailable
 from stepscope.models import RunRef
 from stepscope.source import AssistantsClient, BearerAuth, RetryPolicy
 from stepscope.source.client import redact_url
-from tests.unit.test_client import (
+from tests.kit.client import (
     NO_RETRY,
     REF,
     SECRET,

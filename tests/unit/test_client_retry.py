@@ -11,7 +11,8 @@ import pytest
 
 from stepscope.errors import AuthError, BadRequest, NotFound, RateLimited, Unavailable
 from stepscope.source import RequestBudget, RetryPolicy
-from tests.unit.test_client import REF, THREAD, FakeClock, error_body, harness, page, reply, run_obj
+from stepscope.testing import FakeClock
+from tests.kit.client import REF, THREAD, error_body, harness, page, reply, run_obj
 
 OK = reply(run_obj("run_abc"))
 
@@ -181,10 +182,10 @@ class TestRetryAfter:
         async with harness([limited("300"), OK]) as h:
             with pytest.raises(RateLimited) as first:
                 await h.client.get_run(REF)
-            h.clock.now += 100
+            h.clock.advance(100)
             with pytest.raises(RateLimited) as second:
                 await h.client.get_run(REF)
-            h.clock.now += 200
+            h.clock.advance(200)
             await h.client.get_run(REF)
         assert first.value.retry_after == 300.0
         assert second.value.retry_after == pytest.approx(200.0)

@@ -12,7 +12,7 @@ from stepscope.simulator import FaultConfig, FaultSpec, Simulator, scenario_name
 from stepscope.source import ApiKeyAuth, AssistantsClient, BearerAuth, RetryPolicy
 from stepscope.source.auth import Auth
 from stepscope.testing import FakeClock
-from tests.unit.test_client import Recorder
+from tests.kit.client import Recorder
 
 KEYS = {"openai": "sk-sim-key-0001", "azure": "az-sim-key-0001"}
 
