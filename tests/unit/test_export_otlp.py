@@ -8,10 +8,11 @@ import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from stepscope.export.otlp import TraceSettings, build_span_exporter, parse_headers, readable_span
+from stepscope.testing import OtlpReceiver
 from stepscope.types import SpanEvent, SpanSpec
 
 RESOURCE = Resource.create({"service.name": "t"})
@@ -73,15 +74,21 @@ class TestBuildExporter:
         )
 
     def test_http_endpoint_resolution(self) -> None:
-        """The traces endpoint is used as is; the generic one gets /v1/traces appended."""
-        a = build_span_exporter(TraceSettings(traces_endpoint="http://c:4318/custom", endpoint="http://x:1"))
-        b = build_span_exporter(TraceSettings(endpoint="http://c:4318/"))
-        assert isinstance(a, HttpExporter)
-        assert isinstance(b, HttpExporter)
-        assert a._endpoint == "http://c:4318/custom"
-        assert b._endpoint == "http://c:4318/v1/traces"
-        a.shutdown()
-        b.shutdown()
+        """The traces endpoint is posted to as is; the generic one gets /v1/traces appended (a real receiver)."""
+        with OtlpReceiver() as receiver:
+            root = receiver.url.removesuffix("/v1/traces")
+            as_is = build_span_exporter(TraceSettings(traces_endpoint=receiver.url, endpoint=root + "/elsewhere"))
+            appended = build_span_exporter(TraceSettings(endpoint=root + "/"))
+            assert isinstance(as_is, HttpExporter)
+            assert isinstance(appended, HttpExporter)
+            try:
+                # The receiver answers 404 off /v1/traces, so a wrong path fails the export.
+                assert as_is.export([readable_span(spec(1), RESOURCE)]) is SpanExportResult.SUCCESS
+                assert appended.export([readable_span(spec(2), RESOURCE)]) is SpanExportResult.SUCCESS
+            finally:
+                as_is.shutdown()
+                appended.shutdown()
+            assert [span.name for span in receiver.spans] == ["run_step 1", "run_step 2"]
 
     def test_grpc(self) -> None:
         """protocol=grpc selects the gRPC exporter."""
