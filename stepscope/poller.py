@@ -67,7 +67,7 @@ class Tracked(Generic[S]):
 class Poller(Generic[S]):
     """Tracks units and polls them. `start()` returns at once; `shutdown()` is idempotent and waits for polls.
 
-    `fast` is the delay after a cut listing, `slow` after an error.
+    `slow` is the delay after a failed poll.
     """
 
     def __init__(
@@ -77,7 +77,6 @@ class Poller(Generic[S]):
         health: PollerHealth,
         api: ApiHealth,
         *,
-        fast: float = 1.0,
         slow: float = 4.0,
         concurrency: int = 16,
         max_tracked: int = 10_000,
@@ -88,7 +87,6 @@ class Poller(Generic[S]):
         self._store = store
         self._health = health
         self.api = api  # where poll outcomes are reported; discovery reports there too
-        self._fast = fast
         self._slow = slow
         self._max_tracked = max_tracked
         self._sem = asyncio.Semaphore(concurrency)
@@ -242,10 +240,10 @@ class Poller(Generic[S]):
             self.api.failed(exc)
             return AUTH_PAUSE_S
         if isinstance(exc, LimitExceeded):
-            # One unit's answer broke a bound (counted by the source); the API itself is fine, so its state stays.
-            # A listing cut at the page cap was committed as far as it went: carry on from there at once.
+            # One unit's answer broke a bound (counted by the source) and made no progress; the API itself is fine,
+            # so its state stays.
             log.warning("run %s: %s; backing off", run_id, exc)
-            return self._fast if exc.reason == "page_cap" else self._slow
+            return self._slow
         if isinstance(exc, FatalSourceError):
             # 404 or another permanent 4xx for this unit: it cannot be polled, so it is dropped and counted.
             log.warning("run %s dropped: %s", run_id, exc)

@@ -87,7 +87,10 @@ class Sidecar:
         """Stop everything in reverse order within `SHUTDOWN_BUDGET_S`. Idempotent; safe after a failed start."""
         self.parts.stop.set()
         started = time.monotonic()
+        ran = self._lifecycle.started
         await self._lifecycle.stop(SHUTDOWN_BUDGET_S)
+        if not ran:
+            return  # a start that failed says why itself; there is nothing to report about spans
         kept = self.spans_kept
         spans = "all spans delivered" if not kept else f"{kept} span(s) kept in the backlog for the next start"
         log.info("stepscope stopped in %.1fs: %s", time.monotonic() - started, spans)

@@ -99,7 +99,8 @@ class SqliteStore:
             try:
                 file.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreError(f"cannot create the directory of {path}: {exc.strerror or exc}") from exc
+                reason = exc.strerror or exc
+                raise StoreError(f"cannot create the directory of {path}: {reason}; choose a writable path") from exc
             if file.is_dir():
                 raise StoreError(f"{path} is a directory; give a file path")
             if file.exists() and file.stat().st_size == 0:

@@ -129,7 +129,6 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
         store,
         metrics,
         health,
-        fast=schedule.fast,
         slow=schedule.slow,
         concurrency=cfg.poll.concurrency,
         max_tracked=cfg.poll.max_tracked_runs,

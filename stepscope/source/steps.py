@@ -1,11 +1,12 @@
 """The Assistants protocol's `UnitReader`: one run, its new and unfinished steps, committed as they finish.
 
-Per run it keeps the committed cursor (every step up to it is committed), steps committed past it and steps seen
-unfinished (`open`). One poll lists steps in ascending order *after the cursor*, so a single request returns both
-the unfinished steps and the new ones; the run itself is re-read only when no step is open or the run waits. A run
-that waits (queued, requires_action) backs off per `PollSchedule`. Newly terminal steps are committed at once, so a
-step is read from the API once whatever the trace backend does. A terminal run gets up to `final_sweeps` more
-polls for steps still open, then its run span is committed and it is done.
+Per run it keeps the committed cursor (every step up to it is committed), every step it committed (so a server that
+lists a step again never gets it counted twice) and the steps seen unfinished (`open`). One poll lists steps in
+ascending order *after the cursor*, so a single request returns both the unfinished steps and the new ones; the
+run itself is re-read only when no step is open or the run waits. A run that waits (queued, requires_action) backs
+off per `PollSchedule`. Newly terminal steps are committed at once, so a step is read from the API once whatever
+the trace backend does. A terminal run gets up to `final_sweeps` more polls for steps still open, then its run span
+is committed and it is done.
 
 A run whose early step stays open while later ones finish would make every listing after the cursor longer; once
 `TAIL_MODE_AT` steps are committed past an open one, the reader lists only after the newest step it has seen and
@@ -68,7 +69,8 @@ class RunState:
     ref: RunRef
     run: Run | None = None
     cursor: str | None = None
-    committed: set[str] = field(default_factory=set)  # committed steps past the cursor
+    committed: set[str] = field(default_factory=set)  # every committed step of the run
+    past_cursor: int = 0  # committed steps the last full listing found past the cursor
     open: list[str] = field(default_factory=list)  # unfinished steps, creation order
     newest: str | None = None  # the newest step id seen, where tail-mode listings start
     sweeps_after_end: int = 0
@@ -164,7 +166,7 @@ class StepReader:
 
     async def _read_steps(self, state: RunState, run: Run) -> bool:
         """Read the run's new and unfinished steps and commit the newly terminal ones; False if the commit failed."""
-        tail = len(state.committed) >= TAIL_MODE_AT and bool(state.open) and state.newest is not None
+        tail = state.past_cursor >= TAIL_MODE_AT and bool(state.open) and state.newest is not None
         if tail:
             reread = [await self._source.get_step(state.ref, step_id) for step_id in state.open[:MAX_OPEN_READS]]
             new, cut = await _collect(self._source.list_steps(state.ref, after=state.newest))
@@ -172,6 +174,7 @@ class StepReader:
             reread = []
             new, cut = await _collect(self._source.list_steps(state.ref, after=state.cursor))
         committed = set(state.committed)
+        previous_cursor = state.cursor
         fresh: list[RunStep] = []
         for step in (*reread, *new):
             if step.is_terminal and step.id not in committed and step.id != state.cursor:
@@ -190,7 +193,9 @@ class StepReader:
                 cursor = step.id
             still_open = [s.id for s in new if not s.is_terminal and s.id != state.cursor]
             past = [s.id for s in new]
-            committed = set(past[past.index(cursor) + 1 :] if cursor in past else past) & committed
+            state.past_cursor = sum(
+                1 for s in (past[past.index(cursor) + 1 :] if cursor in past else past) if s in committed
+            )
         if fresh:
             commit = RunCommit(run.ref, run, records=fresh, record_ids=[s.id for s in fresh], cursor=cursor)
             if not self._committer.commit(commit):
@@ -198,9 +203,9 @@ class StepReader:
         if new:
             state.newest = new[-1].id
         state.cursor, state.open, state.committed = cursor, still_open, committed
-        if cut is not None:
-            raise cut  # what was read before the listing broke its bound is committed; the caller backs off
-        return True
+        if cut is not None and not (cut.reason == "page_cap" and (fresh or cursor != previous_cursor)):
+            raise cut  # the listing broke a bound and made no progress: the caller backs off
+        return True  # a listing cut at the page cap that moved on carries on at the normal pace
 
 
 async def _collect(steps: AsyncIterator[RunStep]) -> tuple[list[RunStep], LimitExceeded | None]:

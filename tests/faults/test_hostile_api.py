@@ -223,7 +223,6 @@ def test_runaway_listings_end(hostile: Observed) -> None:
     assert max(pages) <= 20, pages
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: a page-capped listing that committed nothing is re-read at once")
 def test_runaway_listing_backs_off(hostile: Observed) -> None:
     """A run whose listing hit the page cap without committing anything waits at least the slow interval before
     its next listing, as a run with any other listing failure does."""
@@ -242,7 +241,6 @@ def test_request_rate_bounded(hostile: Observed) -> None:
     assert rate < REQUESTS_PER_S, f"{rate:.0f} requests/s; busiest: {busiest}"
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: steps a listing repeats after the cursor are committed again")
 def test_alternating_listing_counts_each_step_once(hostile: Observed) -> None:
     """The two real steps of the alternating listing are exported, and counted, once each however often the server
     repeats them after the cursor."""

@@ -140,4 +140,4 @@ def make_poller(
 ) -> Poller[RunState]:
     """A poller over a `StepReader` of `source`, the way the composition root wires one."""
     reader = StepReader(source, commits, health, schedule=schedule)
-    return Poller(reader, store, health, api or ApiHealth(), fast=schedule.fast, slow=schedule.slow, **kw)
+    return Poller(reader, store, health, api or ApiHealth(), slow=schedule.slow, **kw)

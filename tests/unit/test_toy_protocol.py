@@ -153,7 +153,7 @@ def make_rig(api: ToyApi, store_path: str, exporter: RecordingSpanExporter) -> R
     metrics, health = RecordingMetricSink(), Counters()
     delivery = SpanDelivery(store, exporter, resource=Resource.create({}), health=health, delay_s=0.01)
     pipeline: Pipeline[Job, Task, None] = Pipeline(store, ToyMapper(), metrics, health, on_spans=delivery.notify)
-    poller = Poller(ToyReader(api, pipeline), store, health, ApiHealth("toy API"), fast=0.01, slow=0.02)
+    poller = Poller(ToyReader(api, pipeline), store, health, ApiHealth("toy API"), slow=0.02)
     return Rig(api, store, metrics, exporter, delivery, poller)
 
 
