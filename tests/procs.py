@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -76,7 +77,7 @@ class Sim:
     url: str  # API base URL, e.g. http://127.0.0.1:1234/v1
     root: str  # http://127.0.0.1:1234
 
-    def truth(self) -> dict[str, object]:
+    def truth(self) -> dict[str, Any]:
         return httpx.get(f"{self.root}/_sim/truth", timeout=10).json()  # type: ignore[no-any-return]
 
     def set_faults(self, faults: dict[str, object]) -> None:

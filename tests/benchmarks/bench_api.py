@@ -113,7 +113,7 @@ def main(seconds: float = SECONDS, poll_interval: str | None = None) -> list[tup
                 naive.stop.set()
                 worker.join(10)
                 proc.stop()
-            exact = {s["id"]: s["sim_ended_at"] for r in sim.truth()["runs"] for s in r["steps"]}  # type: ignore[union-attr]
+            exact = {s["id"]: s["sim_ended_at"] for r in sim.truth()["runs"] for s in r["steps"]}
     ours_requests = sum(float(m) for m in re.findall(r"^stepscope_api_requests_total\{.*\} (\S+)$", metrics, re.M))
     ours_rps = ours_requests / max(len(arrivals), 1)
     naive_rps = naive.requests / max(len(naive.lags), 1)

@@ -141,9 +141,9 @@ class RecordingApp:
                 assert self.rewrite is not None
                 body = self.rewrite(scope["path"], message.get("body", b""))
                 start = seen.pop("start")
-                headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
-                headers.append((b"content-length", str(len(body)).encode()))
-                await send({**start, "headers": headers})
+                resent = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+                resent.append((b"content-length", str(len(body)).encode()))
+                await send({**start, "headers": resent})
                 message = {**message, "body": body}
             await send(message)
 

@@ -31,7 +31,7 @@ IN_FLIGHT_GRACE_S = 0.15
 
 def retry_after_violations(log: list[Exchange]) -> list[tuple[Exchange, Exchange]]:
     """Pairs (429 with retry-after R, a request that arrived after it but before R elapsed, past the grace)."""
-    violations = []
+    violations: list[tuple[Exchange, Exchange]] = []
     limited = [e for e in log if e.status == 429 and e.retry_after]
     for answer in limited:
         assert answer.retry_after is not None

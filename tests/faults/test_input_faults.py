@@ -53,7 +53,7 @@ def content_strings(sim: Sim, threads: list[str]) -> set[str]:
     """Tool-call arguments and outputs as the API returns them (the truth omits content)."""
     found: set[str] = set()
     headers = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "assistants=v2"}
-    for run in sim.truth()["runs"][:20]:  # type: ignore[index]
+    for run in sim.truth()["runs"][:20]:
         steps = httpx.get(f"{sim.url}/threads/{run['thread_id']}/runs/{run['id']}/steps", headers=headers).json()
         for step in steps["data"]:
             for call in step["step_details"].get("tool_calls", []):

@@ -128,10 +128,10 @@ def test_demo_and_inspect(tmp_path: Path) -> None:
     with simulator(tmp_path, "--scenario", "steady", "--speed", "30", "--seed", "5") as sim:
 
         def finished_run() -> bool:
-            return any(r["status"] == "completed" for r in sim.truth()["runs"])  # type: ignore[union-attr]
+            return any(r["status"] == "completed" for r in sim.truth()["runs"])
 
         wait_until(finished_run, 30, "a completed run")
-        run = next(r for r in sim.truth()["runs"] if r["status"] == "completed")  # type: ignore[union-attr]
+        run = next(r for r in sim.truth()["runs"] if r["status"] == "completed")
         env = {"OPENAI_API_KEY": "sk-sim", "PATH": "/usr/bin:/bin"}
         args = ("inspect", run["id"], "--thread", run["thread_id"], "--base-url", sim.url)
         text = subprocess.run(stepscope_cmd(*args), env=env, capture_output=True, text=True, timeout=30, check=False)

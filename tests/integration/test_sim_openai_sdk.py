@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from openai.types.beta import Assistant, Thread
+from openai.types.beta import Assistant, FunctionToolParam, Thread
 from openai.types.beta.threads import Run
 from openai.types.beta.threads.runs import RunStep
 
@@ -15,7 +15,10 @@ from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenari
 # The SDK marks every Assistants method deprecated (the API is replaced by Responses); the warning names our module.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-FUNCTION_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+FUNCTION_TOOL: FunctionToolParam = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object"}},
+}
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ exemplars must come back, and the run-failure-ratio alert must fire. One stack s
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import time
@@ -200,7 +201,7 @@ def test_template_variables_have_values(stack: Stack) -> None:
     assert jobs == ["stepscope"]
     match = {"match[]": 'stepscope_runs_total{job=~"stepscope"}'}
     for label in ("assistant_id", "model"):
-        values = stack.wait_for(f"{label} values", lambda label=label: stack.api(f"label/{label}/values", **match))
+        values = stack.wait_for(f"{label} values", functools.partial(stack.api, f"label/{label}/values", **match))
         assert all(isinstance(v, str) and v for v in values), values
 
 

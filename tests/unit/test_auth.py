@@ -6,6 +6,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -285,7 +286,7 @@ class TestMakeAuth:
         ("mode", "kwargs", "field"),
         [("bearer", {}, "api.api_key"), ("api-key", {"key": " "}, "api.api_key"), ("token-file", {}, "api.token_file")],
     )
-    def test_missing_settings(self, mode: str, kwargs: dict[str, str], field: str) -> None:
+    def test_missing_settings(self, mode: str, kwargs: dict[str, Any], field: str) -> None:
         """A mode without its setting is a ConfigError naming the setting."""
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             make_auth(mode, **kwargs)

@@ -43,7 +43,7 @@ def _tool_step(n: int, run_id: str = RUN_B, name: str = "get_stock_price", **kw:
         "usage": Usage(1800, 411, 2211),
         **kw,
     }
-    return make_step(**fields)
+    return make_step(None, **fields)
 
 
 def _frame(view: DemoView, height: int | None = None) -> list[str]:

@@ -160,7 +160,8 @@ class SlowSource(FakeSource):
         self.most = max(self.most, self.in_flight)
         await asyncio.sleep(0.01)
         self.in_flight -= 1
-        for run in []:  # no runs; the shape of an async generator
+        no_runs: list[Run] = []
+        for run in no_runs:  # the shape of an async generator
             yield run
 
 

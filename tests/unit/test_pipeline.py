@@ -35,21 +35,21 @@ def store() -> SqliteStore:
     return s
 
 
-Rig = tuple[Pipeline[Run, RunStep, str], RecordingMetricSink, Counters, list[int]]
+Rig = tuple[Pipeline[Run, RunStep, str | None], RecordingMetricSink, Counters, list[int]]
 
 
 def _pipeline(store: SqliteStore, *, traces: bool = True) -> Rig:
-    metrics, health, notified = RecordingMetricSink(), Counters(), []
+    metrics, health, notified = RecordingMetricSink(), Counters(), list[int]()
     mapper = AssistantsMapper(OPTIONS)
     pipeline = Pipeline(store, mapper, metrics, health, on_spans=notified.append, traces=traces)
     return pipeline, metrics, health, notified
 
 
-def steps(*records: RunStep, cursor: str) -> Commit[Run, RunStep, str]:
+def steps(*records: RunStep, cursor: str) -> Commit[Run, RunStep, str | None]:
     return Commit(RUN.ref, RUN, records=records, record_ids=[s.id for s in records], cursor=cursor)
 
 
-def finish(name: str | None) -> Commit[Run, RunStep, str]:
+def finish(name: str | None) -> Commit[Run, RunStep, str | None]:
     return Commit(RUN.ref, RUN, finish=name, finished=True)
 
 
@@ -97,8 +97,9 @@ def test_failed_store_write_commits_and_counts_nothing(tmp_path: Path) -> None:
         store._db.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]  # fail at once, not after 5 s
         pipeline, metrics, health, notified = _pipeline(store)
         assert not pipeline.commit(steps(MESSAGE, cursor="step_a"))
-        assert not store.healthy
+        healthy_while_locked = store.healthy
         other.rollback()
+    assert not healthy_while_locked
     assert metrics.observations == []
     assert notified == []
     assert health.counts == {"store_error": 1}
@@ -142,7 +143,7 @@ class BrokenMapper:
 def test_a_record_that_cannot_be_mapped_is_committed_without_telemetry(store: SqliteStore) -> None:
     """A mapping failure drops that record's telemetry (counted) and commits it, so its siblings go on."""
     metrics, health = RecordingMetricSink(), Counters()
-    pipeline: Pipeline[Run, RunStep, str] = Pipeline(store, BrokenMapper(), metrics, health)
+    pipeline: Pipeline[Run, RunStep, str | None] = Pipeline(store, BrokenMapper(), metrics, health)
     assert pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
     keys = [spancodec.decode(span).key for _, span in store.backlog(100)]
     assert keys == ["step:step_b", "call:step_b:call_1", "call:step_b:call_2"]

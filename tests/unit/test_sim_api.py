@@ -27,7 +27,7 @@ def _client(sim: Simulator, headers: dict[str, str] | None = None) -> httpx.Asyn
 
 
 def _some_run(sim: Simulator) -> dict[str, Any]:
-    runs = [r for r in sim.truth()["runs"] if len(r["steps"]) >= 2]
+    runs: list[dict[str, Any]] = [r for r in sim.truth()["runs"] if len(r["steps"]) >= 2]
     return runs[0]
 
 
@@ -38,7 +38,8 @@ def _steps_path(run: dict[str, Any]) -> str:
 def _error(resp: httpx.Response) -> dict[str, Any]:
     body: dict[str, Any] = resp.json()
     assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 @pytest.mark.anyio
@@ -171,7 +172,8 @@ async def test_drop_raises_a_transport_error_in_process() -> None:
 @pytest.mark.parametrize("field", ["truncate_rate", "malformed_rate"])
 async def test_truncated_and_malformed_bodies_are_not_json(field: str) -> None:
     """truncate_rate and malformed_rate give a 200 whose body does not parse as JSON."""
-    sim, _ = _sim(FaultConfig(FaultSpec(**{field: 1.0})))
+    rates: dict[str, Any] = {field: 1.0}
+    sim, _ = _sim(FaultConfig(FaultSpec(**rates)))
     resp = await _get_steps(sim)
     assert resp.status_code == 200
     with pytest.raises(json.JSONDecodeError):

@@ -89,7 +89,9 @@ class ToyReader:
             if task.id not in state.committed:
                 finished.append(task)
         if finished:
-            commit = Commit(state.ref, job, finished, [t.id for t in finished], cursor=finished[-1].id)
+            commit: Commit[Job, Task, None] = Commit(
+                state.ref, job, finished, [t.id for t in finished], cursor=finished[-1].id
+            )
             if not self._committer.commit(commit):
                 return 0.01
             state.cursor = finished[-1].id
@@ -117,7 +119,7 @@ class ToyMapper:
 
 
 def _id(text: str, bits: int) -> int:
-    return (int.from_bytes(text.encode().ljust(16, b"\0")[:16], "big") % (2**bits - 1)) + 1
+    return (int.from_bytes(text.encode().ljust(16, b"\0")[:16], "big") % ((1 << bits) - 1)) + 1
 
 
 @dataclass
