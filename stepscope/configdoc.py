@@ -68,6 +68,8 @@ NOTES = {
     "server.watch_token": "Without one, `/v1/watch` works only on a loopback-only `STEPSCOPE_LISTEN` (403 elsewhere).",
     "server.watch_rate": "Bursts of twice that; then 429 with `Retry-After` (`watch_rate`).",
     "server.max_watched": "Then 429 (`watch_limit`).",
+    "server.proxy_listen": "Unset: no proxy. The application points its base URL here and stepscope tracks the runs "
+    "it creates from the upstream's answers ([finding-runs.md](finding-runs.md#the-proxy)).",
     "state": "Must be creatable and writable, and be a stepscope store if it exists: an empty file or another "
     "program's database is refused (exit 2). It also holds the span backlog.",
 }
