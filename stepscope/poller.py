@@ -151,6 +151,17 @@ class Poller(Generic[S]):
     def untrack(self, run_id: str) -> None:
         self._units.pop(run_id, None)
 
+    def state_of(self, run_id: str) -> S | None:
+        """The reader's state of a tracked unit, for what reports on it outside polling (the proxy's streams)."""
+        t = self._units.get(run_id)
+        return t.state if t is not None else None
+
+    def poll_soon(self, run_id: str) -> None:
+        """Poll a tracked unit now instead of at its scheduled time (a no-op while it is being polled)."""
+        t = self._units.get(run_id)
+        if t is not None and not t.polling and not self._stopping.is_set():
+            self._push(t, self._monotonic())
+
     def _add(self, ref: RunRef, state: S) -> None:
         t = Tracked(ref, state)
         self._units[ref.run_id] = t

@@ -20,7 +20,10 @@ from stepscope import __version__
 from stepscope.config import Config, redact_url
 from stepscope.errors import AuthError, ConfigError, NotFound, SourceError, StoreError
 from stepscope.lifecycle import Lifecycle, Stage
+from stepscope.proxy import ProxyApp, ProxyServer
 from stepscope.server import HttpApp, HttpServer
+from stepscope.source.proxied import ProxyFeed
+from stepscope.vocabulary import Flavor
 from stepscope.wiring import Components, Seams, build
 
 log = logging.getLogger("stepscope")
@@ -63,6 +66,13 @@ class Sidecar:
         stages.append(Stage("poller", p.poller.start, self._stop_poller))
         if discover:
             stages.append(Stage("discovery", p.discovery.start, self._stop_discovery))
+        self.proxy: ProxyServer | None = None
+        if config.server.proxy_listen:
+            feed = ProxyFeed(p.poller, p.reader, dropped=p.metrics.dropped)
+            app = ProxyApp(config.api.base_url, feed, dropped=p.metrics.dropped)
+            self.proxy = ProxyServer(app, config.server.proxy_host, config.server.proxy_port)
+            stages.append(Stage("proxy feed", feed.start, lambda budget_s: feed.stop()))
+            stages.append(Stage("proxy", self.proxy.start, self._stop_proxy))
         stages.append(Stage("heartbeat", self._start_beat, self._stop_beat))
         self._lifecycle = Lifecycle(stages)
         self._discover = discover
@@ -76,10 +86,14 @@ class Sidecar:
         await self._lifecycle.start()
         p, cfg = self.parts, self.config
         where = f"listening on {cfg.server.host}:{self.http_server.port}" if self.http_server else "no HTTP listener"
+        if self.proxy is not None:
+            where += f", proxying {cfg.server.proxy_host}:{self.proxy.port} to the API"
         log.info("stepscope %s started: %s, watching %d thread(s), resuming %d run(s), traces %s",
                  __version__, where, len(p.discovery.threads()), p.poller.tracked_count,
                  "on" if p.traces else "off")  # fmt: skip
-        if self._discover and not p.discovery.threads() and not p.poller.tracked_count:
+        lists_threads = cfg.api.flavor == Flavor.AZURE and not cfg.poll.threads
+        finds_runs = bool(p.discovery.threads() or p.poller.tracked_count or self.proxy or lists_threads)
+        if self._discover and not finds_runs:
             log.warning("nothing to watch yet: set STEPSCOPE_THREADS=thread_a,thread_b, or register threads with "
                         'POST /v1/watch {"thread_id": ...}; runs are found on watched threads only')  # fmt: skip
 
@@ -155,6 +169,10 @@ class Sidecar:
 
     async def _stop_poller(self, budget_s: float) -> None:
         await self.parts.poller.shutdown(timeout_s=min(POLLS_BUDGET_S, budget_s))
+
+    async def _stop_proxy(self, budget_s: float) -> None:
+        if self.proxy is not None:
+            await self.proxy.shutdown()
 
     async def _stop_discovery(self, budget_s: float) -> None:
         await self.parts.discovery.shutdown()

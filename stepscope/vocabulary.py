@@ -40,6 +40,7 @@ class Endpoint(StrEnum):
     LIST_STEPS = "list_steps"
     GET_STEP = "get_step"
     GET_ASSISTANT = "get_assistant"
+    LIST_THREADS = "list_threads"  # Azure: the project's threads, for discovery with no thread configured
 
 
 class DropReason(StrEnum):
@@ -61,6 +62,11 @@ class DropReason(StrEnum):
     WATCH_RATE = "watch_rate"  # a /v1/watch request past STEPSCOPE_WATCH_RATE
     WATCH_INVALID = "watch_invalid"  # a /v1/watch request with a bad body
     WATCH_EXPIRED = "watch_expired"  # a /v1/watch thread without a run for the whole lookback
+    PROXY_FEED_FULL = "proxy_feed_full"  # a proxy observation past the feed's queue bound (polling still finds it)
+    PROXY_FEED_ERROR = "proxy_feed_error"  # a proxy observation the feed failed on
+    PROXY_UNREADABLE = "proxy_unreadable"  # a run route's answer or event the proxy could not read
+    PROXY_BODY_TOO_LARGE = "proxy_body_too_large"  # a run route's answer too large to observe (relayed anyway)
+    PROXY_OBSERVER_ERROR = "proxy_observer_error"  # the proxy's own observation of an answer failed
 
 
 FLAVORS: tuple[str, ...] = tuple(Flavor)

@@ -34,6 +34,7 @@ from stepscope.source.auth import Auth
 from stepscope.source.connect import ApiConnection, connect
 from stepscope.source.discovery import Discovery
 from stepscope.source.steps import PollSchedule, RunState, StepReader
+from stepscope.source.threads import ThreadLister
 from stepscope.store import SqliteStore
 from stepscope.vocabulary import Flavor
 
@@ -61,6 +62,7 @@ class Components:
     health: ApiHealth
     delivery: SpanDelivery
     pipeline: Pipeline[Run, RunStep, str]
+    reader: StepReader
     poller: Poller[RunState]
     discovery: Discovery
     traces: bool
@@ -146,6 +148,10 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
         wall=wall,
         max_registered=cfg.server.max_watched,
         on_drop=metrics.dropped,
+        # Azure can list a project's threads: with none configured, discovery finds them itself.
+        thread_source=ThreadLister.beside(api, cfg, observer=metrics)
+        if cfg.api.flavor == Flavor.AZURE and not cfg.poll.threads
+        else None,
     )
     metrics.set_tracked_runs_source(lambda: poller.tracked_count)
     metrics.set_backlog_sources(lambda: delivery.pending, delivery.oldest_age)
@@ -158,6 +164,7 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
         health=health,
         delivery=delivery,
         pipeline=pipeline,
+        reader=reader,
         poller=poller,
         discovery=discovery,
         traces=exporter is not None,

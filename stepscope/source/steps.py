@@ -8,6 +8,11 @@ off per `PollSchedule`. Newly terminal steps are committed at once, so a step is
 the trace backend does. A terminal run gets up to `final_sweeps` more polls for steps still open, then its run span
 is committed and it is done.
 
+A run the application streams through the proxy reports its steps in the stream's events (`stream_run`,
+`stream_step`): they are committed as they arrive and the run is not polled while events flow; when the stream
+ends, one final check (the steps after the cursor, and the run only if the stream did not say it ended) catches
+anything the stream missed. A stream cut short, or silent for `STREAM_SILENCE_S`, falls back to polling.
+
 A run whose early step stays open while later ones finish would make every listing after the cursor longer; once
 `TAIL_MODE_AT` steps are committed past an open one, the reader lists only after the newest step it has seen and
 re-reads the open steps one by one (at most `MAX_OPEN_READS` a poll).
@@ -18,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError
@@ -33,6 +38,7 @@ TAIL_MODE_AT = 20
 MAX_OPEN_READS = 8
 ASSISTANT_MISS_TTL_S = 600.0
 ASSISTANT_CACHE = 1000
+STREAM_SILENCE_S = 30.0
 
 RunCommit = Commit[Run, RunStep, str]
 
@@ -75,6 +81,9 @@ class RunState:
     newest: str | None = None  # the newest step id seen, where tail-mode listings start
     sweeps_after_end: int = 0
     waiting_polls: int = 0
+    traceparent: str | None = None  # from the application's create request, when the run's metadata has none
+    streaming_until: float = 0.0  # a stream reports this run's steps until then (monotonic): no polling
+    run_final: bool = False  # the stream said the run is terminal: the final check needs no run read
 
 
 class AssistantNames:
@@ -120,12 +129,14 @@ class StepReader:
         *,
         schedule: PollSchedule,
         names: AssistantNames | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
         self._committer = committer
         self._health = health
         self._schedule = schedule
         self._names = names or AssistantNames(source)
+        self._monotonic = monotonic
 
     def begin(self, ref: RunRef, cursor: str | None, committed: set[str]) -> RunState:
         return RunState(ref, cursor=cursor, committed=set(committed))
@@ -139,10 +150,14 @@ class StepReader:
 
     async def poll(self, state: RunState) -> float | None:
         """Poll one run; return seconds until the next poll, or None when it is done."""
+        streaming_for = state.streaming_until - self._monotonic()
+        if streaming_for > 0:
+            return streaming_for  # the stream reports the steps; `stream_ended` brings the final check forward
         previous = state.run.status if state.run is not None else None
-        if state.run is None or not state.open or state.run.status != "in_progress":
-            state.run = await self._source.get_run(state.ref)
+        if not state.run_final and (state.run is None or not state.open or state.run.status != "in_progress"):
+            state.run = self._with_parent(state, await self._source.get_run(state.ref))
         run = state.run
+        assert run is not None
         # A waiting run's steps cannot change until the application acts, so only the run is re-read; the steps
         # are listed once on the way in, to catch those that finished just before the wait.
         if (run.status not in WAITING or run.status != previous) and not await self._read_steps(state, run):
@@ -163,6 +178,45 @@ class StepReader:
         if not self._committer.commit(RunCommit(run.ref, run, finish=name, finished=True)):
             return self._schedule.slow
         return None
+
+    # --- what a stream through the proxy reports ---------------------------------------------------------------
+
+    def stream_started(self, state: RunState, run: Run, traceparent: str | None) -> None:
+        """The application created (or resumed) the run; a stream, if any, now reports it."""
+        if traceparent is not None and state.traceparent is None:
+            state.traceparent = traceparent
+        state.run = self._with_parent(state, run)
+        state.run_final = run.is_terminal
+
+    def stream_run(self, state: RunState, run: Run) -> None:
+        """A `thread.run.*` event: the run as the stream has it now; events keep polling away a while longer."""
+        state.run = self._with_parent(state, run)
+        state.run_final = run.is_terminal
+        state.streaming_until = self._monotonic() + STREAM_SILENCE_S
+
+    def stream_step(self, state: RunState, step: RunStep) -> None:
+        """A `thread.run.step.*` event: a terminal step is committed now, an open one remembered."""
+        state.streaming_until = self._monotonic() + STREAM_SILENCE_S
+        if not step.is_terminal:
+            if step.id not in state.open and step.id not in state.committed:
+                state.open.append(step.id)
+            return
+        if state.run is None or step.id in state.committed or step.id == state.cursor:
+            return  # without the run the step cannot be mapped: the final check will list it
+        commit = RunCommit(state.ref, state.run, records=[step], record_ids=[step.id], cursor=state.cursor)
+        if self._committer.commit(commit):
+            state.committed.add(step.id)
+            if step.id in state.open:
+                state.open.remove(step.id)
+
+    def stream_ended(self, state: RunState) -> None:
+        """The stream ended (whole or cut short): poll from now on, starting with the final check."""
+        state.streaming_until = 0.0
+
+    def _with_parent(self, state: RunState, run: Run) -> Run:
+        if state.traceparent is None or run.traceparent is not None:
+            return run
+        return replace(run, traceparent=state.traceparent)
 
     async def _read_steps(self, state: RunState, run: Run) -> bool:
         """Read the run's new and unfinished steps and commit the newly terminal ones; False if the commit failed."""
