@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench dashboards rules clean deps
+.PHONY: demo test unit lint typecheck bench dashboards rules clean deps
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || { echo "Python's venv module is missing: apt-get install python3-venv"; exit 1; }
@@ -40,6 +40,10 @@ COVERED := --cov=stepscope.mapping --cov=stepscope.models --cov=stepscope.config
 
 test: $(STAMP) deps lint typecheck
 	$(BIN)/pytest -n 2 -q $(COVERED)
+
+# The fast tier: tests/unit only (in-process, no subprocess, no system tools), well under 30 s on 2 cores.
+unit: $(STAMP)
+	$(BIN)/pytest -n 2 -q tests/unit
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
-import subprocess
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,19 @@ class TestTrim:
         assert _spans(store) == [b"a", b"b"]
 
 
+# The immutable flag (chattr +i) set through its ioctl, so no subprocess runs: the values of <linux/fs.h>.
+_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
+
+
+def _set_flags(path: Path, change: Callable[[int], int]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        (flags,) = struct.unpack("i", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, struct.pack("i", 0)))
+        fcntl.ioctl(fd, _FS_IOC_SETFLAGS, struct.pack("i", change(flags)))
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def _read_only(path: Path) -> Iterator[None]:
     """Make `path` unwritable for this process: chmod for a normal user; root ignores modes, so the immutable flag."""
@@ -195,11 +209,11 @@ def _read_only(path: Path) -> Iterator[None]:
         finally:
             path.chmod(0o644)
         return
-    subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+    _set_flags(path, lambda flags: flags | _FS_IMMUTABLE_FL)
     try:
         yield
     finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True, capture_output=True)
+        _set_flags(path, lambda flags: flags & ~_FS_IMMUTABLE_FL)
 
 
 class TestOpenRefusals:
