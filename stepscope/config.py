@@ -7,6 +7,8 @@ The standard `OTEL_*` variables are read here too, so the exporters never touch 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from stepscope.errors import ConfigError
-from stepscope.vocabulary import AUTH_MODES, FLAVORS, AuthMode, Flavor
+from stepscope.vocabulary import AUTH_MODES, FLAVORS, PROTOCOLS, AuthMode, Flavor, Protocol
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_AZURE_API_VERSION = "v1"
@@ -28,6 +30,7 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _E = TypeVar("_E", bound=StrEnum)
 _ID_RE = re.compile(r"^thread_[A-Za-z0-9_-]{1,64}$")
+_AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -67,6 +70,7 @@ class ApiConfig:
     org_id: str | None = None
     project_id: str | None = None
     flavor: Flavor = Flavor.OPENAI
+    protocol: Protocol = Protocol.ASSISTANTS
     api_version: str | None = None
     auth: AuthMode = AuthMode.BEARER
     token_file: str | None = None
@@ -84,6 +88,7 @@ class PollConfig:
     concurrency: int = 16
     max_tracked_runs: int = 10_000
     threads: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()  # Agents API: follow only sessions of these root agents; empty: all
     shard_index: int = 0
     shard_count: int = 1
 
@@ -122,6 +127,7 @@ class ServerConfig:
     max_watched: int = 1000  # registrations (threads and runs) held at once
     watch_rate: float = 20.0  # /v1/watch requests per second, bursts of twice that
     proxy_listen: str = ""  # HOST:PORT of the reverse proxy to the API; empty: no proxy
+    webhook_secret: Secret = EMPTY_SECRET  # verifies POST /v1/webhooks deliveries; empty: the endpoint answers 404
 
     @property
     def host(self) -> str:
@@ -261,6 +267,26 @@ def _threads(text: str) -> tuple[str, ...]:
     return ids
 
 
+def _agents(text: str) -> tuple[str, ...]:
+    ids = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+    bad = [a for a in ids if not _AGENT_ID_RE.fullmatch(a)]
+    if bad:
+        raise ValueError(f"invalid agent id(s) {', '.join(bad[:3])}: letters, digits, _ . : and -, at most 128")
+    return ids
+
+
+def _webhook_secret(text: str) -> Secret:
+    """A `whsec_<base64>` signing secret (or raw text, as the SDK accepts); never echoed in the error."""
+    value = text.strip()
+    if value.startswith("whsec_"):
+        try:
+            if not base64.b64decode(value[6:], validate=True):
+                raise ValueError("the part after whsec_ is empty")
+        except (binascii.Error, ValueError):
+            raise ValueError("must be whsec_ followed by base64, as the platform shows it") from None
+    return Secret(value)
+
+
 def _listen(text: str) -> str:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -300,6 +326,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api.org_id", "OPENAI_ORG_ID", _str, "OpenAI-Organization header"),
     Setting("api.project_id", "OPENAI_PROJECT_ID", _str, "OpenAI-Project header"),
     Setting("api.flavor", "STEPSCOPE_FLAVOR", _enum(Flavor), " or ".join(FLAVORS)),
+    Setting("api.protocol", "STEPSCOPE_PROTOCOL", _enum(Protocol), " or ".join(PROTOCOLS) + ": the API to read"),
     Setting("api.api_version", "STEPSCOPE_API_VERSION", _str, "api-version query parameter (Azure)"),
     Setting("api.auth", "STEPSCOPE_AUTH", _enum(AuthMode), ", ".join(AUTH_MODES[:-1]) + f" or {AUTH_MODES[-1]}"),
     Setting("api.token_file", "STEPSCOPE_TOKEN_FILE", _str, "file holding a bearer token, re-read on change"),
@@ -307,6 +334,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api.max_body", "STEPSCOPE_API_MAX_BODY", parse_size, "largest response body read, e.g. 8MiB"),
     Setting("api.max_pages", "STEPSCOPE_MAX_PAGES", _positive_int, "pages of one listing at most"),
     Setting("poll.threads", "STEPSCOPE_THREADS", _threads, "comma-separated thread ids to watch"),
+    Setting("poll.agents", "STEPSCOPE_AGENTS", _agents, "comma-separated agent ids whose sessions to follow"),
     Setting("poll.interval", "STEPSCOPE_POLL_INTERVAL", _positive_duration, "poll interval of active runs"),
     Setting("poll.max_interval", "STEPSCOPE_POLL_MAX_INTERVAL", _positive_duration, "slowest poll interval"),
     Setting("poll.lookback", "STEPSCOPE_LOOKBACK", parse_duration, "history backfilled on first sight"),
@@ -334,6 +362,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.max_watched", "STEPSCOPE_MAX_WATCHED", _positive_int, "/v1/watch registrations held at most"),
     Setting("server.watch_rate", "STEPSCOPE_WATCH_RATE", _positive_float, "/v1/watch requests per second"),
     Setting("server.proxy_listen", "STEPSCOPE_PROXY_LISTEN", _listen, "HOST:PORT of a reverse proxy to the API"),
+    Setting("server.webhook_secret", "STEPSCOPE_WEBHOOK_SECRET", _webhook_secret, "whsec_... verifying /v1/webhooks"),
     Setting("state", "STEPSCOPE_STATE", _str, "checkpoint store path (SQLite)"),
     Setting("log_level", "STEPSCOPE_LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "log level"),
     Setting("log_format", "STEPSCOPE_LOG_FORMAT", _choice(LOG_FORMATS), "text or json"),
@@ -445,6 +474,10 @@ def validate(config: Config) -> list[str]:
         problems.append(
             f"OPENAI_BASE_URL (api.base_url): set the Azure project endpoint with STEPSCOPE_FLAVOR={Flavor.AZURE}"
         )
+    if api.protocol == Protocol.AGENTS and api.flavor != Flavor.OPENAI:
+        problems.append(f"STEPSCOPE_PROTOCOL (api.protocol): {Protocol.AGENTS} needs STEPSCOPE_FLAVOR={Flavor.OPENAI}")
+    if poll.agents and api.protocol != Protocol.AGENTS:
+        problems.append(f"STEPSCOPE_AGENTS (poll.agents): only with STEPSCOPE_PROTOCOL={Protocol.AGENTS}")
     if poll.max_interval is not None and poll.max_interval < poll.interval:
         problems.append("STEPSCOPE_POLL_MAX_INTERVAL (poll.max_interval): must be >= STEPSCOPE_POLL_INTERVAL")
     if config.server.proxy_listen and config.server.proxy_port == config.server.port != 0:

@@ -13,7 +13,25 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["AUTH_MODES", "DROP_REASONS", "ENDPOINTS", "FLAVORS", "AuthMode", "DropReason", "Endpoint", "Flavor"]
+__all__ = [
+    "AUTH_MODES",
+    "DROP_REASONS",
+    "ENDPOINTS",
+    "FLAVORS",
+    "PROTOCOLS",
+    "AuthMode",
+    "DropReason",
+    "Endpoint",
+    "Flavor",
+    "Protocol",
+]
+
+
+class Protocol(StrEnum):
+    """Which API stepscope reads (`STEPSCOPE_PROTOCOL`)."""
+
+    ASSISTANTS = "assistants"  # Assistants v2: threads, runs and run steps
+    AGENTS = "agents"  # the Agents API (beta): sessions, turns and items
 
 
 class Flavor(StrEnum):
@@ -67,9 +85,12 @@ class DropReason(StrEnum):
     PROXY_UNREADABLE = "proxy_unreadable"  # a run route's answer or event the proxy could not read
     PROXY_BODY_TOO_LARGE = "proxy_body_too_large"  # a run route's answer too large to observe (relayed anyway)
     PROXY_OBSERVER_ERROR = "proxy_observer_error"  # the proxy's own observation of an answer failed
+    WEBHOOK_INVALID = "webhook_invalid"  # a POST /v1/webhooks delivery refused: unsigned, forged, stale, bad body
+    SESSIONS_FULL = "sessions_full"  # an Agents API session past the bound of followed sessions, not followed
 
 
 FLAVORS: tuple[str, ...] = tuple(Flavor)
 AUTH_MODES: tuple[str, ...] = tuple(AuthMode)
 ENDPOINTS: tuple[str, ...] = tuple(Endpoint)
 DROP_REASONS: tuple[str, ...] = tuple(DropReason)
+PROTOCOLS: tuple[str, ...] = tuple(Protocol)
