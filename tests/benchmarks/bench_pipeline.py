@@ -1,5 +1,5 @@
-"""Pipeline cost: steps per second through stepscope's real Pipeline (mapping, OTLP sink, acks, Prometheus) on one
-core, as a ratio to the bare minimum with the same libraries. Target: ratio >= 0.8.
+"""Pipeline cost: steps per second through stepscope's real Pipeline (mapping, durable commit, delivery,
+Prometheus) on one core, as a ratio to the bare minimum with the same libraries. Target: ratio >= 0.8.
 
 The workload alternates `message_creation` steps and `tool_calls` steps with one function call, so stepscope emits
 1.5 spans per step (a step span, plus one `execute_tool` span under it per tool call). The bare minimum produces the
@@ -7,8 +7,10 @@ same telemetry with nothing in between: per step, the same SDK spans with the sa
 attributes (the step span under the run's span context, the tool span under the step span), the same OTLP protobuf
 encoder behind the same `BatchSpanProcessor` settings, and the same Counter/Histogram increments (same buckets)
 each carrying the `{trace_id, span_id}` exemplar that stepscope attaches. What the bare side does not do is
-stepscope's own work: mapping to `SpanSpec`/`Observation`, deterministic (hashed) ids, acknowledgements, commit
-bookkeeping and its self-metrics (`stepscope_export_lag_seconds`), which the real wiring (`SelfMetrics`) pays here.
+stepscope's own work: mapping to `SpanSpec`/`Observation`, deterministic (hashed) ids, the durable commit (the
+checkpoint and the encoded spans in one SQLite transaction per batch, on a file in a temporary directory), the
+delivery thread's reads, decoding and deletes of the span backlog, and its self-metrics
+(`stepscope_export_lag_seconds`), which the real wiring (`SelfMetrics`) pays here.
 
 Both sides run in this process pinned to one core; the exporter encodes each batch and drops the bytes (no
 network). Cost is the process's CPU time (`time.process_time`: every thread, so the processor's worker thread and
@@ -19,28 +21,32 @@ goes first; the median ratio of CPU times is reported, with the wall-clock rates
 
 from __future__ import annotations
 
-import asyncio
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from stepscope.export.otlp import OtlpSpanSink
+from stepscope.export.delivery import SpanDelivery
 from stepscope.export.prometheus import STEP_DURATION_BUCKETS, PrometheusMetrics
+from stepscope.mapping.assistants import AssistantsMapper
 from stepscope.mapping.attributes import MappingOptions
-from stepscope.models import Run, RunRef, RunStep, ToolCall, Usage
+from stepscope.models import Run, RunStep, ToolCall, Usage
 from stepscope.pipeline import Pipeline
 from stepscope.selfmetrics import SelfMetrics
-from stepscope.types import StepBatch
+from stepscope.store import SqliteStore
+from stepscope.types import Commit
 
 N = 20_000
 BATCH = 50
@@ -53,17 +59,6 @@ class EncodingExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
-        return None
-
-
-class _Acks:
-    def __init__(self) -> None:
-        self.steps = 0
-
-    def steps_acknowledged(self, ref: RunRef, step_ids: list[str], ok: bool) -> None:
-        self.steps += len(step_ids)
-
-    def run_acknowledged(self, ref: RunRef, ok: bool) -> None:
         return None
 
 
@@ -85,33 +80,35 @@ def _step(i: int) -> RunStep:
 STEPS = [_step(i) for i in range(N)]
 
 
-async def ours() -> tuple[float, float]:
-    """(CPU, wall) seconds for N steps through `Pipeline.emit` until all are acknowledged (app.py wiring)."""
+def ours() -> tuple[float, float]:
+    """(CPU, wall) seconds for N steps through `Pipeline.commit` (wiring.py's objects) until delivery exported all.
+
+    Per batch: map, encode the spans, one SQLite transaction (checkpoint and span backlog), record the metrics;
+    the delivery thread then reads the backlog, decodes, exports (encodes) and deletes what it sent.
+    """
     registry = CollectorRegistry()
     health = SelfMetrics(registry, version="bench")
-    box: list[Pipeline] = []
-    sink = OtlpSpanSink(
-        EncodingExporter(),
-        on_ack=lambda keys, ok: box[0].on_ack(keys, ok),  # noqa: PLW0108 - built next
-        max_queue_size=QUEUE,
-        max_export_batch_size=512,
-        schedule_delay_ms=50,
-        on_failure=health.export_failed,
-        on_drop=health.dropped,
-    )
-    metrics = PrometheusMetrics(registry, overflow=health.dropped)
-    pipeline = Pipeline(sink, metrics, health, options=MappingOptions())
-    box.append(pipeline)
-    acks = _Acks()
-    pipeline.bind(acks, asyncio.get_running_loop())
-    start, wall = time.process_time(), time.perf_counter()
-    for i in range(0, N, BATCH):
-        pipeline.emit(StepBatch(run=RUN, steps=tuple(STEPS[i : i + BATCH])), None)
-        await asyncio.sleep(0)
-    while acks.steps < N:  # noqa: ASYNC110 - acks arrive via call_soon_threadsafe; 1 ms of polling is noise
-        await asyncio.sleep(0.001)
-    took = time.process_time() - start, time.perf_counter() - wall
-    sink.shutdown()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(str(Path(tmp) / "state.db"))
+        store.open()
+        delivery = SpanDelivery(store, EncodingExporter(), resource=Resource.create({"service.name": "bench"}),
+                                health=health, batch_size=512, delay_s=0.05)  # fmt: skip
+        metrics = PrometheusMetrics(registry, overflow=health.dropped)
+        pipeline: Pipeline[Run, RunStep, str] = Pipeline(
+            store, AssistantsMapper(MappingOptions()), metrics, health, on_spans=delivery.notify
+        )
+        delivery.start()
+        start, wall = time.process_time(), time.perf_counter()
+        for i in range(0, N, BATCH):
+            batch = STEPS[i : i + BATCH]
+            ids = [s.id for s in batch]
+            if not pipeline.commit(Commit(RUN.ref, RUN, records=batch, record_ids=ids, cursor=ids[-1])):
+                raise RuntimeError("commit failed")
+        while delivery.pending or store.backlog_stats()[0]:
+            time.sleep(0.001)
+        took = time.process_time() - start, time.perf_counter() - wall
+        delivery.shutdown(1.0)
+        store.close()
     return took
 
 
@@ -174,11 +171,11 @@ def main(rounds: int = 5) -> list[tuple[str, str, str, str]]:
     ratios, ours_rates, bare_rates, ours_wall, bare_wall = [], [], [], [], []
     for r in range(rounds):
         if r % 2:
-            o, ow = asyncio.run(ours())
+            o, ow = ours()
             b, bw = bare()
         else:
             b, bw = bare()
-            o, ow = asyncio.run(ours())
+            o, ow = ours()
         ratios.append(b / o)
         ours_rates.append(N / o)
         bare_rates.append(N / b)
