@@ -26,7 +26,7 @@ from typing import Any, Generic, Protocol
 from stepscope import spancodec
 from stepscope.errors import StoreError
 from stepscope.models import RunRef
-from stepscope.types import Commit, F, Mapper, MetricSink, Observation, R, SpanSpec, U
+from stepscope.types import Commit, F, Mapper, MetricSink, Observation, R, RelayedSpan, SpanSpec, U
 from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.pipeline")
@@ -85,6 +85,7 @@ class Pipeline(Generic[U, R, F]):
     def commit(self, commit: Commit[U, R, F]) -> bool:
         """Map and durably commit `commit`; True when it is durable and counted, False when nothing was."""
         specs: list[SpanSpec] = []
+        relayed: list[RelayedSpan] = []
         observations: list[Observation] = []
         mapped: list[R] = []
         for record in commit.records:
@@ -95,6 +96,7 @@ class Pipeline(Generic[U, R, F]):
                 self._health.dropped(DropReason.MAPPING_ERROR)
                 continue
             specs.extend(telemetry.spans)
+            relayed.extend(telemetry.relayed)
             observations.extend(telemetry.observations)
             mapped.append(record)
         if commit.finished:
@@ -105,8 +107,9 @@ class Pipeline(Generic[U, R, F]):
                 self._health.dropped(DropReason.MAPPING_ERROR)
             else:
                 specs.extend(telemetry.spans)
+                relayed.extend(telemetry.relayed)
                 observations.extend(telemetry.observations)
-        spans = self._encode(specs)
+        spans = self._encode(specs, relayed)
         try:
             now = self._wall()
             if commit.finished:
@@ -130,15 +133,16 @@ class Pipeline(Generic[U, R, F]):
                 listener(commit.unit, None)
         return True
 
-    def _encode(self, specs: list[SpanSpec]) -> list[bytes]:
+    def _encode(self, specs: list[SpanSpec], relayed: list[RelayedSpan]) -> list[bytes]:
         if not self._traces:
             return []
         encoded: list[bytes] = []
-        for spec in specs:
+        items: list[SpanSpec | RelayedSpan] = [*specs, *relayed]
+        for item in items:
             try:
-                encoded.append(spancodec.encode(spec))
+                encoded.append(spancodec.encode(item) if isinstance(item, SpanSpec) else spancodec.encode_relayed(item))
             except ValueError:
-                log.warning("span %s carries a value that cannot be stored; dropping the span", spec.key)
+                log.warning("span %s carries a value that cannot be stored; dropping the span", item.key)
                 self._health.dropped(DropReason.SPAN_UNENCODABLE)
         return encoded
 

@@ -2,8 +2,10 @@
 
 The pipeline encodes a step's spans in the same store transaction that commits the step; the delivery worker
 decodes them, possibly in a later process (after a restart or a `kill -9`). The layout is a positional JSON array,
-versioned by its first element, so an older row stays readable after an upgrade and a foreign row is refused
+tagged by its first element, so an older row stays readable after an upgrade and a foreign row is refused
 (`ValueError`), never guessed at. Ids travel as hex strings: JSON numbers above 2**53 lose precision in most readers.
+Tag 1 is a `SpanSpec` (a trailing list of links was added later; rows without it read as having none); tag 2 a
+`RelayedSpan`, the server's own OTLP JSON kept as it came.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from stepscope.types import AttrValue, SpanEvent, SpanSpec
+from stepscope.types import AttrValue, RelayedSpan, SpanEvent, SpanSpec
 
 FORMAT = 1
+RELAYED = 2
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -36,19 +39,31 @@ def encode(spec: SpanSpec) -> bytes:
         spec.parent_remote,
         spec.trace_flags,
         events,
+        [[f"{t:032x}", f"{sid:016x}"] for t, sid in spec.links],
     ]
     return _encoder.encode(row).encode()
 
 
-def decode(data: bytes | str) -> SpanSpec:
-    """The spec `encode` wrote. Raises ValueError for anything else (a damaged or foreign row)."""
+def encode_relayed(span: RelayedSpan) -> bytes:
+    """A relayed span as compact UTF-8 JSON. Raises ValueError for values JSON cannot carry."""
+    return _encoder.encode([RELAYED, span.key, dict(span.resource), dict(span.scope), dict(span.span)]).encode()
+
+
+def decode(data: bytes | str) -> SpanSpec | RelayedSpan:
+    """The spec (or relayed span) `encode` wrote. Raises ValueError for anything else (a damaged or foreign row)."""
     try:
         row = json.loads(data)
-        if not isinstance(row, list) or len(row) != 14 or row[0] != FORMAT:
+        if isinstance(row, list) and len(row) == 5 and row[0] == RELAYED:
+            _, key, resource, scope, span = row
+            if not (isinstance(resource, dict) and isinstance(scope, dict) and isinstance(span, dict)):
+                raise ValueError("not a relayed span record")
+            return RelayedSpan(_str(key), resource, scope, span)
+        if not isinstance(row, list) or len(row) not in (14, 15) or row[0] != FORMAT:
             raise ValueError("not a stepscope span record")
         (_, key, name, kind, trace_id, span_id, parent, start_ns, end_ns, attrs, error_type, remote, flags, events) = (
-            row
+            row[:14]
         )
+        links = row[14] if len(row) == 15 else []
         return SpanSpec(
             key=_str(key),
             name=_str(name),
@@ -63,6 +78,7 @@ def decode(data: bytes | str) -> SpanSpec:
             parent_remote=bool(remote),
             trace_flags=_int(flags),
             events=tuple(SpanEvent(_str(n), _int(t), _attrs(a)) for n, t, a in events),
+            links=tuple((int(t, 16), int(sid, 16)) for t, sid in links),
         )
     except (TypeError, AttributeError) as exc:
         raise ValueError(f"not a stepscope span record: {exc}") from exc

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from stepscope.errors import InvalidObject
 from stepscope.models import Assistant, Run, RunRef, RunStep
@@ -51,6 +51,7 @@ class SpanSpec:
     parent_remote: bool = False
     trace_flags: int = 1
     events: tuple[SpanEvent, ...] = ()
+    links: tuple[tuple[int, int], ...] = ()  # (trace_id, span_id) of spans this one links to
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +69,26 @@ class Observation:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayedSpan:
+    """A span a server published itself (OTLP JSON), relayed unchanged: its own resource and scope, not ours.
+
+    `key` names it for logs (`relay:<trace id>:<span id>`); `resource`, `scope` and `span` are the OTLP JSON objects
+    as the server sent them.
+    """
+
+    key: str
+    resource: Mapping[str, Any]
+    scope: Mapping[str, Any]
+    span: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Telemetry:
-    """What one record (a step, a finished run) becomes: its spans and its metric observations."""
+    """What one record (a step, a finished run) becomes: its spans, spans it relays, and its observations."""
 
     spans: Sequence[SpanSpec] = ()
     observations: Sequence[Observation] = ()
+    relayed: Sequence[RelayedSpan] = ()
 
 
 U = TypeVar("U")

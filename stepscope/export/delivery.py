@@ -29,7 +29,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from stepscope import spancodec
 from stepscope.errors import StoreError
 from stepscope.export.otlp import readable_span
+from stepscope.export.relay import RelayError, relayed_readable
 from stepscope.source._retry import RetryPolicy
+from stepscope.types import RelayedSpan
 from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.delivery")
@@ -229,15 +231,18 @@ class SpanDelivery:
         bad: list[int] = []
         for seq, data in rows:
             try:
-                spec = spancodec.decode(data)
-                spans.append(readable_span(spec, self._resource))
-            except ValueError as exc:
+                record = spancodec.decode(data)
+                if isinstance(record, RelayedSpan):
+                    spans.append(relayed_readable(record))
+                else:
+                    spans.append(readable_span(record, self._resource))
+                    if record.key.startswith("step:"):
+                        step_ends.append(record.end_ns)
+            except (ValueError, RelayError) as exc:
                 log.warning("dropping a span that cannot be exported: %s", exc)
                 bad.append(seq)
                 continue
             seqs.append(seq)
-            if spec.key.startswith("step:"):
-                step_ends.append(spec.end_ns)
         if bad and not self._remove(bad, DROP_UNENCODABLE):
             return False
         if not spans:

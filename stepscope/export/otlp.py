@@ -16,7 +16,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from stepscope import __version__
 from stepscope.mapping.attributes import ERROR_TYPE
@@ -154,6 +154,7 @@ def readable_span(spec: SpanSpec, resource: Resource) -> ReadableSpan:
         resource=resource,
         attributes=attributes,
         events=[Event(e.name, e.attributes, e.time_ns) for e in spec.events],
+        links=[Link(SpanContext(t, s, is_remote=True, trace_flags=flags)) for t, s in spec.links],
         kind=_KINDS.get(spec.kind, SpanKind.INTERNAL),
         status=_OK if spec.error_type is None else _ERROR,
         start_time=spec.start_ns,

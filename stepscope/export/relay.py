@@ -26,8 +26,13 @@ from typing import Any
 
 from google.protobuf import json_format  # type: ignore[import-untyped]  # protobuf ships no stubs; the venv has none
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from stepscope.errors import StepscopeError
+from stepscope.types import RelayedSpan
 
 _ID_SIZES = {"traceId": 16, "trace_id": 16, "spanId": 8, "span_id": 8, "parentSpanId": 8, "parent_span_id": 8}
 _SPAN_LISTS = ("resourceSpans", "resource_spans", "scopeSpans", "scope_spans", "spans", "links")
@@ -101,3 +106,80 @@ def _hex_to_base64(value: object, size: int, where: str) -> str:
     if len(raw) != size:
         raise RelayError(f"published trace: {where} is not {size * 2} hex digits")
     return base64.b64encode(raw).decode("ascii")
+
+
+def relayed_readable(relayed: RelayedSpan) -> ReadableSpan:
+    """The SDK span for one relayed span, with the server's own resource and scope, ready for any exporter.
+
+    Ids, times, name, kind, status, attributes, events and links are the server's. Attribute values the SDK cannot
+    hold (key-value lists, bytes) are left out. Raises `RelayError` for a span that is not OTLP JSON.
+    """
+    request = otlp_json_to_request(
+        {
+            "resourceSpans": [
+                {
+                    "resource": dict(relayed.resource),
+                    "scopeSpans": [{"scope": dict(relayed.scope), "spans": [dict(relayed.span)]}],
+                }
+            ]
+        }
+    )
+    rs = request.resource_spans[0]
+    ss = rs.scope_spans[0]
+    if not ss.spans:
+        raise RelayError(f"published span {relayed.key} is empty")
+    span = ss.spans[0]
+    trace_id = int.from_bytes(span.trace_id, "big")
+    span_id = int.from_bytes(span.span_id, "big")
+    if not (trace_id and span_id and 0 <= span.start_time_unix_nano <= span.end_time_unix_nano):
+        raise RelayError(f"published span {relayed.key} has no ids or an end before its start")
+    flags = TraceFlags(span.flags & 0xFF or TraceFlags.SAMPLED)
+    parent = (
+        SpanContext(trace_id, int.from_bytes(span.parent_span_id, "big"), is_remote=True, trace_flags=flags)
+        if span.parent_span_id
+        else None
+    )
+    return ReadableSpan(
+        span.name,
+        context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags),
+        parent=parent,
+        resource=Resource(_attributes(rs.resource.attributes)),
+        attributes=_attributes(span.attributes),
+        events=[Event(e.name, _attributes(e.attributes), e.time_unix_nano) for e in span.events],
+        links=[
+            Link(
+                SpanContext(int.from_bytes(k.trace_id, "big"), int.from_bytes(k.span_id, "big"), is_remote=True),
+                _attributes(k.attributes),
+            )
+            for k in span.links
+            if k.trace_id and k.span_id
+        ],
+        kind=_KINDS.get(span.kind, SpanKind.INTERNAL),
+        status=Status(_STATUS.get(span.status.code, StatusCode.UNSET), span.status.message or None),
+        start_time=span.start_time_unix_nano,
+        end_time=span.end_time_unix_nano,
+        instrumentation_scope=InstrumentationScope(ss.scope.name, ss.scope.version or None),
+    )
+
+
+_KINDS = {1: SpanKind.INTERNAL, 2: SpanKind.SERVER, 3: SpanKind.CLIENT, 4: SpanKind.PRODUCER, 5: SpanKind.CONSUMER}
+_STATUS = {0: StatusCode.UNSET, 1: StatusCode.OK, 2: StatusCode.ERROR}
+
+
+def _attributes(kvs: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        value = _value(kv.value)
+        if value is not None:
+            out[kv.key] = value
+    return out
+
+
+def _value(v: Any) -> Any:
+    which = v.WhichOneof("value")
+    if which in ("string_value", "bool_value", "int_value", "double_value"):
+        return getattr(v, which)
+    if which == "array_value":
+        values = [_value(x) for x in v.array_value.values]
+        return tuple(x for x in values if x is not None and not isinstance(x, tuple))
+    return None  # kvlist and bytes have no SDK attribute form

@@ -30,7 +30,7 @@ tool-call item in `stepscope_tool_calls_total`. Ids never become labels.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from stepscope.mapping import attributes as a
@@ -44,7 +44,7 @@ from stepscope.mapping.metrics import (
     TOOL_CALLS_TOTAL,
 )
 from stepscope.source.agents.models import Item, SessionTrace, Turn
-from stepscope.types import AttrValue, Observation, SpanEvent, SpanSpec, Telemetry
+from stepscope.types import AttrValue, Observation, RelayedSpan, SpanEvent, SpanSpec, Telemetry
 
 _NS = 1_000_000_000
 
@@ -359,3 +359,36 @@ def _hex(value: object, size: int) -> int | None:
     except ValueError:
         return None
     return number or None
+
+
+def relayed_spans(trace: SessionTrace) -> list[RelayedSpan]:
+    """Every span of a published trace, each with its resource and scope, to relay as the server wrote it."""
+    out: list[RelayedSpan] = []
+    for rs in _list(trace.otlp, "resourceSpans", "resource_spans"):
+        resource = rs.get("resource")
+        for ss in _list(rs, "scopeSpans", "scope_spans"):
+            scope = ss.get("scope")
+            for span in _list(ss, "spans", "spans"):
+                key = f"relay:{span.get('traceId', span.get('trace_id'))}:{span.get('spanId', span.get('span_id'))}"
+                out.append(RelayedSpan(key, resource if isinstance(resource, Mapping) else {},
+                                       scope if isinstance(scope, Mapping) else {}, span))  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AgentsMapper:
+    """The Agents protocol's `Mapper`: a turn has no records of its own (its items have no times); its finish
+    context (`TurnContext`) carries the items and the published trace. Telemetry: the turn span with its links,
+    the turn's and its items' observations, and the published trace's spans to relay."""
+
+    options: a.MappingOptions
+
+    def record(self, unit: Turn, record: Item) -> Telemetry:
+        raise ValueError("items are committed with their turn, not one by one")
+
+    def finish(self, unit: Turn, finish: TurnContext | None) -> Telemetry:
+        context = finish or TurnContext()
+        span = turn_span(unit, context, options=self.options)
+        span = replace(span, links=turn_links(unit, context))
+        relayed = relayed_spans(context.published) if context.published is not None else []
+        return Telemetry((span,), turn_observations(unit, context), relayed)

@@ -38,18 +38,21 @@ from stepscope.source.agents.models import (
 )
 from stepscope.source.auth import Auth
 from stepscope.types import Clock, RequestObserver
+from stepscope.vocabulary import Endpoint
 
 BETA = "agents=v1"
 AGENTS_ENDPOINTS = (
-    "list_sessions",
-    "get_session",
-    "list_turns",
-    "get_turn",
-    "list_turn_items",
-    "list_traces",
-    "list_subagents",
-    "list_subagent_turns",
-    "get_agent",
+    Endpoint.LIST_SESSIONS,
+    Endpoint.GET_SESSION,
+    Endpoint.LIST_TURNS,
+    Endpoint.GET_TURN,
+    Endpoint.LIST_TURN_ITEMS,
+    Endpoint.LIST_TRACES,
+    Endpoint.LIST_SUBAGENTS,
+    Endpoint.LIST_SUBAGENT_TURNS,
+    Endpoint.GET_SUBAGENT_TURN,
+    Endpoint.LIST_SUBAGENT_TURN_ITEMS,
+    Endpoint.GET_AGENT,
 )
 """Values of the `endpoint` argument this client passes to `RequestObserver.observe_request`."""
 
@@ -171,6 +174,30 @@ class AgentsClient:
         path = f"agents/sessions/{seg(session_id)}/subagents/{seg(subagent_id)}/turns"
         async for turn in self._core.paginate("list_subagent_turns", path, params, _TURN_PAGE, thread_id=session_id):
             yield turn
+
+    async def get_subagent_turn(self, session_id: str, subagent_id: str, turn_id: str) -> Turn:
+        path = f"agents/sessions/{seg(session_id)}/subagents/{seg(subagent_id)}/turns/{seg(turn_id)}"
+        body = await self._core.get("get_subagent_turn", path, {}, thread_id=session_id, run_id=turn_id)
+        return self._core.parse_one(parse_turn, body)
+
+    async def list_subagent_turn_items(
+        self,
+        session_id: str,
+        subagent_id: str,
+        turn_id: str,
+        *,
+        after: str | None = None,
+        limit: int = 100,
+        content: bool = False,
+    ) -> AsyncIterator[Item]:
+        """Items of a subagent's turn in order, paging after the last item's id."""
+        params = _ascending(limit, after)
+        path = f"agents/sessions/{seg(session_id)}/subagents/{seg(subagent_id)}/turns/{seg(turn_id)}/items"
+        parse = partial(parse_conversation_page, kind="agent_item", parse=partial(parse_item, content=content))
+        async for item in self._core.paginate(
+            "list_subagent_turn_items", path, params, parse, thread_id=session_id, run_id=turn_id
+        ):
+            yield item
 
     async def get_agent(self, agent_id: str) -> Agent:
         body = await self._core.get("get_agent", f"agents/{seg(agent_id)}", {})
