@@ -3,15 +3,17 @@
 This table is the telemetry contract. The Prometheus exporter (`export/prometheus.py`) and the self metrics
 (`selfmetrics.py`) register exactly these families; the mapping (`mapping/metrics.py`) emits observations under
 these names; the Grafana dashboards (`dashboards.py`) and the Prometheus rules (`rules.py`) build their queries
-from them; tests compare the README's metric table and a live registry against it. To add a metric, add a
+from them; tests compare docs/telemetry.md's metric table and a live registry against it. To add a metric, add a
 `MetricDef` here, then record it where it happens.
 
 Names are as Prometheus exposes them: a counter's ends in `_total`, a histogram's is the family name (its series
 add `_bucket`, `_count`, `_sum`).
 
-- Domain metrics (from runs and steps, with trace exemplars): `stepscope_run_steps_total`,
-  `stepscope_tokens_total`, `stepscope_runs_total`, `stepscope_run_step_duration_seconds`,
-  `stepscope_run_duration_seconds`, `stepscope_run_queue_seconds`, `stepscope_tool_calls_total`.
+- Domain metrics (from runs and steps, or Agents API turns and items, with trace exemplars):
+  `stepscope_run_steps_total`, `stepscope_tokens_total`, `stepscope_runs_total`,
+  `stepscope_run_step_duration_seconds`, `stepscope_run_duration_seconds`, `stepscope_run_queue_seconds`,
+  `stepscope_tool_calls_total`. Every one but the step duration (items have no times) has a last label
+  `protocol` (`assistants` or `agents`), so one dashboard and one set of alerts serve both protocols.
 - Self metrics (stepscope's own health): API requests and latency, export lag, drops, invalid objects, span export
   failures, the last successful poll, build info, and the gauges read at scrape time (tracked runs, span backlog).
 """
@@ -61,55 +63,57 @@ LABEL_ASSISTANT_ID = "assistant_id"
 LABEL_TOKEN_TYPE = "token_type"  # noqa: S105 - a label name, not a credential
 LABEL_TOOL_TYPE = "tool_type"
 LABEL_TOOL_NAME = "tool_name"
+LABEL_PROTOCOL = "protocol"  # which API the unit came from; set by the mapping, never by the server
 
 # --- domain metrics: what runs and steps add (mapping/metrics.py emits them, export/prometheus.py records them) ---
 
 RUN_STEPS = MetricDef(
     "stepscope_run_steps_total",
     "counter",
-    "Terminal run steps, by step type, status, model and assistant.",
-    (LABEL_STEP_TYPE, LABEL_STATUS, LABEL_MODEL, LABEL_ASSISTANT_ID),
+    "Terminal run steps and Agents API items, by step or item type, status, model, assistant and protocol.",
+    (LABEL_STEP_TYPE, LABEL_STATUS, LABEL_MODEL, LABEL_ASSISTANT_ID, LABEL_PROTOCOL),
     exemplars=True,
 )
 TOKENS = MetricDef(
     "stepscope_tokens_total",
     "counter",
-    "Tokens from run step usage (each step counted once; run usage is never added).",
-    (LABEL_TOKEN_TYPE, LABEL_STEP_TYPE, LABEL_MODEL, LABEL_ASSISTANT_ID),
+    "Tokens from run step or turn usage (each counted once; run usage is never added).",
+    (LABEL_TOKEN_TYPE, LABEL_STEP_TYPE, LABEL_MODEL, LABEL_ASSISTANT_ID, LABEL_PROTOCOL),
     exemplars=True,
 )
 RUNS = MetricDef(
     "stepscope_runs_total",
     "counter",
-    "Finished runs, by terminal status, model and assistant.",
-    (LABEL_STATUS, LABEL_MODEL, LABEL_ASSISTANT_ID),
+    "Finished runs and Agents API turns, by terminal status, model, assistant and protocol.",
+    (LABEL_STATUS, LABEL_MODEL, LABEL_ASSISTANT_ID, LABEL_PROTOCOL),
     exemplars=True,
 )
 RUN_STEP_DURATION = MetricDef(
     "stepscope_run_step_duration_seconds",
     "histogram",
-    "Run step duration from created_at to its terminal timestamp, in seconds.",
+    "Run step duration from created_at to its terminal timestamp, in seconds (Assistants only).",
     (LABEL_STEP_TYPE, LABEL_STATUS),
     exemplars=True,
 )
 RUN_DURATION = MetricDef(
     "stepscope_run_duration_seconds",
     "histogram",
-    "Run duration from created_at to its terminal timestamp, in seconds.",
-    (LABEL_STATUS,),
+    "Run or turn duration from created_at to its terminal timestamp, in seconds.",
+    (LABEL_STATUS, LABEL_PROTOCOL),
     exemplars=True,
 )
 RUN_QUEUE = MetricDef(
     "stepscope_run_queue_seconds",
     "histogram",
-    "Time a run waited from created_at to started_at, in seconds.",
+    "Time a run or root turn waited from created_at to started_at, in seconds.",
+    (LABEL_PROTOCOL,),
     exemplars=True,
 )
 TOOL_CALLS = MetricDef(
     "stepscope_tool_calls_total",
     "counter",
-    "Tool calls in terminal run steps, by tool type and name.",
-    (LABEL_TOOL_TYPE, LABEL_TOOL_NAME),
+    "Tool calls in terminal run steps and tool-call items, by tool type, name and protocol.",
+    (LABEL_TOOL_TYPE, LABEL_TOOL_NAME, LABEL_PROTOCOL),
     exemplars=True,
 )
 
@@ -136,7 +140,7 @@ API_REQUEST_DURATION = MetricDef(
 EXPORT_LAG = MetricDef(
     "stepscope_export_lag_seconds",
     "histogram",
-    "Seconds from a step's terminal timestamp to its acknowledged export.",
+    "Seconds from a step's terminal timestamp to the delivery of its span.",
 )
 DROPPED = MetricDef("stepscope_dropped_total", "counter", "Items dropped or degraded, by reason.", (LABEL_REASON,))
 INVALID_OBJECTS = MetricDef(

@@ -2,12 +2,14 @@
 
 Metric families, help texts and labels are the telemetry contract, defined in `metricdefs.DOMAIN_METRICS`:
 
-- `stepscope_run_steps_total{step_type,status,model,assistant_id}`
-- `stepscope_tokens_total{token_type,step_type,model,assistant_id}`
-- `stepscope_runs_total{status,model,assistant_id}`
-- `stepscope_run_step_duration_seconds{step_type,status}`, `stepscope_run_duration_seconds{status}`,
-  `stepscope_run_queue_seconds` (histograms)
-- `stepscope_tool_calls_total{tool_type,tool_name}`
+- `stepscope_run_steps_total{step_type,status,model,assistant_id,protocol}`
+- `stepscope_tokens_total{token_type,step_type,model,assistant_id,protocol}`
+- `stepscope_runs_total{status,model,assistant_id,protocol}`
+- `stepscope_run_step_duration_seconds{step_type,status}` (Assistants only), `stepscope_run_duration_seconds{status,
+  protocol}`, `stepscope_run_queue_seconds{protocol}` (histograms)
+- `stepscope_tool_calls_total{tool_type,tool_name,protocol}`
+
+`protocol` (`assistants`, `agents`) is set by the mapping, not read from the server, so it is never capped.
 
 Cardinality is bounded twice, because every label value comes from the server:
 
@@ -18,13 +20,15 @@ Cardinality is bounded twice, because every label value comes from the server:
   counter's label set counts 2, `_total` and `_created`; a histogram's counts its buckets, `_sum`, `_count` and
   `_created`). A series whose `step_type`, `status` or `tool_type` is outside the known set may use only half of
   the budget, so garbage never crowds out known values. A new label set past the budget folds into the family's
-  overflow series, with every server-valued label `_other` (one label set, two for tokens by `token_type`), the
-  only one allowed past the budget.
+  overflow series, with every server-valued label `_other` (one label set per protocol, two for tokens by
+  `token_type`), the only one allowed past the budget.
 
 Each observation rewritten by either bound is reported once to `overflow("label_cap")`; the sum over a family's
-series stays exact. Known label sets exist from start-up (histograms by step type and status, built-in tools);
-the first time a `(model, assistant_id)` pair shows up, its counters are created for every known status, step type
-and token type when the budget allows, so failure ratios read 0 rather than "no data". Exemplars
+series stays exact. Known label sets exist from start-up for each protocol given (histograms by step type and
+status, or by the protocol's terminal statuses; built-in tools and the Agents API's nameless tool items); the first
+time a `(model, assistant_id)` pair shows up for a protocol, its counters are created for every known status (and
+for Assistants every step type) and token type when the budget allows, so failure ratios read 0 rather than "no
+data". Agents API items are not filled in: their types are many, and the ratios' `or … * 0` covers them. Exemplars
 `{trace_id, span_id}` ride on every counter increment and histogram observation (rendered only in OpenMetrics),
 folded or not.
 """
@@ -67,12 +71,24 @@ _BUCKETS = {
     m.RUN_DURATION: RUN_DURATION_BUCKETS,
     m.RUN_QUEUE: QUEUE_BUCKETS,
 }
-# Per counter: the labels whose known values are filled in when a new combination of the other labels appears.
-_FAN_OUT: dict[str, dict[str, tuple[str, ...]]] = {
-    m.RUN_STEPS_TOTAL: {a.LABEL_STEP_TYPE: a.STEP_TYPES, a.LABEL_STATUS: a.STEP_STATUSES},
-    m.TOKENS_TOTAL: {a.LABEL_TOKEN_TYPE: a.TOKEN_TYPES, a.LABEL_STEP_TYPE: a.STEP_TYPES},
-    m.RUNS_TOTAL: {a.LABEL_STATUS: a.RUN_STATUSES},
+# Per counter and protocol: the labels whose known values are filled in when a new combination of the other labels
+# appears.
+_FAN_OUT: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+    m.RUN_STEPS_TOTAL: {
+        a.PROTOCOL_ASSISTANTS: {a.LABEL_STEP_TYPE: a.STEP_TYPES, a.LABEL_STATUS: a.STEP_STATUSES},
+    },
+    m.TOKENS_TOTAL: {
+        a.PROTOCOL_ASSISTANTS: {a.LABEL_TOKEN_TYPE: a.TOKEN_TYPES, a.LABEL_STEP_TYPE: a.STEP_TYPES},
+        a.PROTOCOL_AGENTS: {a.LABEL_TOKEN_TYPE: a.TOKEN_TYPES, a.LABEL_STEP_TYPE: (a.TURN_STEP_TYPE,)},
+    },
+    m.RUNS_TOTAL: {
+        a.PROTOCOL_ASSISTANTS: {a.LABEL_STATUS: a.RUN_STATUSES},
+        a.PROTOCOL_AGENTS: {a.LABEL_STATUS: a.TURN_STATUSES},
+    },
 }
+# Per protocol: the statuses of the run-duration series and the tools whose series exist from start-up.
+_PREINIT_STATUSES = {a.PROTOCOL_ASSISTANTS: a.RUN_STATUSES, a.PROTOCOL_AGENTS: a.TURN_STATUSES}
+_PREINIT_TOOLS = {a.PROTOCOL_ASSISTANTS: a.BUILTIN_TOOLS, a.PROTOCOL_AGENTS: a.NAMELESS_ITEM_TOOLS}
 
 
 class _LabelCap:
@@ -108,6 +124,7 @@ class _Family:
         "metric",
         "name",
         "names",
+        "protocol",
         "resolved",
         "used",
         "weight",
@@ -137,7 +154,9 @@ class _Family:
         # Raw label values the bounds left alone -> child. Admitted values stay admitted, so the entry stays right;
         # tuples with a rewritten value are not kept (they are unbounded) and take the slow path every time.
         self.resolved: dict[tuple[str, ...], Any] = {}
-        self.fan_out: list[tuple[int, tuple[str, ...]]] = []
+        self.protocol = names.index(a.LABEL_PROTOCOL) if a.LABEL_PROTOCOL in names else None
+        # Protocol -> (position, known values) of the labels filled in for it; see `_FAN_OUT`.
+        self.fan_out: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
         self.fanned: set[tuple[str, ...]] = set()
 
     def child(self, values: tuple[str, ...]) -> Any:
@@ -185,23 +204,27 @@ class _Family:
     def _missing_known(self, values: tuple[str, ...]) -> list[tuple[str, ...]] | None:
         """Known-value siblings of `values` (itself among them if known) not yet created, in exposition order;
         None when there are none to fill in."""
-        if not self.fan_out:
+        fan_out = self._fan_out(values)
+        if not fan_out:
             return None
-        positions = {pos for pos, _ in self.fan_out}
+        positions = {pos for pos, _ in fan_out}
         if tuple(v for i, v in enumerate(values) if i not in positions) in self.fanned:
             return None
         missing = []
-        for combo in itertools.product(*(known for _, known in self.fan_out)):
+        for combo in itertools.product(*(known for _, known in fan_out)):
             filled = list(values)
-            for (pos, _), value in zip(self.fan_out, combo, strict=True):
+            for (pos, _), value in zip(fan_out, combo, strict=True):
                 filled[pos] = value
             key = tuple(filled)
             if key not in self.children:
                 missing.append(key)
         return missing
 
+    def _fan_out(self, values: tuple[str, ...]) -> list[tuple[int, tuple[str, ...]]]:
+        return self.fan_out.get(values[self.protocol], []) if self.protocol is not None else []
+
     def _fanned(self, values: tuple[str, ...], missing: list[tuple[str, ...]]) -> None:
-        positions = {pos for pos, _ in self.fan_out}
+        positions = {pos for pos, _ in self._fan_out(values)}
         self.fanned.add(tuple(v for i, v in enumerate(values) if i not in positions))
         for key in missing:
             self._make(key)
@@ -213,6 +236,8 @@ class PrometheusMetrics:
     Never touches the global registry. `record` does not raise: an observation that cannot be recorded (unknown
     metric, missing label, negative counter value) is skipped and logged once per metric name. `label_cap` bounds
     each server-valued label's unknown values, `max_series` each family's series (see the module docstring).
+    `protocols` are those whose known series are created at start-up (default: both); observations of any protocol
+    are recorded.
     """
 
     def __init__(
@@ -222,6 +247,7 @@ class PrometheusMetrics:
         label_cap: int = DEFAULT_LABEL_CAP,
         max_series: int = DEFAULT_MAX_SERIES,
         overflow: Callable[[str], None] | None = None,
+        protocols: Sequence[str] = a.PROTOCOLS,
     ) -> None:
         if label_cap < 1:
             raise ValueError("label_cap must be >= 1")
@@ -244,10 +270,13 @@ class PrometheusMetrics:
                 metric = Counter(definition.family, definition.help, names, registry=registry)
             capped = tuple((i, caps[n]) for i, n in enumerate(names) if n in caps)
             family = _Family(metric_name, metric, names, capped, bounds, budget=max_series)
-            family.fan_out = [(names.index(label), known) for label, known in _FAN_OUT.get(metric_name, {}).items()]
+            family.fan_out = {
+                protocol: [(names.index(label), known) for label, known in labels.items()]
+                for protocol, labels in _FAN_OUT.get(metric_name, {}).items()
+            }
             self._families[metric_name] = family
         self._warned: set[str] = set()
-        self._preinit()
+        self._preinit(protocols)
 
     @property
     def overflows(self) -> int:
@@ -263,15 +292,16 @@ class PrometheusMetrics:
         if self._overflow is not None:
             self._overflow(OVERFLOW_REASON)
 
-    def _preinit(self) -> None:
-        for step_type, status in itertools.product(a.STEP_TYPES, a.STEP_STATUSES):
-            self._families[m.RUN_STEP_DURATION].child((step_type, status))
-        for status in a.RUN_STATUSES:
-            self._families[m.RUN_DURATION].child((status,))
-        self._families[m.RUN_QUEUE].child(())
-        tools = self._families[m.TOOL_CALLS_TOTAL]
-        for tool_name, tool_type in a.BUILTIN_TOOLS:
-            tools.child((tool_type, tool_name))
+    def _preinit(self, protocols: Sequence[str]) -> None:
+        if a.PROTOCOL_ASSISTANTS in protocols:
+            for step_type, status in itertools.product(a.STEP_TYPES, a.STEP_STATUSES):
+                self._families[m.RUN_STEP_DURATION].child((step_type, status))
+        for protocol in protocols:
+            for status in _PREINIT_STATUSES.get(protocol, ()):
+                self._families[m.RUN_DURATION].child((status, protocol))
+            self._families[m.RUN_QUEUE].child((protocol,))
+            for tool_name, tool_type in _PREINIT_TOOLS.get(protocol, ()):
+                self._families[m.TOOL_CALLS_TOTAL].child((tool_type, tool_name, protocol))
 
     def record(self, observations: Sequence[Observation]) -> None:
         """Add each observation to its counter or histogram, with an exemplar when it carries both ids.

@@ -101,6 +101,12 @@ LABEL_ASSISTANT_ID = md.LABEL_ASSISTANT_ID
 LABEL_TOKEN_TYPE = md.LABEL_TOKEN_TYPE
 LABEL_TOOL_TYPE = md.LABEL_TOOL_TYPE
 LABEL_TOOL_NAME = md.LABEL_TOOL_NAME
+LABEL_PROTOCOL = md.LABEL_PROTOCOL
+
+PROTOCOL_ASSISTANTS = "assistants"
+PROTOCOL_AGENTS = "agents"
+PROTOCOLS = (PROTOCOL_ASSISTANTS, PROTOCOL_AGENTS)
+"""Values of the `protocol` label: stepscope sets it, so it is a closed set and needs no cap."""
 
 UNKNOWN = "_unknown"
 """Label value when the API did not say (a run without `model`)."""
@@ -117,17 +123,51 @@ TOKEN_TYPES = ("input", "output")
 BUILTIN_TOOLS = (("code_interpreter", TOOL_TYPE_EXTENSION), ("file_search", TOOL_TYPE_DATASTORE))
 """`(tool_name, tool_type)` of the OpenAI built-in tools, whose series exist from start-up."""
 
+# Agents API: turns count as runs, items as steps (`mapping/agents.py`).
+TURN_STEP_TYPE = "turn"
+"""`step_type` of the token series a turn's usage adds (turns have no steps; items carry no usage)."""
+TURN_STATUSES = ("completed", "failed", "cancelled")
+"""Terminal turn statuses: the `status` values a turn adds to the run families."""
+ITEM_TYPES = (
+    "message",
+    "reasoning",
+    "function_call",
+    "function_call_output",
+    "agent_message",
+    "mcp_call",
+    "web_search_call",
+    "command_execution",
+    "computer_use_call",
+    "computer_use_approval_request",
+    "computer_use_approval_request_result",
+    "create_subagent_call",
+    "send_subagent_input_call",
+    "resume_subagent_call",
+    "wait_for_subagents_call",
+    "interrupt_subagent_call",
+    "close_subagent_call",
+)
+"""Item types the Agents API defines: the `step_type` values its items add to `stepscope_run_steps_total`."""
+ITEM_STATUSES = ("in_progress", "completed", "failed", "incomplete")
+"""Item statuses the API defines. Items of a terminal turn are counted as they are, so `in_progress` can appear."""
+NAMELESS_ITEM_TOOLS = (
+    ("web_search_call", TOOL_TYPE_EXTENSION),
+    ("command_execution", TOOL_TYPE_EXTENSION),
+    ("computer_use_call", TOOL_TYPE_EXTENSION),
+)
+"""`(tool_name, tool_type)` of the tool-call items that carry no name: their `tool_name` is the item type."""
+
 KNOWN_VALUES: dict[str, frozenset[str]] = {
-    LABEL_STEP_TYPE: frozenset(STEP_TYPES),
-    LABEL_STATUS: frozenset(STEP_STATUSES + RUN_STATUSES),
+    LABEL_STEP_TYPE: frozenset((*STEP_TYPES, TURN_STEP_TYPE, *ITEM_TYPES)),
+    LABEL_STATUS: frozenset(STEP_STATUSES + RUN_STATUSES + TURN_STATUSES + ITEM_STATUSES),
     LABEL_TOOL_TYPE: frozenset(TOOL_TYPES.values()),
-    LABEL_TOOL_NAME: frozenset(TOOL_TYPES) - {"function"},
+    LABEL_TOOL_NAME: (frozenset(TOOL_TYPES) - {"function"}) | {name for name, _ in NAMELESS_ITEM_TOOLS},
     LABEL_MODEL: frozenset(),
     LABEL_ASSISTANT_ID: frozenset(),
 }
-"""Every label whose values come from the server -> the values the protocol defines (tool names: the tools whose
+"""Every label whose values come from the server -> the values the protocols define (tool names: the tools whose
 calls carry no name). These labels are capped: known values, `_unknown` and `_other` always pass, other values
-share the cap."""
+share the cap. `protocol` is not here: stepscope sets it from `PROTOCOLS`, so it is never capped."""
 CAPPED_LABELS = frozenset(KNOWN_VALUES)
 ENUM_LABELS = frozenset({LABEL_STEP_TYPE, LABEL_STATUS, LABEL_TOOL_TYPE})
 """Capped labels the protocol enumerates: a series with a value outside their known set is presumed garbage and

@@ -2,7 +2,8 @@
 
 Tokens are counted from step usage only, each terminal step once; run usage is never added on top, so summing
 `stepscope_tokens_total` never double counts. Every observation carries the trace and span id of the span it
-describes, which the Prometheus sink turns into an exemplar.
+describes, which the Prometheus sink turns into an exemplar. Every observation but the step duration carries
+`protocol="assistants"`; Agents API turns land in the same families with `protocol="agents"` (`mapping/agents.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ TOOL_CALLS_TOTAL = md.TOOL_CALLS.name
 
 METRIC_LABELS: dict[str, tuple[str, ...]] = {d.name: d.labels for d in md.DOMAIN_METRICS}
 """Every metric the mapping emits (`metricdefs.DOMAIN_METRICS`), with its label names in exposition order."""
+_PROTOCOL = a.PROTOCOL_ASSISTANTS
 
 
 def step_observations(
@@ -37,11 +39,15 @@ def step_observations(
     Sample: `RunStep(id="step_1", assistant_id="asst_1", type="tool_calls", status="completed", created_at=103,
     completed_at=105, usage=Usage(20, 3, 23), tool_calls=(ToolCall("call_1", "function", name="get_weather"),))`
     in a run with model `gpt-4o` yields
-    - `stepscope_run_steps_total{step_type=tool_calls,status=completed,model=gpt-4o,assistant_id=asst_1}` +1
-    - `stepscope_tokens_total{token_type=input,step_type=tool_calls,model=gpt-4o,assistant_id=asst_1}` +20
+    - `stepscope_run_steps_total{step_type=tool_calls,status=completed,model=gpt-4o,assistant_id=asst_1,
+      protocol=assistants}` +1
+    - `stepscope_tokens_total{token_type=input,step_type=tool_calls,model=gpt-4o,assistant_id=asst_1,
+      protocol=assistants}` +20
     - `stepscope_tokens_total{token_type=output,…}` +3 (both token series only when the step has usage)
-    - `stepscope_run_step_duration_seconds{step_type=tool_calls,status=completed}` observes 2.0 (only with an end)
-    - `stepscope_tool_calls_total{tool_type=function,tool_name=get_weather}` +1, exemplar on the tool span
+    - `stepscope_run_step_duration_seconds{step_type=tool_calls,status=completed}` observes 2.0 (only with an end;
+      no `protocol`: the Agents API has no step times)
+    - `stepscope_tool_calls_total{tool_type=function,tool_name=get_weather,protocol=assistants}` +1, exemplar on the
+      tool span
     All carry the run's trace id; all but the tool-call ones the step span's id. A run without `model` reads
     `_unknown`.
     """
@@ -60,6 +66,7 @@ def step_observations(
                 a.LABEL_STATUS: status,
                 a.LABEL_MODEL: model,
                 a.LABEL_ASSISTANT_ID: assistant,
+                a.LABEL_PROTOCOL: _PROTOCOL,
             },
             1.0,
             trace_id,
@@ -73,6 +80,7 @@ def step_observations(
                 a.LABEL_STEP_TYPE: step_type,
                 a.LABEL_MODEL: model,
                 a.LABEL_ASSISTANT_ID: assistant,
+                a.LABEL_PROTOCOL: _PROTOCOL,
             }
             out.append(Observation(TOKENS_TOTAL, labels, float(value), trace_id, span_id))
     ended = step.ended_at
@@ -85,7 +93,11 @@ def step_observations(
         if call_span_ids is None or len(call_span_ids) != len(calls):
             call_span_ids = [span_id_for("call", step.id, call.id) for call in calls]
         for call, call_span_id in zip(calls, call_span_ids, strict=True):
-            labels = {a.LABEL_TOOL_TYPE: a.tool_type(call.type), a.LABEL_TOOL_NAME: call.name or call.type}
+            labels = {
+                a.LABEL_TOOL_TYPE: a.tool_type(call.type),
+                a.LABEL_TOOL_NAME: call.name or call.type,
+                a.LABEL_PROTOCOL: _PROTOCOL,
+            }
             out.append(Observation(TOOL_CALLS_TOTAL, labels, 1.0, trace_id, call_span_id))
     return out
 
@@ -95,9 +107,11 @@ def run_observations(run: Run, *, span_id: int | None = None) -> list[Observatio
 
     Sample: `Run(id="run_1", assistant_id="asst_1", status="completed", model="gpt-4o", created_at=100,
     started_at=102, completed_at=130)` yields
-    - `stepscope_runs_total{status=completed,model=gpt-4o,assistant_id=asst_1}` +1
-    - `stepscope_run_duration_seconds{status=completed}` observes 30.0 (created to terminal; only with an end)
-    - `stepscope_run_queue_seconds` observes 2.0 (created to started; only when `started_at` is set)
+    - `stepscope_runs_total{status=completed,model=gpt-4o,assistant_id=asst_1,protocol=assistants}` +1
+    - `stepscope_run_duration_seconds{status=completed,protocol=assistants}` observes 30.0 (created to terminal;
+      only with an end)
+    - `stepscope_run_queue_seconds{protocol=assistants}` observes 2.0 (created to started; only when `started_at`
+      is set)
     """
     where = run_trace(run)
     trace_id = where.trace_id
@@ -107,7 +121,12 @@ def run_observations(run: Run, *, span_id: int | None = None) -> list[Observatio
     out = [
         Observation(
             RUNS_TOTAL,
-            {a.LABEL_STATUS: status, a.LABEL_MODEL: run.model or a.UNKNOWN, a.LABEL_ASSISTANT_ID: run.assistant_id},
+            {
+                a.LABEL_STATUS: status,
+                a.LABEL_MODEL: run.model or a.UNKNOWN,
+                a.LABEL_ASSISTANT_ID: run.assistant_id,
+                a.LABEL_PROTOCOL: _PROTOCOL,
+            },
             1.0,
             trace_id,
             span_id,
@@ -116,8 +135,9 @@ def run_observations(run: Run, *, span_id: int | None = None) -> list[Observatio
     ended = run.ended_at
     if ended is not None:
         seconds = float(max(0, ended - run.created_at))
-        out.append(Observation(RUN_DURATION, {a.LABEL_STATUS: status}, seconds, trace_id, span_id))
+        labels = {a.LABEL_STATUS: status, a.LABEL_PROTOCOL: _PROTOCOL}
+        out.append(Observation(RUN_DURATION, labels, seconds, trace_id, span_id))
     if run.started_at is not None:
         seconds = float(max(0, run.started_at - run.created_at))
-        out.append(Observation(RUN_QUEUE, {}, seconds, trace_id, span_id))
+        out.append(Observation(RUN_QUEUE, {a.LABEL_PROTOCOL: _PROTOCOL}, seconds, trace_id, span_id))
     return out

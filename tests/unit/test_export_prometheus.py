@@ -27,8 +27,27 @@ make_step = partial(
 )
 
 
+# Families with a `protocol` label (all domain families but the step duration), by sample-name prefix.
+_WITH_PROTOCOL = (
+    "stepscope_runs",
+    "stepscope_run_steps",
+    "stepscope_tokens",
+    "stepscope_tool_calls",
+    "stepscope_run_duration",
+    "stepscope_run_queue",
+)
+
+
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    """A sample's value; a domain sample is Assistants' unless `protocol` is given (the step duration has none)."""
+    if name.startswith(_WITH_PROTOCOL):
+        labels = {"protocol": "assistants", **labels}
     return registry.get_sample_value(name, labels)
+
+
+def agents(metric: str, labels: dict[str, str], value: float = 1.0) -> Observation:
+    """An Agents API observation of `metric` (what `mapping/agents.py` emits), with trace and span ids."""
+    return Observation(metric, {**labels, "protocol": "agents"}, value, 1, 2)
 
 
 class TestRecording:
@@ -102,10 +121,16 @@ class TestRecording:
                 Observation("nope_total", {}, 1.0),
                 Observation("stepscope_runs_total", {"status": "completed"}, 1.0),
                 Observation("stepscope_tool_calls_total", {"tool_type": "function", "tool_name": "f"}, -1.0),
-                Observation("stepscope_tool_calls_total", {"tool_type": "function", "tool_name": "g"}, 1.0),
+                Observation("stepscope_tool_calls_total", {"tool_type": "function", "tool_name": "h"}, 1.0),
+                Observation(
+                    "stepscope_tool_calls_total",
+                    {"tool_type": "function", "tool_name": "g", "protocol": "assistants"},
+                    1.0,
+                ),
             ]
         )
         assert sample(reg, "stepscope_tool_calls_total", tool_type="function", tool_name="g") == 1
+        assert sample(reg, "stepscope_tool_calls_total", tool_type="function", tool_name="h") is None  # no protocol
 
 
 class TestLabelCap:
@@ -304,6 +329,98 @@ class TestHostileMix:
         assert len(reasons) == sink.overflows > 10_000
 
 
+class TestProtocols:
+    def test_agents_observations_keep_their_protocol_and_known_values(self) -> None:
+        """Turns and items land beside runs and steps under protocol="agents"; item types, item statuses, `turn` and
+        the nameless tool items pass a full cap as known values."""
+        reg = CollectorRegistry()
+        sink = PrometheusMetrics(reg, label_cap=1)
+        sink.record(run_observations(make_run()))  # fills the assistant_id and model caps
+        pair = {"model": "gpt-5", "assistant_id": "agent_1"}
+        sink.record(
+            [
+                agents("stepscope_runs_total", {"status": "failed", **pair}),
+                agents("stepscope_run_duration_seconds", {"status": "failed"}, 30.0),
+                agents("stepscope_run_queue_seconds", {}, 2.0),
+                agents("stepscope_tokens_total", {"token_type": "input", "step_type": "turn", **pair}, 120.0),
+                agents("stepscope_run_steps_total", {"step_type": "function_call", "status": "in_progress", **pair}),
+                agents(
+                    "stepscope_run_steps_total", {"step_type": "create_subagent_call", "status": "incomplete", **pair}
+                ),
+                agents("stepscope_tool_calls_total", {"tool_type": "extension", "tool_name": "command_execution"}),
+                agents("stepscope_tool_calls_total", {"tool_type": "extension", "tool_name": "web_search_call"}),
+            ]
+        )
+        other = {"model": "_other", "assistant_id": "_other", "protocol": "agents"}
+        assert sample(reg, "stepscope_runs_total", status="failed", **other) == 1
+        assert sample(reg, "stepscope_runs_total", status="failed", **{**other, "protocol": "assistants"}) is None
+        assert sample(reg, "stepscope_run_duration_seconds_sum", status="failed", protocol="agents") == 30
+        assert sample(reg, "stepscope_run_queue_seconds_sum", protocol="agents") == 2
+        assert sample(reg, "stepscope_run_queue_seconds_sum") == 2  # Assistants' own series
+        assert sample(reg, "stepscope_tokens_total", token_type="input", step_type="turn", **other) == 120
+        steps = "stepscope_run_steps_total"
+        assert sample(reg, steps, step_type="function_call", status="in_progress", **other) == 1
+        assert sample(reg, steps, step_type="create_subagent_call", status="incomplete", **other) == 1
+        tools = {"tool_type": "extension", "protocol": "agents"}
+        assert sample(reg, "stepscope_tool_calls_total", tool_name="command_execution", **tools) == 1
+        assert sample(reg, "stepscope_tool_calls_total", tool_name="web_search_call", **tools) == 1
+        assert sink.overflows == 4  # only the model and agent ids past the cap of 1, never the known values
+
+    def test_known_series_exist_per_protocol(self) -> None:
+        """Each protocol's run-duration statuses, queue series and known tools start at 0; the step duration is
+        Assistants-only, and `protocols` limits what is created up front."""
+        reg = CollectorRegistry()
+        PrometheusMetrics(reg)
+        for status in ("completed", "failed", "cancelled"):
+            assert sample(reg, "stepscope_run_duration_seconds_count", status=status, protocol="agents") == 0
+        assert sample(reg, "stepscope_run_duration_seconds_count", status="expired", protocol="agents") is None
+        assert sample(reg, "stepscope_run_queue_seconds_count", protocol="agents") == 0
+        for tool in ("web_search_call", "command_execution", "computer_use_call"):
+            assert (
+                sample(reg, "stepscope_tool_calls_total", tool_type="extension", tool_name=tool, protocol="agents") == 0
+            )
+        only = CollectorRegistry()
+        PrometheusMetrics(only, protocols=("agents",))
+        assert sample(only, "stepscope_run_queue_seconds_count", protocol="agents") == 0
+        assert sample(only, "stepscope_run_queue_seconds_count") is None
+        assert (
+            sample(only, "stepscope_run_step_duration_seconds_count", step_type="tool_calls", status="failed") is None
+        )
+
+    def test_a_new_agent_pair_gets_the_turn_statuses_and_token_series(self) -> None:
+        """The first turn of a model/agent pair creates its terminal turn statuses and `turn` token series at 0, not
+        the Assistants-only statuses or step types, and no item series."""
+        reg = CollectorRegistry()
+        ids = {"model": "gpt-5", "assistant_id": "agent_1"}
+        PrometheusMetrics(reg).record(
+            [
+                agents("stepscope_runs_total", {"status": "completed", **ids}),
+                agents("stepscope_tokens_total", {"token_type": "input", "step_type": "turn", **ids}, 5.0),
+                agents("stepscope_run_steps_total", {"step_type": "message", "status": "completed", **ids}),
+            ]
+        )
+        pair = {**ids, "protocol": "agents"}
+        assert sample(reg, "stepscope_runs_total", status="failed", **pair) == 0
+        assert sample(reg, "stepscope_runs_total", status="cancelled", **pair) == 0
+        assert sample(reg, "stepscope_runs_total", status="expired", **pair) is None
+        assert sample(reg, "stepscope_tokens_total", token_type="output", step_type="turn", **pair) == 0
+        assert sample(reg, "stepscope_tokens_total", token_type="input", step_type="tool_calls", **pair) is None
+        assert sample(reg, "stepscope_run_steps_total", step_type="message", status="failed", **pair) is None
+
+    def test_the_overflow_series_keeps_the_protocol(self) -> None:
+        """Past the budget, each protocol's new label sets fold into an overflow series of that protocol."""
+        reg = CollectorRegistry()
+        sink = PrometheusMetrics(reg, max_series=1)
+        sink.record(run_observations(make_run()))
+        sink.record(
+            [agents("stepscope_runs_total", {"status": "completed", "model": "gpt-5", "assistant_id": "agent_1"})]
+        )
+        folded = {"status": "_other", "model": "_other", "assistant_id": "_other"}
+        assert sample(reg, "stepscope_runs_total", **folded) == 1
+        assert sample(reg, "stepscope_runs_total", **folded, protocol="agents") == 1
+        assert sink.series("stepscope_runs_total") == 4
+
+
 class TestExemplars:
     def test_openmetrics_exemplars(self) -> None:
         """Counters and histogram buckets carry trace_id/span_id exemplars in OpenMetrics output."""
@@ -353,7 +470,7 @@ class TestBatching:
                 tool_calls=(ToolCall(f"call_{i}", "function", name=f"f{i % 2}"),) if i % 3 else (),
             )
             observations += step_observations(run, step)
-        observations.append(Observation("stepscope_run_queue_seconds", {}, 0.3))  # no ids: no exemplar
+        observations.append(Observation("stepscope_run_queue_seconds", {"protocol": "assistants"}, 0.3))  # no ids
         observations.append(Observation("stepscope_runs_total", {"status": "expired", "model": "m"}, 1.0))  # bad
         batched, single = CollectorRegistry(), CollectorRegistry()
         PrometheusMetrics(batched).record(observations)

@@ -13,6 +13,7 @@ from tests.kit import samples
 TRACE = trace_id_for_run("run_1")
 STEP_SPAN = span_id_for("step", "step_1")
 RUN_SPAN = span_id_for("run", "run_1")
+ASSISTANTS = {"protocol": "assistants"}
 
 
 make_run = partial(samples.make_run, usage=Usage(500, 70, 570))
@@ -27,9 +28,11 @@ make_step = partial(
 
 class TestStepObservations:
     def test_tool_calls_step(self) -> None:
-        """A terminal tool_calls step counts once, adds its own tokens, its duration and one count per call."""
+        """A terminal tool_calls step counts once, adds its own tokens, its duration and one count per call; all but
+        the duration say protocol="assistants"."""
         labels4 = {"step_type": "tool_calls", "status": "completed", "model": "gpt-4o", "assistant_id": "asst_1"}
-        tok = {"step_type": "tool_calls", "model": "gpt-4o", "assistant_id": "asst_1"}
+        labels4 |= ASSISTANTS
+        tok = {"step_type": "tool_calls", "model": "gpt-4o", "assistant_id": "asst_1", **ASSISTANTS}
         assert step_observations(make_run(), make_step(), span_id=STEP_SPAN) == [
             Observation("stepscope_run_steps_total", labels4, 1.0, TRACE, STEP_SPAN),
             Observation("stepscope_tokens_total", {"token_type": "input", **tok}, 20.0, TRACE, STEP_SPAN),
@@ -43,14 +46,14 @@ class TestStepObservations:
             ),
             Observation(
                 "stepscope_tool_calls_total",
-                {"tool_type": "function", "tool_name": "get_weather"},
+                {"tool_type": "function", "tool_name": "get_weather", **ASSISTANTS},
                 1.0,
                 TRACE,
                 span_id_for("call", "step_1", "call_1"),
             ),
             Observation(
                 "stepscope_tool_calls_total",
-                {"tool_type": "datastore", "tool_name": "file_search"},
+                {"tool_type": "datastore", "tool_name": "file_search", **ASSISTANTS},
                 1.0,
                 TRACE,
                 span_id_for("call", "step_1", "call_2"),
@@ -87,17 +90,18 @@ class TestStepObservations:
 
 class TestRunObservations:
     def test_completed_run(self) -> None:
-        """A finished run counts once and observes its duration and queue time; it adds no tokens."""
+        """A finished run counts once and observes its duration and queue time, with protocol="assistants"; it adds
+        no tokens."""
         assert run_observations(make_run()) == [
             Observation(
                 "stepscope_runs_total",
-                {"status": "completed", "model": "gpt-4o", "assistant_id": "asst_1"},
+                {"status": "completed", "model": "gpt-4o", "assistant_id": "asst_1", **ASSISTANTS},
                 1.0,
                 TRACE,
                 RUN_SPAN,
             ),
-            Observation("stepscope_run_duration_seconds", {"status": "completed"}, 30.0, TRACE, RUN_SPAN),
-            Observation("stepscope_run_queue_seconds", {}, 2.0, TRACE, RUN_SPAN),
+            Observation("stepscope_run_duration_seconds", {"status": "completed", **ASSISTANTS}, 30.0, TRACE, RUN_SPAN),
+            Observation("stepscope_run_queue_seconds", ASSISTANTS, 2.0, TRACE, RUN_SPAN),
         ]
 
     def test_never_started_expired_run(self) -> None:
@@ -108,7 +112,7 @@ class TestRunObservations:
             ("stepscope_runs_total", 1.0, 7),
             ("stepscope_run_duration_seconds", 600.0, 7),
         ]
-        assert obs[0].labels == {"status": "expired", "model": "_unknown", "assistant_id": "asst_1"}
+        assert obs[0].labels == {"status": "expired", "model": "_unknown", "assistant_id": "asst_1", **ASSISTANTS}
 
     def test_traceparent_run_exemplar_trace(self) -> None:
         """Exemplars of a joined run point into the application's trace."""
