@@ -6,7 +6,9 @@ so edit this module and run ``stepscope dashboards --write grafana/dashboards`` 
 Contract of the generated dashboards (classic JSON model, ``schemaVersion`` 39, fixed ``uid``s):
 
 - template variables ``datasource`` (type datasource, Prometheus), ``job`` (from ``stepscope_build_info``), and
-  ``assistant_id`` / ``model`` (from ``stepscope_runs_total``, multi-value with an ``.*`` "All");
+  ``protocol`` / ``assistant_id`` / ``model`` (from ``stepscope_runs_total``, multi-value with an ``.*`` "All");
+- every query of a domain family with a ``protocol`` label filters ``protocol=~"$protocol"``; the step duration has
+  no such label (Agents API items have no times), so its panel says it is Assistants-only;
 - every panel and target uses ``{"type": "prometheus", "uid": "${datasource}"}``, has a title, a description and a
   unit; every ``rate()`` uses ``$__rate_interval``;
 - targets that read a metric carrying exemplars (``EXEMPLAR_METRICS``) have ``"exemplar": true`` so a point links
@@ -37,8 +39,11 @@ EXEMPLAR_METRICS = frozenset(d.name for d in md.ALL_METRICS if d.exemplars)
 _METRIC_RE = re.compile(r"\bstepscope_[a-z_]+")
 _HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 
-# Selectors: domain counters carry model/assistant_id; histograms and health metrics only the target labels.
-RUNS = 'job=~"$job",assistant_id=~"$assistant_id",model=~"$model"'
+# Selectors: domain counters carry model/assistant_id and protocol; the run histograms and tool calls protocol; the
+# step duration and health metrics only the target labels. The "All" value `.*` also matches series without
+# `protocol` (written before the label existed), so history stays on the dashboards.
+RUNS = 'job=~"$job",protocol=~"$protocol",assistant_id=~"$assistant_id",model=~"$model"'
+DOMAIN = 'job=~"$job",protocol=~"$protocol"'
 JOB = 'job=~"$job"'
 QUANTILES = ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))
 
@@ -190,6 +195,7 @@ def _variables() -> list[JSON]:
     return [
         {**json.loads(_VARIABLE), **source, "query": "prometheus", "type": "datasource"},
         _query_variable("job", "Job", f"label_values({md.BUILD_INFO}, job)"),
+        _query_variable("protocol", "Protocol", f"label_values({md.RUNS}{{{JOB}}}, {md.LABEL_PROTOCOL})"),
         _query_variable("assistant_id", "Assistant", f"label_values({md.RUNS}{{{JOB}}}, {md.LABEL_ASSISTANT_ID})"),
         _query_variable("model", "Model", f"label_values({md.RUNS}{{{JOB}}}, {md.LABEL_MODEL})"),
     ]
@@ -219,18 +225,19 @@ def _dashboard(uid: str, title: str, description: str, rows: Sequence[tuple[str,
 
 # Panel descriptions, keyed by title (Grafana shows them as the panel's (i) tooltip).
 DESCRIPTIONS = {
-    "Runs per second by status": "Assistants runs reaching a terminal state per second, by status. Click an "
-    "exemplar to open the run's trace.",
-    "Run and step failure ratios": "Share of terminal runs that ended failed, expired or incomplete, and of "
-    "terminal steps that ended failed or expired (cancelled is not a failure).",
-    "Run duration": "Run duration from created_at to the terminal timestamp (p50/p95/p99).",
-    "Run queue time": "Time from a run's creation to its start (p50/p95/p99): provider-side queueing.",
+    "Runs per second by status": "Assistants runs and Agents API turns reaching a terminal state per second, by "
+    "status. Click an exemplar to open the run's or turn's trace.",
+    "Run and step failure ratios": "Per protocol, share of terminal runs (turns) that ended failed, expired or "
+    "incomplete, and of terminal steps (items) that ended failed or expired (cancelled is not a failure).",
+    "Run duration": "Run or turn duration from created_at to the terminal timestamp (p50/p95/p99).",
+    "Run queue time": "Time from a run's or root turn's creation to its start (p50/p95/p99): provider-side queueing.",
     "Tracked runs": "Runs stepscope is currently watching (not yet terminal), summed over the selected jobs.",
-    "Step duration by step type": "Run step duration from created_at to the terminal timestamp (p50/p95/p99).",
-    "Tool calls per second by type": "Tool calls per second by tool type: function, extension (code "
-    "interpreter), datastore (file search) or the raw type.",
-    "Tokens per second by model and assistant": "Input plus output tokens per second from step usage (each step "
-    "counted once), by model and assistant.",
+    "Step duration by step type": "Run step duration from created_at to the terminal timestamp (p50/p95/p99). "
+    "Assistants only: Agents API items have no times, and the protocol variable does not apply.",
+    "Tool calls per second by type": "Tool calls and tool-call items per second by tool type: function, extension "
+    "(code interpreter, MCP, web search, command execution, computer use), datastore (file search) or the raw type.",
+    "Tokens per second by model and assistant": "Input plus output tokens per second from step and turn usage (each "
+    "counted once), by model and assistant (agent for turns).",
     "Top assistants by tokens": "The ten assistants that used the most tokens over the selected time range.",
     "API requests per second by endpoint and code": "Requests stepscope made to the Assistants API per second, "
     "by endpoint and HTTP status (`error` = transport failure).",
@@ -267,11 +274,11 @@ def _overview() -> JSON:
         _p(
             "Run and step failure ratios",
             "percentunit",
-            Query(_ratio(md.RUNS.name, RUNS, failed_runs), "runs"),
-            Query(_ratio(md.RUN_STEPS.name, RUNS, failed_steps), "steps"),
+            Query(_ratio(md.RUNS.name, RUNS, failed_runs, md.LABEL_PROTOCOL), "runs {{protocol}}"),
+            Query(_ratio(md.RUN_STEPS.name, RUNS, failed_steps, md.LABEL_PROTOCOL), "steps {{protocol}}"),
         ),
-        _p("Run duration", "s", *_quantiles(md.RUN_DURATION.name, JOB), width=8),
-        _p("Run queue time", "s", *_quantiles(md.RUN_QUEUE.name, JOB), width=8),
+        _p("Run duration", "s", *_quantiles(md.RUN_DURATION.name, DOMAIN), width=8),
+        _p("Run queue time", "s", *_quantiles(md.RUN_QUEUE.name, DOMAIN), width=8),
         _p("Tracked runs", "short", Query(f"sum({md.TRACKED_RUNS.name}{{{JOB}}})", "tracked"), kind="stat", width=8),
     ]
     steps = [
@@ -279,7 +286,7 @@ def _overview() -> JSON:
         _p(
             "Tool calls per second by type",
             "ops",
-            Query(_rate(md.TOOL_CALLS.name, JOB, "tool_type"), "{{tool_type}}"),
+            Query(_rate(md.TOOL_CALLS.name, DOMAIN, "tool_type"), "{{tool_type}}"),
         ),
     ]
     by_model = Query(_rate(md.TOKENS.name, RUNS, "model, assistant_id"), "{{model}} {{assistant_id}}")
@@ -290,7 +297,8 @@ def _overview() -> JSON:
     return _dashboard(
         "stepscope-overview",
         "stepscope overview",
-        "Assistants runs and run steps observed by stepscope: throughput, failures, durations, tokens and tools.",
+        "Assistants runs and run steps, and Agents API turns and items, observed by stepscope: throughput, failures, "
+        "durations, tokens and tools.",
         [("Runs", runs), ("Steps", steps), ("Tokens", tokens)],
     )
 

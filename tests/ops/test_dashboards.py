@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from stepscope import cli, dashboards
+from stepscope import metricdefs as md
 from tests.kit.contract import REPO, in_contract, metric_names, walk
 
 GRAFANA = REPO / "grafana"
@@ -23,6 +24,7 @@ MACROS = {
     "$__interval": "15s",
     "$__range": "1h",
     "$job": ".+",
+    "$protocol": ".*",
     "$assistant_id": ".*",
     "$model": ".*",
 }
@@ -130,16 +132,17 @@ def test_template_datasource_rule() -> None:
         assert variables["datasource"]["query"] == "prometheus"
 
 
-def test_job_assistant_and_model_variables() -> None:
-    """job comes from stepscope_build_info; assistant_id and model from stepscope_runs_total, multi with .* All."""
+def test_job_protocol_assistant_and_model_variables() -> None:
+    """job comes from stepscope_build_info; protocol, assistant_id and model from stepscope_runs_total, multi with .*
+    All."""
     for model in _models():
         variables = {v["name"]: v for v in model["templating"]["list"]}
         assert variables["job"]["definition"] == "label_values(stepscope_build_info, job)"
-        for name in ("assistant_id", "model"):
+        for name in ("protocol", "assistant_id", "model"):
             var = variables[name]
             assert var["definition"] == f'label_values(stepscope_runs_total{{job=~"$job"}}, {name})'
             assert (var["multi"], var["includeAll"], var["allValue"]) == (True, True, ".*")
-        for name in ("job", "assistant_id", "model"):
+        for name in ("job", "protocol", "assistant_id", "model"):
             assert variables[name]["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
 
 
@@ -239,6 +242,24 @@ def test_exemplars_on_for_exemplar_metrics(item: tuple[str, dict[str, Any], dict
     families = {re.sub(r"_(bucket|count|sum)$", "", n) for n in metric_names(_expand(target["expr"]))}
     expected = bool(families & dashboards.EXEMPLAR_METRICS) and not target["instant"]
     assert target["exemplar"] is expected
+
+
+def test_domain_queries_filter_on_protocol() -> None:
+    """Every selector of a domain family with a protocol label has protocol=~"$protocol"; the step duration, which
+    has no such label, has none and its panel says it is Assistants-only."""
+    with_protocol = {name for d in md.DOMAIN_METRICS if md.LABEL_PROTOCOL in d.labels for name in d.series}
+    step_duration = set(md.RUN_STEP_DURATION.series)
+    selector = re.compile(r"\b(stepscope_[a-z_]+)\{([^}]*)\}")
+    checked = 0
+    for _, panel, target in TARGETS:
+        for name, matchers in selector.findall(target["expr"]):
+            if name in with_protocol:
+                assert 'protocol=~"$protocol"' in matchers, target["expr"]
+                checked += 1
+            elif name in step_duration:
+                assert "protocol" not in matchers, target["expr"]
+                assert "Assistants only" in panel["description"], panel["title"]
+    assert checked >= 10
 
 
 def test_rates_use_rate_interval_everywhere() -> None:
