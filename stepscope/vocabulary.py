@@ -59,18 +59,17 @@ class Endpoint(StrEnum):
     GET_STEP = "get_step"
     GET_ASSISTANT = "get_assistant"
     LIST_THREADS = "list_threads"  # Azure: the project's threads, for discovery with no thread configured
-    # The Agents API (STEPSCOPE_PROTOCOL=agents)
-    LIST_SESSIONS = "list_sessions"
-    GET_SESSION = "get_session"
-    LIST_TURNS = "list_turns"
-    GET_TURN = "get_turn"
-    LIST_TURN_ITEMS = "list_turn_items"
-    LIST_TRACES = "list_traces"
-    LIST_SUBAGENTS = "list_subagents"
-    LIST_SUBAGENT_TURNS = "list_subagent_turns"
-    GET_SUBAGENT_TURN = "get_subagent_turn"
-    LIST_SUBAGENT_TURN_ITEMS = "list_subagent_turn_items"
-    GET_AGENT = "get_agent"
+    # The Agents API (STEPSCOPE_PROTOCOL=agents), named as the simulator names them
+    LIST_SESSIONS = "list_agent_sessions"
+    GET_SESSION = "get_agent_session"
+    LIST_TURNS = "list_agent_turns"
+    GET_TURN = "get_agent_turn"
+    LIST_TURN_ITEMS = "list_agent_turn_items"
+    LIST_TRACES = "list_agent_traces"
+    LIST_SUBAGENTS = "list_agent_subagents"
+    LIST_SUBAGENT_TURNS = "list_agent_subagent_turns"
+    GET_SUBAGENT_TURN = "get_agent_subagent_turn"
+    LIST_SUBAGENT_TURN_ITEMS = "list_agent_subagent_turn_items"
 
 
 class DropReason(StrEnum):

@@ -122,14 +122,16 @@ class TestRequests:
         assert request.headers["Authorization"] == f"Bearer {SECRET}"
         assert request.headers["OpenAI-Organization"] == "org-1"
         assert request.url.path == "/v1/agents/sessions/sess_1/turns/turn_1"
-        assert h.observer.requests == [("get_turn", "200")]
+        assert h.observer.requests == [("get_agent_turn", "200")]
 
     @pytest.mark.anyio
     async def test_ids_cannot_change_the_path(self) -> None:
         """An id with a slash or dots is one quoted path segment."""
-        async with harness([ok({"id": "a/../b", "name": "x"})]) as h:
-            await h.client.get_agent("a/../b")
-        assert h.requests[0].url.raw_path == b"/v1/agents/a%2F..%2Fb"
+        turn = {"object": "agent.session.turn", "id": "t", "session_id": "a/../b", "agent_id": "g", "status": "queued",
+                "created_at": NOW}  # fmt: skip
+        async with harness([ok(turn)]) as h:
+            await h.client.get_turn("a/../b", "t")
+        assert h.requests[0].url.raw_path == b"/v1/agents/sessions/a%2F..%2Fb/turns/t"
 
     @pytest.mark.anyio
     async def test_list_sessions_params_and_paging(self) -> None:
@@ -212,7 +214,7 @@ class TestDiscipline:
             got = await h.client.get_turn("sess_1", "turn_1")
         assert got.id == "turn_1"
         assert h.sleeps == [2.0]
-        assert h.observer.requests == [("get_turn", "429"), ("get_turn", "200")]
+        assert h.observer.requests == [("get_agent_turn", "429"), ("get_agent_turn", "200")]
 
     @pytest.mark.anyio
     async def test_rate_limit_gives_up_with_context(self) -> None:
@@ -220,7 +222,7 @@ class TestDiscipline:
         async with harness([ok({}, 429)], retry=RetryPolicy(max_retries=0)) as h:
             with pytest.raises(RateLimited) as info:
                 await h.client.get_turn("sess_1", "turn_1")
-        assert (info.value.thread_id, info.value.run_id, info.value.endpoint) == ("sess_1", "turn_1", "get_turn")
+        assert (info.value.thread_id, info.value.run_id, info.value.endpoint) == ("sess_1", "turn_1", "get_agent_turn")
 
     @pytest.mark.anyio
     async def test_auth_and_not_found_are_fatal_and_secret_free(self) -> None:
@@ -242,7 +244,7 @@ class TestDiscipline:
             with pytest.raises(LimitExceeded) as info:
                 await collect(h.client.list_traces("sess_1"))
         assert info.value.reason == "too_large"
-        assert h.observer.requests == [("list_traces", "too_large")]
+        assert h.observer.requests == [("list_agent_traces", "too_large")]
 
     @pytest.mark.anyio
     async def test_repeated_cursor_ends_listing(self) -> None:

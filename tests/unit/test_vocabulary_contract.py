@@ -42,7 +42,7 @@ def test_flavours_agree() -> None:
 
 def test_every_bridge_endpoint_is_one_the_simulator_serves() -> None:
     """Each endpoint the client names is an endpoint of the simulator, so faults can target every one of them."""
-    assert set(Endpoint) <= sim_faults.ENDPOINTS
+    assert set(Endpoint) <= sim_faults.ENDPOINTS | sim_faults.AGENTS_ENDPOINTS
 
 
 def test_terminal_run_statuses_agree() -> None:

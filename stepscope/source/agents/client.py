@@ -22,13 +22,11 @@ from stepscope.models import parse_page
 from stepscope.source._http import DEFAULT_DEADLINE, DEFAULT_MAX_BODY, DEFAULT_MAX_PAGES, RequestCore, clamp, seg
 from stepscope.source._retry import RequestBudget, RetryPolicy, SleepFn
 from stepscope.source.agents.models import (
-    Agent,
     AgentSession,
     Item,
     SessionTrace,
     Subagent,
     Turn,
-    parse_agent,
     parse_conversation_page,
     parse_item,
     parse_session,
@@ -52,7 +50,6 @@ AGENTS_ENDPOINTS = (
     Endpoint.LIST_SUBAGENT_TURNS,
     Endpoint.GET_SUBAGENT_TURN,
     Endpoint.LIST_SUBAGENT_TURN_ITEMS,
-    Endpoint.GET_AGENT,
 )
 """Values of the `endpoint` argument this client passes to `RequestObserver.observe_request`."""
 
@@ -119,23 +116,25 @@ class AgentsClient:
             params["agent_id"] = agent_id
         if after:
             params["after"] = after
-        async for session in self._core.paginate("list_sessions", "agents/sessions", params, _SESSION_PAGE):
+        async for session in self._core.paginate(Endpoint.LIST_SESSIONS, "agents/sessions", params, _SESSION_PAGE):
             yield session
 
     async def get_session(self, session_id: str) -> AgentSession:
-        body = await self._core.get("get_session", f"agents/sessions/{seg(session_id)}", {}, thread_id=session_id)
+        body = await self._core.get(
+            Endpoint.GET_SESSION, f"agents/sessions/{seg(session_id)}", {}, thread_id=session_id
+        )
         return self._core.parse_one(parse_session, body)
 
     async def list_turns(self, session_id: str, *, after: str | None = None, limit: int = 100) -> AsyncIterator[Turn]:
         """Turns of a session, oldest first (`order=asc`, by creation time and turn id), after turn `after`."""
         params = _ascending(limit, after)
         path = f"agents/sessions/{seg(session_id)}/turns"
-        async for turn in self._core.paginate("list_turns", path, params, _TURN_PAGE, thread_id=session_id):
+        async for turn in self._core.paginate(Endpoint.LIST_TURNS, path, params, _TURN_PAGE, thread_id=session_id):
             yield turn
 
     async def get_turn(self, session_id: str, turn_id: str) -> Turn:
         path = f"agents/sessions/{seg(session_id)}/turns/{seg(turn_id)}"
-        body = await self._core.get("get_turn", path, {}, thread_id=session_id, run_id=turn_id)
+        body = await self._core.get(Endpoint.GET_TURN, path, {}, thread_id=session_id, run_id=turn_id)
         return self._core.parse_one(parse_turn, body)
 
     async def list_turn_items(
@@ -146,7 +145,7 @@ class AgentsClient:
         path = f"agents/sessions/{seg(session_id)}/turns/{seg(turn_id)}/items"
         parse = partial(parse_conversation_page, kind="agent_item", parse=partial(parse_item, content=content))
         async for item in self._core.paginate(
-            "list_turn_items", path, params, parse, thread_id=session_id, run_id=turn_id
+            Endpoint.LIST_TURN_ITEMS, path, params, parse, thread_id=session_id, run_id=turn_id
         ):
             yield item
 
@@ -156,14 +155,16 @@ class AgentsClient:
         """Published root-turn traces of a session, oldest first; each trace's id is its root turn's id."""
         params = _ascending(limit, after)
         path = f"agents/sessions/{seg(session_id)}/traces"
-        async for trace in self._core.paginate("list_traces", path, params, _TRACE_PAGE, thread_id=session_id):
+        async for trace in self._core.paginate(Endpoint.LIST_TRACES, path, params, _TRACE_PAGE, thread_id=session_id):
             yield trace
 
     async def list_subagents(self, session_id: str, *, limit: int = 100) -> AsyncIterator[Subagent]:
         """Subagents of a session, oldest first."""
         params = _ascending(limit, None)
         path = f"agents/sessions/{seg(session_id)}/subagents"
-        async for sub in self._core.paginate("list_subagents", path, params, _SUBAGENT_PAGE, thread_id=session_id):
+        async for sub in self._core.paginate(
+            Endpoint.LIST_SUBAGENTS, path, params, _SUBAGENT_PAGE, thread_id=session_id
+        ):
             yield sub
 
     async def list_subagent_turns(
@@ -172,12 +173,14 @@ class AgentsClient:
         """Turns a subagent ran, oldest first, after turn `after`."""
         params = _ascending(limit, after)
         path = f"agents/sessions/{seg(session_id)}/subagents/{seg(subagent_id)}/turns"
-        async for turn in self._core.paginate("list_subagent_turns", path, params, _TURN_PAGE, thread_id=session_id):
+        async for turn in self._core.paginate(
+            Endpoint.LIST_SUBAGENT_TURNS, path, params, _TURN_PAGE, thread_id=session_id
+        ):
             yield turn
 
     async def get_subagent_turn(self, session_id: str, subagent_id: str, turn_id: str) -> Turn:
         path = f"agents/sessions/{seg(session_id)}/subagents/{seg(subagent_id)}/turns/{seg(turn_id)}"
-        body = await self._core.get("get_subagent_turn", path, {}, thread_id=session_id, run_id=turn_id)
+        body = await self._core.get(Endpoint.GET_SUBAGENT_TURN, path, {}, thread_id=session_id, run_id=turn_id)
         return self._core.parse_one(parse_turn, body)
 
     async def list_subagent_turn_items(
@@ -195,13 +198,9 @@ class AgentsClient:
         path = f"agents/sessions/{seg(session_id)}/subagents/{seg(subagent_id)}/turns/{seg(turn_id)}/items"
         parse = partial(parse_conversation_page, kind="agent_item", parse=partial(parse_item, content=content))
         async for item in self._core.paginate(
-            "list_subagent_turn_items", path, params, parse, thread_id=session_id, run_id=turn_id
+            Endpoint.LIST_SUBAGENT_TURN_ITEMS, path, params, parse, thread_id=session_id, run_id=turn_id
         ):
             yield item
-
-    async def get_agent(self, agent_id: str) -> Agent:
-        body = await self._core.get("get_agent", f"agents/{seg(agent_id)}", {})
-        return self._core.parse_one(parse_agent, body)
 
 
 def _ascending(limit: int, after: str | None) -> dict[str, str | int]:
