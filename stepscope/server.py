@@ -10,6 +10,10 @@
   reach the port could otherwise make stepscope spend API requests. Rate-limited (429 with `Retry-After`); a body
   must be a small flat JSON object, and anything else is a 4xx, never a 500.
 - `GET /v1/status`: JSON health for humans and scripts.
+- `POST /v1/webhooks`: the platform's webhooks (Agents API session events), verified with the endpoint's signing
+  secret (`stepscope.webhooks`); a verified `agent.session.*` event calls `session_event(session_id, type)`.
+  Without a secret it answers 404 saying how to enable it; a delivery that does not verify is a 400 or 401, is
+  counted (`webhook_invalid`) and changes nothing; a repeated `webhook-id` is answered 200 and ignored.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from stepscope.errors import StoreError
 from stepscope.source.discovery import RegistrationFull
 from stepscope.vocabulary import DropReason
+from stepscope.webhooks import SESSION_EVENTS, WebhookRefused, WebhookVerifier
 
 log = logging.getLogger("stepscope.server")
 
@@ -124,6 +129,10 @@ def _no_drop(reason: str, n: int = 1) -> None:
     """Default drop counter for an HttpApp built without one."""
 
 
+def _no_session_event(session_id: str, event_type: str) -> None:
+    """Default webhook callback for an HttpApp built without one."""
+
+
 def _flat_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """`object_pairs_hook` refusing repeated keys, which would let two parsers read two different ids."""
     keys = [k for k, _ in pairs]
@@ -165,7 +174,9 @@ class HttpApp:
     `/v1/watch` takes bodies up to `max_body` bytes and `watch_rate` requests per second (bursts of twice that);
     `token`, when non-empty, must come as a bearer token. Without a token, registration is open only when
     `listen_host` is loopback; `None` means not known yet (`HttpServer` fills it in) and counts as not loopback.
-    `dropped(reason, n)` counts refused requests (`watch_rate`, `watch_invalid`); `clock` drives the rate limit.
+    `dropped(reason, n)` counts refused requests (`watch_rate`, `watch_invalid`, `webhook_invalid`); `clock` drives
+    the rate limit. With a `webhook_secret`, `/v1/webhooks` takes signed deliveries (bodies up to `max_body` bytes,
+    timestamps checked against `wall`) and calls `session_event(session_id, type)`, which must not block or raise.
     """
 
     def __init__(
@@ -179,8 +190,13 @@ class HttpApp:
         watch_rate: float = DEFAULT_WATCH_RATE,
         dropped: Callable[[str, int], None] = _no_drop,
         clock: Callable[[], float] = time.monotonic,
+        webhook_secret: str = "",
+        session_event: Callable[[str, str], None] = _no_session_event,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._service = service
+        self._webhooks = WebhookVerifier(webhook_secret, wall=wall) if webhook_secret else None
+        self._session_event = session_event
         self._metrics = make_asgi_app(registry)
         self._token = token
         self._max_body = max_body
@@ -227,6 +243,9 @@ class HttpApp:
             elif path == "/v1/watch":
                 self._only(method, "POST", "DELETE")
                 await _respond(send, *(await self._watch(scope, receive, method)))
+            elif path == "/v1/webhooks":
+                self._only(method, "POST")
+                await _respond(send, *(await self._webhook(scope, receive)))
             else:
                 raise HttpError(404, "not found")
         except HttpError as exc:
@@ -271,6 +290,24 @@ class HttpApp:
             raise HttpError(409, "another shard owns this thread")
         return 202, {"thread_id": thread_id, "run_id": run_id, "watching": True}
 
+    async def _webhook(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
+        if self._webhooks is None:
+            raise HttpError(404, "webhooks are disabled: set STEPSCOPE_WEBHOOK_SECRET to the endpoint's signing secret")
+        pairs = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        names = [k for k, _ in pairs if k.startswith("webhook-")]
+        try:
+            if len(set(names)) != len(names):  # two values of one header: which one was signed is ambiguous
+                raise WebhookRefused(400, "repeated webhook-* header")
+            body = await self._read_body(dict(scope["headers"]), receive)
+            event = self._webhooks.verify(body, dict(pairs))
+        except (HttpError, WebhookRefused) as exc:
+            self._dropped(DropReason.WEBHOOK_INVALID, 1)
+            log.info("refused a webhook delivery (%d): %s", exc.status, exc)  # fixed texts; the duplicate filter
+            raise HttpError(exc.status, str(exc)) from None
+        if not event.duplicate and event.type in SESSION_EVENTS and event.session_id is not None:
+            self._session_event(event.session_id, event.type)
+        return 200, {"received": True, "duplicate": event.duplicate}
+
     def _admit(self) -> None:
         """Take a token from the bucket or raise 429 with `Retry-After`; log once per episode of refusals."""
         wait = self._bucket.take()
@@ -313,6 +350,8 @@ class HttpApp:
             if message["type"] == "lifespan.startup":
                 if not self.registration_open:
                     log.warning("POST /v1/watch answers 403: %s", self._closed_reason())
+                if self._webhooks is not None:
+                    log.info("POST /v1/webhooks accepts signed session events")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
