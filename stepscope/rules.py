@@ -11,7 +11,11 @@ dashboards use, so a panel and its alert count the same things. Conventions:
 - Recording rules are named `level:metric:operations`, with `_total` dropped once `rate()` is applied.
 - Aggregations drop only the labels of one scrape target (`instance`, `pod`) and the metric's own labels they sum
   over, with `sum without (...)`, so `job` (and namespace, cluster, ...) survive and one Prometheus can watch
-  several stepscope deployments.
+  several stepscope deployments. `protocol` (`assistants`, `agents`) survives the same way (`KEPT_LABELS`) and is
+  not named in the level, so the rules' names stay as they were: every ratio and alert holds per protocol, and a
+  surge of Agents API failures is not diluted by healthy Assistants runs. Series without `protocol` (from a
+  stepscope before the label) keep working as before. Only the job's token rate sums the protocols, since a token
+  budget is the job's.
 - Ratios divide separately summed numerators and denominators; a numerator without series reads 0 (the
   `or ... * 0` branch) instead of vanishing.
 
@@ -38,6 +42,7 @@ OPERATOR_FILE = Path("kubernetes/base/prometheusrule.yaml")
 """Where the two outputs live, relative to the `deploy/` directory."""
 WINDOW = "5m"
 TARGET_LABELS = ("instance", "pod")  # one scrape target's labels: summed away, everything else kept
+KEPT_LABELS = (md.LABEL_PROTOCOL,)  # a metric's own labels that survive every aggregation, like job
 SCRAPE_JOB = "stepscope"  # StepscopeDown needs a job name; Prometheus only knows targets it has seen
 
 
@@ -113,7 +118,7 @@ def _list(labels: Sequence[str]) -> str:
 def _rate(metric: MetricDef, keep: Sequence[str], comment: str = "", *, bucket: bool = False) -> Record:
     """`level:metric:rate5m` of `metric` summed over everything but `job` and `keep` (plus `le` for buckets)."""
     suffix = "_bucket" if bucket else ""
-    dropped = (*TARGET_LABELS, *(label for label in metric.labels if label not in keep))
+    dropped = (*TARGET_LABELS, *(label for label in metric.labels if label not in (*keep, *KEPT_LABELS)))
     level = "_".join(("job", *keep))
     expr = f"sum without ({_list(dropped)}) (rate({metric.name}{suffix}[{WINDOW}]))"
     return Record(f"{level}:{metric.name.removesuffix('_total')}{suffix}:rate{WINDOW}", expr, comment=comment)
@@ -138,11 +143,19 @@ def _quantiles(buckets: Record, quantiles: Sequence[str], comment: str = "") -> 
 
 
 STATUS, CODE, ENDPOINT = md.LABEL_STATUS, md.LABEL_CODE, md.LABEL_ENDPOINT
-RUNS = _rate(md.RUNS, (STATUS,), "Runs by terminal status; the basis of the run failure ratio and the expiry alert.")
+RUNS = _rate(
+    md.RUNS,
+    (STATUS,),
+    "Runs and turns by terminal status and protocol; the basis of the run failure ratio and the expiry alert.",
+)
 RUNS_FAILED = _ratio(
     "job:stepscope_runs_failed_per_runs:ratio_rate5m", RUNS, (STATUS,), md.matcher(STATUS, md.RUN_FAILED_STATUSES)
 )
-STEPS = _rate(md.RUN_STEPS, (STATUS,), "Steps by terminal status; cancelled steps follow a cancelled run.")
+STEPS = _rate(
+    md.RUN_STEPS,
+    (STATUS,),
+    "Steps and items by status and protocol; cancelled steps follow a cancelled run.",
+)
 STEPS_FAILED = _ratio(
     "job:stepscope_run_steps_failed_per_run_steps:ratio_rate5m",
     STEPS,
@@ -152,14 +165,15 @@ STEPS_FAILED = _ratio(
 TOKENS_BY_ASSISTANT = _rate(
     md.TOKENS,
     (md.LABEL_MODEL, md.LABEL_ASSISTANT_ID),
-    "Token rates (input + output), per model and assistant and per job.",
+    "Token rates (input + output), per model, assistant and protocol, and per job (both protocols).",
 )
 TOKENS = Record(
     "job:stepscope_tokens:rate5m",
-    f"sum without ({md.LABEL_MODEL}, {md.LABEL_ASSISTANT_ID}) ({TOKENS_BY_ASSISTANT.record})",
+    f"sum without ({md.LABEL_MODEL}, {md.LABEL_ASSISTANT_ID}, {md.LABEL_PROTOCOL}) ({TOKENS_BY_ASSISTANT.record})",
 )
 STEP_BUCKETS = _rate(
-    md.RUN_STEP_DURATION, (md.LABEL_STEP_TYPE,), "Step duration quantiles by step type, from the aggregated buckets.",
+    md.RUN_STEP_DURATION, (md.LABEL_STEP_TYPE,),
+    "Step duration quantiles by step type, from the aggregated buckets; Assistants only (items have no times).",
     bucket=True,
 )  # fmt: skip
 API = _rate(md.API_REQUESTS, (ENDPOINT, CODE), "Assistants API health: requests by endpoint and code, error ratios.")
@@ -197,23 +211,25 @@ RECORDS: tuple[Record, ...] = (
 )
 
 _TARGETS = f"without ({_list(TARGET_LABELS)})"
+# Names the protocol in a description when the series has one (series from before the label have none).
+_PROTOCOL = "{{ with $labels.protocol }} for {{ . }}{{ end }}"
 ALERTS: tuple[Alert, ...] = (
     Alert(
         "StepscopeRunFailureRatioHigh",
         f"{RUNS_FAILED.record} > {RUN_FAILURE_RATIO}",
         "15m",
-        "More than 10% of Assistants runs end failed, expired or incomplete.",
-        "{{ $value | humanizePercentage }} of the runs seen by {{ $labels.job }} ended failed, expired or incomplete "
-        "over the last 5 minutes (threshold 10%).",
+        "More than 10% of runs or Agents API turns end failed, expired or incomplete.",
+        "{{ $value | humanizePercentage }} of the runs seen by {{ $labels.job }}" + _PROTOCOL + " ended failed, "
+        "expired or incomplete over the last 5 minutes (threshold 10%).",
         note=f"{RUN_FAILURE_RATIO.name} = {RUN_FAILURE_RATIO.shown}",
     ),
     Alert(
         "StepscopeStepFailureRatioHigh",
         f"{STEPS_FAILED.record} > {STEP_FAILURE_RATIO}",
         "15m",
-        "More than 10% of Assistants run steps end failed or expired.",
-        "{{ $value | humanizePercentage }} of the run steps seen by {{ $labels.job }} ended failed or expired over "
-        "the last 5 minutes (threshold 10%).",
+        "More than 10% of run steps or Agents API items end failed or expired.",
+        "{{ $value | humanizePercentage }} of the run steps seen by {{ $labels.job }}" + _PROTOCOL + " ended failed "
+        "or expired over the last 5 minutes (threshold 10%).",
         note=f"{STEP_FAILURE_RATIO.name} = {STEP_FAILURE_RATIO.shown}",
     ),
     Alert(

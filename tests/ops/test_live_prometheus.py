@@ -37,6 +37,7 @@ LIVE_MACROS = {
     "$__interval": "15s",
     "$__range": "5m",
     "$job": "stepscope",
+    "$protocol": ".*",
     "$assistant_id": ".*",
     "$model": ".*",
 }
@@ -196,13 +197,16 @@ def test_every_recording_rule_returns_data(stack: Stack) -> None:
 
 
 def test_template_variables_have_values(stack: Stack) -> None:
-    """The job, assistant_id and model variables' label_values() queries return values."""
+    """The job, protocol, assistant_id and model variables' label_values() queries return values; protocol reads
+    assistants for `stepscope serve` against the Assistants simulator."""
     jobs = stack.wait_for("job values", lambda: stack.api("label/job/values", **{"match[]": "stepscope_build_info"}))
     assert jobs == ["stepscope"]
     match = {"match[]": 'stepscope_runs_total{job=~"stepscope"}'}
     for label in ("assistant_id", "model"):
         values = stack.wait_for(f"{label} values", functools.partial(stack.api, f"label/{label}/values", **match))
         assert all(isinstance(v, str) and v for v in values), values
+    protocols = stack.wait_for("protocol values", functools.partial(stack.api, "label/protocol/values", **match))
+    assert protocols == ["assistants"]
 
 
 @pytest.mark.parametrize("metric", sorted(dashboards.EXEMPLAR_METRICS))
