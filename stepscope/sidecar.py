@@ -21,8 +21,11 @@ from stepscope.config import Config, redact_url
 from stepscope.errors import AuthError, ConfigError, NotFound, SourceError, StoreError
 from stepscope.lifecycle import Lifecycle, Stage
 from stepscope.proxy import ProxyApp, ProxyServer
-from stepscope.server import HttpApp, HttpServer
+from stepscope.server import HttpApp, HttpError, HttpServer
+from stepscope.source.agents.discovery import SessionDiscovery
+from stepscope.source.discovery import Discovery
 from stepscope.source.proxied import ProxyFeed
+from stepscope.source.steps import StepReader
 from stepscope.vocabulary import Flavor
 from stepscope.wiring import Components, Seams, build
 
@@ -31,8 +34,6 @@ log = logging.getLogger("stepscope")
 SHUTDOWN_BUDGET_S = 8.0  # inside the 10 s a sidecar gets; leaves room for the interpreter to exit
 POLLS_BUDGET_S = 2.5  # of which polls in flight may take this much; span delivery gets the rest but a second
 HEARTBEAT_S = 1.0
-PROBE_ASSISTANT = "asst_stepscope_credential_check"
-"""Fetched once at start: any answer but 401/403 proves the credentials; a 404 is the expected one."""
 
 
 class Sidecar:
@@ -67,7 +68,7 @@ class Sidecar:
         if discover:
             stages.append(Stage("discovery", p.discovery.start, self._stop_discovery))
         self.proxy: ProxyServer | None = None
-        if config.server.proxy_listen:
+        if config.server.proxy_listen and isinstance(p.reader, StepReader):
             feed = ProxyFeed(p.poller, p.reader, dropped=p.metrics.dropped)
             app = ProxyApp(config.api.base_url, feed, dropped=p.metrics.dropped)
             self.proxy = ProxyServer(app, config.server.proxy_host, config.server.proxy_port)
@@ -88,11 +89,14 @@ class Sidecar:
         where = f"listening on {cfg.server.host}:{self.http_server.port}" if self.http_server else "no HTTP listener"
         if self.proxy is not None:
             where += f", proxying {cfg.server.proxy_host}:{self.proxy.port} to the API"
-        log.info("stepscope %s started: %s, watching %d thread(s), resuming %d run(s), traces %s",
-                 __version__, where, len(p.discovery.threads()), p.poller.tracked_count,
+        units = "session(s)" if isinstance(p.discovery, SessionDiscovery) else "thread(s)"
+        log.info("stepscope %s started: %s, reading the %s API, watching %d %s, resuming %d unit(s), traces %s",
+                 __version__, where, cfg.api.protocol, len(self.watched()), units, p.poller.tracked_count,
                  "on" if p.traces else "off")  # fmt: skip
-        lists_threads = cfg.api.flavor == Flavor.AZURE and not cfg.poll.threads
-        finds_runs = bool(p.discovery.threads() or p.poller.tracked_count or self.proxy or lists_threads)
+        lists_threads = (cfg.api.flavor == Flavor.AZURE and not cfg.poll.threads) or isinstance(
+            p.discovery, SessionDiscovery
+        )
+        finds_runs = bool(self.watched() or p.poller.tracked_count or self.proxy or lists_threads)
         if self._discover and not finds_runs:
             log.warning("nothing to watch yet: set STEPSCOPE_THREADS=thread_a,thread_b, or register threads with "
                         'POST /v1/watch {"thread_id": ...}; runs are found on watched threads only')  # fmt: skip
@@ -132,8 +136,11 @@ class Sidecar:
 
     async def _start_http(self) -> None:
         cfg, metrics = self.config.server, self.parts.metrics
+        discovery = self.parts.discovery
+        session_event = discovery.session_event if isinstance(discovery, SessionDiscovery) else _ignore_event
         app = HttpApp(self, self.parts.registry, token=str(cfg.watch_token), max_body=cfg.max_body_bytes,
-                  listen_host=cfg.host, watch_rate=cfg.watch_rate, dropped=metrics.dropped)  # fmt: skip
+                      listen_host=cfg.host, watch_rate=cfg.watch_rate, dropped=metrics.dropped,
+                      webhook_secret=str(cfg.webhook_secret), session_event=session_event)  # fmt: skip
         self.http_server = HttpServer(app, cfg.host, cfg.port)
         await self.http_server.start()
 
@@ -145,7 +152,7 @@ class Sidecar:
         """One cheap request: a rejected credential is a configuration error; an unreachable API only a warning."""
         url = redact_url(self.config.api.base_url)
         try:
-            await asyncio.wait_for(self.parts.api.client.get_assistant(PROBE_ASSISTANT), timeout=10.0)
+            await asyncio.wait_for(self.parts.probe(), timeout=10.0)
         except NotFound:
             pass
         except AuthError as exc:
@@ -209,7 +216,7 @@ class Sidecar:
         return {
             "version": __version__,
             "tracked_runs": p.poller.tracked_count,
-            "watched_threads": len(p.discovery.threads()),
+            "watched_threads": len(self.watched()),
             "last_successful_poll": p.health.last_success,
             "last_discovery": p.discovery.last_pass,
             "api": {"state": p.health.state, "last_error": p.health.last_error},
@@ -222,17 +229,32 @@ class Sidecar:
             "shard": f"{self.config.poll.shard_index}/{self.config.poll.shard_count}",
         }
 
+    def watched(self) -> list[str]:
+        """The threads (or, for the Agents API, the sessions) this replica watches."""
+        discovery = self.parts.discovery
+        return discovery.sessions() if isinstance(discovery, SessionDiscovery) else discovery.threads()
+
     def watch(self, thread_id: str, run_id: str | None) -> bool:
-        return self.parts.discovery.watch(thread_id, run_id)
+        discovery = self.parts.discovery
+        if isinstance(discovery, SessionDiscovery):
+            raise HttpError(404, "with STEPSCOPE_PROTOCOL=agents, sessions are followed from the session listing and "
+                                 "webhooks: /v1/watch registers Assistants threads only")  # fmt: skip
+        return discovery.watch(thread_id, run_id)
 
     def unwatch(self, thread_id: str, run_id: str | None) -> None:
-        self.parts.discovery.unwatch(thread_id, run_id)
+        discovery = self.parts.discovery
+        if isinstance(discovery, Discovery):
+            discovery.unwatch(thread_id, run_id)
         if run_id is not None:
             self.parts.poller.untrack(run_id)
 
 
 async def _nothing() -> None:
     return None
+
+
+def _ignore_event(session_id: str, event_type: str) -> None:
+    """Agents API webhooks mean nothing to the Assistants protocol."""
 
 
 async def run_sidecar(config: Config) -> int:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -24,19 +26,26 @@ from stepscope.export.delivery import BacklogLimits, SpanDelivery
 from stepscope.export.otlp import TraceSettings, build_resource, build_span_exporter
 from stepscope.export.prometheus import PrometheusMetrics
 from stepscope.health import ApiHealth
+from stepscope.mapping.agents import AgentsMapper
 from stepscope.mapping.assistants import AssistantsMapper
 from stepscope.mapping.attributes import PROVIDER_AZURE, PROVIDER_OPENAI, MappingOptions
-from stepscope.models import Run, RunStep
 from stepscope.pipeline import Pipeline
 from stepscope.poller import Poller
 from stepscope.selfmetrics import SelfMetrics
+from stepscope.source.agents.discovery import SessionDiscovery
+from stepscope.source.agents.reader import TurnReader
 from stepscope.source.auth import Auth
-from stepscope.source.connect import ApiConnection, connect
+from stepscope.source.connect import ApiConnection, agents_client, connect
 from stepscope.source.discovery import Discovery
-from stepscope.source.steps import PollSchedule, RunState, StepReader
+from stepscope.source.steps import PollSchedule, StepReader
 from stepscope.source.threads import ThreadLister
 from stepscope.store import SqliteStore
-from stepscope.vocabulary import Flavor
+from stepscope.types import Mapper
+from stepscope.vocabulary import Flavor, Protocol
+
+PROBE_ASSISTANT = "asst_stepscope_credential_check"
+PROBE_SESSION = "sess_stepscope_credential_check"
+"""Fetched once at start: any answer but 401/403 proves the credentials; a 404 is the expected one."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,11 +70,12 @@ class Components:
     api: ApiConnection
     health: ApiHealth
     delivery: SpanDelivery
-    pipeline: Pipeline[Run, RunStep, str]
-    reader: StepReader
-    poller: Poller[RunState]
-    discovery: Discovery
+    pipeline: Pipeline[Any, Any, Any]
+    reader: StepReader | TurnReader
+    poller: Poller[Any]
+    discovery: Discovery | SessionDiscovery
     traces: bool
+    probe: Callable[[], Awaitable[object]]  # one cheap authenticated request: 401/403 means bad credentials
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -84,6 +94,12 @@ def trace_settings(config: Config) -> TraceSettings:
     )
 
 
+def _api_name(config: Config) -> str:
+    if config.api.protocol == Protocol.AGENTS:
+        return "Agents API"
+    return "Azure AI Agents API" if config.api.flavor == Flavor.AZURE else "Assistants API"
+
+
 def build(config: Config, seams: Seams = Seams()) -> Components:
     """Wire one stepscope for `config`. Raises `ConfigError` for settings only a build can check."""
     cfg, wall = config, seams.wall
@@ -92,7 +108,7 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
     store = SqliteStore(cfg.state)
     stop = asyncio.Event()
     api = connect(cfg, transport=seams.transport, auth=seams.auth, observer=metrics, stop=stop)
-    health = ApiHealth("Azure AI Agents API" if cfg.api.flavor == Flavor.AZURE else "Assistants API", wall=wall)
+    health = ApiHealth(_api_name(cfg), wall=wall)
     settings = trace_settings(cfg)
     exporter = seams.span_exporter if seams.span_exporter is not None else build_span_exporter(settings)
     delivery = SpanDelivery(
@@ -115,18 +131,18 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
         max_series=cfg.export.max_series_per_metric,
         overflow=metrics.dropped,
     )
-    pipeline: Pipeline[Run, RunStep, str] = Pipeline(
-        store,
-        AssistantsMapper(options),
-        prometheus,
-        metrics,
-        on_spans=delivery.notify,
-        traces=exporter is not None,
-        wall=wall,
-    )
     schedule = PollSchedule(fast=cfg.poll.interval, slow=cfg.poll.slow_interval)
-    reader = StepReader(api.client, pipeline, metrics, schedule=schedule)
-    poller = Poller(
+    agents = agents_client(api, cfg, observer=metrics, stop=stop) if cfg.api.protocol == Protocol.AGENTS else None
+    mapper: Mapper[Any, Any, Any] = AgentsMapper(options) if agents else AssistantsMapper(options)
+    pipeline: Pipeline[Any, Any, Any] = Pipeline(
+        store, mapper, prometheus, metrics, on_spans=delivery.notify, traces=exporter is not None, wall=wall
+    )
+    reader: StepReader | TurnReader = (
+        TurnReader(agents, pipeline, schedule=schedule, capture_content=cfg.export.capture_content)
+        if agents
+        else StepReader(api.client, pipeline, metrics, schedule=schedule)
+    )
+    poller: Poller[Any] = Poller(
         reader,
         store,
         metrics,
@@ -136,23 +152,38 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
         max_tracked=cfg.poll.max_tracked_runs,
         wall=wall,
     )
-    discovery = Discovery(
-        api.client,
-        store,
-        poller,
-        threads=cfg.poll.threads,
-        lookback_s=cfg.poll.lookback,
-        interval_s=cfg.poll.discovery_interval,
-        shard_index=cfg.poll.shard_index,
-        shard_count=cfg.poll.shard_count,
-        wall=wall,
-        max_registered=cfg.server.max_watched,
-        on_drop=metrics.dropped,
+    discovery: Discovery | SessionDiscovery
+    if agents:
+        discovery = SessionDiscovery(
+            agents,
+            store,
+            poller,
+            agents=cfg.poll.agents,
+            lookback_s=cfg.poll.lookback,
+            interval_s=cfg.poll.discovery_interval,
+            shard_index=cfg.poll.shard_index,
+            shard_count=cfg.poll.shard_count,
+            wall=wall,
+            on_drop=metrics.dropped,
+            poll_soon=poller.poll_soon,
+        )
+    else:
         # Azure can list a project's threads: with none configured, discovery finds them itself.
-        thread_source=ThreadLister.beside(api, cfg, observer=metrics)
-        if cfg.api.flavor == Flavor.AZURE and not cfg.poll.threads
-        else None,
-    )
+        listing = cfg.api.flavor == Flavor.AZURE and not cfg.poll.threads
+        discovery = Discovery(
+            api.client,
+            store,
+            poller,
+            threads=cfg.poll.threads,
+            lookback_s=cfg.poll.lookback,
+            interval_s=cfg.poll.discovery_interval,
+            shard_index=cfg.poll.shard_index,
+            shard_count=cfg.poll.shard_count,
+            wall=wall,
+            max_registered=cfg.server.max_watched,
+            on_drop=metrics.dropped,
+            thread_source=ThreadLister.beside(api, cfg, observer=metrics) if listing else None,
+        )
     metrics.set_tracked_runs_source(lambda: poller.tracked_count)
     metrics.set_backlog_sources(lambda: delivery.pending, delivery.oldest_age)
     return Components(
@@ -168,5 +199,8 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
         poller=poller,
         discovery=discovery,
         traces=exporter is not None,
+        probe=partial(agents.get_session, PROBE_SESSION)
+        if agents
+        else partial(api.client.get_assistant, PROBE_ASSISTANT),
         stop=stop,
     )
