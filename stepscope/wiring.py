@@ -130,6 +130,7 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
         label_cap=cfg.export.label_cap,
         max_series=cfg.export.max_series_per_metric,
         overflow=metrics.dropped,
+        protocols=(cfg.api.protocol,),
     )
     schedule = PollSchedule(fast=cfg.poll.interval, slow=cfg.poll.slow_interval)
     agents = agents_client(api, cfg, observer=metrics, stop=stop) if cfg.api.protocol == Protocol.AGENTS else None

@@ -48,10 +48,10 @@ from stepscope.types import AttrValue, Observation, RelayedSpan, SpanEvent, Span
 
 _NS = 1_000_000_000
 
-LABEL_PROTOCOL = "protocol"
-PROTOCOL_AGENTS = "agents"
-PROTOCOL_ASSISTANTS = "assistants"
-TURN_STEP_TYPE = "turn"
+LABEL_PROTOCOL = a.LABEL_PROTOCOL
+PROTOCOL_AGENTS = a.PROTOCOL_AGENTS
+PROTOCOL_ASSISTANTS = a.PROTOCOL_ASSISTANTS
+TURN_STEP_TYPE = a.TURN_STEP_TYPE
 """`step_type` of the token series a turn's usage adds (turns have no steps; items carry no usage)."""
 
 OPENAI_TURN_ID = "openai.turn.id"
