@@ -50,6 +50,9 @@ def connect_reason(exc: BaseException) -> str:
     for _ in range(8):  # httpx -> httpcore -> anyio -> OS error: the telling one is a few links down
         if cause is None:
             break
+        if isinstance(cause, ssl.SSLError) and isinstance(cause.__cause__, ssl.SSLError):
+            cause = cause.__cause__  # a library's wrapper (aiohttp's) around the ssl module's own error
+            continue
         if isinstance(cause, ConnectionRefusedError):
             return "connection refused"
         if isinstance(cause, socket.gaierror):

@@ -17,6 +17,7 @@ package maps every connection problem to `ConnectTimeout`, which would name a re
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -105,8 +106,17 @@ class _AiohttpClient(httpx.AsyncClient):
             return transport
         return AiohttpTransport(*args, **kwargs)
 
-    def _init_proxy_transport(self, proxy: httpx.Proxy, **kwargs: Any) -> Any:
-        return AiohttpTransport(proxy=proxy, **kwargs)
+    def _init_proxy_transport(  # noqa: PLR0917 - httpx's own signature
+        self,
+        proxy: httpx.Proxy,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: Any = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = httpx.Limits(),  # noqa: B008 - immutable; httpx always passes its own
+    ) -> Any:
+        return AiohttpTransport(verify, cert, trust_env, http1, http2, limits, proxy=proxy)
 
 
 def http_client(

@@ -1,7 +1,8 @@
 """AssistantsClient under hostile answers: capped bodies, a deadline per request, listings that end, plain errors.
 
 Bodies and deadlines are checked against a raw HTTP/1.1 server on 127.0.0.1 that misbehaves on some paths and
-answers normally on the others, so the bounds are exercised over real sockets, chunked encoding included.
+answers normally on the others, so the bounds are exercised over real sockets, chunked encoding included, through
+the HTTP client `serve` uses (`connect.http_client`: httpx on aiohttp's transport).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from stepscope.errors import LimitExceeded, RetryableSourceError, Unavailable
 from stepscope.models import RunRef
 from stepscope.source import AssistantsClient, BearerAuth, RetryPolicy
 from stepscope.source.client import redact_url
+from stepscope.source.connect import http_client
 from tests.kit.client import (
     NO_RETRY,
     REF,
@@ -125,7 +127,7 @@ async def client_for(server: HostileServer, **options: Any) -> AsyncIterator[tup
     """A client on the real network stack, with a per-read timeout far longer than any deadline under test."""
     observer = Recorder()
     options.setdefault("retry", NO_RETRY)
-    async with httpx.AsyncClient(timeout=60.0) as http:
+    async with http_client(timeout=httpx.Timeout(60.0), limits=httpx.Limits()) as http:
         yield (
             AssistantsClient(http, base_url=server.url, auth=BearerAuth(SECRET), observer=observer, **options),
             observer,
@@ -433,7 +435,7 @@ class TestConnectionErrors:
     async def test_refused_names_the_url(self) -> None:
         """A refused connection names the base URL it tried, in one line."""
         url = f"http://127.0.0.1:{closed_port()}/v1"
-        async with httpx.AsyncClient() as http:
+        async with http_client(timeout=httpx.Timeout(5.0), limits=httpx.Limits()) as http:
             client = AssistantsClient(http, base_url=url, auth=BearerAuth(SECRET), retry=NO_RETRY)
             with pytest.raises(Unavailable) as info:
                 await client.get_run(REF)
@@ -444,7 +446,7 @@ class TestConnectionErrors:
         """A password in the base URL shows as *** in errors, logs and the client's repr."""
         caplog.set_level(logging.DEBUG)
         port = closed_port()
-        async with httpx.AsyncClient() as http:
+        async with http_client(timeout=httpx.Timeout(5.0), limits=httpx.Limits()) as http:
             url = f"http://proxyuser:hunter2-pw@127.0.0.1:{port}/v1"
             client = AssistantsClient(http, base_url=url, auth=BearerAuth(SECRET), retry=NO_RETRY)
             with pytest.raises(Unavailable) as info:
@@ -467,7 +469,7 @@ class TestConnectionErrors:
         server = await asyncio.start_server(plain, "127.0.0.1", 0)
         url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
         try:
-            async with httpx.AsyncClient() as http:
+            async with http_client(timeout=httpx.Timeout(5.0), limits=httpx.Limits()) as http:
                 client = AssistantsClient(http, base_url=url, auth=BearerAuth(SECRET), retry=NO_RETRY)
                 with pytest.raises(Unavailable) as info:
                     await client.get_run(REF)
