@@ -292,5 +292,5 @@ class Poller(Generic[S]):
     def api_ok(self) -> None:
         self.api.ok()
 
-    def api_failed(self, state: str, exc: SourceError) -> None:
-        self.api.failed(exc, state)
+    def api_failed(self, exc: SourceError) -> None:
+        self.api.failed(exc)

@@ -32,10 +32,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from stepscope.errors import AuthError, InvalidObject, NotFound, RateLimited, SourceError, StepscopeError, StoreError
+from stepscope.errors import InvalidObject, NotFound, SourceError, StepscopeError, StoreError
 from stepscope.models import RunRef
 from stepscope.source.threads import ThreadSource
-from stepscope.store import SqliteStore
 from stepscope.types import StepSource
 from stepscope.vocabulary import DropReason
 
@@ -71,6 +70,20 @@ def shard_of(thread_id: str, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
+class RegistrationStore(Protocol):
+    """The checkpoint store as discovery uses it: registrations, and which runs it knows. Raises `StoreError`."""
+
+    def watched(self) -> list[tuple[str, str | None]]: ...
+
+    def watch(self, thread_id: str, run_id: str | None, now: float) -> None: ...
+
+    def unwatch(self, thread_id: str, run_id: str | None) -> None: ...
+
+    def known_runs(self, run_ids: Iterable[str]) -> set[str]: ...
+
+    def prune(self, finished_before: float) -> int: ...
+
+
 class RunTracker(Protocol):
     """The poller as discovery sees it: where new runs go, and where API health is reported."""
 
@@ -82,7 +95,7 @@ class RunTracker(Protocol):
 
     def api_ok(self) -> None: ...
 
-    def api_failed(self, state: str, exc: SourceError) -> None: ...
+    def api_failed(self, exc: SourceError) -> None: ...
 
 
 class Discovery:
@@ -94,7 +107,7 @@ class Discovery:
     def __init__(
         self,
         source: StepSource,
-        store: SqliteStore,
+        store: RegistrationStore,
         tracker: RunTracker,
         *,
         threads: Iterable[str] = (),
@@ -172,14 +185,8 @@ class Discovery:
                 if thread.created_at < horizon or thread.id in self._listed:
                     break
                 found[thread.id] = thread.created_at
-        except AuthError as exc:
-            self._tracker.api_failed("auth_failed", exc)
-            return
-        except RateLimited as exc:
-            self._tracker.api_failed("rate_limited", exc)
-            return
-        except SourceError as exc:
-            self._tracker.api_failed("unavailable", exc)
+        except SourceError as exc:  # the API health says which state it means
+            self._tracker.api_failed(exc)
             return
         self._listed.update(found)
 
@@ -377,14 +384,8 @@ class Discovery:
                 new.append(run.ref)
         except NotFound:
             return 0, _MISSING
-        except AuthError as exc:
-            self._tracker.api_failed("auth_failed", exc)
-            return 0, _FAILED
-        except RateLimited as exc:
-            self._tracker.api_failed("rate_limited", exc)
-            return 0, _FAILED
-        except SourceError as exc:
-            self._tracker.api_failed("unavailable", exc)
+        except SourceError as exc:  # the API health says which state it means
+            self._tracker.api_failed(exc)
             return 0, _FAILED
         except InvalidObject as exc:
             log.debug("listing runs of %s failed: %s", thread_id, exc)  # counted by the source

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from stepscope.errors import SourceError
+from stepscope.health import state_of
 from stepscope.models import RunRef
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.simulator.agents import TurnKnobs
@@ -56,8 +57,8 @@ class Tracker:
     def api_ok(self) -> None:
         pass
 
-    def api_failed(self, state: str, exc: SourceError) -> None:
-        self.failures.append(state)
+    def api_failed(self, exc: SourceError) -> None:
+        self.failures.append(state_of(exc))
 
 
 @pytest.fixture

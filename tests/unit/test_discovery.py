@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from stepscope.errors import AuthError, NotFound, SourceError
+from stepscope.health import state_of
 from stepscope.models import Run, RunRef, RunStep
 from stepscope.source.discovery import (
     DISCOVERY_BUDGET,
@@ -48,8 +49,8 @@ class Tracker:
     def api_ok(self) -> None:
         self.states.append("ok")
 
-    def api_failed(self, state: str, exc: SourceError) -> None:
-        self.states.append(state)
+    def api_failed(self, exc: SourceError) -> None:
+        self.states.append(state_of(exc))
 
 
 @pytest.fixture

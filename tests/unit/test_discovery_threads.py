@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from stepscope.errors import SourceError, Unavailable
+from stepscope.health import state_of
 from stepscope.models import RunRef
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.source.auth import ApiKeyAuth
@@ -40,8 +41,8 @@ class Tracker:
     def api_ok(self) -> None:
         self.states.append("ok")
 
-    def api_failed(self, state: str, exc: SourceError) -> None:
-        self.states.append(state)
+    def api_failed(self, exc: SourceError) -> None:
+        self.states.append(state_of(exc))
 
 
 @dataclass

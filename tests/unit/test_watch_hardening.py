@@ -42,7 +42,7 @@ class Tracker:
     def api_ok(self) -> None:
         pass
 
-    def api_failed(self, state: str, exc: SourceError) -> None:
+    def api_failed(self, exc: SourceError) -> None:
         pass
 
 

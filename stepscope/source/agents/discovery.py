@@ -35,19 +35,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from stepscope.errors import (
-    AuthError,
     BadRequest,
     InvalidObject,
     LimitExceeded,
     NotFound,
-    RateLimited,
     SourceError,
     StoreError,
 )
 from stepscope.models import RunRef
 from stepscope.source.agents.models import AgentSession, Turn
-from stepscope.source.discovery import DISCOVERY_BUDGET, DISCOVERY_CONCURRENCY, RunTracker, shard_of
-from stepscope.store import SqliteStore
+from stepscope.source.discovery import DISCOVERY_BUDGET, DISCOVERY_CONCURRENCY, RegistrationStore, RunTracker, shard_of
 from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.discovery")
@@ -93,7 +90,7 @@ class SessionDiscovery:
     def __init__(
         self,
         source: SessionSource,
-        store: SqliteStore,
+        store: RegistrationStore,
         tracker: RunTracker,
         *,
         agents: Iterable[str] = (),
@@ -262,12 +259,8 @@ class SessionDiscovery:
             if not self._cap_logged:
                 log.warning("listing sessions stopped early (%s); older sessions in the lookback are not followed", exc)
                 self._cap_logged = True
-        except AuthError as exc:
-            self._tracker.api_failed("auth_failed", exc)
-        except RateLimited as exc:
-            self._tracker.api_failed("rate_limited", exc)
-        except SourceError as exc:
-            self._tracker.api_failed("unavailable", exc)
+        except SourceError as exc:  # the API health says which state it means
+            self._tracker.api_failed(exc)
         for session in seen:
             if not self.owns(session.id):
                 continue
@@ -335,14 +328,8 @@ class SessionDiscovery:
             log.debug("listing turns of %s after %s refused: %s", session_id, followed.cursor, exc)
             followed.cursor = None
             return found
-        except AuthError as exc:
-            self._tracker.api_failed("auth_failed", exc)
-            return found
-        except RateLimited as exc:
-            self._tracker.api_failed("rate_limited", exc)
-            return found
-        except SourceError as exc:
-            self._tracker.api_failed("unavailable", exc)
+        except SourceError as exc:  # the API health says which state it means
+            self._tracker.api_failed(exc)
             return found
         except InvalidObject as exc:
             log.debug("listing turns of %s failed: %s", session_id, exc)  # counted by the client
