@@ -15,8 +15,9 @@ import time
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stepscope.config import Config
-from stepscope.errors import InvalidObject, SourceError
+from stepscope.errors import ConfigError, InvalidObject, SourceError
 from stepscope.sidecar import Sidecar
+from stepscope.source.discovery import Discovery
 
 log = logging.getLogger("stepscope.backfill")
 
@@ -30,18 +31,14 @@ async def run_backfill(config: Config, *, service: Sidecar | None = None) -> int
     parts = service.parts
     await service.start()
     try:
-        horizon = time.time() - config.poll.lookback
-        total = 0
-        for thread_id in config.poll.threads:
-            try:
-                async for run in parts.api.client.list_runs(thread_id):
-                    if run.created_at < horizon:
-                        break
-                    if run.is_terminal and not parts.store.known_runs([run.id]):
-                        total += parts.poller.track(run.ref)
-            except (SourceError, InvalidObject) as exc:
-                log.error("cannot list runs of %s: %s", thread_id, exc)
-                return 1
+        discovery = parts.discovery
+        if not isinstance(discovery, Discovery):
+            raise ConfigError(["STEPSCOPE_PROTOCOL (api.protocol): backfill reads Assistants threads only"])
+        try:
+            total = await discovery.backfill(config.poll.threads)
+        except (SourceError, InvalidObject) as exc:
+            log.error("cannot list runs: %s", exc)
+            return 1
         with Progress(
             TextColumn("backfilling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
         ) as progress:

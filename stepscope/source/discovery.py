@@ -29,11 +29,11 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
 from stepscope.errors import InvalidObject, NotFound, SourceError, StepscopeError, StoreError
-from stepscope.models import RunRef
+from stepscope.models import Run, RunRef
 from stepscope.source.threads import ThreadSource
 from stepscope.types import StepSource
 from stepscope.vocabulary import DropReason
@@ -368,6 +368,25 @@ class Discovery:
             table.pop(thread_id, None)
         return True
 
+    async def backfill(self, thread_ids: Iterable[str]) -> int:
+        """Discovery's one-shot mode (`stepscope backfill`): list each thread down to the lookback horizon and track
+        every finished run the store does not know; runs still going are left to `serve`. Returns how many were
+        tracked. Raises the `SourceError` or `InvalidObject` of a thread that cannot be listed."""
+        horizon = self._wall() - self._lookback
+        found = 0
+        for thread_id in thread_ids:
+            async for run in self._recent_runs(thread_id, horizon):
+                if run.is_terminal and not self._tracker.is_tracked(run.id) and not self._store.known_runs([run.id]):
+                    found += self._tracker.track(run.ref)
+        return found
+
+    async def _recent_runs(self, thread_id: str, horizon: float) -> AsyncIterator[Run]:
+        """A thread's runs, newest first, down to `horizon`."""
+        async for run in self._source.list_runs(thread_id):
+            if run.created_at < horizon:
+                return
+            yield run
+
     async def _discover_thread(self, thread_id: str) -> tuple[int, str]:
         """List one thread's recent runs and track the new ones: (runs tracked, outcome)."""
         horizon = self._wall() - self._lookback
@@ -375,9 +394,7 @@ class Discovery:
         recent = False
         self._listed_at[thread_id] = self._monotonic()
         try:
-            async for run in self._source.list_runs(thread_id):
-                if run.created_at < horizon:
-                    break
+            async for run in self._recent_runs(thread_id, horizon):
                 recent = True
                 if self._tracker.is_tracked(run.id) or self._store.known_runs([run.id]):
                     break
