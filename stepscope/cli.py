@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from stepscope import __version__
-from stepscope.config import SETTINGS_BY_PATH, Config, env_help, load, parse_duration
+from stepscope.config import SETTINGS_BY_PATH, Config, env_help, load
+from stepscope.configvalues import parse_duration
 from stepscope.errors import ConfigError, StepscopeError
 from stepscope.logs import setup_logging
 

@@ -1,22 +1,40 @@
 """Configuration: frozen dataclasses, layered CLI flags > environment > TOML file > defaults, validated up front.
 
-Every setting is declared once in `SETTINGS` with its dotted path, environment variable and parser. `load()`
+Every setting is declared once in `SETTINGS` with its dotted path, environment variable and parser (the parsers
+and the self-redacting `Secret` and `Url` types are in `stepscope.configvalues`). `load()`
 collects *all* problems (`STEPSCOPE_POLL_INTERVAL (poll.interval): must be > 0`) and raises one `ConfigError`.
 The standard `OTEL_*` variables are read here too, so the exporters never touch `os.environ` themselves.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from stepscope.configvalues import (
+    EMPTY_SECRET,
+    Secret,
+    agent_ids,
+    choice,
+    enum_choice,
+    listen_address,
+    parse_bool,
+    parse_duration,
+    parse_size,
+    parse_url,
+    positive_duration,
+    positive_float,
+    positive_int,
+    redact_url,
+    secret,
+    shard,
+    stripped,
+    thread_ids,
+    webhook_secret,
+)
 from stepscope.errors import ConfigError
 from stepscope.vocabulary import AUTH_MODES, FLAVORS, PROTOCOLS, AuthMode, Flavor, Protocol
 
@@ -28,39 +46,6 @@ TRACES_EXPORTERS = ("otlp", "console", "none")
 OTLP_PROTOCOLS = ("http/protobuf", "grpc")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_E = TypeVar("_E", bound=StrEnum)
-_ID_RE = re.compile(r"^thread_[A-Za-z0-9_-]{1,64}$")
-_AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-class Secret(str):
-    """A string that never shows itself in `repr()` (and so not in config summaries or tracebacks)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "'***'" if self else "''"
-
-
-EMPTY_SECRET = Secret("")
-# Greedy up to the last "@" before the path: an unescaped "@" in a password must not leave its tail showing.
-_USERINFO_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
-
-
-def redact_url(text: str) -> str:
-    """`https://user:pass@host/v1` -> `https://***@host/v1`; text without userinfo comes back unchanged."""
-    return _USERINFO_RE.sub(r"\1***@", text, count=1)
-
-
-class Url(str):
-    """A URL whose `repr()` hides its userinfo (`user:pass@`), as `Secret` hides keys; `str()` keeps it for use."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return repr(redact_url(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,145 +158,6 @@ class Config:
         return out
 
 
-# --- parsers: each returns the value or raises ValueError with the reason ------------------------------------
-
-
-def parse_duration(text: str) -> float:
-    """`"90"`, `"90s"`, `"1.5m"`, `"1h"`, `"2d"`, `"250ms"` -> seconds."""
-    match = _DURATION_RE.match(text)
-    if not match:
-        raise ValueError("must be a duration such as 30s, 5m, 1h or a number of seconds")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
-def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("must be true or false")
-
-
-def _positive(cast: Callable[[str], float], kind: str) -> Callable[[str], Any]:
-    """A parser for numbers > 0: `cast` is int or float, `kind` names it in the error."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = cast(text)
-        except ValueError:
-            raise ValueError(f"must be {kind}") from None
-        if value <= 0:
-            raise ValueError("must be > 0")
-        return value
-
-    return parse
-
-
-_positive_int = _positive(int, "an integer")
-_positive_float = _positive(float, "a number")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-def parse_size(text: str) -> int:
-    """`"8MiB"`, `"512KiB"`, `"1MB"`, `"65536"` -> bytes, > 0."""
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise ValueError("must be a size such as 8MiB, 512KiB or a number of bytes")
-    value = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
-
-
-def _choice(options: tuple[str, ...], *, upper: bool = False) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().upper() if upper else text.strip().lower()
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
-        return value
-
-    return parse
-
-
-def _enum(kind: type[_E]) -> Callable[[str], _E]:
-    """A parser for one of `kind`'s values (case-insensitive), returning the member."""
-    choose = _choice(tuple(kind))
-
-    def parse(text: str) -> _E:
-        return kind(choose(text))
-
-    return parse
-
-
-def _url(text: str) -> Url:
-    value = text.strip().rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError("must be an http:// or https:// URL")
-    return Url(value)
-
-
-def _threads(text: str) -> tuple[str, ...]:
-    ids = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    bad = [t for t in ids if not _ID_RE.fullmatch(t)]
-    if bad:
-        raise ValueError(f"invalid thread id(s) {', '.join(bad[:3])}: expected thread_...")
-    return ids
-
-
-def _agents(text: str) -> tuple[str, ...]:
-    ids = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
-    bad = [a for a in ids if not _AGENT_ID_RE.fullmatch(a)]
-    if bad:
-        raise ValueError(f"invalid agent id(s) {', '.join(bad[:3])}: letters, digits, _ . : and -, at most 128")
-    return ids
-
-
-def _webhook_secret(text: str) -> Secret:
-    """A `whsec_<base64>` signing secret (or raw text, as the SDK accepts); never echoed in the error."""
-    value = text.strip()
-    if value.startswith("whsec_"):
-        try:
-            if not base64.b64decode(value[6:], validate=True):
-                raise ValueError("the part after whsec_ is empty")
-        except (binascii.Error, ValueError):
-            raise ValueError("must be whsec_ followed by base64, as the platform shows it") from None
-    return Secret(value)
-
-
-def _listen(text: str) -> str:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
-    return text.strip()
-
-
-def _shard(text: str) -> tuple[int, int]:
-    match = re.match(r"^\s*(\d+)\s*/\s*(\d+)\s*$", text)
-    if not match:
-        raise ValueError("must be INDEX/COUNT, e.g. 0/3")
-    index, count = int(match.group(1)), int(match.group(2))
-    if count < 1 or index >= count:
-        raise ValueError("needs 0 <= INDEX < COUNT")
-    return index, count
-
-
-def _str(text: str) -> str:
-    return text.strip()
-
-
-def _secret(text: str) -> Secret:
-    return Secret(text.strip())
-
-
 @dataclass(frozen=True, slots=True)
 class Setting:
     path: str  # dotted path into Config; "poll.shard" is special-cased into shard_index/shard_count
@@ -321,51 +167,51 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("api.api_key", "OPENAI_API_KEY", _secret, "API key (Bearer or api-key header)"),
-    Setting("api.base_url", "OPENAI_BASE_URL", _url, f"API base URL (default {DEFAULT_BASE_URL})"),
-    Setting("api.org_id", "OPENAI_ORG_ID", _str, "OpenAI-Organization header"),
-    Setting("api.project_id", "OPENAI_PROJECT_ID", _str, "OpenAI-Project header"),
-    Setting("api.flavor", "STEPSCOPE_FLAVOR", _enum(Flavor), " or ".join(FLAVORS)),
-    Setting("api.protocol", "STEPSCOPE_PROTOCOL", _enum(Protocol), " or ".join(PROTOCOLS) + ": the API to read"),
-    Setting("api.api_version", "STEPSCOPE_API_VERSION", _str, "api-version query parameter (Azure)"),
-    Setting("api.auth", "STEPSCOPE_AUTH", _enum(AuthMode), ", ".join(AUTH_MODES[:-1]) + f" or {AUTH_MODES[-1]}"),
-    Setting("api.token_file", "STEPSCOPE_TOKEN_FILE", _str, "file holding a bearer token, re-read on change"),
-    Setting("api.timeout", "STEPSCOPE_API_TIMEOUT", _positive_duration, "deadline of one request, body included"),
+    Setting("api.api_key", "OPENAI_API_KEY", secret, "API key (Bearer or api-key header)"),
+    Setting("api.base_url", "OPENAI_BASE_URL", parse_url, f"API base URL (default {DEFAULT_BASE_URL})"),
+    Setting("api.org_id", "OPENAI_ORG_ID", stripped, "OpenAI-Organization header"),
+    Setting("api.project_id", "OPENAI_PROJECT_ID", stripped, "OpenAI-Project header"),
+    Setting("api.flavor", "STEPSCOPE_FLAVOR", enum_choice(Flavor), " or ".join(FLAVORS)),
+    Setting("api.protocol", "STEPSCOPE_PROTOCOL", enum_choice(Protocol), " or ".join(PROTOCOLS) + ": the API to read"),
+    Setting("api.api_version", "STEPSCOPE_API_VERSION", stripped, "api-version query parameter (Azure)"),
+    Setting("api.auth", "STEPSCOPE_AUTH", enum_choice(AuthMode), ", ".join(AUTH_MODES[:-1]) + f" or {AUTH_MODES[-1]}"),
+    Setting("api.token_file", "STEPSCOPE_TOKEN_FILE", stripped, "file holding a bearer token, re-read on change"),
+    Setting("api.timeout", "STEPSCOPE_API_TIMEOUT", positive_duration, "deadline of one request, body included"),
     Setting("api.max_body", "STEPSCOPE_API_MAX_BODY", parse_size, "largest response body read, e.g. 8MiB"),
-    Setting("api.max_pages", "STEPSCOPE_MAX_PAGES", _positive_int, "pages of one listing at most"),
-    Setting("poll.threads", "STEPSCOPE_THREADS", _threads, "comma-separated thread ids to watch"),
-    Setting("poll.agents", "STEPSCOPE_AGENTS", _agents, "comma-separated agent ids whose sessions to follow"),
-    Setting("poll.interval", "STEPSCOPE_POLL_INTERVAL", _positive_duration, "poll interval of active runs"),
-    Setting("poll.max_interval", "STEPSCOPE_POLL_MAX_INTERVAL", _positive_duration, "slowest poll interval"),
+    Setting("api.max_pages", "STEPSCOPE_MAX_PAGES", positive_int, "pages of one listing at most"),
+    Setting("poll.threads", "STEPSCOPE_THREADS", thread_ids, "comma-separated thread ids to watch"),
+    Setting("poll.agents", "STEPSCOPE_AGENTS", agent_ids, "comma-separated agent ids whose sessions to follow"),
+    Setting("poll.interval", "STEPSCOPE_POLL_INTERVAL", positive_duration, "poll interval of active runs"),
+    Setting("poll.max_interval", "STEPSCOPE_POLL_MAX_INTERVAL", positive_duration, "slowest poll interval"),
     Setting("poll.lookback", "STEPSCOPE_LOOKBACK", parse_duration, "history backfilled on first sight"),
-    Setting("poll.discovery_interval", "STEPSCOPE_DISCOVERY_INTERVAL", _positive_duration, "thread re-list"),
-    Setting("poll.concurrency", "STEPSCOPE_CONCURRENCY", _positive_int, "API requests in flight at most"),
-    Setting("poll.max_tracked_runs", "STEPSCOPE_MAX_TRACKED_RUNS", _positive_int, "runs tracked at once"),
-    Setting("poll.shard", "STEPSCOPE_SHARD", _shard, "INDEX/COUNT: own only threads hashing to INDEX"),
-    Setting("export.capture_content", "STEPSCOPE_CAPTURE_CONTENT", _bool, "put tool arguments/outputs on spans"),
-    Setting("export.label_cap", "STEPSCOPE_LABEL_CAP", _positive_int, "distinct values per capped label"),
+    Setting("poll.discovery_interval", "STEPSCOPE_DISCOVERY_INTERVAL", positive_duration, "thread re-list"),
+    Setting("poll.concurrency", "STEPSCOPE_CONCURRENCY", positive_int, "API requests in flight at most"),
+    Setting("poll.max_tracked_runs", "STEPSCOPE_MAX_TRACKED_RUNS", positive_int, "runs tracked at once"),
+    Setting("poll.shard", "STEPSCOPE_SHARD", shard, "INDEX/COUNT: own only threads hashing to INDEX"),
+    Setting("export.capture_content", "STEPSCOPE_CAPTURE_CONTENT", parse_bool, "put tool arguments/outputs on spans"),
+    Setting("export.label_cap", "STEPSCOPE_LABEL_CAP", positive_int, "distinct values per capped label"),
     Setting(
-        "export.max_series_per_metric", "STEPSCOPE_MAX_SERIES_PER_METRIC", _positive_int, "series per domain metric"
+        "export.max_series_per_metric", "STEPSCOPE_MAX_SERIES_PER_METRIC", positive_int, "series per domain metric"
     ),
-    Setting("export.traces_exporter", "OTEL_TRACES_EXPORTER", _choice(TRACES_EXPORTERS), "otlp, console, none"),
-    Setting("export.otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", _url, "OTLP endpoint"),
-    Setting("export.otlp_traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", _url, "OTLP traces endpoint"),
-    Setting("export.otlp_protocol", "OTEL_EXPORTER_OTLP_PROTOCOL", _choice(OTLP_PROTOCOLS), "OTLP protocol"),
-    Setting("export.otlp_headers", "OTEL_EXPORTER_OTLP_HEADERS", _secret, "OTLP headers k=v,k2=v2"),
-    Setting("export.service_name", "OTEL_SERVICE_NAME", _str, "service.name resource attribute"),
-    Setting("export.resource_attributes", "OTEL_RESOURCE_ATTRIBUTES", _str, "extra resource attributes"),
-    Setting("export.schedule_delay_ms", "OTEL_BSP_SCHEDULE_DELAY", _positive_float, "span batch delay (ms)"),
-    Setting("export.backlog_max_spans", "STEPSCOPE_BACKLOG_MAX_SPANS", _positive_int, "undelivered spans kept at most"),
-    Setting("export.backlog_max_age", "STEPSCOPE_BACKLOG_MAX_AGE", _positive_duration, "undelivered spans kept for"),
-    Setting("server.listen", "STEPSCOPE_LISTEN", _listen, f"HTTP listen address (default {DEFAULT_LISTEN})"),
-    Setting("server.watch_token", "STEPSCOPE_WATCH_TOKEN", _secret, "bearer token protecting /v1/watch"),
-    Setting("server.max_watched", "STEPSCOPE_MAX_WATCHED", _positive_int, "/v1/watch registrations held at most"),
-    Setting("server.watch_rate", "STEPSCOPE_WATCH_RATE", _positive_float, "/v1/watch requests per second"),
-    Setting("server.proxy_listen", "STEPSCOPE_PROXY_LISTEN", _listen, "HOST:PORT of a reverse proxy to the API"),
-    Setting("server.webhook_secret", "STEPSCOPE_WEBHOOK_SECRET", _webhook_secret, "whsec_... verifying /v1/webhooks"),
-    Setting("state", "STEPSCOPE_STATE", _str, "checkpoint store path (SQLite)"),
-    Setting("log_level", "STEPSCOPE_LOG_LEVEL", _choice(LOG_LEVELS, upper=True), "log level"),
-    Setting("log_format", "STEPSCOPE_LOG_FORMAT", _choice(LOG_FORMATS), "text or json"),
+    Setting("export.traces_exporter", "OTEL_TRACES_EXPORTER", choice(TRACES_EXPORTERS), "otlp, console, none"),
+    Setting("export.otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", parse_url, "OTLP endpoint"),
+    Setting("export.otlp_traces_endpoint", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", parse_url, "OTLP traces endpoint"),
+    Setting("export.otlp_protocol", "OTEL_EXPORTER_OTLP_PROTOCOL", choice(OTLP_PROTOCOLS), "OTLP protocol"),
+    Setting("export.otlp_headers", "OTEL_EXPORTER_OTLP_HEADERS", secret, "OTLP headers k=v,k2=v2"),
+    Setting("export.service_name", "OTEL_SERVICE_NAME", stripped, "service.name resource attribute"),
+    Setting("export.resource_attributes", "OTEL_RESOURCE_ATTRIBUTES", stripped, "extra resource attributes"),
+    Setting("export.schedule_delay_ms", "OTEL_BSP_SCHEDULE_DELAY", positive_float, "span batch delay (ms)"),
+    Setting("export.backlog_max_spans", "STEPSCOPE_BACKLOG_MAX_SPANS", positive_int, "undelivered spans kept at most"),
+    Setting("export.backlog_max_age", "STEPSCOPE_BACKLOG_MAX_AGE", positive_duration, "undelivered spans kept for"),
+    Setting("server.listen", "STEPSCOPE_LISTEN", listen_address, f"HTTP listen address (default {DEFAULT_LISTEN})"),
+    Setting("server.watch_token", "STEPSCOPE_WATCH_TOKEN", secret, "bearer token protecting /v1/watch"),
+    Setting("server.max_watched", "STEPSCOPE_MAX_WATCHED", positive_int, "/v1/watch registrations held at most"),
+    Setting("server.watch_rate", "STEPSCOPE_WATCH_RATE", positive_float, "/v1/watch requests per second"),
+    Setting("server.proxy_listen", "STEPSCOPE_PROXY_LISTEN", listen_address, "HOST:PORT of a reverse proxy to the API"),
+    Setting("server.webhook_secret", "STEPSCOPE_WEBHOOK_SECRET", webhook_secret, "whsec_... verifying /v1/webhooks"),
+    Setting("state", "STEPSCOPE_STATE", stripped, "checkpoint store path (SQLite)"),
+    Setting("log_level", "STEPSCOPE_LOG_LEVEL", choice(LOG_LEVELS, upper=True), "log level"),
+    Setting("log_format", "STEPSCOPE_LOG_FORMAT", choice(LOG_FORMATS), "text or json"),
 )
 SETTINGS_BY_PATH = {s.path: s for s in SETTINGS}
 # Aliases resolved into STEPSCOPE_SHARD when it is unset: Kubernetes passes the pod index and replica count.

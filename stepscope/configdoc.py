@@ -19,7 +19,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from stepscope.config import SETTINGS, Config, Setting, parse_duration, parse_size
+from stepscope.config import SETTINGS, Config, Setting
+from stepscope.configvalues import parse_duration, parse_size
 
 # Defaults that are not a plain value: `None` meaning "derived" or "the SDK's own", and the two-field shard.
 DEFAULT_TEXT = {

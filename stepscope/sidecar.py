@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 from stepscope import __version__
-from stepscope.config import Config, redact_url
+from stepscope.config import Config
+from stepscope.configvalues import redact_url
 from stepscope.errors import AuthError, ConfigError, NotFound, SourceError, StoreError
 from stepscope.lifecycle import Lifecycle, Stage
 from stepscope.proxy import ProxyApp, ProxyServer

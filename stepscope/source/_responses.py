@@ -68,7 +68,7 @@ def connect_reason(exc: BaseException) -> str:
 def redact_url(url: str) -> str:
     """`url` with any password (or a lone user, often a token) in its userinfo replaced by `***`.
 
-    Unlike `stepscope.config.redact_url` (which hides the whole userinfo in config summaries), a user name that
+    Unlike `stepscope.configvalues.redact_url` (which hides the whole userinfo in config summaries), a user name that
     comes with a password stays readable here, so an operator can tell which proxy account a message is about.
     """
     parts = urlsplit(url)
