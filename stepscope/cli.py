@@ -267,15 +267,15 @@ def _dashboards(*, write: str | None, check: str | None) -> int:
 
 
 def _rules(*, write: str | None, check: str | None, runbook_url: str | None) -> int:
-    from stepscope import rules  # noqa: PLC0415
+    from stepscope import rulefiles  # noqa: PLC0415
 
-    runbook_url = runbook_url or rules.RUNBOOK_URL
+    runbook_url = runbook_url or rulefiles.RUNBOOK_URL
     if write:
-        for path in rules.write(write, runbook_url):
+        for path in rulefiles.write(write, runbook_url):
             print(f"wrote {path}")
         return EXIT_OK
     assert check is not None
-    stale = rules.check(check, runbook_url)
+    stale = rulefiles.check(check, runbook_url)
     for path in stale:
         print(f"{path} is out of date: run `stepscope rules --write {check}`", file=sys.stderr)
     return EXIT_FAILURE if stale else EXIT_OK

@@ -1,9 +1,9 @@
-"""Prometheus recording and alerting rules for stepscope, generated from the metric definitions.
+"""Prometheus recording and alerting rules for stepscope, defined from the metric definitions.
 
-The committed `deploy/prometheus/stepscope.rules.yml` and the PrometheusRule `deploy/kubernetes/base/
-prometheusrule.yaml` are the output of :func:`render_all`; a test asserts they are equal, so edit this module and
-run `stepscope rules --write deploy`, never the YAML. Both carry the same groups: the first as a plain rules file,
-the second wrapped for the Prometheus Operator.
+This module holds what the rules are: their thresholds (`THRESHOLDS`), the recording rules (`RECORDS`) and the
+alerts (`ALERTS`) as plain records. `stepscope.rulefiles` writes them out as the committed
+`deploy/prometheus/stepscope.rules.yml` and the PrometheusRule `deploy/kubernetes/base/prometheusrule.yaml`; a test
+asserts those equal its output, so edit this module and run `stepscope rules --write deploy`, never the YAML.
 
 Every metric name and label comes from `stepscope.metricdefs`, and the failure selectors are the ones the
 dashboards use, so a panel and its alert count the same things. Conventions:
@@ -19,27 +19,18 @@ dashboards use, so a panel and its alert count the same things. Conventions:
 - Ratios divide separately summed numerators and denominators; a numerator without series reads 0 (the
   `or ... * 0` branch) instead of vanishing.
 
-`runbook_url` is `RUNBOOK_URL` (the runbook's path in the repository, `deploy/runbook.md#`) plus the alert name in
-lower case, the anchor of its section; `--runbook-url BASE` puts where you host the runbook in front instead.
+Each alert's `runbook_url` is added when the files are written (`stepscope.rulefiles`): a prefix plus the alert
+name in lower case, the anchor of its section in `deploy/runbook.md`.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from stepscope import metricdefs as md
 from stepscope.metricdefs import MetricDef
 
-RUNBOOK_URL = "deploy/runbook.md#"
-"""Default `runbook_url` prefix: the runbook's path in the repository (stepscope has no public home to link to)."""
-RULES_FILE = Path("prometheus/stepscope.rules.yml")
-OPERATOR_FILE = Path("kubernetes/base/prometheusrule.yaml")
-"""Where the two outputs live, relative to the `deploy/` directory."""
 WINDOW = "5m"
 TARGET_LABELS = ("instance", "pod")  # one scrape target's labels: summed away, everything else kept
 KEPT_LABELS = (md.LABEL_PROTOCOL,)  # a metric's own labels that survive every aggregation, like job
@@ -312,148 +303,3 @@ ALERTS: tuple[Alert, ...] = (
         "{{ if $labels.reason }}dropped ({{ $labels.reason }}){{ else }}invalid {{ $labels.kind }} objects{{ end }}.",
     ),
 )
-
-
-# --- rendering: a small YAML writer for this one shape, so the generator needs no YAML library ----------------
-
-_NOT_PLAIN = re.compile(r"^[-?:,\[\]{}#&*!|>'\"%@`\s]|: | #|:$|\s$")
-_NOT_STRING = re.compile(r"^([-+]?[\d._]*([eE][-+]?\d+)?|true|false|yes|no|on|off|null|~)$", re.IGNORECASE)
-_DESCRIPTION_WIDTH = 100
-
-
-def _scalar(text: str) -> str:
-    """`text` as a one-line YAML scalar: plain where YAML reads it back as this string, else double-quoted."""
-    if _NOT_PLAIN.search(text) or _NOT_STRING.fullmatch(text):
-        return json.dumps(text, ensure_ascii=False)
-    return text
-
-
-def _block(key: str, text: str, pad: str) -> list[str]:
-    """`key:` with `text` as a plain scalar, or as a literal block when it spans lines."""
-    if "\n" not in text:
-        return [f"{pad}{key}: {_scalar(text)}"]
-    return [f"{pad}{key}: |", *(f"{pad}  {line}" for line in text.rstrip("\n").split("\n"))]
-
-
-def _folded(key: str, text: str, pad: str) -> list[str]:
-    """`key: >-` with `text` wrapped; folding joins the lines back with single spaces."""
-    lines = textwrap.wrap(text, _DESCRIPTION_WIDTH, break_long_words=False, break_on_hyphens=False)
-    return [f"{pad}{key}: >-", *(f"{pad}  {line}" for line in lines)]
-
-
-def _record_lines(rule: Record, pad: str) -> Iterator[str]:
-    if rule.comment:
-        yield f"{pad}# {rule.comment}"
-    yield f"{pad}- record: {rule.record}"
-    yield from _block("expr", rule.expr, pad + "  ")
-    if rule.labels:
-        yield f"{pad}  labels:"
-        yield from (f"{pad}    {key}: {_scalar(value)}" for key, value in rule.labels.items())
-
-
-def _alert_lines(alert: Alert, pad: str, runbook_url: str) -> Iterator[str]:
-    yield f"{pad}- alert: {alert.alert}"
-    inner = pad + "  "
-    if alert.note:
-        yield f"{inner}# {alert.note}"
-    yield from _block("expr", alert.expr, inner)
-    yield f"{inner}for: {alert.wait}"
-    yield f"{inner}labels:"
-    yield f"{inner}  severity: {alert.severity}"
-    yield f"{inner}annotations:"
-    yield f"{inner}  summary: {_scalar(alert.summary)}"
-    yield from _folded("description", alert.description, inner + "  ")
-    yield f"{inner}  runbook_url: {_scalar(runbook_url + alert.alert.lower())}"
-
-
-def _groups(pad: str, runbook_url: str) -> list[str]:
-    """The `groups:` list, every line prefixed with `pad`."""
-    out = [f"{pad}- name: stepscope.rules", f"{pad}  rules:"]
-    for i, rule in enumerate(RECORDS):
-        if rule.comment and i:
-            out.append("")
-        out.extend(_record_lines(rule, pad + "    "))
-    out += ["", f"{pad}- name: stepscope.alerts", f"{pad}  rules:"]
-    for i, alert in enumerate(ALERTS):
-        if i:
-            out.append("")
-        out.extend(_alert_lines(alert, pad + "    ", runbook_url))
-    return out
-
-
-def _header(runbook_url: str) -> list[str]:
-    shown = "a path in the repository, not a link" if runbook_url == RUNBOOK_URL else "a link"
-    text = (
-        "Prometheus recording and alerting rules for stepscope, generated by `stepscope rules --write deploy` from "
-        "stepscope/rules.py and the metric definitions in stepscope/metricdefs.py: edit those and regenerate, never "
-        "this file. Checked by `promtool check rules --lint=all --lint-fatal` and unit-tested in "
-        "tests/rules/*_test.yml. deploy/runbook.md has one section per alert (meaning, impact, diagnosis, fix); each "
-        f"alert's runbook_url is {runbook_url} plus the alert name in lower case, {shown} (`stepscope rules "
-        "--runbook-url BASE` puts another address in front)."
-    )
-    lines = [f"# {line}" for line in textwrap.wrap(text, 114, break_on_hyphens=False)]
-    lines += ["#", "# Thresholds (constants in stepscope/rules.py; change one together with deploy/runbook.md and"]
-    lines += ["# tests/rules/alerts_test.yml):"]
-    width = max(len(f"{t.name} = {t.shown}") for t in THRESHOLDS) + 2
-    for t in THRESHOLDS:
-        lines.append(f"#   {f'{t.name} = {t.shown}':<{width}}{t.alert:<30}({t.meaning})")
-    lines.append(
-        f'# StepscopeDown assumes the scrape job is named "{SCRAPE_JOB}"; edit the `job` matcher if yours differs.'
-    )
-    return lines
-
-
-def render_rules(runbook_url: str = RUNBOOK_URL) -> str:
-    """The plain Prometheus rules file (`deploy/prometheus/stepscope.rules.yml`)."""
-    return "\n".join([*_header(runbook_url), "groups:", *_groups("  ", runbook_url)]) + "\n"
-
-
-def render_operator(runbook_url: str = RUNBOOK_URL) -> str:
-    """The same groups as a Prometheus Operator `PrometheusRule` (`deploy/kubernetes/base/prometheusrule.yaml`)."""
-    head = (
-        "The stepscope recording and alerting rules for the Prometheus Operator, generated with "
-        "deploy/prometheus/stepscope.rules.yml by `stepscope rules --write deploy` from stepscope/rules.py: edit "
-        "that module and regenerate, never this file. `release: kube-prometheus-stack` matches that chart's default "
-        "ruleSelector; use the label your Prometheus CR selects. runbook_url is "
-        f"{runbook_url} plus the alert name in lower case."
-    )
-    lines = [f"# {line}" for line in textwrap.wrap(head, 114, break_on_hyphens=False)]
-    lines += [
-        "apiVersion: monitoring.coreos.com/v1",
-        "kind: PrometheusRule",
-        "metadata:",
-        "  name: stepscope",
-        "  labels:",
-        "    app.kubernetes.io/name: stepscope",
-        "    release: kube-prometheus-stack",
-        "spec:",
-        "  groups:",
-        *_groups("    ", runbook_url),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def render_all(runbook_url: str = RUNBOOK_URL) -> dict[Path, str]:
-    """Path under `deploy/` -> file text; deterministic."""
-    return {RULES_FILE: render_rules(runbook_url), OPERATOR_FILE: render_operator(runbook_url)}
-
-
-def write(deploy_dir: Path | str, runbook_url: str = RUNBOOK_URL) -> list[Path]:
-    """Write both files under `deploy_dir` (directories created if missing); return the paths written."""
-    written = []
-    for relative, text in render_all(runbook_url).items():
-        path = Path(deploy_dir) / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-    return written
-
-
-def check(deploy_dir: Path | str, runbook_url: str = RUNBOOK_URL) -> list[Path]:
-    """Files under `deploy_dir` that are missing or differ from :func:`render_all` (empty: up to date)."""
-    stale = []
-    for relative, text in render_all(runbook_url).items():
-        path = Path(deploy_dir) / relative
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            stale.append(path)
-    return stale

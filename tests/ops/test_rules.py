@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from stepscope import cli, rules
+from stepscope import cli, rulefiles
 from tests.kit.contract import REPO, in_contract, metric_names
 
 RULES_FILE = REPO / "deploy" / "prometheus" / "stepscope.rules.yml"
@@ -42,37 +42,37 @@ def _github_anchor(heading: str) -> str:
 
 
 def test_committed_files_equal_generator_output() -> None:
-    """The rules file and the PrometheusRule manifest under deploy/ are exactly what stepscope/rules.py renders."""
-    assert rules.RUNBOOK_URL == RUNBOOK_BASE
-    assert rules.check(REPO / "deploy") == []
-    assert set(rules.render_all()) == {RULES_FILE.relative_to(REPO / "deploy"), rules.OPERATOR_FILE}
+    """The rules file and the PrometheusRule manifest under deploy/ are exactly what stepscope/rulefiles.py renders."""
+    assert rulefiles.RUNBOOK_URL == RUNBOOK_BASE
+    assert rulefiles.check(REPO / "deploy") == []
+    assert set(rulefiles.render_all()) == {RULES_FILE.relative_to(REPO / "deploy"), rulefiles.OPERATOR_FILE}
 
 
 def test_write_and_check_round_trip(tmp_path: Path) -> None:
     """`stepscope rules --write` then `--check` is clean; an edited or missing file is reported with exit 1."""
     assert cli.run(["rules", "--write", str(tmp_path)], env={}) == 0
     assert cli.run(["rules", "--check", str(tmp_path)], env={}) == 0
-    (tmp_path / rules.OPERATOR_FILE).write_text("groups: []\n", encoding="utf-8")
-    assert rules.check(tmp_path) == [tmp_path / rules.OPERATOR_FILE]
+    (tmp_path / rulefiles.OPERATOR_FILE).write_text("groups: []\n", encoding="utf-8")
+    assert rulefiles.check(tmp_path) == [tmp_path / rulefiles.OPERATOR_FILE]
     assert cli.run(["rules", "--check", str(tmp_path)], env={}) == 1
-    assert rules.check(tmp_path / "missing") == [tmp_path / "missing" / path for path in rules.render_all()]
+    assert rulefiles.check(tmp_path / "missing") == [tmp_path / "missing" / path for path in rulefiles.render_all()]
 
 
 def test_runbook_url_option_links_every_alert_and_stays_valid(tmp_path: Path, promtool: str) -> None:
     """`--runbook-url BASE` puts BASE before every alert's anchor, changes nothing else, and promtool accepts it."""
     base = "https://git.example.com/ops/stepscope/-/blob/main/deploy/runbook.md#"
     assert cli.run(["rules", "--write", str(tmp_path), "--runbook-url", base], env={}) == 0
-    linked = yaml.safe_load((tmp_path / rules.RULES_FILE).read_text(encoding="utf-8"))
+    linked = yaml.safe_load((tmp_path / rulefiles.RULES_FILE).read_text(encoding="utf-8"))
     alerts = [rule for group in linked["groups"] for rule in group["rules"] if "alert" in rule]
     assert [a["annotations"]["runbook_url"] for a in alerts] == [base + a["alert"].lower() for a in alerts]
     shipped = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))
     for alert in alerts:
         alert["annotations"]["runbook_url"] = RUNBOOK_BASE + alert["alert"].lower()
     assert linked == shipped
-    operator = yaml.safe_load((tmp_path / rules.OPERATOR_FILE).read_text(encoding="utf-8"))
-    assert operator["spec"]["groups"] == yaml.safe_load((tmp_path / rules.RULES_FILE).read_text())["groups"]
+    operator = yaml.safe_load((tmp_path / rulefiles.OPERATOR_FILE).read_text(encoding="utf-8"))
+    assert operator["spec"]["groups"] == yaml.safe_load((tmp_path / rulefiles.RULES_FILE).read_text())["groups"]
     result = subprocess.run(
-        [promtool, "check", "rules", "--lint=all", "--lint-fatal", str(tmp_path / rules.RULES_FILE)],
+        [promtool, "check", "rules", "--lint=all", "--lint-fatal", str(tmp_path / rulefiles.RULES_FILE)],
         capture_output=True,
         text=True,
         check=False,
