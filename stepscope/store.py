@@ -162,12 +162,23 @@ class SqliteStore:
         return self._db
 
     def _write(self, statements: Iterable[tuple[str, tuple[object, ...]]]) -> None:
+        # Runs of the same statement (a commit's step rows and spans) go to SQLite as one `executemany`: a commit
+        # of many steps was mostly per-statement overhead.
+        batches: list[tuple[str, list[tuple[object, ...]]]] = []
+        for sql, params in statements:
+            if batches and batches[-1][0] == sql:
+                batches[-1][1].append(params)
+            else:
+                batches.append((sql, [params]))
         with self._lock:
             db = self._conn()
             try:
                 db.execute("BEGIN")
-                for sql, params in statements:
-                    db.execute(sql, params)
+                for sql, rows in batches:
+                    if len(rows) == 1:
+                        db.execute(sql, rows[0])
+                    else:
+                        db.executemany(sql, rows)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
