@@ -8,7 +8,8 @@
   `{"thread_id": "thread_...", "run_id": "run_..."}`. Bearer-token protected when a token is configured; without
   a token only a loopback-only listener accepts registrations (anything else answers 403), since anyone who can
   reach the port could otherwise make stepscope spend API requests. Rate-limited (429 with `Retry-After`); a body
-  must be a small flat JSON object, and anything else is a 4xx, never a 500.
+  must be a small flat JSON object, and anything else is a 4xx, never a 500. Those rules (loopback, rate, body)
+  are `stepscope.watchrequests`; this module answers, counts and logs.
 - `GET /v1/status`: JSON health for humans and scripts.
 - `POST /v1/webhooks`: the platform's webhooks (Agents API session events), verified with the endpoint's signing
   secret (`stepscope.webhooks`); a verified `agent.session.*` event calls `session_event(session_id, type)`.
@@ -21,11 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import math
-import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
@@ -37,6 +36,7 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from stepscope.errors import StoreError
 from stepscope.source.discovery import RegistrationFull
 from stepscope.vocabulary import DropReason
+from stepscope.watchrequests import DEFAULT_WATCH_RATE, InvalidWatchBody, TokenBucket, is_loopback, parse_watch_body
 from stepscope.webhooks import SESSION_EVENTS, WebhookRefused, WebhookVerifier
 
 log = logging.getLogger("stepscope.server")
@@ -45,26 +45,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-# Full-match patterns (used with `fullmatch`): `$` alone would accept "thread_ok\n" and split a log line.
-THREAD_ID = re.compile(r"thread_[A-Za-z0-9_-]{1,64}")
-RUN_ID = re.compile(r"run_[A-Za-z0-9_-]{1,64}")
-WATCH_FIELDS = frozenset({"thread_id", "run_id"})
-DEFAULT_WATCH_RATE = 20.0
-
-
-def is_loopback(host: str) -> bool:
-    """True when `host` is a loopback address or `localhost`; a wildcard, a LAN address or another name is not."""
-    host = host.strip().strip("[]").lower().rstrip(".")
-    if host == "localhost":
-        return True
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped.is_loopback
-    return addr.is_loopback
 
 
 class SidecarControl(Protocol):
@@ -92,27 +72,6 @@ class HttpError(Exception):
         self.headers = headers or []
 
 
-class TokenBucket:
-    """`rate` requests per second on average with bursts of `burst`; `take()` answers 0.0 when a request may go,
-    else the seconds until one may."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate = rate
-        self._burst = max(1.0, burst)
-        self._clock = clock
-        self._tokens = self._burst
-        self._last = clock()
-
-    def take(self) -> float:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + max(0.0, now - self._last) * self._rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) / self._rate
-
-
 async def _respond(
     send: Send, status: int, body: dict[str, Any] | str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
@@ -131,41 +90,6 @@ def _no_drop(reason: str, n: int = 1) -> None:
 
 def _no_session_event(session_id: str, event_type: str) -> None:
     """Default webhook callback for an HttpApp built without one."""
-
-
-def _flat_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """`object_pairs_hook` refusing repeated keys, which would let two parsers read two different ids."""
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise HttpError(400, "repeated field in the body")
-    return dict(pairs)
-
-
-def parse_watch_body(body: bytes) -> tuple[str, str | None]:
-    """`(thread_id, run_id)` from a body that must be a flat UTF-8 JSON object of string ids; `HttpError` 400
-    naming the problem (never echoing the input) otherwise."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise HttpError(400, "body must be UTF-8 JSON") from None
-    if not text.lstrip().startswith("{"):
-        raise HttpError(400, 'body must be a JSON object: {"thread_id": "thread_...", "run_id": "run_..."}')
-    try:
-        data = json.loads(text, object_pairs_hook=_flat_object)
-    except RecursionError:  # deep nesting inside the object
-        raise HttpError(400, "body must be a flat JSON object") from None
-    except ValueError:
-        raise HttpError(400, "body must be JSON") from None
-    if not isinstance(data, dict):
-        raise HttpError(400, "body must be a JSON object")
-    if not WATCH_FIELDS.issuperset(data):
-        raise HttpError(400, "unknown field: only thread_id and run_id are accepted")
-    thread_id, run_id = data.get("thread_id"), data.get("run_id")
-    if not isinstance(thread_id, str) or not THREAD_ID.fullmatch(thread_id):
-        raise HttpError(400, "thread_id must look like thread_... (letters, digits, _ and -, at most 64)")
-    if run_id is not None and (not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id)):
-        raise HttpError(400, "run_id must look like run_... (letters, digits, _ and -, at most 64)")
-    return thread_id, run_id
 
 
 class HttpApp:
@@ -274,11 +198,12 @@ class HttpApp:
         self._admit()
         try:
             thread_id, run_id = parse_watch_body(await self._read_body(headers, receive))
-        except HttpError as exc:
+        except (HttpError, InvalidWatchBody) as exc:
             self._dropped(DropReason.WATCH_INVALID, 1)
+            status = exc.status if isinstance(exc, HttpError) else 400
             # The messages are fixed texts, never the input; the log's duplicate filter bounds a flood.
-            log.info("refused a /v1/watch request (%d): %s", exc.status, exc)
-            raise
+            log.info("refused a /v1/watch request (%d): %s", status, exc)
+            raise HttpError(status, str(exc)) from None
         if method == "DELETE":
             self._service.unwatch(thread_id, run_id)
             return 200, {"thread_id": thread_id, "run_id": run_id, "watching": False}

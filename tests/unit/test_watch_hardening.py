@@ -14,9 +14,10 @@ from stepscope.errors import SourceError, StoreError
 from stepscope.logs import DuplicateFilter
 from stepscope.models import RunRef
 from stepscope.selfmetrics import SelfMetrics
-from stepscope.server import HttpApp, HttpServer, TokenBucket, is_loopback
+from stepscope.server import HttpApp, HttpServer
 from stepscope.source.discovery import Discovery
 from stepscope.store import SqliteStore
+from stepscope.watchrequests import TokenBucket, is_loopback
 from tests.kit.fakes import FakeSource
 
 pytestmark = pytest.mark.anyio
