@@ -8,10 +8,8 @@ from typing import Any
 import pytest
 
 from stepscope.errors import InvalidObject
-from stepscope.source.agents.models import (
-    Agent,
-    TokenUsage,
-    TurnError,
+from stepscope.source.agents.models import Agent, TokenUsage, TurnError
+from stepscope.source.agents.parsers import (
     parse_agent,
     parse_conversation_page,
     parse_item,

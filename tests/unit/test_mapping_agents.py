@@ -24,7 +24,8 @@ from stepscope.mapping.agents import (
     turn_telemetry,
 )
 from stepscope.mapping.ids import trace_id_for_run
-from stepscope.source.agents.models import Item, SessionTrace, TokenUsage, Turn, TurnError, parse_item, parse_turn
+from stepscope.source.agents.models import Item, SessionTrace, TokenUsage, Turn, TurnError
+from stepscope.source.agents.parsers import parse_item, parse_turn
 from stepscope.types import Observation, SpanEvent
 
 S = 1_000_000_000

@@ -1,4 +1,5 @@
-"""The OpenAI Agents API (beta) as a source: typed records and parsers, and a client on the shared request core."""
+"""The OpenAI Agents API (beta) as a source: typed records (`models`), their parsers (`parsers`), and a client on
+the shared request core."""
 
 from __future__ import annotations
 

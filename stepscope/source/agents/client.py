@@ -21,12 +21,8 @@ import httpx
 from stepscope.models import parse_page
 from stepscope.source._http import DEFAULT_DEADLINE, DEFAULT_MAX_BODY, DEFAULT_MAX_PAGES, RequestCore, clamp, seg
 from stepscope.source._retry import RequestBudget, RetryPolicy, SleepFn
-from stepscope.source.agents.models import (
-    AgentSession,
-    Item,
-    SessionTrace,
-    Subagent,
-    Turn,
+from stepscope.source.agents.models import AgentSession, Item, SessionTrace, Subagent, Turn
+from stepscope.source.agents.parsers import (
     parse_conversation_page,
     parse_item,
     parse_session,
