@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=positive, default=10.0, help="simulated seconds per real second")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--scenario", default="lively", choices=sorted(SCENARIOS), help="workload preset")
+    demo.add_argument("--protocol", default="assistants", choices=("assistants", "agents"),
+                      help="the simulated API the demo reads (default %(default)s)")  # fmt: skip
     demo.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
     demo.add_argument("--svg", type=_output_file_arg, metavar="FILE", help="save the final frame of the view as SVG")
 

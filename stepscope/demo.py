@@ -7,6 +7,10 @@ while export lag (wall clock against simulated time) reads 0.
 
 The view learns about steps and runs only through the pipeline's commit listener, and reads the tracked runs and
 pending spans from the service, so it shows what the exporters were given, not what the simulator did.
+
+`--protocol agents` runs the simulated Agents API and serve with `STEPSCOPE_PROTOCOL=agents`. A turn's items have
+no times and are committed with their turn, so the listener hears `(Turn, None)` once per finished turn and nothing
+per item: the view then lists turns (agent, status, duration, tokens) instead of steps, and draws no waterfall.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from rich.text import Text
 from stepscope.config import load
 from stepscope.models import Run, RunStep
 from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
+from stepscope.source.agents.models import Turn
 from stepscope.views import STATUS_STYLE, waterfall_rows, waterfall_table
 
 if TYPE_CHECKING:
@@ -49,6 +54,7 @@ PLAIN_EVERY_S = 5.0  # --no-view prints a status line this often
 KEPT_RUNS = 2048  # runs whose steps are kept for the waterfall; the oldest are forgotten past this
 FAILED_RUNS = ("failed", "expired", "incomplete")
 FAILED_STEPS = ("failed", "expired")
+AGENTS = "agents"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +88,12 @@ def _label(step: RunStep) -> str:
     return f"{step.type}: {tools}" if tools else step.type
 
 
+def _turn_label(turn: Turn) -> str:
+    """`agent_x`, a subagent's `agent_x / sub_y`, or for a failed turn `server_error in agent_x` (code first)."""
+    agent = turn.agent_id if turn.subagent_id is None else f"{turn.agent_id} / {turn.subagent_id}"
+    return f"{turn.error.code} in {agent}" if turn.status == "failed" and turn.error is not None else agent
+
+
 def _ago(seconds: float) -> str:
     """At most three characters: `42s`, `17m`, `3h`."""
     if seconds < 60:
@@ -93,7 +105,8 @@ class DemoView:
     """A pipeline commit listener that keeps what the live view and the plain lines show, and renders them.
 
     Called as `view(run, step)` for each committed step and `view(run, None)` for each finished run, on the
-    event loop; rendering happens on the same thread.
+    event loop; rendering happens on the same thread. With `protocol="agents"` it is called `view(turn, None)` for
+    each finished turn, and lists turns where it lists steps.
     """
 
     def __init__(
@@ -103,8 +116,11 @@ class DemoView:
         metrics_url: str,
         traces: str,
         clock: Callable[[], float] = time.monotonic,
+        protocol: str = "assistants",
     ) -> None:
         self._tracking = tracking
+        self._agents = protocol == AGENTS
+        self._unit = "turn" if self._agents else "run"
         self._metrics_url = metrics_url
         self._traces = traces
         self._clock = clock
@@ -119,8 +135,12 @@ class DemoView:
         self.failed_steps = 0
         self.tokens = 0
         self.runs: dict[str, int] = {}
+        self.last_turn: SeenStep | None = None
 
-    def __call__(self, run: Run, step: RunStep | None) -> None:
+    def __call__(self, run: Run | Turn, step: RunStep | None) -> None:
+        if isinstance(run, Turn):
+            self._turn(run)
+            return
         if step is None:
             self.runs[run.status] = self.runs.get(run.status, 0) + 1
             self.last_run = run
@@ -140,6 +160,22 @@ class DemoView:
         self.tokens += tokens
         self.failed_steps += step.status in FAILED_STEPS
         self._keep_step(run, step)
+
+    def _turn(self, turn: Turn) -> None:
+        """A finished turn: counted like a run, listed like a step (its items come with it, untimed)."""
+        self.runs[turn.status] = self.runs.get(turn.status, 0) + 1
+        now = self._clock()
+        tokens = turn.usage.total_tokens if turn.usage else 0
+        ended = turn.ended_at
+        duration = None if ended is None else max(0, ended - turn.created_at)
+        self._seq += 1
+        seen = SeenStep(self._seq, now, turn.id, _turn_label(turn), turn.status, duration, tokens)
+        self.recent.appendleft(seen)
+        if turn.status != "completed":
+            self.not_completed.appendleft(seen)
+        self._tokens.append((now, tokens))
+        self.tokens += tokens
+        self.last_turn = seen
 
     def _keep_step(self, run: Run, step: RunStep) -> None:
         if self.last_run is not None and run.id == self.last_run.id:
@@ -194,43 +230,67 @@ class DemoView:
             recent_lines = max(MIN_RECENT, min(RECENT, room - waterfall_lines))
             waterfall_lines = max(3, min(waterfall_lines, room - recent_lines))
         waterfall: RenderableType = Text("last finished run: none yet", style="dim")
-        if last is not None:
+        if self._agents:
+            waterfall = self._last_turn_line()
+        elif last is not None:
             run = last[0]
             took = "" if rows[0].duration is None else f" in {rows[0].duration}s"
             title = f"last finished run {run.id}: {run.status}{took}, {len(last[1])} steps"
             waterfall = waterfall_table(rows, title, compact=True, limit=waterfall_lines)
         return Group(self._summary(tracking), self._recent_table(recent_lines), waterfall, *self._footer())
 
+    def _last_turn_line(self) -> Text:
+        """The agents view's stand-in for the waterfall: items have no times, so there is nothing to draw."""
+        turn = self.last_turn
+        if turn is None:
+            return Text("last finished turn: none yet", style="dim")
+        took = "" if turn.duration is None else f" in {turn.duration}s"
+        return Text(
+            f"last finished turn {turn.run_id}: {turn.status}{took}, {turn.tokens} tokens, {turn.label} "
+            "(its items are span events, untimed)",
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+
     def _summary(self, tracking: Tracking) -> Panel:
         finished = sum(self.runs.values())
         failed_runs = sum(self.runs.get(s, 0) for s in FAILED_RUNS)
+        unit = self._unit
         grid = Table.grid(padding=(0, 4))
         grid.add_row(
-            f"runs in flight [bold]{tracking.in_flight}[/]",
-            f"runs finished [bold]{finished}[/]",
-            f"run failure ratio [bold]{failed_runs / finished if finished else 0:.1%}[/]",
+            f"{unit}s in flight [bold]{tracking.in_flight}[/]",
+            f"{unit}s finished [bold]{finished}[/]",
+            f"{unit} failure ratio [bold]{failed_runs / finished if finished else 0:.1%}[/]",
         )
-        grid.add_row(
-            f"steps exported [bold]{self.steps}[/]",
-            f"tokens/s [bold]{self.tokens_per_second():.0f}[/]",
-            f"step failure ratio [bold]{self.failed_steps / self.steps if self.steps else 0:.1%}[/]",
-        )
+        if self._agents:
+            grid.add_row(
+                f"tokens [bold]{self.tokens}[/]",
+                f"tokens/s [bold]{self.tokens_per_second():.0f}[/]",
+                f"spans pending [bold]{tracking.pending_spans}[/]",
+            )
+        else:
+            grid.add_row(
+                f"steps exported [bold]{self.steps}[/]",
+                f"tokens/s [bold]{self.tokens_per_second():.0f}[/]",
+                f"step failure ratio [bold]{self.failed_steps / self.steps if self.steps else 0:.1%}[/]",
+            )
         by_count = sorted(tracking.by_status.items(), key=lambda kv: (-kv[1], kv[0]))
         states = ", ".join(f"{k} {v}" for k, v in by_count) or "none"
-        line = Text(f"tracked runs: {states}", no_wrap=True, overflow="ellipsis")
+        line = Text(f"tracked {unit}s: {states}", no_wrap=True, overflow="ellipsis")
         return Panel(Group(grid, line), title="stepscope demo")
 
     def _recent_table(self, count: int) -> Table:
+        kept = "failed or cancelled" if self._agents else "failed, expired or cancelled"
         table = Table(
-            title="recent steps, newest first (the last failed, expired or cancelled ones stay)",
+            title=f"recent {'turns' if self._agents else 'steps'}, newest first (the last {kept} ones stay)",
             title_justify="left",
             box=box.SIMPLE_HEAD,
             show_edge=False,
             collapse_padding=True,
             expand=True,
         )
-        table.add_column("run", width=14, no_wrap=True, overflow="ellipsis")
-        table.add_column("step", ratio=1, no_wrap=True, overflow="ellipsis")
+        table.add_column(self._unit, width=14, no_wrap=True, overflow="ellipsis")
+        table.add_column("agent" if self._agents else "step", ratio=1, no_wrap=True, overflow="ellipsis")
         table.add_column("status", width=9, no_wrap=True)
         table.add_column("took", width=4, justify="right", no_wrap=True)
         table.add_column("tokens", width=6, justify="right", no_wrap=True)
@@ -254,10 +314,16 @@ class DemoView:
         ]
 
     def plain_line(self, elapsed: float) -> str:
-        """The periodic `--no-view` line: runs, steps, failures, tokens and pending spans so far."""
+        """The periodic `--no-view` line: runs (turns), steps, failures, tokens and pending spans so far."""
         tracking = self._tracking()
         finished = sum(self.runs.values())
         failed_runs = sum(self.runs.get(s, 0) for s in FAILED_RUNS)
+        if self._agents:
+            return (
+                f"demo +{elapsed:.0f}s: turns {finished} finished ({failed_runs} failed), {tracking.in_flight} in "
+                f"flight; tokens {self.tokens} ({self.tokens_per_second():.0f}/s); "
+                f"spans pending {tracking.pending_spans}"
+            )
         return (
             f"demo +{elapsed:.0f}s: runs {finished} finished ({failed_runs} failed), {tracking.in_flight} in flight; "
             f"steps {self.steps} ({self.failed_steps} failed); tokens {self.tokens} "
@@ -288,26 +354,40 @@ def _free_listen(listen: str) -> str:
             return f"{host}:{sock.getsockname()[1]}"
 
 
+def _service_env(
+    args: argparse.Namespace, env: Mapping[str, str], simulator: Simulator, url: str, *, state: str, otlp: bool
+) -> dict[str, str]:
+    """The settings of the demo's service: the simulator's URL and key, fast polling, a throwaway store; with
+    `--protocol agents` sessions are found by listing them, as in production, otherwise the threads are given."""
+    demo_env = {k: v for k, v in env.items() if k.startswith("OTEL_")}
+    demo_env.update(
+        OPENAI_BASE_URL=url,
+        OPENAI_API_KEY=simulator.api_key,
+        STEPSCOPE_LISTEN=_free_listen(args.listen),
+        STEPSCOPE_POLL_INTERVAL="0.5",
+        STEPSCOPE_DISCOVERY_INTERVAL="1",
+        STEPSCOPE_STATE=state,
+        OTEL_TRACES_EXPORTER="otlp" if otlp else "none",
+    )
+    if getattr(args, "protocol", "assistants") == AGENTS:
+        demo_env["STEPSCOPE_PROTOCOL"] = AGENTS
+    else:
+        demo_env["STEPSCOPE_THREADS"] = ",".join(simulator.thread_ids)
+    return demo_env
+
+
 async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_every: float = PLAIN_EVERY_S) -> int:
     """Run the demo until `args.duration` passes or SIGINT/SIGTERM; `plain_every` paces the `--no-view` lines."""
     # Imported here so that the view (above) does not pull in the whole service with its exporters.
     from stepscope.sidecar import Sidecar  # noqa: PLC0415
 
-    simulator = Simulator(scenario_named(args.scenario), seed=args.seed, clock=SimClock(args.speed))
+    protocol = getattr(args, "protocol", "assistants")
+    agents = protocol == AGENTS
+    simulator = Simulator(scenario_named(args.scenario), seed=args.seed, clock=SimClock(args.speed), protocol=protocol)
     server = SimulatorServer(simulator).start()
     otlp = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     with tempfile.TemporaryDirectory(prefix="stepscope-demo-") as tmp:
-        demo_env = {k: v for k, v in env.items() if k.startswith("OTEL_")}
-        demo_env.update(
-            OPENAI_BASE_URL=server.url,
-            OPENAI_API_KEY=simulator.api_key,
-            STEPSCOPE_THREADS=",".join(simulator.thread_ids),
-            STEPSCOPE_LISTEN=_free_listen(args.listen),
-            STEPSCOPE_POLL_INTERVAL="0.5",
-            STEPSCOPE_DISCOVERY_INTERVAL="1",
-            STEPSCOPE_STATE=f"{tmp}/state.db",
-            OTEL_TRACES_EXPORTER="otlp" if otlp else "none",
-        )
+        demo_env = _service_env(args, env, simulator, server.url, state=f"{tmp}/state.db", otlp=otlp)
         service = Sidecar(load(env=demo_env))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -318,7 +398,7 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_ev
             assert service.http_server is not None
             metrics_url = f"http://{service.config.server.host}:{service.http_server.port}/metrics"
             traces = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP") if otlp else "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"
-            view = DemoView(service_tracking(service), metrics_url=metrics_url, traces=traces)
+            view = DemoView(service_tracking(service), metrics_url=metrics_url, traces=traces, protocol=protocol)
             service.parts.pipeline.add_listener(view)
             console = Console()
             started = time.monotonic()
@@ -343,11 +423,12 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_ev
                 recorder = Console(record=True, width=80, file=io.StringIO())
                 recorder.print(view.render())
                 recorder.save_svg(args.svg, title="stepscope demo")
-            print(
-                f"demo finished: {view.steps} steps and {sum(view.runs.values())} runs exported; "
-                f"metrics were at {metrics_url}",
-                flush=True,
+            exported = (
+                f"{sum(view.runs.values())} turns"
+                if agents
+                else f"{view.steps} steps and {sum(view.runs.values())} runs"
             )
+            print(f"demo finished: {exported} exported; metrics were at {metrics_url}", flush=True)
         finally:
             await service.shutdown()
             server.shutdown()

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from stepscope.demo import DemoView, Tracking
 from stepscope.models import LastError, Run, RunStep, ToolCall, Usage
+from stepscope.source.agents.models import TokenUsage, Turn, TurnError
 from stepscope.testing import FakeClock
 from tests.kit.samples import make_run, make_step
 
@@ -235,3 +236,73 @@ def test_readme_frame_holds_at_80_columns() -> None:
     assert lines[0].startswith("╭") and "stepscope demo" in lines[0]
     assert max(len(line) for line in lines) <= 80
     assert any(line.startswith("last finished run run_") for line in lines)
+
+
+def _turn(n: int, status: str = "completed", **kw: object) -> Turn:
+    fields: dict[str, object] = {
+        "id": f"turn_{n:03d}OLyhvbUbVMExd743DEeh",
+        "session_id": "sess_YqT3dIqUfB2tImBgFS0xOPyh",
+        "agent_id": "agent_NhBCpWM97Wn63OQDD64xVoBT",
+        "status": status,
+        "created_at": 300 + n,
+        "started_at": 301 + n,
+        "completed_at": 312 + n,
+        "usage": TokenUsage(1200, 300, 1500, 800, 100),
+        **kw,
+    }
+    return Turn(**fields)  # type: ignore[arg-type]
+
+
+def _agents_view(clock: FakeClock | None = None) -> DemoView:
+    clock = clock or FakeClock()
+    return DemoView(
+        _tracking,
+        metrics_url="http://127.0.0.1:9464/metrics",
+        traces="off (set OTEL_EXPORTER_OTLP_ENDPOINT)",
+        clock=clock.monotonic,
+        protocol="agents",
+    )
+
+
+class TestAgentsView:
+    def test_finished_turns_are_listed_with_agent_status_duration_and_tokens(self) -> None:
+        """Each `(turn, None)` adds a row naming the agent (a failed turn's error code first), its status, its
+        `completed_at - created_at` and its total tokens; the frame holds at 80 columns and says turns, not steps."""
+        view = _agents_view()
+        view(_turn(1), None)
+        error = TurnError("rate_limit_exceeded", "The request exceeds the available rate limit.")
+        view(_turn(2, "failed", error=error), None)
+        view(_turn(3, "cancelled", started_at=None, usage=None), None)
+        lines = _frame(view)
+        assert max(len(line) for line in lines) <= 80
+        assert any("turns in flight 29" in line and "turn failure ratio 33.3%" in line for line in lines)
+        assert any(line.startswith("recent turns, newest first") for line in lines)
+        rows = [line.split() for line in lines if line.startswith(" turn_")]
+        assert [r[-4:] for r in rows] == [
+            ["cancelled", "12s", "0", "0s"],
+            ["failed", "12s", "1500", "0s"],
+            ["completed", "12s", "1500", "0s"],
+        ]
+        assert rows[1][1] == "rate_limit_exceeded"
+        assert rows[2][1] == "agent_NhBCpWM97Wn63OQDD64xVoBT"
+        assert any(line.startswith("last finished turn turn_003") for line in lines)
+        assert not any("steps exported" in line or "recent steps" in line for line in lines)
+
+    def test_plain_line_counts_turns_failures_and_tokens(self) -> None:
+        """The agents --no-view line reports finished and failed turns, turns in flight, tokens and pending spans."""
+        clock = FakeClock()
+        view = _agents_view(clock)
+        assert "last finished turn: none yet" in "\n".join(_frame(view))
+        view(_turn(1), None)
+        view(_turn(2, "failed", error=TurnError("server_error", "boom")), None)
+        assert view.plain_line(7.2) == (
+            "demo +7s: turns 2 finished (1 failed), 29 in flight; tokens 3000 (300/s); spans pending 3"
+        )
+
+    def test_assistants_view_is_unchanged_by_default(self) -> None:
+        """Without a protocol the view still lists steps and runs (the Assistants view)."""
+        view = _view()
+        _finished_run_a(view)
+        lines = _frame(view)
+        assert any(line.startswith("recent steps, newest first") for line in lines)
+        assert any("runs in flight 29" in line for line in lines)
