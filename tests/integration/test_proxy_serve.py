@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from stepscope.config import load
 from stepscope.simulator import FaultConfig, FaultSpec, SimClock, Simulator, scenario_named
 from stepscope.source.proxied import ProxyFeed
+from stepscope.source.steps import StepReader
 from stepscope.testing import OtlpReceiver, ReceivedSpan
 from stepscope.wiring import Seams, build
 from tests.integration._proxy import ProxyThread, serve_in_thread
@@ -60,6 +61,7 @@ class Exchange:
     status: int
     body: bytes
     arrived: float  # time.monotonic() when the request arrived
+    answered: float  # ... and when its answer started
 
 
 @dataclass
@@ -80,6 +82,7 @@ class RecordingSim:
         async def recording_send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
+                seen["answered"] = time.monotonic()
                 seen["rid"] = dict(message.get("headers") or []).get(b"x-request-id", b"").decode()
             elif message["type"] == "http.response.body":
                 seen["body"] += message.get("body", b"")
@@ -91,7 +94,7 @@ class RecordingSim:
             if "status" in seen:
                 own = auth == f"Bearer {OWN_KEY}".encode()
                 self.log.append(Exchange(scope["method"], scope["path"], own, seen["rid"], seen["status"],
-                                         bytes(seen["body"]), arrived))  # fmt: skip
+                                         bytes(seen["body"]), arrived, seen["answered"]))  # fmt: skip
 
 
 # --- the SDK's side: its transport keeps the raw bytes of every answer ------------------------------------------
@@ -195,6 +198,18 @@ def _until(predicate: Callable[[], bool], what: str, limit_s: float = 20.0) -> N
         time.sleep(0.02)
 
 
+def _assert_same_answers(received: list[Received], recorder: RecordingSim) -> None:
+    """Each answer the SDK received has the status and bytes the simulator sent with its request id. The recorder
+    logs a request once its handler returns, which can be just after the client has the last byte: wait for it."""
+    wanted = {r.request_id for r in received}
+    _until(lambda: wanted <= {e.request_id for e in list(recorder.log)}, "the simulator's record of each request")
+    upstream = {e.request_id: e for e in list(recorder.log)}
+    for answer in received:
+        sent = upstream[answer.request_id]
+        assert not sent.own
+        assert (answer.status, bytes(answer.body)) == (sent.status, sent.body), sent.path
+
+
 def _step_spans(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
     return [s for s in spans if s.name.startswith("run_step ")]
 
@@ -221,7 +236,6 @@ class Workload:
     plain: list[str] = field(default_factory=list)  # run ids created and polled with create_and_poll
     streamed: list[str] = field(default_factory=list)  # run ids streamed from creation to the end
     resumed: str = ""  # a streamed run that waited for tool outputs, resumed by a streamed submit
-    submitted_at: float = 0.0  # time.monotonic() just before the application submitted its tool outputs
     cancelled: str = ""
     traced: str = ""  # created with a traceparent header
     errors: list[int] = field(default_factory=list)  # statuses of the upstream errors the SDK got
@@ -262,7 +276,6 @@ def _drive(stack: Stack) -> Workload:
     assert waiting.status == "requires_action" and waiting.required_action is not None
     outputs: Any = [{"tool_call_id": c.id, "output": "sunny"}
                     for c in waiting.required_action.submit_tool_outputs.tool_calls]  # fmt: skip
-    work.submitted_at = time.monotonic()
     with runs.submit_tool_outputs_stream(run_id=waiting.id, thread_id=waits.id, tool_outputs=outputs) as stream:
         stream.until_done()
         assert stream.get_final_run().status == "completed"
@@ -300,12 +313,10 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
 def test_the_sdk_gets_the_upstreams_bytes_and_statuses(work: Workload) -> None:
     """Every answer the SDK got through the proxy (JSON, event streams, 404 and 500) has the status and the exact
     bytes the simulator sent, and every request the application made reached the simulator once."""
-    upstream = {e.request_id: e for e in list(work.stack.recorder.log) if not e.own}
     got = work.tee.received
+    _assert_same_answers(got, work.stack.recorder)
+    upstream = {e.request_id: e for e in list(work.stack.recorder.log) if not e.own}
     assert len(got) == len(upstream) and len({r.request_id for r in got}) == len(got)
-    for answer in got:
-        sent = upstream[answer.request_id]
-        assert (answer.status, bytes(answer.body)) == (sent.status, sent.body), sent.path
     assert work.errors == [404, 500]
     statuses = {e.status for e in upstream.values()}
     assert {200, 404, 500} <= statuses
@@ -348,8 +359,11 @@ def test_a_streamed_run_costs_stepscope_at_most_two_requests(work: Workload) -> 
     for run_id in work.streamed:
         assert len(per_run[run_id]) <= 2, [e.path for e in per_run[run_id]]
     # How often the waiting run is read depends on how soon the application submits: one read per poll interval.
+    # The submit's stream reports the run from the moment the upstream answers it; a poll that started before
+    # then is a waiting read.
     resumed = per_run[work.resumed]
-    waiting = [e for e in resumed if e.arrived < work.submitted_at]
+    (submit,) = [e for e in work.stack.recorder.log if e.path.endswith(f"/runs/{work.resumed}/submit_tool_outputs")]
+    waiting = [e for e in resumed if e.arrived < submit.answered]
     assert {e.path for e in waiting} <= {f"/v1/threads/{work.stack.run_truth(work.resumed)['thread_id']}/runs/"
                                          f"{work.resumed}"}  # fmt: skip
     assert len(resumed) - len(waiting) <= 2, [e.path for e in resumed]
@@ -438,12 +452,9 @@ def test_the_proxy_serves_with_the_collector_down_and_the_store_unwritable(tmp_p
             _until(lambda: not httpx.get(f"{stack.base}/v1/status", timeout=5).json()["store"]["healthy"],
                    "the store's failure to show")  # fmt: skip
             again, _, tee_again = _run_through(stack.proxy)
-        upstream = {e.request_id: e for e in list(stack.recorder.log) if not e.own}
+        _assert_same_answers([*tee.received, *tee_again.received], stack.recorder)
     assert run.status == again.status == "completed"
     assert events[0] == "thread.run.created" and events[-1] == "thread.run.completed"
-    for answer in [*tee.received, *tee_again.received]:
-        sent = upstream[answer.request_id]
-        assert (answer.status, bytes(answer.body)) == (sent.status, sent.body), sent.path
 
 
 def test_the_proxy_serves_with_the_feed_queue_full(tmp_path: Path) -> None:
@@ -455,6 +466,7 @@ def test_the_proxy_serves_with_the_feed_queue_full(tmp_path: Path) -> None:
     config = load(env={"OPENAI_BASE_URL": root + "/v1", "OPENAI_API_KEY": OWN_KEY,
                        "STEPSCOPE_STATE": str(tmp_path / "state.db")})  # fmt: skip
     parts = build(config, Seams(registry=CollectorRegistry()))
+    assert isinstance(parts.reader, StepReader)
     dropped: list[str] = []
     lock = threading.Lock()
 
@@ -470,8 +482,5 @@ def test_the_proxy_serves_with_the_feed_queue_full(tmp_path: Path) -> None:
     finally:
         stop_sim()
     assert run.status == "completed" and events[-1] == "thread.run.completed"
-    upstream = {e.request_id: e for e in list(recorder.log)}
-    for answer in tee.received:
-        sent = upstream[answer.request_id]
-        assert (answer.status, bytes(answer.body)) == (sent.status, sent.body), sent.path
+    _assert_same_answers(tee.received, recorder)
     assert set(dropped) == {"proxy_feed_full"} and len(dropped) >= len(events)
