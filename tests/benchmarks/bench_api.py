@@ -46,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from stepscope.testing import OtlpReceiver
+from stepscope.testing import OtlpReceiver, ReceivedSpan
 from tests.procs import Sim, free_port, serve, simulator
 
 SECONDS = 60.0
@@ -252,10 +252,15 @@ class _Arrivals:
                 self.whole[step_id] = now - s.end_ns / 1e9
 
     def watch(self, seconds: float) -> None:
+        """Take spans the moment they arrive, for `seconds`: an arrival is timed as promptly as the naive poller
+        times what it sees, so neither side's lag carries a sampling delay the other does not."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+        while (left := deadline - time.monotonic()) > 0:
+            self.receiver.wait_for(self._more, left)
             self.take()
+
+    def _more(self, spans: list[ReceivedSpan]) -> bool:
+        return len(spans) > self._seen
 
 
 def _terminal_steps(sim: Sim) -> tuple[dict[str, dict[str, Any]], bool, int]:
@@ -308,6 +313,9 @@ def measure(mode: str, seconds: float = SECONDS, poll_interval: str | None = Non
                 if mode != "steady":
                     _drain(sim, workers[-1], arrivals)
                 arrivals.watch(1.0)  # a late duplicate or request would show by now
+                if proc.popen.poll() is not None:
+                    tail = "\n".join(proc.output().splitlines()[-30:])
+                    raise RuntimeError(f"stepscope serve exited ({proc.popen.returncode}) during the run:\n{tail}")
                 metrics = httpx.get(f"{base}/metrics", timeout=10).text
                 naive.stop.set()
                 workers[0].join(10)
