@@ -296,11 +296,6 @@ def test_every_turn_once_with_server_times_and_published_spans_relayed_once_acro
     assert sorted(comparable(s) for s in relayed) == sorted(comparable(s) for s in published.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product gap: SessionDiscovery lists only root turns (GET .../turns), so serve never tracks a subagent's "
-    "turn (RunRef('session/subagent', turn)) and it gets no span and no count",
-)
 def test_subagent_turns_each_get_one_span(tmp_path: Path, receiver: OtlpReceiver) -> None:
     """A turn a subagent ran is a terminal turn too: it arrives as one `invoke_agent` span of its own, timed by the
     server and naming its subagent, and counts in `stepscope_runs_total`."""

@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from stepscope.errors import (
@@ -43,7 +43,7 @@ from stepscope.errors import (
     StoreError,
 )
 from stepscope.models import RunRef
-from stepscope.source.agents.models import AgentSession, Turn
+from stepscope.source.agents.models import AgentSession, Subagent, Turn
 from stepscope.source.discovery import DISCOVERY_BUDGET, DISCOVERY_CONCURRENCY, RegistrationStore, RunTracker, shard_of
 from stepscope.vocabulary import DropReason
 
@@ -61,6 +61,12 @@ class SessionSource(Protocol):
 
     def list_turns(self, session_id: str, *, after: str | None = None) -> AsyncIterator[Turn]: ...
 
+    def list_subagents(self, session_id: str) -> AsyncIterator[Subagent]: ...
+
+    def list_subagent_turns(
+        self, session_id: str, subagent_id: str, *, after: str | None = None
+    ) -> AsyncIterator[Turn]: ...
+
 
 def _no_drop(reason: str, n: int = 1) -> None:
     """Default drop counter for callers that count nothing."""
@@ -72,6 +78,8 @@ class _Followed:
     cursor: str | None = None  # the last turn listed; None: list from the first
     listed_at: float = -math.inf  # monotonic time of the last turn listing
     urgent: bool = False  # announced by a webhook or a newer last_active_at: listed first
+    subagents_at: float = -math.inf  # the activity time up to which the session's subagent turns were listed
+    subagent_cursors: dict[str, str] = field(default_factory=dict)  # subagent id -> its last turn listed
 
 
 def _latest(turn: Turn) -> int:
@@ -319,6 +327,8 @@ class SessionDiscovery:
                     elif not self._tracker.is_tracked(turn.id):
                         break  # no room (counted by the tracker): the cursor stays, so it is listed again
                 followed.cursor = turn.id
+            if followed.active_at is not None and followed.active_at > followed.subagents_at:
+                found += await self._discover_subagents(session_id, followed, horizon)
         except NotFound:
             self._unfollow(session_id)
             self._on_drop(DropReason.NOT_FOUND, 1)
@@ -340,6 +350,30 @@ class SessionDiscovery:
         self._tracker.api_ok()
         if followed.active_at is None:  # no turn, and followed before a restart: ask the session itself
             await self._read_activity(session_id, followed)
+        return found
+
+    async def _discover_subagents(self, session_id: str, followed: _Followed, horizon: float) -> int:
+        """Track the new turns of the session's subagents, as `RunRef(f"{session}/{subagent}", turn)`.
+
+        Listed only when the session was active since the last listing (a subagent runs inside a root turn), and a
+        subagent closed before then is not listed again. Raises what the client raises.
+        """
+        found = 0
+        checked = followed.subagents_at
+        async for subagent in self._source.list_subagents(session_id):
+            if subagent.closed_at is not None and subagent.closed_at < checked:
+                continue
+            container = f"{session_id}/{subagent.id}"
+            after = followed.subagent_cursors.get(subagent.id)
+            async for turn in self._source.list_subagent_turns(session_id, subagent.id, after=after):
+                new = turn.created_at >= horizon and not self._tracker.is_tracked(turn.id)
+                if new and not self._store.known_runs([turn.id]):
+                    if self._tracker.track(RunRef(container, turn.id)):
+                        found += 1
+                    elif not self._tracker.is_tracked(turn.id):
+                        return found  # no room (counted by the tracker): listed again next time
+                followed.subagent_cursors[subagent.id] = turn.id
+        followed.subagents_at = followed.active_at or checked
         return found
 
     async def _read_activity(self, session_id: str, followed: _Followed) -> None:
