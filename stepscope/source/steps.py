@@ -84,6 +84,7 @@ class RunState:
     traceparent: str | None = None  # from the application's create request, when the run's metadata has none
     streaming_until: float = 0.0  # a stream reports this run's steps until then (monotonic): no polling
     run_final: bool = False  # the stream said the run is terminal: the final check needs no run read
+    seen_at: float = float("-inf")  # when the proxy saw the application create or resume it (monotonic)
 
 
 class AssistantNames:
@@ -153,6 +154,8 @@ class StepReader:
         streaming_for = state.streaming_until - self._monotonic()
         if streaming_for > 0:
             return streaming_for  # the stream reports the steps; `stream_ended` brings the final check forward
+        if state.run is not None and state.run.status == "queued" and not state.run_final:
+            return await self._poll_queued(state, state.run)
         previous = state.run.status if state.run is not None else None
         if not state.run_final and (state.run is None or not state.open or state.run.status != "in_progress"):
             state.run = self._with_parent(state, await self._source.get_run(state.ref))
@@ -179,6 +182,28 @@ class StepReader:
             return self._schedule.slow
         return None
 
+    async def _poll_queued(self, state: RunState, run: Run) -> float:
+        """A queued run has no steps until it starts, so a step listing answers both "has it started?" and "which
+        steps?" in one request; the run itself is read every `grace`-th poll, for a run cancelled or expired while
+        queued. Right after the application created it (through the proxy), the answer is known: no request."""
+        since_seen = self._monotonic() - state.seen_at
+        if since_seen < self._schedule.fast:
+            return self._schedule.fast - since_seen
+        state.waiting_polls += 1
+        if state.waiting_polls % self._schedule.grace == 0:
+            state.run = self._with_parent(state, await self._source.get_run(state.ref))
+            if state.run.status == "queued":
+                return self._schedule.interval(state.run, state.waiting_polls)
+            state.waiting_polls = 0
+            return 0.0  # it moved on: the next poll handles it as any run in that status
+        if not await self._read_steps(state, run):
+            return self._schedule.slow
+        if state.newest is None:
+            return self._schedule.interval(run, state.waiting_polls)
+        state.run = replace(run, status="in_progress")  # a step exists: it started (a later read tells the rest)
+        state.waiting_polls = 0
+        return self._schedule.fast
+
     # --- what a stream through the proxy reports ---------------------------------------------------------------
 
     def stream_started(self, state: RunState, run: Run, traceparent: str | None) -> None:
@@ -187,6 +212,7 @@ class StepReader:
             state.traceparent = traceparent
         state.run = self._with_parent(state, run)
         state.run_final = run.is_terminal
+        state.seen_at = self._monotonic()
 
     def stream_run(self, state: RunState, run: Run) -> None:
         """A `thread.run.*` event: the run as the stream has it now; events keep polling away a while longer."""
