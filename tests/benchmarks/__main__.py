@@ -8,18 +8,20 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.benchmarks import bench_api, bench_pipeline, bench_proxy, bench_scale
+from tests.benchmarks import bench_api, bench_pipeline, bench_profile, bench_proxy, bench_scale
 
 
 def main() -> int:
     rows: list[tuple[str, str, str, str]] = []
     print("pipeline cost (one core) ...", flush=True)
     rows += bench_pipeline.main()
+    print("CPU per API request: serve against a bare client, same simulator (~2 min) ...", flush=True)
+    rows += bench_profile.main()
     print("API efficiency and freshness (60 s, stepscope and a naive poller side by side) ...", flush=True)
     rows += bench_api.main()
-    print("proxy added latency (2,000 requests of each kind, direct and proxied alternately) ...", flush=True)
+    print("proxy added latency and CPU (2,000 requests of each kind: direct, proxied, bare forwarder) ...", flush=True)
     rows += bench_proxy.main()
-    print("scale: 10,000 concurrently active runs (~3 min) ...", flush=True)
+    print("scale: 10,000 concurrently active runs at a 10 s poll (~2 min) ...", flush=True)
     rows += bench_scale.main()
     print("simulator throughput ...", flush=True)
     # Its own process: it pins itself to a core and spawns the simulator.

@@ -149,6 +149,10 @@ def profile_serve(tmp: Path, pin: list[str], env: dict[str, str], seconds: float
     top = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:25]
     for (file, line, name), v in top:
         lines.append(f"  {v[2] / total:6.1%}  {v[1]:>8} calls  {_library(file)}: {name} ({Path(file).name}:{line})")
+    lines.append("stepscope's functions by time spent in them and what they call:")
+    ours = [kv for kv in raw.items() if _library(kv[0][0]).startswith("stepscope")]
+    for (file, line, name), v in sorted(ours, key=lambda kv: kv[1][3], reverse=True)[:20]:
+        lines.append(f"  {v[3] / total:6.1%}  {v[1]:>8} calls  {_library(file)}: {name} ({Path(file).name}:{line})")
     return "\n".join(lines)
 
 
@@ -255,6 +259,17 @@ def main(
     bare_transport: str = "aiohttp",
 ) -> list[Row]:
     """Rows (figure, value, target, verdict); prints the profile when `profile` (seconds) is set."""
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        return _main(seconds, bare_seconds, profile, env, bare_transport)
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+
+
+def _main(
+    seconds: float, bare_seconds: float, profile: float | None, env: dict[str, str] | None, bare_transport: str
+) -> list[Row]:
     serve_pin, other_pin = cores()
     with tempfile.TemporaryDirectory() as tmp_dir, OtlpReceiver() as receiver:
         tmp = Path(tmp_dir)
