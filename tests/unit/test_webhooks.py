@@ -114,8 +114,8 @@ async def test_the_simulators_deliveries_verify_and_reach_the_callback(rig: Rig)
     [
         ("wrong secret", lambda body: (body, _delivery(body, secret=OTHER_SECRET))),
         ("tampered body", lambda body: (body.replace(b"sess_abc", b"sess_xyz"), _delivery(body))),
-        ("old timestamp", lambda body: (body, _delivery(body, at=int(time.time()) - 301))),
-        ("future timestamp", lambda body: (body, _delivery(body, at=int(time.time()) + 301))),
+        ("old timestamp", lambda body: (body, _delivery(body, at=int(time.time()) - 400))),
+        ("future timestamp", lambda body: (body, _delivery(body, at=int(time.time()) + 400))),
         ("unsigned", lambda body: (body, {"content-type": "application/json"})),
         ("unversioned signature", lambda body: (body, {**_delivery(body), "webhook-signature": "bogus"})),
     ],
