@@ -60,6 +60,7 @@ class ApiConfig:
     auth: AuthMode = AuthMode.BEARER
     token_file: str | None = None
     timeout: float = 30.0  # one request in total, from sending to the body's last byte
+    http_transport: str = "aiohttp"  # aiohttp (httpx's API on aiohttp's transport, fast) or httpx (its own)
     max_body: int = 8 * 1024 * 1024  # a page of 100 steps is well under 1 MB
     max_pages: int = 100
 
@@ -177,6 +178,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api.auth", "STEPSCOPE_AUTH", enum_choice(AuthMode), ", ".join(AUTH_MODES[:-1]) + f" or {AUTH_MODES[-1]}"),
     Setting("api.token_file", "STEPSCOPE_TOKEN_FILE", stripped, "file holding a bearer token, re-read on change"),
     Setting("api.timeout", "STEPSCOPE_API_TIMEOUT", positive_duration, "deadline of one request, body included"),
+    Setting(
+        "api.http_transport",
+        "STEPSCOPE_API_TRANSPORT",
+        choice(("aiohttp", "httpx")),
+        "HTTP transport of the API client: aiohttp (default) or httpx's own",
+    ),
     Setting("api.max_body", "STEPSCOPE_API_MAX_BODY", parse_size, "largest response body read, e.g. 8MiB"),
     Setting("api.max_pages", "STEPSCOPE_MAX_PAGES", positive_int, "pages of one listing at most"),
     Setting("poll.threads", "STEPSCOPE_THREADS", thread_ids, "comma-separated thread ids to watch"),

@@ -107,7 +107,14 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
     metrics = SelfMetrics(registry, version=__version__)
     store = SqliteStore(cfg.state)
     stop = asyncio.Event()
-    api = connect(cfg, transport=seams.transport, auth=seams.auth, observer=metrics, stop=stop)
+    api = connect(
+        cfg,
+        transport=seams.transport,
+        auth=seams.auth,
+        observer=metrics,
+        stop=stop,
+        http_transport=cfg.api.http_transport,
+    )
     health = ApiHealth(_api_name(cfg), wall=wall)
     settings = trace_settings(cfg)
     exporter = seams.span_exporter if seams.span_exporter is not None else build_span_exporter(settings)
