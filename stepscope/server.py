@@ -19,21 +19,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import json
 import logging
 import math
-import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from stepscope.errors import StoreError
+from stepscope.listener import Listener
 from stepscope.source.discovery import RegistrationFull
 from stepscope.vocabulary import DropReason
 from stepscope.watchrequests import DEFAULT_WATCH_RATE, InvalidWatchBody, TokenBucket, is_loopback, parse_watch_body
@@ -283,80 +281,13 @@ class HttpApp:
                 return
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the service owns SIGTERM/SIGINT and shuts uvicorn down."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class HttpServer:
-    """uvicorn on a pre-bound socket. `start()` binds (so errors surface at once) and returns; `shutdown()` is
-    idempotent."""
+class HttpServer(Listener):
+    """The HTTP surface under uvicorn on the running event loop (see `Listener`); a port in use names
+    `server.listen`."""
 
     def __init__(self, app: Any, host: str, port: int) -> None:
         if isinstance(app, HttpApp) and app.listen_host is None:
             app.listen_host = host  # the address it serves on decides whether registration needs a token
-        self._app = app
-        self._host = host
-        self._port = port
-        self._server: _QuietServer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._sock: socket.socket | None = None
-
-    @property
-    def port(self) -> int:
-        return self._sock.getsockname()[1] if self._sock is not None else self._port
-
-    @property
-    def started(self) -> bool:
-        return self._server is not None and self._server.started
-
-    async def start(self) -> None:
-        """Bind, listen and serve; returns once uvicorn serves. An address that cannot be bound (in use, not
-        local, unknown host) raises `ConfigError` naming `server.listen`, so the CLI prints one line and exits 2."""
-        from stepscope.errors import ConfigError  # noqa: PLC0415 - the only user in this module
-
-        if self._task is not None:
-            return
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # proto IPPROTO_TCP: only then does asyncio set TCP_NODELAY on accepted sockets; without it Nagle and
-        # delayed ACKs add ~40 ms to every keep-alive response (measured on POST /v1/watch).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port))
-        except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0..65535
-            sock.close()
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            address = f"[{self._host}]:{self._port}" if family == socket.AF_INET6 else f"{self._host}:{self._port}"
-            raise ConfigError(
-                [
-                    f"cannot listen on {address} (server.listen): {reason[:1].lower()}{reason[1:]}; "
-                    "choose another address with --listen or STEPSCOPE_LISTEN"
-                ]
-            ) from exc
-        sock.listen(128)
-        sock.setblocking(False)
-        self._sock = sock
-        config = uvicorn.Config(
-            self._app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2
-        )
-        self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="stepscope-http")
-        for _ in range(200):  # wait until uvicorn serves (normally within milliseconds)
-            if self._server.started or self._task.done():
-                break
-            await asyncio.sleep(0.01)
-        if self._task.done():
-            await self._task  # re-raise a start-up failure
-
-    async def shutdown(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if self._sock is not None:
-            self._sock.close()
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2)
+        super().__init__(config, host, port, setting="server.listen",
+                         fix="choose another address with --listen or STEPSCOPE_LISTEN")  # fmt: skip

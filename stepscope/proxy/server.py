@@ -25,16 +25,15 @@ import contextlib
 import http.cookiejar
 import json
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
 
-from stepscope.errors import ConfigError
+from stepscope.listener import Listener
 from stepscope.proxy.feed import RunFeed, SafeFeed
 from stepscope.proxy.observe import DEFAULT_MAX_BODY, AnswerObserver
 from stepscope.proxy.protocol import ProxyHttpProtocol
@@ -339,14 +338,6 @@ class _QuietCuts(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], UpstreamCut))
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the service owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class ProxyServer:
     """The proxy under uvicorn on the running event loop. `start()` binds (errors at once) and returns once it
     serves; `shutdown()` is idempotent and safe without `start()`.
@@ -359,15 +350,17 @@ class ProxyServer:
     def __init__(self, app: ProxyApp, host: str, port: int) -> None:
         self.app = app
         self._host = host
-        self._port = port
-        self._server: _QuietServer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._sock: socket.socket | None = None
         self._filter = _QuietCuts()
+        config = uvicorn.Config(
+            app, http=ProxyHttpProtocol, log_config=None, access_log=False, lifespan="on",
+            timeout_graceful_shutdown=2, server_header=False, date_header=False,
+        )  # fmt: skip
+        self._listener = Listener(config, host, port, setting="server.proxy_listen",
+                                  fix="choose another address with STEPSCOPE_PROXY_LISTEN", backlog=512)  # fmt: skip
 
     @property
     def port(self) -> int:
-        return self._sock.getsockname()[1] if self._sock is not None else self._port
+        return self._listener.port
 
     @property
     def url(self) -> str:
@@ -376,49 +369,13 @@ class ProxyServer:
 
     async def start(self) -> None:
         """Bind, listen and serve. An address that cannot be bound raises `ConfigError` naming the setting."""
-        if self._task is not None:
+        if self._listener.started:
             return
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # IPPROTO_TCP: only then does asyncio set TCP_NODELAY on accepted sockets (Nagle would add ~40 ms).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port))
-        except (OSError, OverflowError) as exc:
-            sock.close()
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ConfigError(
-                [
-                    f"cannot listen on {self._host}:{self._port} (server.proxy_listen): "
-                    f"{reason[:1].lower()}{reason[1:]}; choose another address with STEPSCOPE_PROXY_LISTEN"
-                ]
-            ) from exc
-        sock.listen(512)
-        sock.setblocking(False)
-        self._sock = sock
-        config = uvicorn.Config(
-            self.app, http=ProxyHttpProtocol, log_config=None, access_log=False, lifespan="on",
-            timeout_graceful_shutdown=2, server_header=False, date_header=False,
-        )  # fmt: skip
         logging.getLogger("uvicorn.error").addFilter(self._filter)
-        self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="stepscope-proxy")
-        for _ in range(200):
-            if self._server.started or self._task.done():
-                break
-            await asyncio.sleep(0.01)
-        if self._task.done():
-            await self._task
+        await self._listener.start()
         log.info("proxy listening on %s, relaying to %s", self.url, self.app.upstream)
 
     async def shutdown(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        await self._listener.shutdown()
         logging.getLogger("uvicorn.error").removeFilter(self._filter)
         await self.app.aclose()
