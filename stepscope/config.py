@@ -335,11 +335,6 @@ def validate(config: Config) -> list[str]:
         problems.append("STEPSCOPE_POLL_MAX_INTERVAL (poll.max_interval): must be >= STEPSCOPE_POLL_INTERVAL")
     if config.server.proxy_listen and config.server.proxy_port == config.server.port != 0:
         problems.append("STEPSCOPE_PROXY_LISTEN (server.proxy_listen): must not use the port of STEPSCOPE_LISTEN")
-    if config.server.proxy_listen and config.api.protocol == Protocol.AGENTS:
-        problems.append(
-            "STEPSCOPE_PROXY_LISTEN (server.proxy_listen): the proxy reads Assistants traffic only; "
-            "with STEPSCOPE_PROTOCOL=agents leave it unset (sessions are found by listing and webhooks)"
-        )
     return problems
 
 

@@ -24,6 +24,7 @@ from stepscope.lifecycle import Lifecycle, Stage
 from stepscope.proxy import ProxyApp, ProxyServer
 from stepscope.server import HttpApp, HttpError, HttpServer
 from stepscope.source.agents.discovery import SessionDiscovery
+from stepscope.source.agents.proxied import SessionFeed
 from stepscope.source.discovery import Discovery
 from stepscope.source.proxied import ProxyFeed
 from stepscope.source.steps import StepReader
@@ -69,11 +70,16 @@ class Sidecar:
         if discover:
             stages.append(Stage("discovery", p.discovery.start, self._stop_discovery))
         self.proxy: ProxyServer | None = None
-        if config.server.proxy_listen and isinstance(p.reader, StepReader):
-            feed = ProxyFeed(p.poller, p.reader, dropped=p.metrics.dropped)
+        if config.server.proxy_listen:
+            feed: ProxyFeed | SessionFeed
+            if isinstance(p.reader, StepReader):
+                feed = runs = ProxyFeed(p.poller, p.reader, dropped=p.metrics.dropped)
+                stages.append(Stage("proxy feed", runs.start, lambda budget_s: runs.stop()))
+            else:
+                assert isinstance(p.discovery, SessionDiscovery)
+                feed = SessionFeed(p.discovery)
             app = ProxyApp(config.api.base_url, feed, dropped=p.metrics.dropped)
             self.proxy = ProxyServer(app, config.server.proxy_host, config.server.proxy_port)
-            stages.append(Stage("proxy feed", feed.start, lambda budget_s: feed.stop()))
             stages.append(Stage("proxy", self.proxy.start, self._stop_proxy))
         stages.append(Stage("heartbeat", self._start_beat, self._stop_beat))
         self._lifecycle = Lifecycle(stages)

@@ -31,6 +31,8 @@ class RunFeed(Protocol):
       None.
     - `stream_event(event, data)`: every `thread.run.*` and `thread.run.step.*` event of a streamed answer, in
       order, with its object (`data`), after the event's bytes went on to the application.
+    - `session_active(session_id)`: the upstream accepted events the application posted to an Agents API session
+      (`POST .../agents/sessions/{id}/events`): a turn starts or continues there.
     - `stream_ended(thread_id, run_id, complete)`: a streamed answer ended. `complete` is True only when it ended
       with `event: done`; False when it was cut short (upstream or application gone, unreadable), so the run's
       later steps must come from polling. The ids are the last seen in the stream, else those of the request
@@ -42,6 +44,8 @@ class RunFeed(Protocol):
     def stream_event(self, event: str, data: Mapping[str, Any]) -> None: ...
 
     def stream_ended(self, thread_id: str | None, run_id: str | None, complete: bool) -> None: ...
+
+    def session_active(self, session_id: str) -> None: ...
 
 
 def _no_count(reason: str, n: int = 1) -> None:
@@ -93,6 +97,12 @@ class SafeFeed:
         except Exception as exc:  # fail-open, as above
             self._failed("stream_ended", exc)
 
+    def session_active(self, session_id: str) -> None:
+        try:
+            self._feed.session_active(session_id)
+        except Exception as exc:  # fail-open, as above
+            self._failed("session_active", exc)
+
     def _failed(self, call: str, exc: Exception) -> None:
         self._failures += 1
         with contextlib.suppress(Exception):  # a broken counter must not break the request either
@@ -121,6 +131,9 @@ class RecordingFeed:
 
     def stream_ended(self, thread_id: str | None, run_id: str | None, complete: bool) -> None:
         self.calls.append(("stream_ended", (thread_id, run_id, complete)))
+
+    def session_active(self, session_id: str) -> None:
+        self.calls.append(("session_active", (session_id,)))
 
     def of(self, method: str) -> list[tuple[Any, ...]]:
         """The arguments of every call to `method`, in order."""

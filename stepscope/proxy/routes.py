@@ -8,6 +8,7 @@ Matched on the end of the request path, so every base path works the same: `/v1/
 | `POST .../threads/{thread_id}/runs`               | `create_run`          | thread              |
 | `POST .../threads/runs`                           | `create_thread_and_run` | none              |
 | `POST .../threads/{thread_id}/runs/{run_id}/submit_tool_outputs` | `submit_tool_outputs` | thread, run |
+| `POST .../agents/sessions/{session_id}/events` (Agents API) | `session_events` | session (as thread) |
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from urllib.parse import unquote
 CREATE_RUN = "create_run"
 CREATE_THREAD_AND_RUN = "create_thread_and_run"
 SUBMIT_TOOL_OUTPUTS = "submit_tool_outputs"
+SESSION_EVENTS = "session_events"
 
 _ID = r"([A-Za-z0-9_.~%-]{1,128})"
 _CREATE_RUN = re.compile(rf"/threads/{_ID}/runs/?\Z")
 _CREATE_THREAD_AND_RUN = re.compile(r"/threads/runs/?\Z")
 _SUBMIT = re.compile(rf"/threads/{_ID}/runs/{_ID}/submit_tool_outputs/?\Z")
+_SESSION_EVENTS = re.compile(rf"/agents/sessions/{_ID}/events/?\Z")
 # W3C Trace Context level 1: version 00, non-zero trace and parent ids, lower-case hex.
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 
@@ -39,7 +42,7 @@ class RunRoute:
     @property
     def creates(self) -> bool:
         """True for the two create requests (a `traceparent` header applies to them), False for a resume."""
-        return self.kind != SUBMIT_TOOL_OUTPUTS
+        return self.kind in (CREATE_RUN, CREATE_THREAD_AND_RUN)
 
 
 def classify(method: str, path: str) -> RunRoute | None:
@@ -48,7 +51,11 @@ def classify(method: str, path: str) -> RunRoute | None:
     >>> classify("POST", "/v1/threads/thread_abc/runs")
     RunRoute(kind='create_run', thread_id='thread_abc', run_id=None)
     """
-    if method != "POST" or "/threads/" not in path:
+    if method != "POST":
+        return None
+    if match := _SESSION_EVENTS.search(path):
+        return RunRoute(SESSION_EVENTS, thread_id=unquote(match.group(1)))
+    if "/threads/" not in path:
         return None
     if match := _CREATE_RUN.search(path):
         return RunRoute(CREATE_RUN, thread_id=unquote(match.group(1)))

@@ -37,7 +37,7 @@ from stepscope.listener import Listener
 from stepscope.proxy.feed import RunFeed, SafeFeed
 from stepscope.proxy.observe import DEFAULT_MAX_BODY, AnswerObserver
 from stepscope.proxy.protocol import ProxyHttpProtocol
-from stepscope.proxy.routes import RunRoute, classify, valid_traceparent
+from stepscope.proxy.routes import SESSION_EVENTS, RunRoute, classify, valid_traceparent
 
 log = logging.getLogger("stepscope.proxy")
 
@@ -179,6 +179,10 @@ class ProxyApp:
             return
         try:
             route = classify(method, raw_path.decode("latin-1"))
+            if route is not None and route.kind == SESSION_EVENTS:
+                if 200 <= response.status_code < 300 and route.thread_id:
+                    self._feed.session_active(route.thread_id)  # a SafeFeed: never raises
+                route = None
             observer = self._observer(route, headers, response) if route is not None else None
             await self._pump(response, observer, send, receive, body_done)
         finally:

@@ -63,6 +63,9 @@ class ProxyFeed:
         if thread_id is not None and run_id is not None:
             self._put(("ended", RunRef(thread_id, run_id), complete))
 
+    def session_active(self, session_id: str) -> None:
+        """Agents API traffic means nothing to the Assistants protocol."""
+
     def _put(self, item: _Event) -> None:
         if len(self._queue) >= self._queue_max:
             self._dropped(DropReason.PROXY_FEED_FULL, 1)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from stepscope.proxy.routes import CREATE_RUN, CREATE_THREAD_AND_RUN, SUBMIT_TOOL_OUTPUTS, RunRoute, classify
+from stepscope.proxy.routes import (
+    CREATE_RUN,
+    CREATE_THREAD_AND_RUN,
+    SESSION_EVENTS,
+    SUBMIT_TOOL_OUTPUTS,
+    RunRoute,
+    classify,
+)
 from stepscope.proxy.routes import valid_traceparent as tp
 
 
@@ -48,3 +55,12 @@ def test_traceparent_validation() -> None:
     for bad in (good.upper(), "00-" + "0" * 32 + "-b7ad6b7169203331-01", good[:-1], "01" + good[2:], "", "x"):
         assert tp(bad.encode()) is None, bad
     assert tp(None) is None
+
+
+def test_session_events_are_an_agents_route() -> None:
+    """Events posted to an Agents API session are recognised (not a create), and reading them is only relayed."""
+    route = classify("POST", "/v1/agents/sessions/sess_a%2Fb/events")
+    assert route == RunRoute(SESSION_EVENTS, "sess_a/b")
+    assert route is not None and not route.creates
+    assert classify("GET", "/v1/agents/sessions/sess_a/events") is None
+    assert classify("POST", "/v1/agents/sessions") is None
