@@ -20,7 +20,8 @@ class ProxyThread:
     """`ProxyServer` for `upstream` on 127.0.0.1 (a free port), served from a daemon thread; a context manager."""
 
     def __init__(self, upstream: str, feed: RunFeed, *, dropped: Callable[[str, int], None] | None = None) -> None:
-        self.app = ProxyApp(upstream, feed, **({"dropped": dropped} if dropped else {}))
+        # Without a counter the app keeps its own default, so the argument is passed only when given.
+        self.app = ProxyApp(upstream, feed, dropped=dropped) if dropped else ProxyApp(upstream, feed)
         self.server = ProxyServer(self.app, "127.0.0.1", 0)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-proxy", daemon=True)

@@ -13,6 +13,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.beta import FunctionToolParam
+from openai.types.beta.threads import Run
+from openai.types.beta.threads.run_submit_tool_outputs_params import ToolOutput
 
 from stepscope.proxy import RecordingFeed
 from stepscope.simulator import FaultConfig, FaultSpec, SimClock, Simulator, SimulatorServer, scenario_named
@@ -22,7 +25,10 @@ from tests.procs import free_port
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 KEY = "sk-sim-d0n0tl3akth1s"
-FUNCTION_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+FUNCTION_TOOL: FunctionToolParam = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object"}},
+}
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 HEADERS = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "assistants=v2"}
 
@@ -107,12 +113,11 @@ def test_streamed_run_and_streamed_submit_reach_the_feed_in_order(via: openai.Op
     first = list(via.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id, stream=True))
     waiting = first[-1].data
     assert first[-1].event == "thread.run.requires_action"
-    calls = waiting.required_action.submit_tool_outputs.tool_calls  # type: ignore[union-attr]
-    outputs = [{"tool_call_id": c.id, "output": "sunny"} for c in calls]
+    assert isinstance(waiting, Run) and waiting.required_action is not None
+    calls = waiting.required_action.submit_tool_outputs.tool_calls
+    outputs: list[ToolOutput] = [{"tool_call_id": c.id, "output": "sunny"} for c in calls]
     with via.beta.threads.runs.submit_tool_outputs_stream(
-        run_id=waiting.id,
-        thread_id=thread.id,
-        tool_outputs=outputs,  # type: ignore[arg-type]
+        run_id=waiting.id, thread_id=thread.id, tool_outputs=outputs
     ) as stream:
         second = list(stream)
     assert second[-1].event == "thread.run.completed"
@@ -134,8 +139,10 @@ def test_stream_cut_short_and_client_gone_end_incomplete(sim: SimulatorServer, v
     thread = via.beta.threads.create()
     events = list(via.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id, stream=True))
     assert [e.event for e in events] == ["thread.run.created", "thread.run.queued"]
+    created = events[0].data
+    assert isinstance(created, Run)
     _until(lambda: len(feed.of("stream_ended")) == 1, "the cut stream to end")
-    assert feed.of("stream_ended") == [(thread.id, events[0].data.id, False)]
+    assert feed.of("stream_ended") == [(thread.id, created.id, False)]
     sim.simulator.set_faults(None)
     other = via.beta.threads.create()
     stream = via.beta.threads.runs.create(thread_id=other.id, assistant_id=asst.id, stream=True,
@@ -275,6 +282,9 @@ class _Broken:
 
     def stream_ended(self, thread_id: str | None, run_id: str | None, complete: bool) -> None:
         raise RuntimeError("exporter down")
+
+    def session_active(self, session_id: str) -> None:
+        raise RuntimeError("session tracker gone")
 
 
 def test_failing_feed_fails_open_and_the_key_never_shows(

@@ -18,6 +18,7 @@ from openai.types.webhooks import (
     AgentSessionFailedWebhookEvent,
     AgentSessionIdleWebhookEvent,
     AgentSessionInProgressWebhookEvent,
+    UnwrapWebhookEvent,
 )
 
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
@@ -174,6 +175,16 @@ class _Receiver:
         raise AssertionError(f"expected {count} deliveries, got {len(self.deliveries)}")
 
 
+def _session_event(
+    event: UnwrapWebhookEvent,
+) -> AgentSessionInProgressWebhookEvent | AgentSessionActionRequiredWebhookEvent | AgentSessionIdleWebhookEvent:
+    """`event` narrowed to the session-state kinds whose `data` is the session (its `id`); fails on any other."""
+    session_kinds = (AgentSessionInProgressWebhookEvent, AgentSessionActionRequiredWebhookEvent,
+                     AgentSessionIdleWebhookEvent)  # fmt: skip
+    assert isinstance(event, session_kinds), type(event)
+    return event
+
+
 def _webhook_sim(clock: ManualClock, receiver: _Receiver, attempts: int = 5) -> Simulator:
     target = WebhookTarget(receiver.url, SECRET, attempts=attempts, backoff_s=0.01, timeout_s=5.0)
     return Simulator(scenario_named("quiet"), clock=clock, protocol="agents", webhooks=target)
@@ -205,8 +216,10 @@ def test_webhooks_announce_session_states_signed_as_openai_signs_them(clock: Man
         kinds = [AgentSessionInProgressWebhookEvent, AgentSessionActionRequiredWebhookEvent,
                  AgentSessionInProgressWebhookEvent, AgentSessionIdleWebhookEvent] * 2  # fmt: skip
         assert [type(e) for e in events] == kinds
-        assert {e.data.id for e in events} == {session.id}
-        assert events[1].data.required_action.type == "function_call"  # type: ignore[union-attr]
+        assert {_session_event(e).data.id for e in events} == {session.id}
+        action = events[1]
+        assert isinstance(action, AgentSessionActionRequiredWebhookEvent)
+        assert action.data.required_action.type == "function_call"
         assert [e.created_at for e in events] == sorted(e.created_at for e in events)
         assert len({h["webhook-id"] for h, _ in deliveries}) == len({e.id for e in events}) == 8
         headers, body = deliveries[0]

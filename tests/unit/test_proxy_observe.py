@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from stepscope.proxy.feed import RecordingFeed, SafeFeed
-from stepscope.proxy.observe import AnswerObserver
+from stepscope.proxy.feed import RecordingFeed, RunFeed, SafeFeed
+from stepscope.proxy.observe import DEFAULT_MAX_BODY, AnswerObserver
 from stepscope.proxy.routes import CREATE_RUN, SUBMIT_TOOL_OUTPUTS, RunRoute
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -20,10 +20,11 @@ def _sse(*events: tuple[str, Any]) -> bytes:
     return b"".join(f"event: {n}\ndata: {json.dumps(d)}\n\n".encode() for n, d in events)
 
 
-def _observer(feed: Any, route: RunRoute, ctype: str = "application/json", **kw: Any) -> AnswerObserver:
-    counts: list[str] = kw.pop("counts", [])
-    return AnswerObserver(route, feed, content_type=ctype, traceparent=TP,
-                          dropped=lambda r, n: counts.extend([r] * n), **kw)  # fmt: skip
+def _observer(feed: RunFeed, route: RunRoute, ctype: str = "application/json", *, content_encoding: str = "",
+              max_body: int = DEFAULT_MAX_BODY, counts: list[str] | None = None) -> AnswerObserver:  # fmt: skip
+    counted = [] if counts is None else counts
+    return AnswerObserver(route, feed, content_type=ctype, content_encoding=content_encoding, traceparent=TP,
+                          max_body=max_body, dropped=lambda r, n: counted.extend([r] * n))  # fmt: skip
 
 
 def test_json_run_reported_once_complete_with_traceparent() -> None:
@@ -56,7 +57,8 @@ def test_own_metadata_traceparent_and_resumes_get_none() -> None:
 
 def test_gzip_body_is_read_and_unknown_encoding_skipped() -> None:
     """A gzip answer is decoded for reading; a brotli one is left unread and counted."""
-    feed, counts = RecordingFeed(), []
+    feed = RecordingFeed()
+    counts: list[str] = []
     obs = _observer(feed, RunRoute(CREATE_RUN, "thread_1"), content_encoding="gzip", counts=counts)
     packed = gzip.compress(json.dumps(RUN).encode())
     for i in range(0, len(packed), 7):
@@ -70,7 +72,8 @@ def test_gzip_body_is_read_and_unknown_encoding_skipped() -> None:
 
 def test_too_large_body_is_given_up() -> None:
     """A body past the bound is not kept nor reported, and is counted."""
-    feed, counts = RecordingFeed(), []
+    feed = RecordingFeed()
+    counts: list[str] = []
     obs = _observer(feed, RunRoute(CREATE_RUN, "thread_1"), max_body=100, counts=counts)
     obs.chunk(json.dumps({**RUN, "instructions": "x" * 500}).encode())
     obs.finish(True)
@@ -112,6 +115,9 @@ class _Failing:
         raise ValueError("nope")
 
     def stream_ended(self, thread_id: str | None, run_id: str | None, complete: bool) -> None:
+        raise ValueError("nope")
+
+    def session_active(self, session_id: str) -> None:
         raise ValueError("nope")
 
 

@@ -269,6 +269,7 @@ async def test_traces_publish_after_the_turn_ends_with_the_truths_span_ids() -> 
     truth = _agents(sim)["stats"]["traces"][turn.id]
     assert [s["spanId"] for s in spans] == truth["span_ids"] and {s["traceId"] for s in spans} == {truth["trace_id"]}
     root = spans[0]
+    assert turn.error is not None
     assert root["parentSpanId"] == "" and root["status"]["code"] == 2 and root["status"]["message"] == turn.error[0]
     assert int(root["startTimeUnixNano"]) == round(turn.created * 1e9)
     assert int(root["endTimeUnixNano"]) == round(turn.end * 1e9)
