@@ -45,6 +45,9 @@ class _NullFeed:
     def stream_ended(self, thread_id: str | None, run_id: str | None, complete: bool) -> None:
         pass
 
+    def session_active(self, session_id: str) -> None:
+        pass
+
 
 def _pin(cpu: int) -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
