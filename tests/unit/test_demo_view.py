@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from stepscope.demo import DemoView, Tracking
+from stepscope.demoview import DemoView, Tracking
 from stepscope.models import LastError, Run, RunStep, ToolCall, Usage
 from stepscope.source.agents.models import TokenUsage, Turn, TurnError
 from stepscope.testing import FakeClock
