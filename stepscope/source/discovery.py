@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Protocol
 
 from stepscope.errors import InvalidObject, NotFound, SourceError, StepscopeError, StoreError
 from stepscope.models import Run, RunRef
 from stepscope.source.threads import ThreadSource
+from stepscope.source.tracking import RegistrationStore, RunTracker, shard_of
 from stepscope.types import StepSource
 from stepscope.vocabulary import DropReason
 
@@ -62,40 +61,6 @@ class RegistrationFull(StepscopeError):
 
 def _no_drop(reason: str, n: int = 1) -> None:
     """Default drop counter for callers that count nothing."""
-
-
-def shard_of(thread_id: str, count: int) -> int:
-    """Stable shard of a thread: the same on every replica, every restart and every Python process."""
-    digest = hashlib.sha256(thread_id.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % count
-
-
-class RegistrationStore(Protocol):
-    """The checkpoint store as discovery uses it: registrations, and which runs it knows. Raises `StoreError`."""
-
-    def watched(self) -> list[tuple[str, str | None]]: ...
-
-    def watch(self, thread_id: str, run_id: str | None, now: float) -> None: ...
-
-    def unwatch(self, thread_id: str, run_id: str | None) -> None: ...
-
-    def known_runs(self, run_ids: Iterable[str]) -> set[str]: ...
-
-    def prune(self, finished_before: float) -> int: ...
-
-
-class RunTracker(Protocol):
-    """The poller as discovery sees it: where new runs go, and where API health is reported."""
-
-    def track(self, ref: RunRef) -> bool: ...
-
-    def is_tracked(self, run_id: str) -> bool: ...
-
-    def busy_threads(self) -> set[str]: ...
-
-    def api_ok(self) -> None: ...
-
-    def api_failed(self, exc: SourceError) -> None: ...
 
 
 class Discovery:

@@ -18,9 +18,9 @@ from stepscope.source.discovery import (
     EMPTY_BACKOFF_MAX_S,
     Discovery,
     RegistrationFull,
-    shard_of,
 )
 from stepscope.source.steps import PollSchedule
+from stepscope.source.tracking import shard_of
 from stepscope.store import SqliteStore
 from stepscope.testing import eventually
 from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_poller

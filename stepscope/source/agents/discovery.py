@@ -44,7 +44,8 @@ from stepscope.errors import (
 )
 from stepscope.models import RunRef
 from stepscope.source.agents.models import AgentSession, Subagent, Turn
-from stepscope.source.discovery import DISCOVERY_BUDGET, DISCOVERY_CONCURRENCY, RegistrationStore, RunTracker, shard_of
+from stepscope.source.discovery import DISCOVERY_BUDGET, DISCOVERY_CONCURRENCY
+from stepscope.source.tracking import RegistrationStore, RunTracker, shard_of
 from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.discovery")

@@ -1,0 +1,49 @@
+"""What discovery (of runs or of sessions) needs of its neighbours, and which replica owns which container.
+
+`RunTracker` is the poller as discovery sees it (where new units go, where API outcomes are reported);
+`RegistrationStore` the few store methods discovery uses (registrations, and which units the store knows);
+`shard_of` the stable shard of a thread or session id, the same on every replica and every restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Protocol
+
+from stepscope.errors import SourceError
+from stepscope.models import RunRef
+
+
+def shard_of(thread_id: str, count: int) -> int:
+    """Stable shard of a thread: the same on every replica, every restart and every Python process."""
+    digest = hashlib.sha256(thread_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+class RegistrationStore(Protocol):
+    """The checkpoint store as discovery uses it: registrations, and which runs it knows. Raises `StoreError`."""
+
+    def watched(self) -> list[tuple[str, str | None]]: ...
+
+    def watch(self, thread_id: str, run_id: str | None, now: float) -> None: ...
+
+    def unwatch(self, thread_id: str, run_id: str | None) -> None: ...
+
+    def known_runs(self, run_ids: Iterable[str]) -> set[str]: ...
+
+    def prune(self, finished_before: float) -> int: ...
+
+
+class RunTracker(Protocol):
+    """The poller as discovery sees it: where new runs go, and where API health is reported."""
+
+    def track(self, ref: RunRef) -> bool: ...
+
+    def is_tracked(self, run_id: str) -> bool: ...
+
+    def busy_threads(self) -> set[str]: ...
+
+    def api_ok(self) -> None: ...
+
+    def api_failed(self, exc: SourceError) -> None: ...
