@@ -84,7 +84,6 @@ class Sidecar:
         stages.append(Stage("heartbeat", self._start_beat, self._stop_beat))
         self._lifecycle = Lifecycle(stages)
         self._discover = discover
-        self._started_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
