@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Generic, Protocol
 
 from stepscope import spancodec
 from stepscope.errors import StoreError
 from stepscope.models import RunRef
-from stepscope.types import Commit, F, Mapper, MetricSink, Observation, R, RelayedSpan, SpanSpec, U
+from stepscope.types import Commit, F, Mapper, MetricSink, R, RelayedSpan, SpanSpec, Telemetry, U
 from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.pipeline")
@@ -84,32 +85,21 @@ class Pipeline(Generic[U, R, F]):
 
     def commit(self, commit: Commit[U, R, F]) -> bool:
         """Map and durably commit `commit`; True when it is durable and counted, False when nothing was."""
-        specs: list[SpanSpec] = []
-        relayed: list[RelayedSpan] = []
-        observations: list[Observation] = []
+        parts: list[Telemetry] = []
         mapped: list[R] = []
         for record in commit.records:
-            try:
-                telemetry = self._mapper.record(commit.unit, record)
-            except Exception:
-                log.exception("cannot map a record of %s; committing it without telemetry", commit.ref.run_id)
-                self._health.dropped(DropReason.MAPPING_ERROR)
-                continue
-            specs.extend(telemetry.spans)
-            relayed.extend(telemetry.relayed)
-            observations.extend(telemetry.observations)
-            mapped.append(record)
+            telemetry = self._map(commit, partial(self._mapper.record, commit.unit, record))
+            if telemetry is not None:
+                parts.append(telemetry)
+                mapped.append(record)
         if commit.finished:
-            try:
-                telemetry = self._mapper.finish(commit.unit, commit.finish)
-            except Exception:
-                log.exception("cannot map %s; finishing it without its own span", commit.ref.run_id)
-                self._health.dropped(DropReason.MAPPING_ERROR)
-            else:
-                specs.extend(telemetry.spans)
-                relayed.extend(telemetry.relayed)
-                observations.extend(telemetry.observations)
-        spans = self._encode(specs, relayed)
+            finish = self._map(commit, partial(self._mapper.finish, commit.unit, commit.finish))
+            if finish is not None:
+                parts.append(finish)
+        observations = [o for t in parts for o in t.observations]
+        items: list[SpanSpec | RelayedSpan] = [s for t in parts for s in t.spans]
+        items += [r for t in parts for r in t.relayed]
+        spans = self._encode(items)
         try:
             now = self._wall()
             if commit.finished:
@@ -133,14 +123,23 @@ class Pipeline(Generic[U, R, F]):
                 listener(commit.unit, None)
         return True
 
-    def _encode(self, specs: list[SpanSpec], relayed: list[RelayedSpan]) -> list[bytes]:
+    def _map(self, commit: Commit[U, R, F], map_one: Callable[[], Telemetry]) -> Telemetry | None:
+        """One record's (or the finished unit's) telemetry; None, logged and counted, when the mapper fails: the
+        record is then committed without telemetry, so one bad record never blocks its unit."""
+        try:
+            return map_one()
+        except Exception:
+            log.exception("cannot map part of %s; committing it without telemetry", commit.ref.run_id)
+            self._health.dropped(DropReason.MAPPING_ERROR)
+            return None
+
+    def _encode(self, items: list[SpanSpec | RelayedSpan]) -> list[bytes]:
         if not self._traces:
             return []
         encoded: list[bytes] = []
-        items: list[SpanSpec | RelayedSpan] = [*specs, *relayed]
         for item in items:
             try:
-                encoded.append(spancodec.encode(item) if isinstance(item, SpanSpec) else spancodec.encode_relayed(item))
+                encoded.append(spancodec.encode(item))
             except ValueError:
                 log.warning("span %s carries a value that cannot be stored; dropping the span", item.key)
                 self._health.dropped(DropReason.SPAN_UNENCODABLE)

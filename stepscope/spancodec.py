@@ -21,8 +21,11 @@ RELAYED = 2
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def encode(spec: SpanSpec) -> bytes:
-    """One spec as compact UTF-8 JSON. Raises ValueError for values JSON cannot carry (NaN, infinities)."""
+def encode(spec: SpanSpec | RelayedSpan) -> bytes:
+    """One spec, or one relayed span, as compact UTF-8 JSON. Raises ValueError for values JSON cannot carry (NaN,
+    infinities)."""
+    if isinstance(spec, RelayedSpan):
+        return _encoder.encode([RELAYED, spec.key, dict(spec.resource), dict(spec.scope), dict(spec.span)]).encode()
     events = [[e.name, e.time_ns, dict(e.attributes)] for e in spec.events]
     row = [
         FORMAT,
@@ -42,11 +45,6 @@ def encode(spec: SpanSpec) -> bytes:
         [[f"{t:032x}", f"{sid:016x}"] for t, sid in spec.links],
     ]
     return _encoder.encode(row).encode()
-
-
-def encode_relayed(span: RelayedSpan) -> bytes:
-    """A relayed span as compact UTF-8 JSON. Raises ValueError for values JSON cannot carry."""
-    return _encoder.encode([RELAYED, span.key, dict(span.resource), dict(span.scope), dict(span.span)]).encode()
 
 
 def decode(data: bytes | str) -> SpanSpec | RelayedSpan:
