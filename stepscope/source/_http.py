@@ -36,7 +36,7 @@ import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypedDict, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
@@ -80,6 +80,23 @@ _LOGGED_IDS_MAX = 1024
 
 PageParser = Callable[[object], Page]
 """Turns one list body into a `Page`; raises `InvalidObject` for an envelope it cannot read."""
+
+
+class CoreOptions(TypedDict, total=False):
+    """`RequestCore`'s optional keyword arguments that a protocol client passes through unchanged."""
+
+    organization: str | None
+    project: str | None
+    retry: RetryPolicy | None
+    observer: RequestObserver | None
+    clock: Clock | None
+    rng: Callable[[], float] | None
+    stop: asyncio.Event | None
+    sleep: SleepFn | None
+    budget: RequestBudget | None
+    max_body: int
+    deadline: float | None
+    max_pages: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,9 @@ endpoints, builds their paths and picks their parsers. Every request carries `Op
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from functools import partial
+from typing import Unpack
 
 import httpx
 
@@ -20,14 +20,13 @@ from stepscope.source._http import (
     DEFAULT_DEADLINE,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_PAGES,
+    CoreOptions,
     RequestCore,
     clamp,
     seg,
 )
 from stepscope.source._responses import redact_url
-from stepscope.source._retry import RequestBudget, RetryPolicy, SleepFn
 from stepscope.source.auth import Auth
-from stepscope.types import Clock, RequestObserver
 from stepscope.vocabulary import ENDPOINTS, FLAVORS  # the `endpoint` values this client reports; its flavours
 
 __all__ = [
@@ -61,43 +60,14 @@ class AssistantsClient:
         base_url: str,
         auth: Auth,
         api_version: str | None = None,
-        organization: str | None = None,
-        project: str | None = None,
-        retry: RetryPolicy | None = None,
-        observer: RequestObserver | None = None,
-        clock: Clock | None = None,
-        rng: Callable[[], float] | None = None,
-        stop: asyncio.Event | None = None,
-        sleep: SleepFn | None = None,
-        budget: RequestBudget | None = None,
         flavor: str = "openai",
-        max_body: int = DEFAULT_MAX_BODY,
-        deadline: float | None = DEFAULT_DEADLINE,
-        max_pages: int = DEFAULT_MAX_PAGES,
+        **options: Unpack[CoreOptions],
     ) -> None:
         if flavor not in FLAVORS:
             raise ConfigError([f"api.flavor: unknown flavor {flavor!r} (expected one of {', '.join(FLAVORS)})"])
         if flavor == "azure" and not api_version:
             raise ConfigError(["api.api_version: required for the azure flavor"])
-        self._core = RequestCore(
-            http,
-            base_url=base_url,
-            auth=auth,
-            beta=BETA,
-            api_version=api_version,
-            organization=organization,
-            project=project,
-            retry=retry,
-            observer=observer,
-            clock=clock,
-            rng=rng,
-            stop=stop,
-            sleep=sleep,
-            budget=budget,
-            max_body=max_body,
-            deadline=deadline,
-            max_pages=max_pages,
-        )
+        self._core = RequestCore(http, base_url=base_url, auth=auth, beta=BETA, api_version=api_version, **options)
         self.flavor = flavor
 
     def __repr__(self) -> str:

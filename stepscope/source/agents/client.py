@@ -12,15 +12,14 @@ last item's ID"). Page sizes are clamped to the API's 1..100.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from functools import partial
+from typing import Unpack
 
 import httpx
 
 from stepscope.models import parse_page
-from stepscope.source._http import DEFAULT_DEADLINE, DEFAULT_MAX_BODY, DEFAULT_MAX_PAGES, RequestCore, clamp, seg
-from stepscope.source._retry import RequestBudget, RetryPolicy, SleepFn
+from stepscope.source._http import CoreOptions, RequestCore, clamp, seg
 from stepscope.source.agents.models import AgentSession, Item, SessionTrace, Subagent, Turn
 from stepscope.source.agents.parsers import (
     parse_conversation_page,
@@ -31,7 +30,6 @@ from stepscope.source.agents.parsers import (
     parse_turn,
 )
 from stepscope.source.auth import Auth
-from stepscope.types import Clock, RequestObserver
 from stepscope.vocabulary import Endpoint
 
 BETA = "agents=v1"
@@ -62,43 +60,8 @@ class AgentsClient:
     methods page lazily: the caller may stop early.
     """
 
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        *,
-        base_url: str,
-        auth: Auth,
-        organization: str | None = None,
-        project: str | None = None,
-        retry: RetryPolicy | None = None,
-        observer: RequestObserver | None = None,
-        clock: Clock | None = None,
-        rng: Callable[[], float] | None = None,
-        stop: asyncio.Event | None = None,
-        sleep: SleepFn | None = None,
-        budget: RequestBudget | None = None,
-        max_body: int = DEFAULT_MAX_BODY,
-        deadline: float | None = DEFAULT_DEADLINE,
-        max_pages: int = DEFAULT_MAX_PAGES,
-    ) -> None:
-        self._core = RequestCore(
-            http,
-            base_url=base_url,
-            auth=auth,
-            beta=BETA,
-            organization=organization,
-            project=project,
-            retry=retry,
-            observer=observer,
-            clock=clock,
-            rng=rng,
-            stop=stop,
-            sleep=sleep,
-            budget=budget,
-            max_body=max_body,
-            deadline=deadline,
-            max_pages=max_pages,
-        )
+    def __init__(self, http: httpx.AsyncClient, *, base_url: str, auth: Auth, **options: Unpack[CoreOptions]) -> None:
+        self._core = RequestCore(http, base_url=base_url, auth=auth, beta=BETA, **options)
 
     def __repr__(self) -> str:
         return f"AgentsClient(base_url={self._core.shown_url!r}, auth={self._core.auth!r})"
