@@ -161,7 +161,8 @@ class SqliteStore:
             raise StoreError("checkpoint store is not open")
         return self._db
 
-    def _write(self, statements: Iterable[tuple[str, tuple[object, ...]]]) -> None:
+    def _write(self, statements: Iterable[tuple[str, tuple[object, ...]]]) -> int:
+        """Run `statements` in one transaction; returns the rows they changed. Tracks `healthy` and `last_error`."""
         # Runs of the same statement (a commit's step rows and spans) go to SQLite as one `executemany`: a commit
         # of many steps was mostly per-statement overhead.
         batches: list[tuple[str, list[tuple[object, ...]]]] = []
@@ -172,13 +173,12 @@ class SqliteStore:
                 batches.append((sql, [params]))
         with self._lock:
             db = self._conn()
+            changed = 0
             try:
                 db.execute("BEGIN")
                 for sql, rows in batches:
-                    if len(rows) == 1:
-                        db.execute(sql, rows[0])
-                    else:
-                        db.executemany(sql, rows)
+                    cursor = db.execute(sql, rows[0]) if len(rows) == 1 else db.executemany(sql, rows)
+                    changed += max(0, cursor.rowcount)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
@@ -187,6 +187,7 @@ class SqliteStore:
                 self.last_error = f"cannot write {self._path}: {exc}"
                 raise StoreError(self.last_error) from exc
             self.healthy = True
+            return changed
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -255,18 +256,7 @@ class SqliteStore:
 
     def prune(self, finished_before: float) -> int:
         """Drop `done` rows older than the lookback window; returns how many went."""
-        return self._delete("DELETE FROM runs WHERE done = 1 AND updated_at < ?", (finished_before,))
-
-    def _delete(self, sql: str, params: tuple[object, ...]) -> int:
-        with self._lock:
-            try:
-                cur = self._conn().execute(sql, params)
-            except sqlite3.Error as exc:
-                self.healthy = False
-                self.last_error = f"cannot write {self._path}: {exc}"
-                raise StoreError(self.last_error) from exc
-            self.healthy = True
-            return cur.rowcount
+        return self._write([("DELETE FROM runs WHERE done = 1 AND updated_at < ?", (finished_before,))])
 
     # --- span backlog -----------------------------------------------------------------------------------------
 
@@ -277,9 +267,12 @@ class SqliteStore:
 
     def backlog_stats(self) -> tuple[int, float | None]:
         """How many spans wait, and when the oldest of them was committed (None when none wait)."""
-        count = self._read("SELECT count(*) FROM backlog")[0][0]
+        return int(self._read("SELECT count(*) FROM backlog")[0][0]), self.oldest_backlog()
+
+    def oldest_backlog(self) -> float | None:
+        """When the oldest waiting span was committed (None when none waits): one row, not a count of them all."""
         oldest = self._read("SELECT added_at FROM backlog ORDER BY seq LIMIT 1")
-        return int(count), (float(oldest[0][0]) if oldest else None)
+        return float(oldest[0][0]) if oldest else None
 
     def delete_backlog(self, seqs: Iterable[int]) -> None:
         """Spans the backend took (or that were dropped on purpose) leave the backlog."""
@@ -287,11 +280,11 @@ class SqliteStore:
 
     def trim_backlog(self, max_spans: int, added_before: float) -> tuple[int, int]:
         """Drop spans older than `added_before`, then the oldest beyond `max_spans`; returns (expired, over size)."""
-        expired = self._delete("DELETE FROM backlog WHERE added_at < ?", (added_before,))
+        expired = self._write([("DELETE FROM backlog WHERE added_at < ?", (added_before,))])
         count = int(self._read("SELECT count(*) FROM backlog")[0][0])
         over = max(0, count - max_spans)
         if over:
-            self._delete("DELETE FROM backlog WHERE seq IN (SELECT seq FROM backlog ORDER BY seq LIMIT ?)", (over,))
+            self._write([("DELETE FROM backlog WHERE seq IN (SELECT seq FROM backlog ORDER BY seq LIMIT ?)", (over,))])
         return expired, over
 
     # --- watch registrations ------------------------------------------------------------------------------------

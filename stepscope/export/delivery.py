@@ -55,6 +55,8 @@ class SpanBacklog(Protocol):
 
     def backlog_stats(self) -> tuple[int, float | None]: ...
 
+    def oldest_backlog(self) -> float | None: ...
+
 
 class DeliveryHealth(Protocol):
     def dropped(self, reason: str, n: int = 1) -> None: ...
@@ -121,7 +123,7 @@ class SpanDelivery:
     def oldest_age(self) -> float:
         """Seconds since the oldest waiting span was committed; 0 when none waits or the store cannot say."""
         try:
-            _, oldest = self._backlog.backlog_stats()
+            oldest = self._backlog.oldest_backlog()  # read at every scrape: no count of the whole backlog
         except StoreError:
             return 0.0
         return max(0.0, self._wall() - oldest) if oldest is not None else 0.0
