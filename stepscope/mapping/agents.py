@@ -35,24 +35,11 @@ from typing import Any
 
 from stepscope.mapping import attributes as a
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
-from stepscope.mapping.metrics import (
-    RUN_DURATION,
-    RUN_QUEUE,
-    RUN_STEPS_TOTAL,
-    RUNS_TOTAL,
-    TOKENS_TOTAL,
-    TOOL_CALLS_TOTAL,
-)
+from stepscope.mapping.metrics import RUN_STEPS_TOTAL, TOOL_CALLS_TOTAL, run_family_observations, token_observations
 from stepscope.source.agents.models import Item, SessionTrace, Turn
 from stepscope.types import AttrValue, Observation, RelayedSpan, SpanEvent, SpanSpec, Telemetry
 
 _NS = 1_000_000_000
-
-LABEL_PROTOCOL = a.LABEL_PROTOCOL
-PROTOCOL_AGENTS = a.PROTOCOL_AGENTS
-PROTOCOL_ASSISTANTS = a.PROTOCOL_ASSISTANTS
-TURN_STEP_TYPE = a.TURN_STEP_TYPE
-"""`step_type` of the token series a turn's usage adds (turns have no steps; items carry no usage)."""
 
 OPENAI_TURN_ID = "openai.turn.id"
 OPENAI_TURN_STATUS = "openai.turn.status"
@@ -258,7 +245,7 @@ def item_attributes(item: Item, index: int, options: a.MappingOptions) -> dict[s
             (ITEM_CONTENT, item.text),
             (ITEM_COMMAND, item.command),
         )
-        attrs.update((key, _truncate(value)) for key, value in content if value is not None)
+        attrs.update((key, a.truncate_content(value)) for key, value in content if value is not None)
     return attrs
 
 
@@ -279,34 +266,15 @@ def turn_observations(turn: Turn, context: TurnContext) -> list[Observation]:
     trace_id, span_id = trace_id_for_turn(turn.id), turn_span_id(turn.id)
     model = context.model or a.UNKNOWN
     agent = turn.agent_id
-    status = turn.status
-    common = {LABEL_PROTOCOL: PROTOCOL_AGENTS}
-    out = [
-        Observation(
-            RUNS_TOTAL,
-            {a.LABEL_STATUS: status, a.LABEL_MODEL: model, a.LABEL_ASSISTANT_ID: agent, **common},
-            1.0,
-            trace_id,
-            span_id,
-        )
-    ]
-    ended = turn.ended_at
-    if ended is not None:
-        seconds = float(max(0, ended - turn.created_at))
-        out.append(Observation(RUN_DURATION, {a.LABEL_STATUS: status, **common}, seconds, trace_id, span_id))
-    if turn.started_at is not None and turn.subagent_id is None:
-        seconds = float(max(0, turn.started_at - turn.created_at))
-        out.append(Observation(RUN_QUEUE, dict(common), seconds, trace_id, span_id))
+    common = {a.LABEL_PROTOCOL: a.PROTOCOL_AGENTS}
+    # A subagent turn's `created_at` is its start (the API's rule), so it has no queue time.
+    started = turn.started_at if turn.subagent_id is None else None
+    times = (turn.created_at, started, turn.ended_at)
+    ids = {"trace_id": trace_id, "span_id": span_id}
+    out = run_family_observations(a.PROTOCOL_AGENTS, turn.status, model, agent, times, **ids)
     if turn.usage is not None:
-        for token_type, value in (("input", turn.usage.input_tokens), ("output", turn.usage.output_tokens)):
-            labels = {
-                a.LABEL_TOKEN_TYPE: token_type,
-                a.LABEL_STEP_TYPE: TURN_STEP_TYPE,
-                a.LABEL_MODEL: model,
-                a.LABEL_ASSISTANT_ID: agent,
-                **common,
-            }
-            out.append(Observation(TOKENS_TOTAL, labels, float(value), trace_id, span_id))
+        usage = (turn.usage.input_tokens, turn.usage.output_tokens)
+        out += token_observations(a.PROTOCOL_AGENTS, a.TURN_STEP_TYPE, model, agent, usage, **ids)
     for item in context.items:
         labels = {
             a.LABEL_STEP_TYPE: item.type,
@@ -329,12 +297,6 @@ def turn_observations(turn: Turn, context: TurnContext) -> list[Observation]:
 def turn_telemetry(turn: Turn, context: TurnContext, *, options: a.MappingOptions) -> Telemetry:
     """The turn span and every observation of the turn and its items: what one finished turn commits."""
     return Telemetry((turn_span(turn, context, options=options),), turn_observations(turn, context))
-
-
-def _truncate(text: str) -> str:
-    if len(text) <= a.MAX_CONTENT_CHARS:
-        return text
-    return text[: a.MAX_CONTENT_CHARS - 1] + "…"
 
 
 def _spans(otlp: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:

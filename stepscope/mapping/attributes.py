@@ -56,6 +56,14 @@ PROVIDER_AZURE = "azure.ai.agents"
 MAX_CONTENT_CHARS = 4096
 """Captured tool arguments and results are cut to this many characters (the last one becomes `…`)."""
 
+
+def truncate_content(text: str) -> str:
+    """Captured content cut to `MAX_CONTENT_CHARS` characters, the last of them `…` when anything was cut."""
+    if len(text) <= MAX_CONTENT_CHARS:
+        return text
+    return text[: MAX_CONTENT_CHARS - 1] + "…"
+
+
 # --- tool types ----------------------------------------------------------------------------------------------
 
 TOOL_TYPE_FUNCTION = "function"

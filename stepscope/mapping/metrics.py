@@ -74,15 +74,8 @@ def step_observations(
         )
     ]
     if step.usage is not None:
-        for token_type, value in (("input", step.usage.prompt_tokens), ("output", step.usage.completion_tokens)):
-            labels = {
-                a.LABEL_TOKEN_TYPE: token_type,
-                a.LABEL_STEP_TYPE: step_type,
-                a.LABEL_MODEL: model,
-                a.LABEL_ASSISTANT_ID: assistant,
-                a.LABEL_PROTOCOL: _PROTOCOL,
-            }
-            out.append(Observation(TOKENS_TOTAL, labels, float(value), trace_id, span_id))
+        usage = (step.usage.prompt_tokens, step.usage.completion_tokens)
+        out += token_observations(_PROTOCOL, step_type, model, assistant, usage, trace_id=trace_id, span_id=span_id)
     ended = step.ended_at
     if ended is not None:
         seconds = float(max(0, ended - step.created_at))
@@ -117,27 +110,62 @@ def run_observations(run: Run, *, span_id: int | None = None) -> list[Observatio
     trace_id = where.trace_id
     if span_id is None:
         span_id = where.run_span_id
-    status = run.status
-    out = [
-        Observation(
-            RUNS_TOTAL,
-            {
-                a.LABEL_STATUS: status,
-                a.LABEL_MODEL: run.model or a.UNKNOWN,
-                a.LABEL_ASSISTANT_ID: run.assistant_id,
-                a.LABEL_PROTOCOL: _PROTOCOL,
-            },
-            1.0,
-            trace_id,
-            span_id,
-        )
-    ]
-    ended = run.ended_at
+    return run_family_observations(
+        _PROTOCOL,
+        run.status,
+        run.model or a.UNKNOWN,
+        run.assistant_id,
+        (run.created_at, run.started_at, run.ended_at),
+        trace_id=trace_id,
+        span_id=span_id,
+    )
+
+
+def run_family_observations(
+    protocol: str,
+    status: str,
+    model: str,
+    assistant_id: str,
+    times: tuple[int, int | None, int | None],
+    *,
+    trace_id: int,
+    span_id: int,
+) -> list[Observation]:
+    """A finished run's (or turn's) observations in the run families, labelled with `protocol`: one in
+    `stepscope_runs_total`, created to end (`times` is created, started, ended) in `stepscope_run_duration_seconds`
+    when it ended, and created to started in `stepscope_run_queue_seconds` when it started. Negative spans read 0."""
+    created, started, ended = times
+    labels = {a.LABEL_STATUS: status, a.LABEL_MODEL: model, a.LABEL_ASSISTANT_ID: assistant_id}
+    out = [Observation(RUNS_TOTAL, {**labels, a.LABEL_PROTOCOL: protocol}, 1.0, trace_id, span_id)]
     if ended is not None:
-        seconds = float(max(0, ended - run.created_at))
-        labels = {a.LABEL_STATUS: status, a.LABEL_PROTOCOL: _PROTOCOL}
-        out.append(Observation(RUN_DURATION, labels, seconds, trace_id, span_id))
-    if run.started_at is not None:
-        seconds = float(max(0, run.started_at - run.created_at))
-        out.append(Observation(RUN_QUEUE, {a.LABEL_PROTOCOL: _PROTOCOL}, seconds, trace_id, span_id))
+        labels = {a.LABEL_STATUS: status, a.LABEL_PROTOCOL: protocol}
+        out.append(Observation(RUN_DURATION, labels, float(max(0, ended - created)), trace_id, span_id))
+    if started is not None:
+        seconds = float(max(0, started - created))
+        out.append(Observation(RUN_QUEUE, {a.LABEL_PROTOCOL: protocol}, seconds, trace_id, span_id))
+    return out
+
+
+def token_observations(
+    protocol: str,
+    step_type: str,
+    model: str,
+    assistant_id: str,
+    usage: tuple[int, int],
+    *,
+    trace_id: int,
+    span_id: int,
+) -> list[Observation]:
+    """The two `stepscope_tokens_total` observations of one usage, `(input, output)` tokens, labelled with
+    `protocol`."""
+    out = []
+    for token_type, value in zip(a.TOKEN_TYPES, usage, strict=True):
+        labels = {
+            a.LABEL_TOKEN_TYPE: token_type,
+            a.LABEL_STEP_TYPE: step_type,
+            a.LABEL_MODEL: model,
+            a.LABEL_ASSISTANT_ID: assistant_id,
+            a.LABEL_PROTOCOL: protocol,
+        }
+        out.append(Observation(TOKENS_TOTAL, labels, float(value), trace_id, span_id))
     return out

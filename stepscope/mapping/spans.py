@@ -76,12 +76,6 @@ def step_error_type(step: RunStep) -> str | None:
     return None
 
 
-def _truncate(text: str) -> str:
-    if len(text) <= a.MAX_CONTENT_CHARS:
-        return text
-    return text[: a.MAX_CONTENT_CHARS - 1] + "…"
-
-
 def run_span(run: Run, *, assistant_name: str | None, options: a.MappingOptions, partial: bool = False) -> SpanSpec:
     """The `invoke_agent` span of a terminal run; raises ValueError for a run that is still going, unless
     `partial` (what `inspect` shows of a run in progress: the span so far, ending at its start).
@@ -234,9 +228,9 @@ def _tool_attributes(call: ToolCall, error_type: str | None, options: a.MappingO
     }
     if options.capture_content:
         if call.arguments is not None:
-            attrs[a.GEN_AI_TOOL_CALL_ARGUMENTS] = _truncate(call.arguments)
+            attrs[a.GEN_AI_TOOL_CALL_ARGUMENTS] = a.truncate_content(call.arguments)
         if call.output is not None:
-            attrs[a.GEN_AI_TOOL_CALL_RESULT] = _truncate(call.output)
+            attrs[a.GEN_AI_TOOL_CALL_RESULT] = a.truncate_content(call.output)
     if error_type is not None:
         attrs[a.ERROR_TYPE] = error_type
     return attrs
