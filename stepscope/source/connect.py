@@ -27,6 +27,7 @@ import httpx
 import httpx_aiohttp
 
 from stepscope.config import Config
+from stepscope.source._http import CoreOptions
 from stepscope.source.agents.client import AgentsClient
 from stepscope.source.auth import Auth, make_auth
 from stepscope.source.client import AssistantsClient
@@ -173,14 +174,8 @@ def connect(
         base_url=api.base_url,
         auth=auth,
         api_version=api.api_version,
-        organization=api.org_id,
-        project=api.project_id,
-        observer=observer,
-        stop=stop,
         flavor=api.flavor,
-        max_body=api.max_body,
-        deadline=api.timeout,
-        max_pages=api.max_pages,
+        **client_options(config, observer=observer, stop=stop),
     )
     return ApiConnection(http, auth, client)
 
@@ -193,11 +188,16 @@ def agents_client(
     stop: asyncio.Event | None = None,
 ) -> AgentsClient:
     """An Agents API client sharing `connection`'s pool and credential, bounded as `config` bounds the client."""
+    options = client_options(config, observer=observer, stop=stop)
+    return AgentsClient(connection.http, base_url=config.api.base_url, auth=connection.auth, **options)
+
+
+def client_options(
+    config: Config, *, observer: RequestObserver | None = None, stop: asyncio.Event | None = None
+) -> CoreOptions:
+    """The request options `config` sets for every client on one connection: headers and bounds."""
     api = config.api
-    return AgentsClient(
-        connection.http,
-        base_url=api.base_url,
-        auth=connection.auth,
+    return CoreOptions(
         organization=api.org_id,
         project=api.project_id,
         observer=observer,
