@@ -64,7 +64,10 @@ class Sidecar:
         ]
         if serve_http:
             stages.append(Stage("http", self._start_http, self._stop_http))
-        stages.append(Stage("api", self._check_credentials if check_api else _nothing, self._close_api))
+        api = (
+            Stage("api", self._check_credentials, self._close_api) if check_api else Stage("api", stop=self._close_api)
+        )
+        stages.append(api)
         stages.append(Stage("delivery", self._start_delivery, self._stop_delivery))
         stages.append(Stage("poller", p.poller.start, self._stop_poller))
         if discover:
@@ -253,10 +256,6 @@ class Sidecar:
             discovery.unwatch(thread_id, run_id)
         if run_id is not None:
             self.parts.poller.untrack(run_id)
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _ignore_event(session_id: str, event_type: str) -> None:
