@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 log = logging.getLogger("stepscope.proxy")
 
-FEED_ERROR_LOG_EVERY_S = 60.0
-"""A failing feed is logged at most once per this many seconds, with the count of the failures in between."""
+LOG_EVERY_S = 60.0
+"""A failure of one kind (a failing feed, an unreachable upstream) is logged at most once per this many seconds."""
 
 
 class RunFeed(Protocol):
@@ -48,8 +48,34 @@ class RunFeed(Protocol):
     def session_active(self, session_id: str) -> None: ...
 
 
-def _no_count(reason: str, n: int = 1) -> None:
-    """Default counter for a SafeFeed built without one."""
+def no_count(reason: str, n: int = 1) -> None:
+    """The default `dropped(reason, n)` of the proxy's parts built without a counter."""
+
+
+class RareLog:
+    """Logs a warning at most once per `every_s` seconds per kind, with the number left out in between.
+
+    A failure the proxy meets on every request (an upstream down, a broken feed) is one line a minute, not one per
+    request.
+    """
+
+    __slots__ = ("_every_s", "_log", "_logged", "_monotonic", "_unlogged")
+
+    def __init__(self, logger: logging.Logger, monotonic: Callable[[], float], every_s: float = LOG_EVERY_S) -> None:
+        self._log = logger
+        self._monotonic = monotonic
+        self._every_s = every_s
+        self._logged: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = self._monotonic()
+        if now - self._logged.get(kind, float("-inf")) < self._every_s:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            return
+        more = self._unlogged.pop(kind, 0)
+        self._logged[kind] = now
+        self._log.warning("%s%s", message % args, f" ({more} more failure(s) since the last report)" if more else "")
 
 
 class SafeFeed:
@@ -58,21 +84,19 @@ class SafeFeed:
     `dropped(reason, n)` counts failures as `proxy_feed_error`; `monotonic` times the log flood control.
     """
 
-    __slots__ = ("_dropped", "_failures", "_feed", "_logged_at", "_monotonic", "_unlogged")
+    __slots__ = ("_dropped", "_failures", "_feed", "_rare")
 
     def __init__(
         self,
         feed: RunFeed,
         *,
-        dropped: Callable[[str, int], None] = _no_count,
+        dropped: Callable[[str, int], None] = no_count,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._feed = feed
         self._dropped = dropped
-        self._monotonic = monotonic
         self._failures = 0
-        self._unlogged = 0
-        self._logged_at = float("-inf")
+        self._rare = RareLog(log, monotonic)
 
     @property
     def failures(self) -> int:
@@ -107,14 +131,8 @@ class SafeFeed:
         self._failures += 1
         with contextlib.suppress(Exception):  # a broken counter must not break the request either
             self._dropped("proxy_feed_error", 1)
-        now = self._monotonic()
-        if now - self._logged_at < FEED_ERROR_LOG_EVERY_S:
-            self._unlogged += 1
-            return
-        more = f" ({self._unlogged} more failure(s) since the last report)" if self._unlogged else ""
         # The type and message only: a traceback per request would flood the log, and no request data is in it.
-        log.warning("proxy: run feed failed in %s: %s: %s%s", call, type(exc).__name__, exc, more)
-        self._logged_at, self._unlogged = now, 0
+        self._rare.warning("feed", "proxy: run feed failed in %s: %s: %s", call, type(exc).__name__, exc)
 
 
 @dataclass

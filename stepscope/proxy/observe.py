@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stepscope.proxy.feed import RunFeed
+from stepscope.proxy.feed import RunFeed, no_count
 from stepscope.proxy.routes import RunRoute
 from stepscope.proxy.sse import SseParser
 
@@ -23,10 +23,6 @@ DEFAULT_MAX_BODY = 1024 * 1024
 _WINDOW = 64 * 1024  # decompressed bytes produced per step
 _RUN_EVENT = "thread.run."
 _STEP_EVENT = "thread.run.step."
-
-
-def _no_count(reason: str, n: int = 1) -> None:
-    """Default counter for an observer built without one."""
 
 
 def _decoder(encoding: str) -> zlib._Decompress | None:
@@ -58,7 +54,7 @@ class AnswerObserver:
         content_encoding: str = "",
         traceparent: str | None = None,
         max_body: int = DEFAULT_MAX_BODY,
-        dropped: Callable[[str, int], None] = _no_count,
+        dropped: Callable[[str, int], None] = no_count,
     ) -> None:
         self._route = route
         self._feed = feed

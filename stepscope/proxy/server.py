@@ -34,7 +34,7 @@ import httpx
 import uvicorn
 
 from stepscope.listener import Listener
-from stepscope.proxy.feed import RunFeed, SafeFeed
+from stepscope.proxy.feed import RareLog, RunFeed, SafeFeed, no_count
 from stepscope.proxy.observe import DEFAULT_MAX_BODY, AnswerObserver
 from stepscope.proxy.protocol import ProxyHttpProtocol
 from stepscope.proxy.routes import SESSION_EVENTS, RunRoute, classify, valid_traceparent
@@ -56,7 +56,6 @@ _REQUEST_ONLY = frozenset({b"host", b"expect"})  # set per connection: the upstr
 UPSTREAM_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=600.0, pool=30.0)
 """The SDK's own request timeout is 600 s; a run's stream may be quiet for long between events."""
 UPSTREAM_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=30.0)
-LOG_EVERY_S = 60.0
 SMALL_BODY = 1024 * 1024
 """Answers of known length up to this size are relayed without watching for the application to leave."""
 
@@ -98,10 +97,6 @@ def _error_body(message: str, code: str) -> bytes:
     return json.dumps({"error": {"message": message, "type": "proxy_error", "param": None, "code": code}}).encode()
 
 
-def _no_count(reason: str, n: int = 1) -> None:
-    """Default counter for a ProxyApp built without one."""
-
-
 class ProxyApp:
     """ASGI application relaying to `upstream` (an origin, see `upstream_origin`) and reporting run routes to
     `feed`.
@@ -118,7 +113,7 @@ class ProxyApp:
         feed: RunFeed,
         *,
         http: httpx.AsyncClient | None = None,
-        dropped: Callable[[str, int], None] = _no_count,
+        dropped: Callable[[str, int], None] = no_count,
         max_observed_body: int = DEFAULT_MAX_BODY,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -129,9 +124,7 @@ class ProxyApp:
         self._dropped = dropped
         self._feed = feed if isinstance(feed, SafeFeed) else SafeFeed(feed, dropped=dropped, monotonic=monotonic)
         self._max_observed = max_observed_body
-        self._monotonic = monotonic
-        self._logged: dict[str, float] = {}
-        self._unlogged: dict[str, int] = {}
+        self._rare = RareLog(log, monotonic)
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -167,14 +160,14 @@ class ProxyApp:
         except _ClientGone:
             return
         except httpx.TimeoutException:
-            self._rare("timeout", "proxy: the upstream %s did not answer in time", self.upstream)
+            self._rare.warning("timeout", "proxy: the upstream %s did not answer in time", self.upstream)
             await _respond(
                 send, 504, _error_body(f"upstream {self.upstream} did not answer in time", "upstream_timeout")
             )
             return
         except httpx.TransportError as exc:
             reason = type(exc).__name__
-            self._rare("unreachable", "proxy: cannot reach the upstream %s (%s)", self.upstream, reason)
+            self._rare.warning("unreachable", "proxy: cannot reach the upstream %s (%s)", self.upstream, reason)
             await _respond(send, 502, _error_body(f"cannot reach upstream {self.upstream} ({reason})", "bad_gateway"))
             return
         try:
@@ -277,7 +270,9 @@ class ProxyApp:
                 self._observe(observer, chunk)
         except httpx.HTTPError as exc:
             self._observe(observer, None, complete=False)
-            self._rare("cut", "proxy: the upstream %s broke off an answer (%s)", self.upstream, type(exc).__name__)
+            self._rare.warning(
+                "cut", "proxy: the upstream %s broke off an answer (%s)", self.upstream, type(exc).__name__
+            )
             raise UpstreamCut(type(exc).__name__) from None
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._observe(observer, None, complete=True)
@@ -296,17 +291,7 @@ class ProxyApp:
     def _observer_failed(self, exc: Exception) -> None:
         with contextlib.suppress(Exception):
             self._dropped("proxy_observer_error", 1)
-        self._rare("observer", "proxy: reading a run answer failed: %s", type(exc).__name__)
-
-    def _rare(self, kind: str, message: str, *args: object) -> None:
-        """Log `message` at most once per `LOG_EVERY_S` per kind, saying how many were left out in between."""
-        now = self._monotonic()
-        if now - self._logged.get(kind, float("-inf")) < LOG_EVERY_S:
-            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
-            return
-        more = self._unlogged.pop(kind, 0)
-        self._logged[kind] = now
-        log.warning("%s%s", message % args, f" ({more} more since the last report)" if more else "")
+        self._rare.warning("observer", "proxy: reading a run answer failed: %s", type(exc).__name__)
 
 
 class _ClientGone(Exception):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from stepscope.proxy.feed import RecordingFeed, RunFeed, SafeFeed
+from stepscope.proxy.feed import RareLog, RecordingFeed, RunFeed, SafeFeed
 from stepscope.proxy.observe import DEFAULT_MAX_BODY, AnswerObserver
 from stepscope.proxy.routes import CREATE_RUN, SUBMIT_TOOL_OUTPUTS, RunRoute
 
@@ -134,3 +135,21 @@ def test_safe_feed_counts_and_logs_rarely(caplog: Any) -> None:
     assert feed.failures == 11 and counts == ["proxy_feed_error"] * 11
     lines = [r.getMessage() for r in caplog.records if "run feed failed" in r.getMessage()]
     assert len(lines) == 2 and "9 more failure(s)" in lines[1]
+
+
+def test_rare_log_limits_each_kind_on_its_own(caplog: Any) -> None:
+    """One kind's flood does not hold back another's first line, and each reports only its own left-out count."""
+    now = [0.0]
+    rare = RareLog(logging.getLogger("stepscope.proxy"), lambda: now[0])
+    for _ in range(3):
+        rare.warning("timeout", "upstream %s slow", "a")
+    rare.warning("cut", "upstream %s broke off", "a")
+    now[0] = 60.0
+    rare.warning("timeout", "upstream %s slow", "a")
+    rare.warning("cut", "upstream %s broke off", "a")
+    assert [r.getMessage() for r in caplog.records] == [
+        "upstream a slow",
+        "upstream a broke off",
+        "upstream a slow (2 more failure(s) since the last report)",
+        "upstream a broke off",
+    ]
