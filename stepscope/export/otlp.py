@@ -40,7 +40,7 @@ class TraceSettings:
     - `headers`: `OTEL_EXPORTER_OTLP_HEADERS`, as the raw `k=v,k2=v2` text or already parsed.
     - `timeout_s`: per export request; `insecure`: gRPC only, plaintext instead of TLS.
     - `service_name`, `service_version`, `resource_attributes` (`OTEL_RESOURCE_ATTRIBUTES` text): the resource.
-    - `max_queue_size`, `max_export_batch_size`, `schedule_delay_ms`, `export_timeout_ms`: the batch processor.
+    - `max_export_batch_size`, `schedule_delay_ms`: the delivery thread's batch size and the pause that gathers one.
     """
 
     exporter: str = "otlp"
@@ -53,10 +53,8 @@ class TraceSettings:
     service_name: str = "stepscope"
     service_version: str | None = None
     resource_attributes: str = ""
-    max_queue_size: int = 2048
     max_export_batch_size: int = 512
     schedule_delay_ms: float = 5000
-    export_timeout_ms: float = 30000
 
     def __repr__(self) -> str:
         # Headers usually carry an API key: never print them.
