@@ -24,13 +24,10 @@ from stepscope.mapping.agents import (
 )
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.simulator.agents import TurnKnobs
-from stepscope.simulator.agents.state import SimSession
 from stepscope.source import BearerAuth
 from stepscope.source.agents import AgentsClient, Item, Turn
 from stepscope.testing import OtlpReceiver
-
-EVERY_KIND = ("function_call", "mcp_call", "web_search_call", "command_execution", "computer_use_call", "subagent",
-              "message", "unknown")  # fmt: skip
+from tests.kit.agents import EVERY_KIND, finished_session
 
 
 class Invalid:
@@ -42,18 +39,6 @@ class Invalid:
 
     def observe_invalid(self, error: InvalidObject) -> None:
         self.invalid.append(error)
-
-
-def _session(sim: Simulator, clock: ManualClock, count: int, knobs: TurnKnobs) -> SimSession:
-    """A session with `count` consecutive turns; the clock ends past their ends and trace publication."""
-    assert sim.agents is not None
-    engine = sim.agents.engine
-    session = engine.create_session(clock.now())
-    t = clock.now()
-    for _ in range(count):
-        t = engine.create_turn(session, t, knobs=knobs).end + 0.01
-    clock.advance(t - clock.now() + 10)
-    return session
 
 
 @pytest.fixture
@@ -90,7 +75,7 @@ async def test_pages_past_100_turns_and_across_an_id_less_item(
     """130 turns arrive once each in order, and a long turn's items page on last_id past the id-less message."""
     knobs = TurnKnobs(kinds=("mcp_call", "web_search_call") * 15, seconds=0.05, outcome="completed",
                       legacy_user_message=True)  # fmt: skip
-    session = _session(sim, clock, 130, knobs)
+    session = finished_session(sim, clock, 130, knobs)
     agents, observer = client
     listed = await _all(agents.list_sessions())
     assert session.id in [s.id for s in listed]
@@ -110,7 +95,7 @@ async def test_every_item_kind_maps_to_the_simulator_truth_and_relays(
 ) -> None:
     """Turns with every item kind and subagents map to one span per turn with exact times and to counters equal to
     the simulator's truth; the published traces relay to a real OTLP receiver with their own ids."""
-    session = _session(sim, clock, 3, TurnKnobs(kinds=EVERY_KIND, seconds=0.5, outcome="completed"))
+    session = finished_session(sim, clock, 3, TurnKnobs(kinds=EVERY_KIND, seconds=0.5, outcome="completed"))
     agents, observer = client
     got_session = await agents.get_session(session.id)
     turns = await _all(agents.list_turns(session.id))

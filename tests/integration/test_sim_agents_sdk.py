@@ -24,22 +24,9 @@ from openai.types.webhooks import (
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.simulator.agents import UNKNOWN_ITEM_TYPE, TurnKnobs, WebhookTarget
 from stepscope.simulator.agents.state import SimSession
+from tests.kit.agents import EVERY_KIND, finished_session
 
 SECRET = "whsec_c2ltdWxhdG9yLXdlYmhvb2stc2VjcmV0LWtleQ=="
-EVERY_KIND = ("function_call", "mcp_call", "web_search_call", "command_execution", "computer_use_call", "subagent",
-              "message", "unknown")  # fmt: skip
-
-
-def _session(sim: Simulator, clock: ManualClock, count: int, knobs: TurnKnobs) -> SimSession:
-    """A client session with `count` consecutive turns; the clock ends past their ends and trace publication."""
-    assert sim.agents is not None
-    engine = sim.agents.engine
-    session = engine.create_session(clock.now(), metadata={"team": "manual"})
-    t = clock.now()
-    for _ in range(count):
-        t = engine.create_turn(session, t, knobs=knobs).end + 0.01
-    clock.advance(t - clock.now() + 10)
-    return session
 
 
 @pytest.fixture
@@ -69,7 +56,7 @@ def test_sdk_reads_sessions_turns_subagents_and_traces_with_every_field(
     sim: Simulator, clock: ManualClock, client: openai.OpenAI
 ) -> None:
     """Sessions, turns, subagents and traces validate as the SDK's models and carry every field it declares."""
-    session = _session(sim, clock, 2, TurnKnobs(kinds=EVERY_KIND, seconds=0.5, outcome="completed"))
+    session = finished_session(sim, clock, 2, TurnKnobs(kinds=EVERY_KIND, seconds=0.5, outcome="completed"))
     sessions = client.beta.agents.sessions
     raw = sessions.with_raw_response.retrieve(session.id).http_response.json()
     _all_fields(AgentSession, raw, frozenset({"review"}))  # omitted when review is none, as documented
@@ -98,7 +85,7 @@ def test_sdk_parses_every_item_type_and_tolerates_an_unknown_one(
     sim: Simulator, clock: ManualClock, client: openai.OpenAI
 ) -> None:
     """Turn items parse into the SDK's item classes; the unknown type comes through without breaking the page."""
-    session = _session(sim, clock, 1, TurnKnobs(kinds=EVERY_KIND, seconds=0.5, outcome="completed"))
+    session = finished_session(sim, clock, 1, TurnKnobs(kinds=EVERY_KIND, seconds=0.5, outcome="completed"))
     items = list(client.beta.agents.sessions.turns.items.list(session.turns[0].id, session_id=session.id, limit=5))
     by_type = {item.type: type(item).__name__ for item in items}
     assert by_type["function_call"] == "AgentFunctionCallItem"
@@ -118,7 +105,7 @@ def test_sdk_auto_paginates_a_session_of_more_than_100_turns_and_long_turn_items
     """Auto-pagination walks 130 turns (pages of 100 and of 20) and 60+ items of one turn, each exactly once."""
     knobs = TurnKnobs(kinds=("mcp_call", "web_search_call") * 15, seconds=0.05, outcome="completed",
                       legacy_user_message=True)  # fmt: skip
-    session = _session(sim, clock, 130, knobs)
+    session = finished_session(sim, clock, 130, knobs)
     turns = client.beta.agents.sessions.turns
     for limit in (100, 20):
         ids = [t.id for t in turns.list(session.id, limit=limit)]

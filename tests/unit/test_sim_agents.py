@@ -11,7 +11,7 @@ import pytest
 from stepscope.simulator import FaultConfig, FaultSpec, ManualClock, Simulator, scenario_named
 from stepscope.simulator import cli as simulator_cli
 from stepscope.simulator.agents import UNKNOWN_ITEM_TYPE, TurnKnobs, WebhookTarget
-from stepscope.simulator.agents.state import SimSession
+from tests.kit.agents import EVERY_KIND, finished_session
 
 HEADERS = {"Authorization": "Bearer sk-sim", "OpenAI-Beta": "agents=v1"}
 
@@ -50,18 +50,6 @@ async def _all(client: httpx.AsyncClient, path: str, **params: Any) -> list[dict
         if not page["has_more"]:
             return out
         query["after"] = page["last_id"]
-
-
-def _manual_session(sim: Simulator, clock: ManualClock, count: int, knobs: TurnKnobs) -> SimSession:
-    """A client session with `count` consecutive turns shaped by `knobs`, all finished and published."""
-    assert sim.agents is not None
-    engine = sim.agents.engine
-    session = engine.create_session(clock.now(), metadata={"team": "manual"})
-    t = clock.now()
-    for _ in range(count):
-        t = engine.create_turn(session, t, knobs=knobs).end + 0.01
-    clock.advance(t - clock.now() + 10)
-    return session
 
 
 @pytest.mark.anyio
@@ -150,7 +138,7 @@ async def test_turn_items_page_by_last_id_across_an_item_without_id() -> None:
     sim, clock = _sim("quiet", seconds=0)
     knobs = TurnKnobs(kinds=("web_search_call", "mcp_call"), seconds=0.5, outcome="completed",
                       legacy_user_message=True)  # fmt: skip
-    session = _manual_session(sim, clock, 1, knobs)
+    session = finished_session(sim, clock, 1, knobs)
     turn = session.turns[0]
     path = f"/agents/sessions/{session.id}/turns/{turn.id}/items"
     async with _client(sim) as client:
@@ -166,9 +154,7 @@ async def test_turn_items_page_by_last_id_across_an_item_without_id() -> None:
 async def test_items_carry_no_timestamps_and_include_every_kind_and_an_unknown_type() -> None:
     """Items have no *_at fields; a turn of every segment kind serves each item type, one unknown to the SDK."""
     sim, clock = _sim("quiet", seconds=0)
-    kinds = ("function_call", "mcp_call", "web_search_call", "command_execution", "computer_use_call", "subagent",
-             "message", "unknown")  # fmt: skip
-    session = _manual_session(sim, clock, 1, TurnKnobs(kinds=kinds, seconds=0.5, outcome="completed"))
+    session = finished_session(sim, clock, 1, TurnKnobs(kinds=EVERY_KIND, seconds=0.5, outcome="completed"))
     async with _client(sim) as client:
         items = await _all(client, f"/agents/sessions/{session.id}/turns/{session.turns[0].id}/items", limit=100)
     types = {i["type"] for i in items}
@@ -183,7 +169,7 @@ async def test_items_carry_no_timestamps_and_include_every_kind_and_an_unknown_t
 async def test_subagent_turns_are_listed_under_their_subagent_not_the_session() -> None:
     """A subagent's turn carries subagent_id, starts when created, and appears only under /subagents/{id}."""
     sim, clock = _sim("quiet", seconds=0)
-    session = _manual_session(sim, clock, 1, TurnKnobs(kinds=("subagent",), seconds=0.5, outcome="completed"))
+    session = finished_session(sim, clock, 1, TurnKnobs(kinds=("subagent",), seconds=0.5, outcome="completed"))
     base = f"/agents/sessions/{session.id}"
     async with _client(sim) as client:
         subs = await _all(client, f"{base}/subagents")
@@ -231,7 +217,7 @@ async def test_outcomes_failed_incomplete_cancelled_and_expired() -> None:
     kinds = ("mcp_call", "message")
     results = {}
     for outcome in ("failed", "incomplete", "cancelled", "expired"):
-        session = _manual_session(sim, clock, 1, TurnKnobs(kinds=kinds, seconds=1.0, outcome=outcome))
+        session = finished_session(sim, clock, 1, TurnKnobs(kinds=kinds, seconds=1.0, outcome=outcome))
         async with _client(sim) as client:
             turn = (await client.get(f"/agents/sessions/{session.id}/turns/{session.turns[0].id}")).json()
             items = await _all(client, f"/agents/sessions/{session.id}/turns/{turn['id']}/items")
