@@ -19,6 +19,8 @@ from stepscope.simulator import core as sim_core
 from stepscope.simulator import faults as sim_faults
 from stepscope.simulator import scenario as sim_scenario
 from stepscope.simulator import state as sim_state
+from stepscope.simulator.agents import state as sim_agents_state
+from stepscope.source.agents import models as agents_models
 from stepscope.source.auth import make_auth
 from stepscope.testing import FakeClock
 from stepscope.vocabulary import AuthMode, Endpoint, Flavor
@@ -48,6 +50,13 @@ def test_every_bridge_endpoint_is_one_the_simulator_serves() -> None:
 def test_terminal_run_statuses_agree() -> None:
     """The simulator ends runs in exactly the statuses the models and the metrics call terminal."""
     assert sim_state.RUN_TERMINAL == models.RUN_TERMINAL == frozenset(a.RUN_STATUSES)
+
+
+def test_terminal_turn_statuses_and_tool_call_items_agree() -> None:
+    """The simulated Agents API ends turns, and makes tool calls, with exactly the statuses and item types the
+    Agents models call terminal and tool calls."""
+    assert sim_agents_state.TURN_TERMINAL == agents_models.TURN_TERMINAL
+    assert sim_agents_state.TOOL_CALL_TYPES == agents_models.TOOL_CALL_ITEM_TYPES
 
 
 def test_simulated_tool_kinds_are_known_to_the_mapping() -> None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from stepscope.simulator.agents.state import SimItem, SimTurn
+from stepscope.simulator.agents.state import TOOL_CALL_TYPES, SimItem, SimTurn
 
 SCOPE = {"name": "openai.agents.sim", "version": "1"}
 _KIND_INTERNAL, _KIND_SERVER = 1, 2
 _STATUS = {"completed": 1, "failed": 2, "cancelled": 0}  # STATUS_CODE_OK, _ERROR, _UNSET
-_TOOLS = frozenset({"function_call", "mcp_call", "web_search_call", "command_execution", "computer_use_call"})
 
 
 def _attr(key: str, value: str | int) -> dict[str, Any]:
@@ -54,7 +53,7 @@ class _Spans:
         for item in turn.items:
             if item.type == "reasoning" or (item.type == "message" and item.fields.get("role") == "assistant"):
                 self.add("response", item.added, item.done, parent, [_attr("openai.item.id", item.id or "")])
-            elif item.type in _TOOLS:
+            elif item.type in TOOL_CALL_TYPES:
                 end = item.done
                 output = outputs.get(item.fields.get("call_id")) if item.type == "function_call" else None
                 if output is not None:

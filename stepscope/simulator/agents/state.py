@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TURN_TERMINAL = frozenset({"completed", "failed", "cancelled"})
+TOOL_CALL_TYPES = frozenset({"function_call", "mcp_call", "web_search_call", "command_execution", "computer_use_call"})
+"""Item types that are tool calls: a tool span in the published trace, a `tool_calls` count in the truth."""
 
 
 class SimItem:

@@ -31,9 +31,8 @@ from typing import Any
 from stepscope.simulator.agents import serializers as ser
 from stepscope.simulator.agents.engine import AgentsEngine
 from stepscope.simulator.agents.otlp import build_trace, span_ids
-from stepscope.simulator.agents.state import SimTurn
+from stepscope.simulator.agents.state import TOOL_CALL_TYPES, SimTurn
 
-TOOL_CALL_TYPES = frozenset({"function_call", "mcp_call", "web_search_call", "command_execution", "computer_use_call"})
 _USAGE_KEYS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
 
 
