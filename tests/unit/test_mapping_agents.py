@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from stepscope.errors import InvalidObject
 from stepscope.mapping import MappingOptions
+from stepscope.mapping import attributes as a
 from stepscope.mapping.agents import (
+    ITEM_TOOL_TYPES,
     MAX_ITEM_EVENTS,
     TurnContext,
     published_root,
@@ -24,7 +26,16 @@ from stepscope.mapping.agents import (
     turn_telemetry,
 )
 from stepscope.mapping.ids import trace_id_for_run
-from stepscope.source.agents.models import Item, SessionTrace, TokenUsage, Turn, TurnError
+from stepscope.source.agents.models import (
+    SUBAGENT_CALL_ITEM_TYPES,
+    TOOL_CALL_ITEM_TYPES,
+    TURN_TERMINAL,
+    Item,
+    SessionTrace,
+    TokenUsage,
+    Turn,
+    TurnError,
+)
 from stepscope.source.agents.parsers import parse_item, parse_turn
 from stepscope.types import Observation, SpanEvent
 
@@ -352,3 +363,11 @@ def test_any_parsed_turn_maps_to_encodable_spans_and_sane_metrics(
     for obs in turn_observations(turn, CTX):
         limit = 10**9 if obs.metric == "stepscope_tokens_total" else 4_102_444_800
         assert 0 <= obs.value <= limit
+
+
+def test_label_vocabulary_stays_in_step_with_the_agents_models() -> None:
+    """The mapping's known turn statuses, item types and tool-call item types are the ones the Agents models define."""
+    assert frozenset(a.TURN_STATUSES) == TURN_TERMINAL
+    assert set(a.ITEM_TYPES) >= TOOL_CALL_ITEM_TYPES | SUBAGENT_CALL_ITEM_TYPES
+    assert set(ITEM_TOOL_TYPES) == TOOL_CALL_ITEM_TYPES
+    assert all(ITEM_TOOL_TYPES[name] == tool_type for name, tool_type in a.NAMELESS_ITEM_TOOLS)
