@@ -29,8 +29,9 @@ class RunFeed(Protocol):
       body of a non-streamed 2xx answer, or the first `thread.run.*` event of a stream. `traceparent` is the
       request's valid W3C `traceparent` header on a create request whose run carries none in its metadata, else
       None.
-    - `stream_event(event, data)`: every `thread.run.*` and `thread.run.step.*` event of a streamed answer, in
-      order, with its object (`data`), after the event's bytes went on to the application.
+    - `stream_event(event, data)`: every `thread.run.*` and `thread.run.step.*` event of a streamed answer but the
+      `.delta` ones (not even parsed), in order, with its object (`data`), after the event's bytes went on to the
+      application.
     - `session_active(session_id)`: the upstream accepted events the application posted to an Agents API session
       (`POST .../agents/sessions/{id}/events`): a turn starts or continues there.
     - `stream_ended(thread_id, run_id, complete)`: a streamed answer ended. `complete` is True only when it ended

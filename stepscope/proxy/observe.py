@@ -23,6 +23,7 @@ DEFAULT_MAX_BODY = 1024 * 1024
 _WINDOW = 64 * 1024  # decompressed bytes produced per step
 _RUN_EVENT = "thread.run."
 _STEP_EVENT = "thread.run.step."
+_DELTA = ".delta"
 
 
 def _decoder(encoding: str) -> zlib._Decompress | None:
@@ -126,8 +127,8 @@ class AnswerObserver:
         if name == "done":
             self._done = True
             return
-        if not name.startswith(_RUN_EVENT):
-            return
+        if not name.startswith(_RUN_EVENT) or name.endswith(_DELTA):
+            return  # deltas are most of a tool call's stream and say nothing its completed step does not
         try:
             data = json.loads(text)
         except ValueError:

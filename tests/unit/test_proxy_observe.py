@@ -99,6 +99,19 @@ def test_stream_events_in_order_then_ended_complete() -> None:
     assert feed.of("stream_ended") == [("thread_1", "run_1", True)]
 
 
+def test_step_deltas_are_neither_parsed_nor_fed() -> None:
+    """A stream's `thread.run.step.delta` events reach no feed call and are not parsed (a broken one counts nothing)."""
+    feed = RecordingFeed()
+    counts: list[str] = []
+    obs = _observer(feed, RunRoute(SUBMIT_TOOL_OUTPUTS, "thread_1", "run_1"), "text/event-stream", counts=counts)
+    obs.chunk(_sse(("thread.run.step.delta", {"id": "step_1", "object": "thread.run.step.delta"})))
+    obs.chunk(b"event: thread.run.step.delta\ndata: {not json\n\n")
+    obs.chunk(_sse(("thread.run.step.completed", STEP)))
+    obs.finish(True)
+    assert [e for e, _ in feed.of("stream_event")] == ["thread.run.step.completed"]
+    assert counts == []
+
+
 def test_stream_without_done_is_incomplete_and_keeps_path_ids() -> None:
     """A stream that ends before `done` is incomplete; with no event, the path's ids are what is known."""
     feed = RecordingFeed()
