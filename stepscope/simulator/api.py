@@ -147,13 +147,7 @@ class SimApp:
             spec = injector.config.for_endpoint(endpoint)
             req_headers = dict(scope["headers"])
             self._authorize(req_headers, spec.auth_fail)
-            allowed, limit, remaining, reset = injector.budget(self.engine.clock.monotonic())
-            headers += _rate_headers(limit, remaining, reset)
-            if not allowed:
-                retry = max(1, int(reset + 0.999))
-                headers.append((b"retry-after", str(retry).encode()))
-                message = f"Rate limit reached for requests: Limit {limit}, Used {limit}, Requested 1. Try in {retry}s."
-                raise ApiError(429, message, type_="requests", code="rate_limit_exceeded")
+            self._spend_budget(headers, self.engine.clock.monotonic())
             query, include = _query(scope["query_string"])
             if self.azure and not query.get("api-version"):
                 raise ApiError(400, "Missing required query parameter: api-version", param="api-version",
@@ -210,6 +204,17 @@ class SimApp:
             await _respond(send, 500, b"", [(DROP_HEADER, b"1")])
             return True
         return False
+
+    def _spend_budget(self, headers: list[tuple[bytes, bytes]], monotonic: float) -> None:
+        """Spend one request of the rate budget, adding the rate headers to `headers`; ApiError 429 (with
+        `retry-after`) when the budget is spent."""
+        allowed, limit, remaining, reset = self.injector.budget(monotonic)
+        headers += _rate_headers(limit, remaining, reset)
+        if not allowed:
+            retry = max(1, int(reset + 0.999))
+            headers.append((b"retry-after", str(retry).encode()))
+            message = f"Rate limit reached for requests: Limit {limit}, Used {limit}, Requested 1. Try in {retry}s."
+            raise ApiError(429, message, type_="requests", code="rate_limit_exceeded")
 
     def _authorize(self, headers: dict[bytes, bytes], force_fail: bool) -> None:
         auth = headers.get(b"authorization", b"").decode("latin-1")

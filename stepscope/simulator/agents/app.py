@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stepscope.simulator.agents.handlers import AgentsHandlers
-from stepscope.simulator.api import _JSON, _STATIC, Receive, Scope, Send, SimApp, _query, _rate_headers, _respond
+from stepscope.simulator.api import _JSON, _STATIC, Receive, Scope, Send, SimApp, _query, _respond
 from stepscope.simulator.faults import FaultInjector
 from stepscope.simulator.handlers import ApiError, Request
 from stepscope.simulator.serializers import dumps
@@ -105,13 +105,7 @@ class AgentsApp(SimApp):
             spec = injector.config.for_endpoint(endpoint)
             req_headers = dict(scope["headers"])
             self._authorize(req_headers, spec.auth_fail)
-            allowed, limit, remaining, reset = injector.budget(self.agents.engine.clock.monotonic())
-            headers += _rate_headers(limit, remaining, reset)
-            if not allowed:
-                retry = max(1, int(reset + 0.999))
-                headers.append((b"retry-after", str(retry).encode()))
-                raise ApiError(429, f"Rate limit reached for requests: Limit {limit}. Try in {retry}s.",
-                               type_="requests", code="rate_limit_exceeded")  # fmt: skip
+            self._spend_budget(headers, self.agents.engine.clock.monotonic())
             if BETA not in [v.strip() for v in req_headers.get(b"openai-beta", b"").split(b",")]:
                 raise ApiError(400, _BETA_MESSAGE, code="invalid_beta")
             if spec.active and await self._inject(endpoint, spec, headers, send):
