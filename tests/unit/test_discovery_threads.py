@@ -9,51 +9,29 @@ from typing import Any
 import httpx
 import pytest
 
-from stepscope.errors import SourceError, Unavailable
-from stepscope.health import state_of
-from stepscope.models import RunRef
+from stepscope.errors import Unavailable
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.source.auth import ApiKeyAuth
 from stepscope.source.client import AssistantsClient
 from stepscope.source.discovery import Discovery
 from stepscope.source.threads import ThreadInfo, ThreadLister
 from stepscope.store import SqliteStore
+from tests.kit.fakes import RecordingTracker as Tracker
 
 pytestmark = pytest.mark.anyio
 KEY = "az-key"
 
 
 @dataclass
-class Tracker:
-    refs: list[RunRef] = field(default_factory=list)
-    states: list[str] = field(default_factory=list)
-
-    def track(self, ref: RunRef) -> bool:
-        self.refs.append(ref)
-        return True
-
-    def is_tracked(self, run_id: str) -> bool:
-        return any(r.run_id == run_id for r in self.refs)
-
-    def busy_threads(self) -> set[str]:
-        return set()
-
-    def api_ok(self) -> None:
-        self.states.append("ok")
-
-    def api_failed(self, exc: SourceError) -> None:
-        self.states.append(state_of(exc))
-
-
-@dataclass
 class Counter:
     requests: list[str] = field(default_factory=list)
+    invalid: list[object] = field(default_factory=list)
 
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
         self.requests.append(endpoint)
 
     def observe_invalid(self, error: object) -> None:
-        pass
+        self.invalid.append(error)
 
 
 @pytest.fixture
@@ -172,3 +150,33 @@ async def test_a_listing_that_fails_part_way_is_retried_whole(store: SqliteStore
     assert discovery.threads() == [] and tracker.states == ["unavailable"]
     await discovery.run_once()
     assert discovery.threads() == [f"thread_{i}" for i in range(5)]
+
+
+async def test_the_lister_skips_bad_threads_and_never_retries() -> None:
+    """Invalid threads are counted and skipped, the cursor follows the raw last id, and a 503 is raised unretried."""
+    pages = [
+        {"data": [{"id": "thread_a", "created_at": 5}, {"id": "thread_b"}], "has_more": True},
+        {"data": [{"id": "thread_c", "created_at": 3}], "has_more": True},
+    ]
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.params.get("after"))
+        if len(seen) > len(pages):
+            return httpx.Response(503)
+        return httpx.Response(200, json=pages[len(seen) - 1])
+
+    counter = Counter()
+    got: list[str] = []
+
+    async def read_all(lister: ThreadLister) -> None:
+        async for thread in lister.list_threads():
+            got.append(thread.id)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        lister = ThreadLister(http, base_url="https://api.test/v1", auth=ApiKeyAuth(KEY), observer=counter)
+        with pytest.raises(Unavailable, match="list_threads: HTTP 503"):
+            await read_all(lister)
+    assert got == ["thread_a", "thread_c"]
+    assert seen == [None, "thread_b", "thread_c"]  # the 503 was not retried
+    assert len(counter.invalid) == 1
