@@ -17,8 +17,8 @@ link is set only when exactly one root turn did so; otherwise there is none (the
 in `openai.subagent.id`). A subagent turn's `created_at` is its start (the API's rule), so it has no queue time.
 
 A turn span also links to the root span of the trace the server published for it (`published_root`), which is
-relayed unchanged (`stepscope.export.relay`). `SpanSpec` has no links yet: `turn_links` returns them as
-`(trace_id, span_id)` pairs for the exporter to attach.
+relayed unchanged (`stepscope.export.relay`). `turn_links` computes a turn span's links as `(trace_id, span_id)`
+pairs; `AgentsMapper.finish` puts them on the span (`SpanSpec.links`).
 
 Metrics land in the families of run steps with `protocol="agents"`: a turn in `stepscope_runs_total`,
 `stepscope_run_duration_seconds`, `stepscope_run_queue_seconds` and, from its usage, `stepscope_tokens_total`
