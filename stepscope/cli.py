@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,9 +21,9 @@ from stepscope.config import SETTINGS_BY_PATH, Config, env_help, load
 from stepscope.configvalues import parse_duration
 from stepscope.errors import ConfigError, StepscopeError
 from stepscope.logs import setup_logging
+from stepscope.watchrequests import RUN_ID
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-_RUN_ID = re.compile(r"run_[A-Za-z0-9_-]{1,64}")  # fullmatch: the shape /v1/watch accepts too
 
 # CLI flags of `serve`/`backfill`/`config check`, as (flag, setting path, help): flags beat the environment.
 SETTING_FLAGS = (
@@ -85,7 +84,7 @@ def _thread_arg(text: str) -> str:
 
 def _run_arg(text: str) -> str:
     """argparse `type` for a run id."""
-    if not _RUN_ID.fullmatch(text):
+    if not RUN_ID.fullmatch(text):  # the shape /v1/watch accepts too
         raise argparse.ArgumentTypeError(f"must look like run_..., got {text!r}")
     return text
 

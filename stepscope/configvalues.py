@@ -18,8 +18,9 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from stepscope.watchrequests import THREAD_ID
+
 _E = TypeVar("_E", bound=StrEnum)
-_ID_RE = re.compile(r"^thread_[A-Za-z0-9_-]{1,64}$")
 _AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -147,7 +148,7 @@ def parse_url(text: str) -> Url:
 def thread_ids(text: str) -> tuple[str, ...]:
     """Comma-separated `thread_...` ids, duplicates dropped, order kept."""
     ids = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    bad = [t for t in ids if not _ID_RE.fullmatch(t)]
+    bad = [t for t in ids if not THREAD_ID.fullmatch(t)]  # the shape /v1/watch accepts too
     if bad:
         raise ValueError(f"invalid thread id(s) {', '.join(bad[:3])}: expected thread_...")
     return ids
