@@ -12,8 +12,7 @@ from stepscope.selfmetrics import SelfMetrics
 from stepscope.server import HttpApp, HttpServer
 from stepscope.source.discovery import Discovery
 from stepscope.store import SqliteStore
-from tests.kit.fakes import FakeSource
-from tests.unit.test_watch_hardening import DiscoveryService, Tracker
+from tests.kit.fakes import DiscoveryService, FakeSource, RecordingTracker
 
 pytestmark = pytest.mark.anyio
 JSON = {"content-type": "application/json"}
@@ -26,7 +25,7 @@ async def test_hostile_bodies_over_http_get_4xx_and_the_server_lives_on() -> Non
     store.open()
     registry = CollectorRegistry()
     metrics = SelfMetrics(registry, version="test")
-    service = DiscoveryService(Discovery(FakeSource(), store, Tracker(), on_drop=metrics.dropped))
+    service = DiscoveryService(Discovery(FakeSource(), store, RecordingTracker(), on_drop=metrics.dropped))
     server = HttpServer(HttpApp(service, registry, dropped=metrics.dropped, watch_rate=1000.0), "127.0.0.1", 0)
     await server.start()
 

@@ -1,4 +1,5 @@
-"""Injected fakes for poller, discovery and pipeline tests: an in-memory source, a commit recorder, counters."""
+"""Injected fakes for poller, discovery, server and pipeline tests: an in-memory source, a run tracker, the status
+service the HTTP server asks, a commit recorder, counters."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError
-from stepscope.health import ApiHealth
+from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError, StoreError
+from stepscope.health import ApiHealth, state_of
 from stepscope.models import Assistant, Run, RunRef, RunStep
 from stepscope.poller import Poller, UnitStore
+from stepscope.source.discovery import Discovery
 from stepscope.source.steps import PollSchedule, RunState, StepReader
 from stepscope.types import Commit
 
@@ -81,6 +83,61 @@ class FakeSource:
         if assistant_id in self.missing_assistants:
             raise NotFound(f"no assistant {assistant_id}", status_code=404)
         return Assistant(id=assistant_id, name="Helper", model="gpt-4o")
+
+
+@dataclass
+class RecordingTracker:
+    """Discovery's `RunTracker`: records the runs it is given (accepting each) and the API states reported, as
+    `health.state_of` names them; `busy` is the set of threads it reports busy."""
+
+    refs: list[RunRef] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)
+    busy: set[str] = field(default_factory=set)
+
+    def track(self, ref: RunRef) -> bool:
+        self.refs.append(ref)
+        return True
+
+    def is_tracked(self, run_id: str) -> bool:
+        return any(r.run_id == run_id for r in self.refs)
+
+    def busy_threads(self) -> set[str]:
+        return self.busy
+
+    def api_ok(self) -> None:
+        self.states.append("ok")
+
+    def api_failed(self, exc: SourceError) -> None:
+        self.states.append(state_of(exc))
+
+
+class DiscoveryService:
+    """The `Service` the server sees, backed by a real Discovery and store, as the sidecar wires it;
+    `fail_store = True` makes registrations fail as a store that cannot be written does."""
+
+    def __init__(self, discovery: Discovery, *, fail_store: bool = False) -> None:
+        self.discovery = discovery
+        self.fail_store = fail_store
+        self.calls = 0
+
+    def alive(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {"watched_threads": len(self.discovery.threads())}
+
+    def watch(self, thread_id: str, run_id: str | None) -> bool:
+        self.calls += 1
+        if self.fail_store:
+            raise StoreError("checkpoint store write failed: disk I/O error")
+        return self.discovery.watch(thread_id, run_id)
+
+    def unwatch(self, thread_id: str, run_id: str | None) -> None:
+        self.calls += 1
+        self.discovery.unwatch(thread_id, run_id)
 
 
 @dataclass

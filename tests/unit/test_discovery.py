@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 
-from stepscope.errors import AuthError, NotFound, SourceError
-from stepscope.health import state_of
+from stepscope.errors import AuthError, NotFound
 from stepscope.models import Run, RunRef, RunStep
 from stepscope.source.discovery import (
     DISCOVERY_BUDGET,
@@ -24,33 +22,11 @@ from stepscope.source.tracking import shard_of
 from stepscope.store import SqliteStore
 from stepscope.testing import eventually
 from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_poller
+from tests.kit.fakes import RecordingTracker as Tracker
 from tests.kit.samples import make_run
 
 pytestmark = pytest.mark.anyio
 NOW = 10_000.0
-
-
-@dataclass
-class Tracker:
-    refs: list[RunRef] = field(default_factory=list)
-    states: list[str] = field(default_factory=list)
-    busy: set[str] = field(default_factory=set)
-
-    def track(self, ref: RunRef) -> bool:
-        self.refs.append(ref)
-        return True
-
-    def is_tracked(self, run_id: str) -> bool:
-        return any(r.run_id == run_id for r in self.refs)
-
-    def busy_threads(self) -> set[str]:
-        return self.busy
-
-    def api_ok(self) -> None:
-        self.states.append("ok")
-
-    def api_failed(self, exc: SourceError) -> None:
-        self.states.append(state_of(exc))
 
 
 @pytest.fixture

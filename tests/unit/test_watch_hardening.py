@@ -10,69 +10,16 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stepscope.errors import SourceError, StoreError
 from stepscope.logs import DuplicateFilter
-from stepscope.models import RunRef
 from stepscope.selfmetrics import SelfMetrics
 from stepscope.server import HttpApp, HttpServer
 from stepscope.source.discovery import Discovery
 from stepscope.store import SqliteStore
 from stepscope.watchrequests import TokenBucket, is_loopback
-from tests.kit.fakes import FakeSource
+from tests.kit.fakes import DiscoveryService, FakeSource, RecordingTracker
 
 pytestmark = pytest.mark.anyio
 JSON = {"content-type": "application/json"}
-
-
-class Tracker:
-    """The poller seam of discovery: records runs, never busy."""
-
-    def __init__(self) -> None:
-        self.refs: list[RunRef] = []
-
-    def track(self, ref: RunRef) -> bool:
-        self.refs.append(ref)
-        return True
-
-    def is_tracked(self, run_id: str) -> bool:
-        return any(r.run_id == run_id for r in self.refs)
-
-    def busy_threads(self) -> set[str]:
-        return set()
-
-    def api_ok(self) -> None:
-        pass
-
-    def api_failed(self, exc: SourceError) -> None:
-        pass
-
-
-class DiscoveryService:
-    """The `Service` the server sees, backed by a real Discovery and store, as app.py wires it."""
-
-    def __init__(self, discovery: Discovery, *, fail_store: bool = False) -> None:
-        self.discovery = discovery
-        self.fail_store = fail_store
-        self.calls = 0
-
-    def alive(self) -> bool:
-        return True
-
-    def ready(self) -> bool:
-        return True
-
-    def status(self) -> dict[str, Any]:
-        return {"watched_threads": len(self.discovery.threads())}
-
-    def watch(self, thread_id: str, run_id: str | None) -> bool:
-        self.calls += 1
-        if self.fail_store:
-            raise StoreError("checkpoint store write failed: disk I/O error")
-        return self.discovery.watch(thread_id, run_id)
-
-    def unwatch(self, thread_id: str, run_id: str | None) -> None:
-        self.calls += 1
-        self.discovery.unwatch(thread_id, run_id)
 
 
 class Clock:
@@ -94,7 +41,12 @@ def rig(
     metrics = SelfMetrics(registry, version="test")
     clock = Clock()
     discovery = Discovery(
-        FakeSource(), store, Tracker(), max_registered=max_registered, on_drop=metrics.dropped, wall=lambda: 1e9
+        FakeSource(),
+        store,
+        RecordingTracker(),
+        max_registered=max_registered,
+        on_drop=metrics.dropped,
+        wall=lambda: 1e9,
     )
     service = DiscoveryService(discovery)
     app = HttpApp(
