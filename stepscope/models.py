@@ -198,7 +198,13 @@ def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _ts(obj: Mapping[str, Any], key: str, kind: str, oid: str | None, *, required: bool = False) -> int | None:
+def timestamp_field(
+    obj: Mapping[str, Any], key: str, kind: str, oid: str | None, *, required: bool = False
+) -> int | None:
+    """`obj[key]` as whole Unix seconds; None when absent or untyped (`InvalidObject` if `required`).
+
+    Raises `InvalidObject` for a number outside `MIN_TIMESTAMP`..`MAX_TIMESTAMP`. Shared by every parser.
+    """
     value = obj.get(key)
     if value is None and not required:
         return None
@@ -293,7 +299,7 @@ def parse_step(obj: object) -> RunStep:
         raise InvalidObject(kind, "not a JSON object")
     oid = _object_id(obj)
     step_id = _req_str(obj, "id", kind, oid)
-    created_at = _ts(obj, "created_at", kind, step_id, required=True)
+    created_at = timestamp_field(obj, "created_at", kind, step_id, required=True)
     assert created_at is not None
     details = obj.get("step_details")
     details = details if isinstance(details, Mapping) else {}
@@ -314,10 +320,10 @@ def parse_step(obj: object) -> RunStep:
         type=step_type,
         status=_req_str(obj, "status", kind, step_id),
         created_at=created_at,
-        completed_at=_ts(obj, "completed_at", kind, step_id),
-        failed_at=_ts(obj, "failed_at", kind, step_id),
-        cancelled_at=_ts(obj, "cancelled_at", kind, step_id),
-        expired_at=_ts(obj, "expired_at", kind, step_id),
+        completed_at=timestamp_field(obj, "completed_at", kind, step_id),
+        failed_at=timestamp_field(obj, "failed_at", kind, step_id),
+        cancelled_at=timestamp_field(obj, "cancelled_at", kind, step_id),
+        expired_at=timestamp_field(obj, "expired_at", kind, step_id),
         last_error=_last_error(obj.get("last_error")),
         usage=_usage(obj.get("usage"), kind, step_id),
         message_id=message_id,
@@ -332,7 +338,7 @@ def parse_run(obj: object) -> Run:
         raise InvalidObject(kind, "not a JSON object")
     oid = _object_id(obj)
     run_id = _req_str(obj, "id", kind, oid)
-    created_at = _ts(obj, "created_at", kind, run_id, required=True)
+    created_at = timestamp_field(obj, "created_at", kind, run_id, required=True)
     assert created_at is not None
     incomplete = obj.get("incomplete_details")
     metadata = obj.get("metadata")
@@ -344,11 +350,11 @@ def parse_run(obj: object) -> Run:
         status=_req_str(obj, "status", kind, run_id),
         created_at=created_at,
         model=_opt_str(obj, "model"),
-        started_at=_ts(obj, "started_at", kind, run_id),
-        expires_at=_ts(obj, "expires_at", kind, run_id),
-        completed_at=_ts(obj, "completed_at", kind, run_id),
-        failed_at=_ts(obj, "failed_at", kind, run_id),
-        cancelled_at=_ts(obj, "cancelled_at", kind, run_id),
+        started_at=timestamp_field(obj, "started_at", kind, run_id),
+        expires_at=timestamp_field(obj, "expires_at", kind, run_id),
+        completed_at=timestamp_field(obj, "completed_at", kind, run_id),
+        failed_at=timestamp_field(obj, "failed_at", kind, run_id),
+        cancelled_at=timestamp_field(obj, "cancelled_at", kind, run_id),
         last_error=_last_error(obj.get("last_error")),
         incomplete_reason=_opt_str(incomplete, "reason") if isinstance(incomplete, Mapping) else None,
         usage=_usage(obj.get("usage"), kind, run_id),

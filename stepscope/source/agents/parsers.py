@@ -16,13 +16,12 @@ functions: no I/O, no clock.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from stepscope.errors import InvalidObject
-from stepscope.models import MAX_TIMESTAMP, MAX_TOKENS, MIN_TIMESTAMP, Page
+from stepscope.models import MAX_TOKENS, Page, timestamp_field
 from stepscope.source.agents.models import (
     Agent,
     AgentSession,
@@ -53,19 +52,6 @@ def _opt_str(obj: Mapping[str, Any], key: str) -> str | None:
 def _int(value: object) -> int | None:
     # bool is an int subclass; True is a malformed number, not 1.
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _ts(obj: Mapping[str, Any], key: str, kind: str, oid: str | None, *, required: bool = False) -> int | None:
-    value = obj.get(key)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        if required:
-            raise InvalidObject(kind, f"field {key!r} must be a Unix timestamp", object_id=oid)
-        return None
-    if not MIN_TIMESTAMP <= value < MAX_TIMESTAMP:
-        raise InvalidObject(kind, f"field {key!r} is outside 1970-01-01..2100-01-01", object_id=oid)
-    return int(value)
 
 
 def _tokens(value: object, key: str, kind: str, oid: str | None) -> int | None:
@@ -136,7 +122,7 @@ def parse_session(obj: object) -> AgentSession:
     kind = "agent_session"
     o = _object(obj, kind)
     sid = _req_str(o, "id", kind, _object_id(o))
-    created_at = _ts(o, "created_at", kind, sid, required=True)
+    created_at = timestamp_field(o, "created_at", kind, sid, required=True)
     assert created_at is not None
     agent = o.get("agent")
     agent = agent if isinstance(agent, Mapping) else {}
@@ -151,7 +137,7 @@ def parse_session(obj: object) -> AgentSession:
         agent_id=_opt_str(agent, "id") or _opt_str(o, "agent_id") or "_unknown",
         agent_name=_opt_str(agent, "name"),
         model=_opt_str(agent, "model"),
-        last_active_at=_ts(o, "last_active_at", kind, sid),
+        last_active_at=timestamp_field(o, "last_active_at", kind, sid),
         error=error if isinstance(error, str) else None,
         usage=parse_usage(o.get("usage"), kind, sid),
         metadata={k: v for k, v in metadata.items() if isinstance(k, str) and isinstance(v, str)}
@@ -165,7 +151,7 @@ def parse_turn(obj: object) -> Turn:
     kind = "agent_turn"
     o = _object(obj, kind)
     tid = _req_str(o, "id", kind, _object_id(o))
-    created_at = _ts(o, "created_at", kind, tid, required=True)
+    created_at = timestamp_field(o, "created_at", kind, tid, required=True)
     assert created_at is not None
     error = o.get("error")
     turn_error = None
@@ -182,8 +168,8 @@ def parse_turn(obj: object) -> Turn:
         status=_req_str(o, "status", kind, tid),
         created_at=created_at,
         subagent_id=_opt_str(o, "subagent_id"),
-        started_at=_ts(o, "started_at", kind, tid),
-        completed_at=_ts(o, "completed_at", kind, tid),
+        started_at=timestamp_field(o, "started_at", kind, tid),
+        completed_at=timestamp_field(o, "completed_at", kind, tid),
         error=turn_error,
         usage=parse_usage(o.get("usage"), kind, tid),
     )
@@ -246,7 +232,7 @@ def parse_subagent(obj: object) -> Subagent:
     kind = "agent_subagent"
     o = _object(obj, kind)
     said = _req_str(o, "id", kind, _object_id(o))
-    opened_at = _ts(o, "opened_at", kind, said, required=True)
+    opened_at = timestamp_field(o, "opened_at", kind, said, required=True)
     assert opened_at is not None
     return Subagent(
         id=said,
@@ -255,7 +241,7 @@ def parse_subagent(obj: object) -> Subagent:
         status=_req_str(o, "status", kind, said),
         opened_at=opened_at,
         name=_opt_str(o, "name"),
-        closed_at=_ts(o, "closed_at", kind, said),
+        closed_at=timestamp_field(o, "closed_at", kind, said),
     )
 
 
@@ -264,7 +250,7 @@ def parse_trace(obj: object) -> SessionTrace:
     kind = "agent_trace"
     o = _object(obj, kind)
     tid = _req_str(o, "id", kind, _object_id(o))
-    created_at = _ts(o, "created_at", kind, tid, required=True)
+    created_at = timestamp_field(o, "created_at", kind, tid, required=True)
     assert created_at is not None
     otlp = o.get("otlp")
     if not isinstance(otlp, Mapping):
