@@ -286,11 +286,3 @@ class Poller(Generic[S]):
             self._store.forget_run(t.ref)
         except StoreError:
             log.exception("checkpoint store: cannot forget run %s", t.ref.run_id)
-
-    # --- what discovery reports (it shares the API) ------------------------------------------------------------
-
-    def api_ok(self) -> None:
-        self.api.ok()
-
-    def api_failed(self, exc: SourceError) -> None:
-        self.api.failed(exc)

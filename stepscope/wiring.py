@@ -173,6 +173,7 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
             shard_count=cfg.poll.shard_count,
             wall=wall,
             on_drop=metrics.dropped,
+            health=health,
             poll_soon=poller.poll_soon,
         )
     else:
@@ -190,6 +191,7 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
             wall=wall,
             max_registered=cfg.server.max_watched,
             on_drop=metrics.dropped,
+            health=health,
             thread_source=ThreadLister.beside(api, cfg, observer=metrics) if listing else None,
         )
     metrics.set_tracked_runs_source(lambda: poller.tracked_count)

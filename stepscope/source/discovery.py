@@ -31,9 +31,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from stepscope.errors import InvalidObject, NotFound, SourceError, StepscopeError, StoreError
+from stepscope.health import ApiHealth
 from stepscope.models import Run, RunRef
 from stepscope.source.threads import ThreadSource
-from stepscope.source.tracking import RegistrationStore, RunTracker, shard_of
+from stepscope.source.tracking import ApiOutcomes, RegistrationStore, RunTracker, shard_of
 from stepscope.types import StepSource
 from stepscope.vocabulary import DropReason
 
@@ -84,6 +85,7 @@ class Discovery:
         max_registered: int = DEFAULT_MAX_REGISTERED,
         pass_budget: int = DISCOVERY_BUDGET,
         on_drop: Callable[[str, int], None] = _no_drop,
+        health: ApiOutcomes | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         thread_source: ThreadSource | None = None,
     ) -> None:
@@ -92,6 +94,7 @@ class Discovery:
         self._listed: dict[str, int] = {}  # thread id -> created_at, threads listed inside the lookback
         self._store = store
         self._tracker = tracker
+        self._api: ApiOutcomes = health if health is not None else ApiHealth()
         self._configured = list(dict.fromkeys(threads))
         self._configured_set = set(self._configured)
         self._lookback = lookback_s
@@ -151,7 +154,7 @@ class Discovery:
                     break
                 found[thread.id] = thread.created_at
         except SourceError as exc:  # the API health says which state it means
-            self._tracker.api_failed(exc)
+            self._api.failed(exc)
             return
         self._listed.update(found)
 
@@ -222,8 +225,8 @@ class Discovery:
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
+            self._wake.clear()  # before the pass: a wake that comes during it starts the next one at once
             await self.run_once()
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
 
@@ -367,7 +370,7 @@ class Discovery:
         except NotFound:
             return 0, _MISSING
         except SourceError as exc:  # the API health says which state it means
-            self._tracker.api_failed(exc)
+            self._api.failed(exc)
             return 0, _FAILED
         except InvalidObject as exc:
             log.debug("listing runs of %s failed: %s", thread_id, exc)  # counted by the source
@@ -375,7 +378,7 @@ class Discovery:
         except StoreError:
             log.exception("checkpoint store error while discovering runs of %s", thread_id)
             return 0, _FAILED
-        self._tracker.api_ok()
+        self._api.ok()
         # Oldest first, so a backfill exports history in order.
         found = sum(1 for ref in reversed(new) if self._tracker.track(ref))
         return found, _RUNS if recent else _EMPTY

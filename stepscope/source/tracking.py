@@ -1,6 +1,6 @@
 """What discovery (of runs or of sessions) needs of its neighbours, and which replica owns which container.
 
-`RunTracker` is the poller as discovery sees it (where new units go, where API outcomes are reported);
+`RunTracker` is the poller as discovery sees it (where new units go); `ApiOutcomes` where API outcomes go;
 `RegistrationStore` the few store methods discovery uses (registrations, and which units the store knows);
 `shard_of` the stable shard of a thread or session id, the same on every replica and every restart.
 """
@@ -35,15 +35,19 @@ class RegistrationStore(Protocol):
     def prune(self, finished_before: float) -> int: ...
 
 
+class ApiOutcomes(Protocol):
+    """Where discovery reports the outcome of its API requests (`health.ApiHealth`, which the poller shares)."""
+
+    def ok(self) -> None: ...
+
+    def failed(self, exc: SourceError) -> None: ...
+
+
 class RunTracker(Protocol):
-    """The poller as discovery sees it: where new runs go, and where API health is reported."""
+    """The poller as discovery sees it: where new units go, and which it tracks already."""
 
     def track(self, ref: RunRef) -> bool: ...
 
     def is_tracked(self, run_id: str) -> bool: ...
 
     def busy_threads(self) -> set[str]: ...
-
-    def api_ok(self) -> None: ...
-
-    def api_failed(self, exc: SourceError) -> None: ...

@@ -87,8 +87,8 @@ class FakeSource:
 
 @dataclass
 class RecordingTracker:
-    """Discovery's `RunTracker`: records the runs it is given (accepting each) and the API states reported, as
-    `health.state_of` names them; `busy` is the set of threads it reports busy."""
+    """Discovery's `RunTracker` and `ApiOutcomes` at once: records the runs it is given (accepting each) and the API
+    states reported, as `health.state_of` names them; `busy` is the set of threads it reports busy."""
 
     refs: list[RunRef] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
@@ -104,10 +104,10 @@ class RecordingTracker:
     def busy_threads(self) -> set[str]:
         return self.busy
 
-    def api_ok(self) -> None:
+    def ok(self) -> None:
         self.states.append("ok")
 
-    def api_failed(self, exc: SourceError) -> None:
+    def failed(self, exc: SourceError) -> None:
         self.states.append(state_of(exc))
 
 

@@ -54,10 +54,10 @@ class Tracker:
     def busy_threads(self) -> set[str]:
         return set()
 
-    def api_ok(self) -> None:
+    def ok(self) -> None:
         pass
 
-    def api_failed(self, exc: SourceError) -> None:
+    def failed(self, exc: SourceError) -> None:
         self.failures.append(state_of(exc))
 
 
@@ -110,7 +110,7 @@ def _turns(engine: AgentsEngine, clock: ManualClock, session: SimSession, count:
 
 def _discovery(client: AgentsClient, store: SqliteStore, tracker: Tracker, clock: ManualClock,
                **kw: object) -> SessionDiscovery:  # fmt: skip
-    return SessionDiscovery(client, store, tracker, lookback_s=LOOKBACK, wall=clock.time,
+    return SessionDiscovery(client, store, tracker, lookback_s=LOOKBACK, wall=clock.time, health=tracker,
                             monotonic=clock.monotonic, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 

@@ -37,7 +37,7 @@ def store() -> SqliteStore:
 
 
 def _discovery(source: FakeSource, store: SqliteStore, tracker: Tracker, **kw: object) -> Discovery:
-    return Discovery(source, store, tracker, lookback_s=3600, wall=lambda: NOW, **kw)  # type: ignore[arg-type]
+    return Discovery(source, store, tracker, lookback_s=3600, wall=lambda: NOW, health=tracker, **kw)  # type: ignore[arg-type]
 
 
 async def test_new_runs_tracked_oldest_first_until_known(store: SqliteStore) -> None:
@@ -107,7 +107,7 @@ async def test_registration_for_another_shard_is_refused(store: SqliteStore) -> 
 
 
 async def test_api_state_is_reported(store: SqliteStore) -> None:
-    """Discovery reports a 401 and a later success to the tracker, so /v1/status shows auth failures with no runs."""
+    """Discovery reports a 401 and a later success to the API health, so /v1/status shows auth failures with no runs."""
     source, tracker = FakeSource(), Tracker()
     source.fail_with = AuthError("bad key", status_code=401)
     discovery = _discovery(source, store, tracker, threads=["thread_a"])

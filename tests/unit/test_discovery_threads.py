@@ -61,7 +61,7 @@ def _discovery(
     counter = Counter()
     source = AssistantsClient(http, base_url=url, auth=auth, api_version="v1", flavor="azure", observer=counter)
     lister = ThreadLister(http, base_url=url, auth=auth, api_version="v1", observer=counter)
-    discovery = Discovery(source, store, tracker, thread_source=lister, wall=clock.now, **kw)  # type: ignore[arg-type]
+    discovery = Discovery(source, store, tracker, thread_source=lister, wall=clock.now, health=tracker, **kw)  # type: ignore[arg-type]
     return discovery, counter
 
 
@@ -144,7 +144,7 @@ async def test_a_listing_that_fails_part_way_is_retried_whole(store: SqliteStore
     now = 100_000.0
     threads = [ThreadInfo(f"thread_{i}", int(now) - 10 * i) for i in range(5)] + [ThreadInfo("thread_old", 1)]
     lister, tracker = _FlakyLister(threads), Tracker()
-    discovery = Discovery(_NoRuns(), store, tracker, thread_source=lister, wall=lambda: now,  # type: ignore[arg-type]
+    discovery = Discovery(_NoRuns(), store, tracker, thread_source=lister, wall=lambda: now, health=tracker,  # type: ignore[arg-type]
                           lookback_s=3600)  # fmt: skip
     await discovery.run_once()
     assert discovery.threads() == [] and tracker.states == ["unavailable"]

@@ -42,10 +42,11 @@ from stepscope.errors import (
     SourceError,
     StoreError,
 )
+from stepscope.health import ApiHealth
 from stepscope.models import RunRef
 from stepscope.source.agents.models import AgentSession, Subagent, Turn
 from stepscope.source.discovery import DISCOVERY_BUDGET, DISCOVERY_CONCURRENCY
-from stepscope.source.tracking import RegistrationStore, RunTracker, shard_of
+from stepscope.source.tracking import ApiOutcomes, RegistrationStore, RunTracker, shard_of
 from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.discovery")
@@ -112,11 +113,13 @@ class SessionDiscovery:
         pass_budget: int = DISCOVERY_BUDGET,
         max_followed: int = DEFAULT_MAX_FOLLOWED,
         on_drop: Callable[[str, int], None] = _no_drop,
+        health: ApiOutcomes | None = None,
         poll_soon: Callable[[str], None] | None = None,
     ) -> None:
         self._source = source
         self._store = store
         self._tracker = tracker
+        self._api: ApiOutcomes = health if health is not None else ApiHealth()
         self._agents: list[str | None] = list(dict.fromkeys(agents)) or [None]
         self._lookback = lookback_s
         self._interval = interval_s
@@ -174,10 +177,10 @@ class SessionDiscovery:
 
     async def _loop(self) -> None:
         while not self._stopping.is_set():
+            self._wake.clear()  # before the pass: a wake that comes during it starts the next one at once
             await self.run_once()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
-            self._wake.clear()
 
     async def run_once(self) -> int:
         """One pass: list sessions, forget idle ones, list the turns of the due ones; returns turns tracked."""
@@ -269,7 +272,7 @@ class SessionDiscovery:
                 log.warning("listing sessions stopped early (%s); older sessions in the lookback are not followed", exc)
                 self._cap_logged = True
         except SourceError as exc:  # the API health says which state it means
-            self._tracker.api_failed(exc)
+            self._api.failed(exc)
         for session in seen:
             if not self.owns(session.id):
                 continue
@@ -279,7 +282,7 @@ class SessionDiscovery:
             if active >= horizon:
                 self._follow(session.id, active, urgent=newer)
         if complete:
-            self._tracker.api_ok()
+            self._api.ok()
             if seen:
                 self._newest[agent_id] = max(newest or 0, *(s.created_at for s in seen))
 
@@ -340,7 +343,7 @@ class SessionDiscovery:
             followed.cursor = None
             return found
         except SourceError as exc:  # the API health says which state it means
-            self._tracker.api_failed(exc)
+            self._api.failed(exc)
             return found
         except InvalidObject as exc:
             log.debug("listing turns of %s failed: %s", session_id, exc)  # counted by the client
@@ -348,7 +351,7 @@ class SessionDiscovery:
         except StoreError:
             log.exception("checkpoint store error while discovering turns of %s", session_id)
             return found
-        self._tracker.api_ok()
+        self._api.ok()
         if followed.active_at is None:  # no turn, and followed before a restart: ask the session itself
             await self._read_activity(session_id, followed)
         return found
