@@ -24,25 +24,20 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from stepscope.errors import StoreError
-from stepscope.listener import Listener
+from stepscope.listener import Listener, Receive, Scope, Send
 from stepscope.source.discovery import RegistrationFull
 from stepscope.vocabulary import DropReason
 from stepscope.watchrequests import DEFAULT_WATCH_RATE, InvalidWatchBody, TokenBucket, is_loopback, parse_watch_body
 from stepscope.webhooks import SESSION_EVENTS, WebhookRefused, WebhookVerifier
 
 log = logging.getLogger("stepscope.server")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 class SidecarControl(Protocol):

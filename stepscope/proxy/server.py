@@ -26,14 +26,13 @@ import http.cookiejar
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
 
-from stepscope.listener import Listener
+from stepscope.listener import Listener, Receive, Scope, Send
 from stepscope.proxy.feed import RareLog, RunFeed, SafeFeed, no_count
 from stepscope.proxy.observe import DEFAULT_MAX_BODY, AnswerObserver
 from stepscope.proxy.protocol import ProxyHttpProtocol
@@ -41,10 +40,6 @@ from stepscope.proxy.routes import SESSION_EVENTS, RunRoute, classify, valid_tra
 
 log = logging.getLogger("stepscope.proxy")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 HOP_BY_HOP = frozenset(
     {

@@ -53,9 +53,8 @@ class ProxyFeed:
         self._put(("run", run, traceparent))
 
     def stream_event(self, event: str, data: Mapping[str, Any]) -> None:
-        if event.startswith("thread.run.step."):
-            if not event.endswith(".delta"):
-                self._put(("step", data, None))
+        if event.startswith("thread.run.step."):  # the proxy passes no step deltas
+            self._put(("step", data, None))
         elif event.startswith("thread.run."):
             self._put(("run_event", data, None))
 
