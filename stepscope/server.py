@@ -2,8 +2,8 @@
 
 - `GET /metrics`: Prometheus text, or OpenMetrics with exemplars when the scraper asks for it.
 - `GET /healthz`: 200 while the event loop and the poller are alive (liveness).
-- `GET /readyz`: 200 once configured, the store is open and the server is up. Never depends on reaching the
-  Assistants API: a sidecar's readiness gates its whole pod.
+- `GET /readyz`: 200 once started, the store is open and writable, and the server is up; 503 while a write fails.
+  Never depends on reaching the Assistants API: a sidecar's readiness gates its whole pod.
 - `POST /v1/watch`, `DELETE /v1/watch`: register or drop a thread (and optionally a run); JSON body
   `{"thread_id": "thread_...", "run_id": "run_..."}`. Bearer-token protected when a token is configured; without
   a token only a loopback-only listener accepts registrations (anything else answers 403), since anyone who can
