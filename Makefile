@@ -35,8 +35,8 @@ typecheck: $(STAMP)
 
 # Coverage is gated where correctness is pure logic, so a gap there is a real gap: mapping, records, config, store,
 # retry policy.
-COVERED := --cov=stepscope.mapping --cov=stepscope.models --cov=stepscope.config --cov=stepscope.store \
-	--cov=stepscope.source._retry --cov-report=term-missing:skip-covered --cov-fail-under=95
+COVERED := --cov=stepscope.mapping --cov=stepscope.protocols.assistants.records --cov=stepscope.config --cov=stepscope.core.store \
+	--cov=stepscope.client.retry --cov-report=term-missing:skip-covered --cov-fail-under=95
 
 test: $(STAMP) deps lint typecheck
 	$(BIN)/pytest -n 2 -q $(COVERED)
@@ -51,7 +51,7 @@ bench: $(STAMP)
 dashboards: $(STAMP)
 	$(BIN)/stepscope dashboards --write grafana/dashboards
 
-# The Prometheus rules file and the PrometheusRule manifest, from stepscope/rules.py.
+# The Prometheus rules file and the PrometheusRule manifest, from stepscope/contract/rules.py.
 rules: $(STAMP)
 	$(BIN)/stepscope rules --write deploy
 

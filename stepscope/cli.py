@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from stepscope import __version__
+from stepscope.commands.logs import setup_logging
 from stepscope.config import SETTINGS_BY_PATH, Config, env_help, load
-from stepscope.configvalues import parse_duration
+from stepscope.config.values import parse_duration
 from stepscope.errors import ConfigError, StepscopeError
-from stepscope.logs import setup_logging
-from stepscope.watchrequests import RUN_ID
+from stepscope.receivers.watch import RUN_ID
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -222,7 +222,7 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if command == "rules":
         return _rules(write=args.write, check=args.check, runbook_url=args.runbook_url)
     if command == "demo":
-        from stepscope.demo import run_demo  # noqa: PLC0415
+        from stepscope.commands.demo import run_demo  # noqa: PLC0415
 
         setup_logging("WARNING" if not args.no_view else "INFO")
         return asyncio.run(run_demo(args, env))
@@ -234,19 +234,19 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print("configuration OK", file=sys.stderr)
         return EXIT_OK
     if command == "inspect":
-        from stepscope.views import inspect_run  # noqa: PLC0415
+        from stepscope.commands.views import inspect_run  # noqa: PLC0415
 
         config = _load(args, env)
         return asyncio.run(inspect_run(config, args.thread, args.run_id, as_json=args.json))
     if command == "backfill":
-        from stepscope.backfill import run_backfill  # noqa: PLC0415
+        from stepscope.commands.backfill import run_backfill  # noqa: PLC0415
 
         threads = ",".join(args.backfill_threads)
         config = _load(args, env, {"poll.threads": threads, "poll.lookback": args.since})
         setup_logging(config.log_level, config.log_format)
         return asyncio.run(run_backfill(config))
     # serve
-    from stepscope.sidecar import run_sidecar  # noqa: PLC0415
+    from stepscope.commands.sidecar import run_sidecar  # noqa: PLC0415
 
     config = _load(args, env)
     setup_logging(config.log_level, config.log_format)
@@ -254,7 +254,7 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _dashboards(*, write: str | None, check: str | None) -> int:
-    from stepscope import dashboards  # noqa: PLC0415
+    from stepscope.contract import dashboards  # noqa: PLC0415
 
     if write:
         for path in dashboards.write(write):
@@ -268,7 +268,7 @@ def _dashboards(*, write: str | None, check: str | None) -> int:
 
 
 def _rules(*, write: str | None, check: str | None, runbook_url: str | None) -> int:
-    from stepscope import rulefiles  # noqa: PLC0415
+    from stepscope.contract import rulefiles  # noqa: PLC0415
 
     runbook_url = runbook_url or rulefiles.RUNBOOK_URL
     if write:

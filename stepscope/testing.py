@@ -20,8 +20,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from stepscope.core.records import Observation
 from stepscope.simulator.scenario import ManualClock
-from stepscope.types import Observation
 
 _KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 _STATUS_NAMES = {0: "unset", 1: "ok", 2: "error"}

@@ -26,13 +26,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from stepscope import spancodec
+from stepscope.client.retry import RetryPolicy
+from stepscope.contract.vocabulary import DropReason
+from stepscope.core import spancodec
+from stepscope.core.records import RelayedSpan
 from stepscope.errors import StoreError
 from stepscope.export.otlp import readable_span
 from stepscope.export.relay import RelayError, relayed_readable
-from stepscope.source._retry import RetryPolicy
-from stepscope.types import RelayedSpan
-from stepscope.vocabulary import DropReason
 
 log = logging.getLogger("stepscope.delivery")
 

@@ -19,8 +19,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from stepscope import __version__
+from stepscope.core.records import SpanSpec
 from stepscope.mapping.attributes import ERROR_TYPE
-from stepscope.types import SpanSpec
 
 _KINDS = {"client": SpanKind.CLIENT, "internal": SpanKind.INTERNAL, "server": SpanKind.SERVER}
 _SCOPE = InstrumentationScope("stepscope", __version__)

@@ -44,11 +44,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from stepscope import metricdefs as md
+from stepscope.contract import metricdefs as md
+from stepscope.contract.vocabulary import DropReason
+from stepscope.core.records import Observation
 from stepscope.mapping import attributes as a
 from stepscope.mapping import metrics as m
-from stepscope.types import Observation
-from stepscope.vocabulary import DropReason
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from stepscope.mapping.attributes import MappingOptions, tool_type
 from stepscope.mapping.ids import parse_traceparent, span_id_for, trace_id_for_run
 from stepscope.mapping.metrics import METRIC_LABELS, run_observations, step_observations
-from stepscope.mapping.spans import RunTrace, run_error_type, run_span, run_trace, step_error_type, step_spans
+from stepscope.protocols.assistants.spans import (
+    RunTrace,
+    run_error_type,
+    run_span,
+    run_trace,
+    step_error_type,
+    step_spans,
+)
 
 __all__ = [
     "METRIC_LABELS",

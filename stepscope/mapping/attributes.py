@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stepscope import metricdefs as md
+from stepscope.contract import metricdefs as md
 
 # --- span attribute keys -------------------------------------------------------------------------------------
 
@@ -101,7 +101,7 @@ def tool_type(raw_type: str) -> str:
 
 # --- metric label keys and known values ----------------------------------------------------------------------
 
-# The label names belong to the metric contract and are defined with the metrics in `stepscope.metricdefs`.
+# The label names belong to the metric contract and are defined with the metrics in `stepscope.contract.metricdefs`.
 LABEL_STEP_TYPE = md.LABEL_STEP_TYPE
 LABEL_STATUS = md.LABEL_STATUS
 LABEL_MODEL = md.LABEL_MODEL

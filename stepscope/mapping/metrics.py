@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stepscope import metricdefs as md
+from stepscope.contract import metricdefs as md
+from stepscope.core.records import Observation
 from stepscope.mapping import attributes as a
 from stepscope.mapping.ids import span_id_for
-from stepscope.mapping.spans import run_trace
-from stepscope.models import Run, RunStep
-from stepscope.types import Observation
+from stepscope.protocols.assistants.records import Run, RunStep
+from stepscope.protocols.assistants.spans import run_trace
 
 RUN_STEPS_TOTAL = md.RUN_STEPS.name
 TOKENS_TOTAL = md.TOKENS.name

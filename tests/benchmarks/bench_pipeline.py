@@ -38,15 +38,15 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from stepscope.core.pipeline import Pipeline
+from stepscope.core.records import Commit
+from stepscope.core.store import SqliteStore
 from stepscope.export.delivery import SpanDelivery
 from stepscope.export.prometheus import STEP_DURATION_BUCKETS, PrometheusMetrics
-from stepscope.mapping.assistants import AssistantsMapper
+from stepscope.export.selfmetrics import SelfMetrics
 from stepscope.mapping.attributes import MappingOptions
-from stepscope.models import Run, RunStep, ToolCall, Usage
-from stepscope.pipeline import Pipeline
-from stepscope.selfmetrics import SelfMetrics
-from stepscope.store import SqliteStore
-from stepscope.types import Commit
+from stepscope.protocols.assistants.mapper import AssistantsMapper
+from stepscope.protocols.assistants.records import Run, RunStep, ToolCall, Usage
 
 N = 20_000
 BATCH = 50

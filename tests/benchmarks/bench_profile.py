@@ -157,7 +157,7 @@ def profile_serve(tmp: Path, pin: list[str], env: dict[str, str], seconds: float
 
 
 def _library(file: str) -> str:
-    """The library a profiled function belongs to: `stepscope.source`, `httpx`, `asyncio`, `~builtins`..."""
+    """The library a profiled function belongs to: `stepscope.client`, `httpx`, `asyncio`, `~builtins`..."""
     if file == "~" or not file:
         return "~builtins"
     parts = Path(file).parts

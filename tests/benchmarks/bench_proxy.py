@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed; only cpu_times is used
 
-from stepscope.proxy import ProxyApp, ProxyServer
+from stepscope.receivers.proxy import ProxyApp, ProxyServer
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 
 HEAD = b"Authorization: Bearer sk-sim\r\nOpenAI-Beta: assistants=v2\r\nHost: bench\r\n"
@@ -91,7 +91,7 @@ def _forwarder(upstream: str, ready: Any, stop: Any) -> None:
     import httpx  # noqa: PLC0415 - child process only
     import uvicorn  # noqa: PLC0415
 
-    from stepscope.source.connect import http_client  # noqa: PLC0415
+    from stepscope.client.connect import http_client  # noqa: PLC0415
 
     client = http_client(timeout=httpx.Timeout(60.0), limits=httpx.Limits(max_connections=64))
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import uvicorn
 
-from stepscope.listener import Message, Receive, Scope, Send
-from stepscope.proxy import ProxyApp, ProxyServer, RunFeed
+from stepscope.receivers.listener import Message, Receive, Scope, Send
+from stepscope.receivers.proxy import ProxyApp, ProxyServer, RunFeed
 
 
 class ProxyThread:

@@ -11,10 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+from stepscope.client import BearerAuth
 from stepscope.errors import InvalidObject
 from stepscope.export.relay import otlp_json_to_protobuf
 from stepscope.mapping import MappingOptions
-from stepscope.mapping.agents import (
+from stepscope.protocols.agents import AgentsClient, Item, Turn
+from stepscope.protocols.agents.mapping import (
     TurnContext,
     subagent_opener,
     turn_links,
@@ -24,8 +26,6 @@ from stepscope.mapping.agents import (
 )
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.simulator.agents import TurnKnobs
-from stepscope.source import BearerAuth
-from stepscope.source.agents import AgentsClient, Item, Turn
 from stepscope.testing import OtlpReceiver
 from tests.kit.agents import EVERY_KIND, finished_session
 

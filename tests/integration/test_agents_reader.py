@@ -8,22 +8,21 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from stepscope import spancodec
-from stepscope.health import ApiHealth
+from stepscope.client import BearerAuth
+from stepscope.core import spancodec
+from stepscope.core.health import ApiHealth
+from stepscope.core.pipeline import Pipeline
+from stepscope.core.poller import Poller
+from stepscope.core.records import RelayedSpan, SpanSpec, UnitRef
+from stepscope.core.store import SqliteStore
 from stepscope.mapping import MappingOptions
-from stepscope.mapping.agents import AgentsMapper, TurnContext
-from stepscope.models import RunRef
-from stepscope.pipeline import Pipeline
-from stepscope.poller import Poller
+from stepscope.protocols.agents import AgentsClient, Item, Turn
+from stepscope.protocols.agents.mapping import AgentsMapper, TurnContext
+from stepscope.protocols.agents.reader import TurnReader, TurnState
+from stepscope.protocols.assistants.reader import PollSchedule
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.simulator.agents import TurnKnobs
-from stepscope.source import BearerAuth
-from stepscope.source.agents import AgentsClient, Item, Turn
-from stepscope.source.agents.reader import TurnReader, TurnState
-from stepscope.source.steps import PollSchedule
-from stepscope.store import SqliteStore
 from stepscope.testing import RecordingMetricSink, eventually
-from stepscope.types import RelayedSpan, SpanSpec
 from tests.kit.fakes import Counters
 
 pytestmark = pytest.mark.anyio
@@ -76,7 +75,7 @@ async def test_terminal_turns_commit_once_with_items_and_their_published_trace(
         root_turns = [turn async for turn in client.list_turns(session.id)]
         assert len(root_turns) == 3
         for turn in root_turns:
-            assert poller.track(RunRef(session.id, turn.id))
+            assert poller.track(UnitRef(session.id, turn.id))
         await eventually(lambda: poller.tracked_count == 0, 10.0, "every turn committed")
     finally:
         await poller.shutdown(1.0)

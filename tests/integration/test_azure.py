@@ -14,12 +14,12 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from stepscope.client.auth import Auth, AzureIdentityAuth
+from stepscope.commands.sidecar import Sidecar
+from stepscope.commands.wiring import Seams
 from stepscope.config import load
-from stepscope.sidecar import Sidecar
 from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
-from stepscope.source.auth import Auth, AzureIdentityAuth
 from stepscope.testing import OtlpReceiver, eventually
-from stepscope.wiring import Seams
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 KEY = "az-key-0123456789"

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stepscope.backfill import run_backfill
+from stepscope.commands.backfill import run_backfill
 from stepscope.config import load
 from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
 from stepscope.testing import OtlpReceiver, eventually

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from stepscope.commands.sidecar import Sidecar
+from stepscope.commands.wiring import Seams
 from stepscope.config import Config, load
-from stepscope.sidecar import Sidecar
 from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
 from stepscope.testing import OtlpReceiver, ReceivedSpan, eventually
-from stepscope.wiring import Seams
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 NS = 1_000_000_000

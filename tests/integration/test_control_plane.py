@@ -8,10 +8,10 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stepscope.selfmetrics import SelfMetrics
-from stepscope.server import HttpApp, HttpServer
-from stepscope.source.discovery import Discovery
-from stepscope.store import SqliteStore
+from stepscope.core.store import SqliteStore
+from stepscope.export.selfmetrics import SelfMetrics
+from stepscope.protocols.assistants.discovery import Discovery
+from stepscope.receivers.http import HttpApp, HttpServer
 from tests.kit.fakes import DiscoveryService, FakeSource, RecordingTracker
 
 pytestmark = pytest.mark.anyio

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stepscope.demo import run_demo
+from stepscope.commands.demo import run_demo
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

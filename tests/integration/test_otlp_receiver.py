@@ -10,14 +10,14 @@ import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from stepscope import spancodec
+from stepscope.core import spancodec
+from stepscope.core.records import SpanSpec, UnitRef
+from stepscope.core.store import SqliteStore
 from stepscope.export.delivery import SpanDelivery
 from stepscope.export.otlp import TraceSettings, build_span_exporter
 from stepscope.mapping import MappingOptions, run_span, step_spans
-from stepscope.models import LastError, Run, RunRef, RunStep, ToolCall, Usage
-from stepscope.store import SqliteStore
+from stepscope.protocols.assistants.records import LastError, Run, RunStep, ToolCall, Usage
 from stepscope.testing import OtlpReceiver
-from stepscope.types import SpanSpec
 
 S = 1_000_000_000
 TP_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -66,7 +66,7 @@ def deliver(exporter: SpanExporter | None, specs: list[SpanSpec], *, timeout_s: 
     """
     store = SqliteStore(":memory:")
     store.open()
-    store.commit_steps(RunRef("thread_1", "run_1"), [], None, time.time(), [spancodec.encode(s) for s in specs])
+    store.commit_steps(UnitRef("thread_1", "run_1"), [], None, time.time(), [spancodec.encode(s) for s in specs])
     failures: list[int] = []
     health = SimpleNamespace(dropped=lambda reason, n=1: None, export_failed=failures.append,
                              observe_export_lag=lambda seconds: None)  # fmt: skip

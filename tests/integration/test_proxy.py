@@ -17,7 +17,7 @@ from openai.types.beta import FunctionToolParam
 from openai.types.beta.threads import Run
 from openai.types.beta.threads.run_submit_tool_outputs_params import ToolOutput
 
-from stepscope.proxy import RecordingFeed
+from stepscope.receivers.proxy import RecordingFeed
 from stepscope.simulator import FaultConfig, FaultSpec, SimClock, Simulator, SimulatorServer, scenario_named
 from tests.integration._proxy import CountingUpstream, ProxyThread, serve_in_thread
 from tests.procs import free_port

@@ -26,12 +26,12 @@ import openai
 import pytest
 from prometheus_client import CollectorRegistry
 
+from stepscope.commands.wiring import Seams, build
 from stepscope.config import load
+from stepscope.protocols.assistants.proxied import ProxyFeed
+from stepscope.protocols.assistants.reader import StepReader
 from stepscope.simulator import FaultConfig, FaultSpec, SimClock, Simulator, scenario_named
-from stepscope.source.proxied import ProxyFeed
-from stepscope.source.steps import StepReader
 from stepscope.testing import OtlpReceiver, ReceivedSpan
-from stepscope.wiring import Seams, build
 from tests.integration._proxy import ProxyThread, serve_in_thread
 from tests.procs import Proc, free_port, serve
 

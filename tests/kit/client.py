@@ -11,14 +11,15 @@ from typing import Any
 
 import httpx
 
+from stepscope.client import BearerAuth, RetryPolicy
+from stepscope.core.records import UnitRef
 from stepscope.errors import InvalidObject
-from stepscope.models import RunRef
-from stepscope.source import AssistantsClient, BearerAuth, RetryPolicy
+from stepscope.protocols.assistants.client import AssistantsClient
 from stepscope.testing import FakeClock
 
 SECRET = "sk-live-SECRET-abcdef0123456789"
 THREAD = "thread_abc"
-REF = RunRef(THREAD, "run_abc")
+REF = UnitRef(THREAD, "run_abc")
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NO_RETRY = RetryPolicy(max_retries=0)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import promql_parser
 
-from stepscope.metricdefs import ALL_METRICS
+from stepscope.contract.metricdefs import ALL_METRICS
 
 REPO = Path(__file__).resolve().parents[2]
 

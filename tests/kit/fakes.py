@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from stepscope.core.health import ApiHealth, state_of
+from stepscope.core.poller import Poller, UnitStore
+from stepscope.core.records import Commit, UnitRef
 from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError, StoreError
-from stepscope.health import ApiHealth, state_of
-from stepscope.models import Assistant, Run, RunRef, RunStep
-from stepscope.poller import Poller, UnitStore
-from stepscope.source.discovery import Discovery
-from stepscope.source.steps import PollSchedule, RunState, StepReader
-from stepscope.types import Commit
+from stepscope.protocols.assistants.discovery import Discovery
+from stepscope.protocols.assistants.reader import PollSchedule, RunState, StepReader
+from stepscope.protocols.assistants.records import Assistant, Run, RunStep
 
 
 @dataclass
@@ -55,17 +55,17 @@ class FakeSource:
             if run.thread_id == thread_id:
                 yield run
 
-    async def get_run(self, ref: RunRef) -> Run:
-        self.calls.append(f"get_run {ref.run_id}")
+    async def get_run(self, ref: UnitRef) -> Run:
+        self.calls.append(f"get_run {ref.unit_id}")
         self._maybe_fail()
-        if ref.run_id in self.invalid_runs:
-            raise InvalidObject("run", "expires_at out of range", object_id=ref.run_id)
-        return self.runs[ref.run_id]
+        if ref.unit_id in self.invalid_runs:
+            raise InvalidObject("run", "expires_at out of range", object_id=ref.unit_id)
+        return self.runs[ref.unit_id]
 
-    async def list_steps(self, ref: RunRef, *, after: str | None = None, limit: int = 100) -> AsyncIterator[RunStep]:
-        self.calls.append(f"list_steps {ref.run_id} after={after}")
+    async def list_steps(self, ref: UnitRef, *, after: str | None = None, limit: int = 100) -> AsyncIterator[RunStep]:
+        self.calls.append(f"list_steps {ref.unit_id} after={after}")
         self._maybe_fail()
-        steps = self.steps.get(ref.run_id, [])
+        steps = self.steps.get(ref.unit_id, [])
         ids = [s.id for s in steps]
         start = ids.index(after) + 1 if after in ids else 0
         for n, step in enumerate(steps[start:]):
@@ -73,10 +73,10 @@ class FakeSource:
                 raise LimitExceeded("listing still had more pages at the cap", reason="page_cap")
             yield step
 
-    async def get_step(self, ref: RunRef, step_id: str) -> RunStep:
+    async def get_step(self, ref: UnitRef, step_id: str) -> RunStep:
         self.calls.append(f"get_step {step_id}")
         self._maybe_fail()
-        return next(step for step in self.steps[ref.run_id] if step.id == step_id)
+        return next(step for step in self.steps[ref.unit_id] if step.id == step_id)
 
     async def get_assistant(self, assistant_id: str) -> Assistant:
         self.calls.append(f"get_assistant {assistant_id}")
@@ -90,16 +90,16 @@ class RecordingTracker:
     """Discovery's `RunTracker` and `ApiOutcomes` at once: records the runs it is given (accepting each) and the API
     states reported, as `health.state_of` names them; `busy` is the set of threads it reports busy."""
 
-    refs: list[RunRef] = field(default_factory=list)
+    refs: list[UnitRef] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
     busy: set[str] = field(default_factory=set)
 
-    def track(self, ref: RunRef) -> bool:
+    def track(self, ref: UnitRef) -> bool:
         self.refs.append(ref)
         return True
 
     def is_tracked(self, run_id: str) -> bool:
-        return any(r.run_id == run_id for r in self.refs)
+        return any(r.unit_id == run_id for r in self.refs)
 
     def busy_threads(self) -> set[str]:
         return self.busy

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stepscope.models import Run, RunStep
+from stepscope.protocols.assistants.records import Run, RunStep
 
 
 def make_run(**kw: object) -> Run:

@@ -12,8 +12,9 @@ import promql_parser
 import pytest
 import yaml
 
-from stepscope import cli, dashboards
-from stepscope import metricdefs as md
+from stepscope import cli
+from stepscope.contract import dashboards
+from stepscope.contract import metricdefs as md
 from tests.kit.contract import REPO, in_contract, metric_names, walk
 
 GRAFANA = REPO / "grafana"

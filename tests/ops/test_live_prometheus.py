@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from stepscope import dashboards
+from stepscope.contract import dashboards
 from tests.kit.contract import REPO
 from tests.kit.processes import ProcessGroup
 from tests.procs import free_port as pick_free_port

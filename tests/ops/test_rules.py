@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stepscope import cli, rulefiles
+from stepscope import cli
+from stepscope.contract import rulefiles
 from tests.kit.contract import REPO, in_contract, metric_names
 
 RULES_FILE = REPO / "deploy" / "prometheus" / "stepscope.rules.yml"
@@ -42,7 +43,7 @@ def _github_anchor(heading: str) -> str:
 
 
 def test_committed_files_equal_generator_output() -> None:
-    """The rules file and the PrometheusRule manifest under deploy/ are exactly what stepscope/rulefiles.py renders."""
+    """The rules file and the PrometheusRule manifest under deploy/ are exactly what `rulefiles` renders."""
     assert rulefiles.RUNBOOK_URL == RUNBOOK_BASE
     assert rulefiles.check(REPO / "deploy") == []
     assert set(rulefiles.render_all()) == {RULES_FILE.relative_to(REPO / "deploy"), rulefiles.OPERATOR_FILE}

@@ -12,9 +12,9 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+from stepscope.client import BearerAuth, RetryPolicy
 from stepscope.errors import AuthError, InvalidObject, LimitExceeded, NotFound, RateLimited
-from stepscope.source import BearerAuth, RetryPolicy
-from stepscope.source.agents import AgentsClient
+from stepscope.protocols.agents import AgentsClient
 
 SECRET = "sk-agents-SECRET-0123456789"
 NOW = 1_780_000_000

@@ -10,17 +10,17 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from stepscope.client import BearerAuth
+from stepscope.core.health import state_of
+from stepscope.core.records import UnitRef
+from stepscope.core.store import SqliteStore
 from stepscope.errors import SourceError
-from stepscope.health import state_of
-from stepscope.models import RunRef
+from stepscope.protocols.agents import AgentsClient
+from stepscope.protocols.agents.discovery import SessionDiscovery
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.simulator.agents import TurnKnobs
 from stepscope.simulator.agents.engine import AgentsEngine
 from stepscope.simulator.agents.state import SimSession
-from stepscope.source import BearerAuth
-from stepscope.source.agents import AgentsClient
-from stepscope.source.agents.discovery import SessionDiscovery
-from stepscope.store import SqliteStore
 from stepscope.testing import eventually
 
 pytestmark = pytest.mark.anyio
@@ -33,15 +33,15 @@ class Tracker:
     """Records tracked turns and, like the poller, marks them known in the store; `finish()` ends their tracking."""
 
     store: SqliteStore
-    refs: list[RunRef] = field(default_factory=list)
+    refs: list[UnitRef] = field(default_factory=list)
     active: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
 
-    def track(self, ref: RunRef) -> bool:
-        if self.is_tracked(ref.run_id):
+    def track(self, ref: UnitRef) -> bool:
+        if self.is_tracked(ref.unit_id):
             return False
         self.refs.append(ref)
-        self.active.add(ref.run_id)
+        self.active.add(ref.unit_id)
         self.store.add_run(ref, 0.0)
         return True
 
@@ -129,8 +129,8 @@ async def test_every_turn_inside_the_lookback_is_tracked_once(
     assert await discovery.run_once() == 9
     tracker.finish()
     assert await discovery.run_once() == 0
-    assert sorted(r.run_id for r in tracker.refs) == sorted(expected)
-    assert {r.thread_id for r in tracker.refs} == {s.id for s in recent}
+    assert sorted(r.unit_id for r in tracker.refs) == sorted(expected)
+    assert {r.container_id for r in tracker.refs} == {s.id for s in recent}
     assert sorted(discovery.sessions()) == sorted(s.id for s in recent)
     assert tracker.failures == []
 
@@ -152,7 +152,7 @@ async def test_new_turns_on_an_old_session_are_found_until_it_goes_idle(
 
     restarted = _discovery(client, store, tracker, clock)  # a new process: the followed set comes from the store
     assert await restarted.run_once() == 2
-    assert [r.run_id for r in tracker.refs] == first + second + third
+    assert [r.unit_id for r in tracker.refs] == first + second + third
     assert restarted.sessions() == [session.id]
     clock.advance(LOOKBACK + 10)
     await restarted.run_once()
@@ -177,7 +177,7 @@ async def test_agents_restrict_the_sessions_followed(
     discovery = _discovery(client, store, tracker, clock, agents=[mine["id"]])
 
     assert await discovery.run_once() == 2
-    assert [r.run_id for r in tracker.refs] == expected
+    assert [r.unit_id for r in tracker.refs] == expected
     assert discovery.sessions() == [wanted.id]
 
 
@@ -197,7 +197,7 @@ async def test_a_session_event_follows_an_old_session_and_wakes_the_loop(
         new = _turns(engine, clock, session, 1)
         discovery.session_event(session.id, "agent.session.idle")
         await eventually(lambda: len(tracker.refs) == 1, what="the announced session's new turn")
-        assert [r.run_id for r in tracker.refs] == new
+        assert [r.unit_id for r in tracker.refs] == new
         assert store.watched() == [(session.id, None)]
     finally:
         await discovery.shutdown()

@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 
+from stepscope.client.parsing import parse_page
 from stepscope.errors import InvalidObject
-from stepscope.source.agents.models import Agent, TokenUsage, TurnError
-from stepscope.source.agents.parsers import (
+from stepscope.protocols.agents.parsers import (
     parse_agent,
-    parse_conversation_page,
     parse_item,
     parse_session,
     parse_subagent,
@@ -19,6 +18,7 @@ from stepscope.source.agents.parsers import (
     parse_turn,
     parse_usage,
 )
+from stepscope.protocols.agents.records import Agent, TokenUsage, TurnError
 
 USAGE = {
     "input_tokens": 120,
@@ -234,14 +234,14 @@ class TestConversationPage:
     def test_cursor_is_body_last_id(self) -> None:
         """Turn-item pages page on the body's last_id, which may differ from the last item's id."""
         body = {"data": [{"type": "message", "id": "m1"}, {"type": "reasoning", "id": "r1"}], "last_id": "cur_9"}
-        page = parse_conversation_page({**body, "has_more": True}, "agent_item", parse_item)
+        page = parse_page({**body, "has_more": True}, "agent_item", parse_item, body_cursor=True)
         assert page.last_id == "cur_9"
         assert [i.id for i in page.data] == ["m1", "r1"]
 
     def test_invalid_items_collected_not_raised(self) -> None:
         """A bad item is skipped into the page's invalid list; a has_more without any cursor is a bad list."""
-        page = parse_conversation_page({"data": [{"id": "x"}, {"type": "message"}]}, "agent_item", parse_item)
+        page = parse_page({"data": [{"id": "x"}, {"type": "message"}]}, "agent_item", parse_item, body_cursor=True)
         assert len(page.data) == 1
         assert len(page.invalid) == 1
         with pytest.raises(InvalidObject):
-            parse_conversation_page({"data": [{"type": "message"}], "has_more": True}, "agent_item", parse_item)
+            parse_page({"data": [{"type": "message"}], "has_more": True}, "agent_item", parse_item, body_cursor=True)

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from stepscope.errors import AuthError, ConfigError
-from stepscope.source.auth import (
+from stepscope.client.auth import (
     AZURE_AI_SCOPE,
     ApiKeyAuth,
     AzureIdentityAuth,
@@ -19,6 +18,7 @@ from stepscope.source.auth import (
     TokenFileAuth,
     make_auth,
 )
+from stepscope.errors import AuthError, ConfigError
 
 SECRET = "sk-test-SECRET-0123456789"
 

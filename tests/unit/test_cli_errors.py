@@ -14,7 +14,7 @@ import pytest
 
 from stepscope import cli
 from stepscope.errors import ConfigError
-from stepscope.server import HttpServer
+from stepscope.receivers.http import HttpServer
 from stepscope.simulator import Simulator, SimulatorServer, scenario_named
 from stepscope.simulator import cli as simulator_cli
 

@@ -9,6 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stepscope.client import ApiKeyAuth, BearerAuth, RetryPolicy, TokenFileAuth
+from stepscope.client.auth import Auth
+from stepscope.core.records import UnitRef
 from stepscope.errors import (
     AuthError,
     BadRequest,
@@ -20,9 +23,7 @@ from stepscope.errors import (
     SourceError,
     Unavailable,
 )
-from stepscope.models import RunRef
-from stepscope.source import ApiKeyAuth, AssistantsClient, BearerAuth, RetryPolicy, TokenFileAuth
-from stepscope.source.auth import Auth
+from stepscope.protocols.assistants.client import AssistantsClient
 from stepscope.testing import FakeClock
 from tests.kit.client import (
     FIXTURES,
@@ -106,7 +107,7 @@ class TestRequests:
     async def test_ids_are_quoted(self) -> None:
         """An id containing a slash cannot change the request path."""
         async with harness([reply(run_obj("run_abc"))]) as h:
-            await h.client.get_run(RunRef("thread_a/../x", "run_abc"))
+            await h.client.get_run(UnitRef("thread_a/../x", "run_abc"))
         assert h.requests[0].url.raw_path.startswith(b"/v1/threads/thread_a%2F..%2Fx/runs/")
 
     @pytest.mark.anyio
@@ -209,7 +210,7 @@ class TestParsing:
         """Invalid list items are skipped, reported every time and logged once per object id."""
         bad = {"id": "step_bad", "object": "thread.run.step"}
         body = page([step_obj("step_1"), bad, step_obj("step_2")], False)
-        caplog.set_level(logging.WARNING, logger="stepscope.source")
+        caplog.set_level(logging.WARNING, logger="stepscope.client")
         async with harness([reply(body)]) as h:
             first = await collect(h.client.list_steps(REF))
             second = await collect(h.client.list_steps(REF))
@@ -220,7 +221,7 @@ class TestParsing:
     @pytest.mark.anyio
     async def test_logged_ids_are_bounded(self, caplog: pytest.LogCaptureFixture) -> None:
         """Only recent ids are remembered: once 1024 newer ones were logged, an old bad id is logged again."""
-        caplog.set_level(logging.WARNING, logger="stepscope.source")
+        caplog.set_level(logging.WARNING, logger="stepscope.client")
         bad = [{"id": f"step_bad{i}"} for i in range(1025)]
         async with harness([reply(page(bad, False)), reply(page(bad[:1], False))]) as h:
             await collect(h.client.list_steps(REF))

@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
+from stepscope.client import BearerAuth, RetryPolicy
+from stepscope.client.connect import http_client
+from stepscope.core.records import UnitRef
 from stepscope.errors import LimitExceeded, RetryableSourceError, Unavailable
-from stepscope.models import RunRef
-from stepscope.source import AssistantsClient, BearerAuth, RetryPolicy
-from stepscope.source.client import redact_url
-from stepscope.source.connect import http_client
+from stepscope.protocols.assistants.client import AssistantsClient, redact_url
 from tests.kit.client import (
     NO_RETRY,
     REF,
@@ -136,8 +136,8 @@ async def client_for(server: HostileServer, **options: Any) -> AsyncIterator[tup
 
 HEALTHY = json_answer(run_obj("run_ok"))
 BAD = "/v1/threads/thread_bad/"
-OK_REF = RunRef("thread_ok", "run_ok")
-BAD_REF = RunRef("thread_bad", "run_bad")
+OK_REF = UnitRef("thread_ok", "run_ok")
+BAD_REF = UnitRef("thread_bad", "run_bad")
 
 
 async def drain(iterator: AsyncIterator[Any]) -> tuple[list[Any], LimitExceeded]:

@@ -9,8 +9,8 @@ import logging
 import httpx
 import pytest
 
+from stepscope.client import RequestBudget, RetryPolicy
 from stepscope.errors import AuthError, BadRequest, NotFound, RateLimited, Unavailable
-from stepscope.source import RequestBudget, RetryPolicy
 from stepscope.testing import FakeClock
 from tests.kit.client import REF, THREAD, error_body, harness, page, reply, run_obj
 
@@ -255,7 +255,7 @@ class TestStopAndLogging:
     @pytest.mark.anyio
     async def test_give_up_logged_once_per_change(self, caplog: pytest.LogCaptureFixture) -> None:
         """Nothing above DEBUG (the poller and discovery report API state); one give-up line per status change."""
-        caplog.set_level(logging.DEBUG, logger="stepscope.source")
+        caplog.set_level(logging.DEBUG, logger="stepscope.client")
         replies = [unavailable(), unavailable(), reply(error_body("gone"), 404), OK]
         async with harness(replies, retry=RetryPolicy(max_retries=0)) as h:
             for _ in range(3):

@@ -7,10 +7,11 @@ from collections import Counter
 import httpx
 import pytest
 
+from stepscope.client import ApiKeyAuth, BearerAuth, RetryPolicy
+from stepscope.client.auth import Auth
 from stepscope.errors import InvalidObject, SourceError
+from stepscope.protocols.assistants.client import AssistantsClient
 from stepscope.simulator import FaultConfig, FaultSpec, Simulator, scenario_named
-from stepscope.source import ApiKeyAuth, AssistantsClient, BearerAuth, RetryPolicy
-from stepscope.source.auth import Auth
 from stepscope.testing import FakeClock
 from tests.kit.client import Recorder
 

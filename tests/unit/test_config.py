@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stepscope.config import Config, load
-from stepscope.configvalues import Secret, Url, parse_duration, parse_size, redact_url
+from stepscope.config.values import Secret, Url, parse_duration, parse_size, redact_url
 from stepscope.errors import ConfigError
 
 BASE_ENV = {"OPENAI_API_KEY": "sk-test-123"}

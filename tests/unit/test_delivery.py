@@ -15,19 +15,19 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
 
-from stepscope import spancodec
+from stepscope.core import spancodec
+from stepscope.core.pipeline import Pipeline
+from stepscope.core.records import Commit, SpanEvent, SpanSpec, UnitRef
+from stepscope.core.store import SqliteStore
 from stepscope.export.delivery import BacklogLimits, SpanDelivery
-from stepscope.mapping.assistants import AssistantsMapper
+from stepscope.export.selfmetrics import SelfMetrics
 from stepscope.mapping.attributes import MappingOptions
-from stepscope.models import Run, RunRef, RunStep, Usage
-from stepscope.pipeline import Pipeline
-from stepscope.selfmetrics import SelfMetrics
-from stepscope.store import SqliteStore
+from stepscope.protocols.assistants.mapper import AssistantsMapper
+from stepscope.protocols.assistants.records import Run, RunStep, Usage
 from stepscope.testing import OtlpReceiver, RecordingMetricSink, RecordingSpanExporter
-from stepscope.types import Commit, SpanEvent, SpanSpec
 from tests.kit.samples import make_run, make_step
 
-REF = RunRef("thread_1", "run_1")
+REF = UnitRef("thread_1", "run_1")
 RESOURCE = Resource.create({"service.name": "stepscope-test"})
 NS = 1_000_000_000
 WAIT_S = 10.0  # generous: the box is shared; the conditions normally hold within milliseconds

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from stepscope.demoview import DemoView, Tracking
-from stepscope.models import LastError, Run, RunStep, ToolCall, Usage
-from stepscope.source.agents.models import TokenUsage, Turn, TurnError
+from stepscope.commands.demoview import DemoView, Tracking
+from stepscope.protocols.agents.records import TokenUsage, Turn, TurnError
+from stepscope.protocols.assistants.records import LastError, Run, RunStep, ToolCall, Usage
 from stepscope.testing import FakeClock
 from tests.kit.samples import make_run, make_step
 

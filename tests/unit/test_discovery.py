@@ -8,18 +8,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from stepscope.core.records import UnitRef
+from stepscope.core.store import SqliteStore
+from stepscope.core.tracking import shard_of
 from stepscope.errors import AuthError, NotFound
-from stepscope.models import Run, RunRef, RunStep
-from stepscope.source.discovery import (
+from stepscope.protocols.assistants.discovery import (
     DISCOVERY_BUDGET,
     DISCOVERY_CONCURRENCY,
     EMPTY_BACKOFF_MAX_S,
     Discovery,
     RegistrationFull,
 )
-from stepscope.source.steps import PollSchedule
-from stepscope.source.tracking import shard_of
-from stepscope.store import SqliteStore
+from stepscope.protocols.assistants.reader import PollSchedule
+from stepscope.protocols.assistants.records import Run, RunStep
 from stepscope.testing import eventually
 from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_poller
 from tests.kit.fakes import RecordingTracker as Tracker
@@ -45,10 +46,10 @@ async def test_new_runs_tracked_oldest_first_until_known(store: SqliteStore) -> 
     source, tracker = FakeSource(), Tracker()
     for i in range(5):
         source.put_run(make_run(id=f"run_{i}", thread_id="thread_a", created_at=int(NOW) - 100 + i, status="completed"))
-    store.add_run(RunRef("thread_a", "run_2"), NOW)
+    store.add_run(UnitRef("thread_a", "run_2"), NOW)
     found = await _discovery(source, store, tracker, threads=["thread_a"]).run_once()
     assert found == 2
-    assert [r.run_id for r in tracker.refs] == ["run_3", "run_4"]
+    assert [r.unit_id for r in tracker.refs] == ["run_3", "run_4"]
 
 
 async def test_lookback_bounds_history(store: SqliteStore) -> None:
@@ -57,7 +58,7 @@ async def test_lookback_bounds_history(store: SqliteStore) -> None:
     source.put_run(make_run(id="run_old", thread_id="thread_a", created_at=int(NOW) - 7200, status="completed"))
     source.put_run(make_run(id="run_new", thread_id="thread_a", created_at=int(NOW) - 60, status="completed"))
     await _discovery(source, store, tracker, threads=["thread_a"]).run_once()
-    assert [r.run_id for r in tracker.refs] == ["run_new"]
+    assert [r.unit_id for r in tracker.refs] == ["run_new"]
 
 
 async def test_registered_threads_and_runs(store: SqliteStore) -> None:
@@ -67,9 +68,9 @@ async def test_registered_threads_and_runs(store: SqliteStore) -> None:
     discovery = _discovery(source, store, tracker)
     assert discovery.watch("thread_b", None)
     assert discovery.watch("thread_c", "run_9")
-    assert tracker.refs == [RunRef("thread_c", "run_9")]
+    assert tracker.refs == [UnitRef("thread_c", "run_9")]
     await discovery.run_once()
-    assert RunRef("thread_b", "run_1") in tracker.refs
+    assert UnitRef("thread_b", "run_1") in tracker.refs
     discovery.unwatch("thread_b", None)
     assert "thread_b" not in discovery.threads()
 
@@ -181,16 +182,16 @@ class KnownThreads(FakeSource):
         async for run in super().list_runs(thread_id, limit=limit):
             yield run
 
-    async def get_run(self, ref: RunRef) -> Run:
-        if ref.run_id not in self.runs:
-            self.calls.append(f"get_run {ref.run_id}")
-            raise NotFound("No run found", status_code=404, run_id=ref.run_id)
+    async def get_run(self, ref: UnitRef) -> Run:
+        if ref.unit_id not in self.runs:
+            self.calls.append(f"get_run {ref.unit_id}")
+            raise NotFound("No run found", status_code=404, run_id=ref.unit_id)
         return await super().get_run(ref)
 
-    async def list_steps(self, ref: RunRef, *, after: str | None = None, limit: int = 100) -> AsyncIterator[RunStep]:
-        if ref.run_id not in self.runs:
-            self.calls.append(f"list_steps {ref.run_id}")
-            raise NotFound("No run found", status_code=404, run_id=ref.run_id)
+    async def list_steps(self, ref: UnitRef, *, after: str | None = None, limit: int = 100) -> AsyncIterator[RunStep]:
+        if ref.unit_id not in self.runs:
+            self.calls.append(f"list_steps {ref.unit_id}")
+            raise NotFound("No run found", status_code=404, run_id=ref.unit_id)
         async for step in super().list_steps(ref, after=after, limit=limit):
             yield step
 
@@ -285,7 +286,7 @@ async def test_a_pass_lists_at_most_its_budget_round_robin(store: SqliteStore) -
         before = len(source.listed)
         await discovery.run_once()
         per_pass.append(len(source.listed) - before)
-        if found_in is None and any(r.run_id == "run_new" for r in tracker.refs):
+        if found_in is None and any(r.unit_id == "run_new" for r in tracker.refs):
             found_in = n
         clocks.advance(2.0)
     assert max(per_pass) == DISCOVERY_BUDGET

@@ -9,13 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
+from stepscope.client.auth import ApiKeyAuth
+from stepscope.core.store import SqliteStore
 from stepscope.errors import Unavailable
+from stepscope.protocols.assistants.client import AssistantsClient
+from stepscope.protocols.assistants.discovery import Discovery
+from stepscope.protocols.assistants.threads import ThreadInfo, ThreadLister
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
-from stepscope.source.auth import ApiKeyAuth
-from stepscope.source.client import AssistantsClient
-from stepscope.source.discovery import Discovery
-from stepscope.source.threads import ThreadInfo, ThreadLister
-from stepscope.store import SqliteStore
 from tests.kit.fakes import RecordingTracker as Tracker
 
 pytestmark = pytest.mark.anyio
@@ -85,7 +85,7 @@ async def test_every_run_is_found_without_a_configured_thread(
     async with httpx.AsyncClient() as http:
         discovery, counter = _discovery(http, server.url, store, tracker, clock, lookback_s=3600, interval_s=1)
         await discovery.run_once()
-        assert _runs(server) and {r.run_id for r in tracker.refs} == _runs(server)
+        assert _runs(server) and {r.unit_id for r in tracker.refs} == _runs(server)
         api = {"api-key": KEY, "OpenAI-Beta": "assistants=v2"}
         assistant = _truth(server)["assistants"][0]["id"]
         for _ in range(3):  # new threads, each with a run: newer than every listed thread
@@ -95,7 +95,7 @@ async def test_every_run_is_found_without_a_configured_thread(
         clock.advance(60)
         counter.requests.clear()
         await discovery.run_once()
-    assert {r.run_id for r in tracker.refs} == _runs(server)
+    assert {r.unit_id for r in tracker.refs} == _runs(server)
     assert len(tracker.refs) == len(_runs(server))  # each run tracked once
     assert counter.requests.count("list_threads") == 1
 
@@ -113,7 +113,7 @@ async def test_threads_behind_the_lookback_are_not_listed(
                                json={"assistant_id": assistant})  # fmt: skip
         discovery, _ = _discovery(http, server.url, store, tracker, clock, lookback_s=3600)
         await discovery.run_once()
-    assert [r.run_id for r in tracker.refs] == [resp.json()["id"]]
+    assert [r.unit_id for r in tracker.refs] == [resp.json()["id"]]
 
 
 class _FlakyLister:

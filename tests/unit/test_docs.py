@@ -7,11 +7,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from stepscope import configdoc
+from stepscope.commands import configdoc
 from stepscope.config import SETTINGS, SETTINGS_BY_PATH
+from stepscope.contract.vocabulary import DROP_REASONS
 from stepscope.export.prometheus import PrometheusMetrics
-from stepscope.selfmetrics import SelfMetrics
-from stepscope.vocabulary import DROP_REASONS
+from stepscope.export.selfmetrics import SelfMetrics
 
 REPO = Path(__file__).parents[2]
 DOCS = REPO / "docs"
@@ -42,7 +42,7 @@ class TestConfigurationReference:
     def test_committed_file_is_the_generators_output(self) -> None:
         """docs/configuration.md equals configdoc.render(), so a setting added without regenerating fails here."""
         assert _text(CONFIGURATION) == configdoc.render(), (
-            "docs/configuration.md is stale: run `python -m stepscope.configdoc --write docs/configuration.md`"
+            "docs/configuration.md is stale: run `python -m stepscope.commands.configdoc --write docs/configuration.md`"
         )
 
     def test_every_setting_has_a_row(self) -> None:

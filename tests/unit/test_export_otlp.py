@@ -11,9 +11,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
+from stepscope.core.records import SpanEvent, SpanSpec
 from stepscope.export.otlp import TraceSettings, build_span_exporter, parse_headers, readable_span
 from stepscope.testing import OtlpReceiver
-from stepscope.types import SpanEvent, SpanSpec
 
 RESOURCE = Resource.create({"service.name": "t"})
 

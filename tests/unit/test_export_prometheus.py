@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import generate_latest as prometheus_text
 from prometheus_client.openmetrics.exposition import generate_latest
 
+from stepscope.core.records import Observation
 from stepscope.export.prometheus import PrometheusMetrics
 from stepscope.mapping import run_observations, step_observations
-from stepscope.models import ToolCall, Usage
-from stepscope.types import Observation
+from stepscope.protocols.assistants.records import ToolCall, Usage
 from tests.kit import samples
 
 make_run = samples.make_run

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from stepscope.logs import DuplicateFilter, setup_logging
+from stepscope.commands.logs import DuplicateFilter, setup_logging
 
 
 class Clock:

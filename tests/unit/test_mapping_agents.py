@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stepscope.core.records import Observation, SpanEvent
 from stepscope.errors import InvalidObject
 from stepscope.mapping import MappingOptions
 from stepscope.mapping import attributes as a
-from stepscope.mapping.agents import (
+from stepscope.mapping.ids import trace_id_for_run
+from stepscope.protocols.agents.mapping import (
     ITEM_TOOL_TYPES,
     MAX_ITEM_EVENTS,
     TurnContext,
@@ -25,8 +27,8 @@ from stepscope.mapping.agents import (
     turn_span_id,
     turn_telemetry,
 )
-from stepscope.mapping.ids import trace_id_for_run
-from stepscope.source.agents.models import (
+from stepscope.protocols.agents.parsers import parse_item, parse_turn
+from stepscope.protocols.agents.records import (
     SUBAGENT_CALL_ITEM_TYPES,
     TOOL_CALL_ITEM_TYPES,
     TURN_TERMINAL,
@@ -36,8 +38,6 @@ from stepscope.source.agents.models import (
     Turn,
     TurnError,
 )
-from stepscope.source.agents.parsers import parse_item, parse_turn
-from stepscope.types import Observation, SpanEvent
 
 S = 1_000_000_000
 OFF = MappingOptions()

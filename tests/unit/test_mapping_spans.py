@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stepscope.core.records import SpanEvent, SpanSpec
 from stepscope.errors import InvalidObject
 from stepscope.mapping import MappingOptions, run_span, run_trace, step_observations, step_spans
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
-from stepscope.models import LastError, ToolCall, Usage, parse_step
-from stepscope.types import SpanEvent, SpanSpec
+from stepscope.protocols.assistants.records import LastError, ToolCall, Usage, parse_step
 from tests.kit import samples
 
 S = 1_000_000_000

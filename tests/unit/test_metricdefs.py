@@ -7,11 +7,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from stepscope import metricdefs as md
+from stepscope.contract import metricdefs as md
 from stepscope.export.prometheus import PrometheusMetrics
+from stepscope.export.selfmetrics import SelfMetrics
 from stepscope.mapping.metrics import run_observations, step_observations
-from stepscope.models import ToolCall, Usage
-from stepscope.selfmetrics import SelfMetrics
+from stepscope.protocols.assistants.records import ToolCall, Usage
 from tests.kit.samples import make_run, make_step
 
 TELEMETRY = Path(__file__).parents[2] / "docs" / "telemetry.md"

@@ -11,15 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stepscope.client.parsing import parse_page
+from stepscope.core.records import UnitRef
 from stepscope.errors import InvalidObject
-from stepscope.models import (
+from stepscope.protocols.assistants.records import (
     LastError,
     Run,
-    RunRef,
     RunStep,
     Usage,
     parse_assistant,
-    parse_page,
     parse_run,
     parse_step,
     parse_tool_call,
@@ -75,7 +75,7 @@ class TestOpenAIPages:
         assert first.model == "gpt-4o-2024-08-06"
         assert first.expires_at == 1780000900
         assert first.usage is None
-        assert first.ref == RunRef("thread_7oVq1XTxSD4s2CK3vUv3yHf2", "run_3KVpb7VQbwwFjBdxRBgNr5gK")
+        assert first.ref == UnitRef("thread_7oVq1XTxSD4s2CK3vUv3yHf2", "run_3KVpb7VQbwwFjBdxRBgNr5gK")
         assert last.usage == Usage(1200, 80, 1280)
         assert last.ended_at == 1780000012
         assert last.traceparent is None

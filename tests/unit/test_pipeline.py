@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from stepscope import spancodec
+from stepscope.core import spancodec
+from stepscope.core.pipeline import Pipeline
+from stepscope.core.records import Commit, Telemetry, UnitRef
+from stepscope.core.store import SqliteStore
 from stepscope.errors import StoreError
-from stepscope.mapping.assistants import AssistantsMapper
 from stepscope.mapping.attributes import MappingOptions
-from stepscope.models import Run, RunRef, RunStep, ToolCall, Usage
-from stepscope.pipeline import Pipeline
-from stepscope.store import SqliteStore
+from stepscope.protocols.assistants.mapper import AssistantsMapper
+from stepscope.protocols.assistants.records import Run, RunStep, ToolCall, Usage
 from stepscope.testing import RecordingMetricSink
-from stepscope.types import Commit, Telemetry
 from tests.kit.fakes import Counters
 from tests.kit.samples import make_run, make_step
 
@@ -122,7 +122,7 @@ def test_store_error_type_is_what_the_pipeline_catches() -> None:
     """A write on a closed store raises StoreError, the error the pipeline turns into a refused commit."""
     store = SqliteStore(":memory:")
     with pytest.raises(StoreError):
-        store.commit_steps(RunRef("thread_1", "run_1"), ["step_a"], "step_a", 0.0)
+        store.commit_steps(UnitRef("thread_1", "run_1"), ["step_a"], "step_a", 0.0)
 
 
 class BrokenMapper:

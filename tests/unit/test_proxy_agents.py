@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from stepscope.proxy import ProxyApp, RecordingFeed
-from stepscope.source.agents.proxied import PROXY_EVENT, SessionFeed
+from stepscope.protocols.agents.proxied import PROXY_EVENT, SessionFeed
+from stepscope.receivers.proxy import ProxyApp, RecordingFeed
 
 pytestmark = pytest.mark.anyio
 

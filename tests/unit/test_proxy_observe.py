@@ -8,9 +8,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from stepscope.proxy.feed import RareLog, RecordingFeed, RunFeed, SafeFeed
-from stepscope.proxy.observe import DEFAULT_MAX_BODY, AnswerObserver
-from stepscope.proxy.routes import CREATE_RUN, SUBMIT_TOOL_OUTPUTS, RunRoute
+from stepscope.receivers.proxy.feed import RareLog, RecordingFeed, RunFeed, SafeFeed
+from stepscope.receivers.proxy.observe import DEFAULT_MAX_BODY, AnswerObserver
+from stepscope.receivers.proxy.routes import CREATE_RUN, SUBMIT_TOOL_OUTPUTS, RunRoute
 
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 RUN = {"id": "run_1", "object": "thread.run", "thread_id": "thread_1", "status": "queued", "metadata": {}}
@@ -153,7 +153,7 @@ def test_safe_feed_counts_and_logs_rarely(caplog: Any) -> None:
 def test_rare_log_limits_each_kind_on_its_own(caplog: Any) -> None:
     """One kind's flood does not hold back another's first line, and each reports only its own left-out count."""
     now = [0.0]
-    rare = RareLog(logging.getLogger("stepscope.proxy"), lambda: now[0])
+    rare = RareLog(logging.getLogger("stepscope.receivers.proxy"), lambda: now[0])
     for _ in range(3):
         rare.warning("timeout", "upstream %s slow", "a")
     rare.warning("cut", "upstream %s broke off", "a")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stepscope.proxy.routes import (
+from stepscope.receivers.proxy.routes import (
     CREATE_RUN,
     CREATE_THREAD_AND_RUN,
     SESSION_EVENTS,
@@ -12,7 +12,7 @@ from stepscope.proxy.routes import (
     RunRoute,
     classify,
 )
-from stepscope.proxy.routes import valid_traceparent as tp
+from stepscope.receivers.proxy.routes import valid_traceparent as tp
 
 
 @pytest.mark.parametrize("base", ["/v1", "/api/projects/p1", "/openai", ""])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stepscope.proxy.sse import Event, SseParser
+from stepscope.receivers.proxy.sse import Event, SseParser
 
 STREAM = (
     b'event: thread.run.created\ndata: {"id":"run_1"}\n\n'

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from stepscope.commands.sidecar import Sidecar
+from stepscope.commands.wiring import Seams
 from stepscope.config import load
-from stepscope.sidecar import Sidecar
-from stepscope.wiring import Seams
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stepscope.source._retry import (
+from stepscope.client.retry import (
     RequestBudget,
     RetryPolicy,
     SystemClock,

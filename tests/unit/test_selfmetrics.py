@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from stepscope.errors import InvalidObject
-from stepscope.selfmetrics import SelfMetrics
+from stepscope.export.selfmetrics import SelfMetrics
 
 
 def value(reg: CollectorRegistry, name: str, **labels: str) -> float | None:

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from stepscope.models import parse_page, parse_step
+from stepscope.client.parsing import parse_page
+from stepscope.protocols.assistants.records import parse_step
 from stepscope.simulator import FaultConfig, FaultSpec, ManualClock, Simulator, scenario_named
 
 HEADERS = {"Authorization": "Bearer sk-sim", "OpenAI-Beta": "assistants=v2"}

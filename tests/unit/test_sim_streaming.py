@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from stepscope.proxy.sse import SseParser
+from stepscope.receivers.proxy.sse import SseParser
 from stepscope.simulator import FaultConfig, FaultSpec, ManualClock, SimClock, Simulator, scenario_named
 
 pytestmark = pytest.mark.anyio

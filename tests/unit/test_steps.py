@@ -8,17 +8,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from stepscope.core.poller import Poller
+from stepscope.core.records import UnitRef
+from stepscope.core.store import RunProgress, SqliteStore
 from stepscope.errors import AuthError, NotFound, RateLimited
-from stepscope.models import RunRef
-from stepscope.poller import Poller
-from stepscope.source.steps import PollSchedule, RunState
-from stepscope.store import RunProgress, SqliteStore
+from stepscope.protocols.assistants.reader import PollSchedule, RunState
 from stepscope.testing import FakeClock, eventually
 from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_poller
 from tests.kit.samples import make_run, make_step
 
 pytestmark = pytest.mark.anyio
-REF = RunRef("thread_1", "run_1")
+REF = UnitRef("thread_1", "run_1")
 FAST = PollSchedule(fast=0.01, slow=0.03, final_sweeps=2)
 
 
@@ -164,7 +164,7 @@ async def test_missing_assistant_is_remembered(rig: Rig) -> None:
     source.missing_assistants.add("asst_1")
     for i in range(3):
         source.put_run(make_run(id=f"run_{i}", thread_id=f"thread_{i}", status="completed"))
-        poller.track(RunRef(f"thread_{i}", f"run_{i}"))
+        poller.track(UnitRef(f"thread_{i}", f"run_{i}"))
     await eventually(lambda: len(sink.finished_runs()) == 3)
     assert source.calls.count("get_assistant asst_1") == 1
     assert {name for _, name in sink.runs} == {None}
@@ -213,7 +213,7 @@ async def test_tracking_is_bounded(rig: Rig) -> None:
     source, _, health, poller = rig
     for i in range(4):
         source.put_run(make_run(id=f"run_{i}", status="queued"))
-    results = [poller.track(RunRef("thread_a", f"run_{i}")) for i in range(4)]
+    results = [poller.track(UnitRef("thread_a", f"run_{i}")) for i in range(4)]
     assert results == [True, True, True, False]
     assert health.counts == {"tracked_runs_full": 1}
     assert poller.tracked_count == 3
@@ -277,8 +277,8 @@ async def test_busy_threads_are_those_with_unfinished_runs(rig: Rig) -> None:
     source, sink, _, poller = rig
     source.put_run(make_run(id="run_1", thread_id="thread_a", status="in_progress"))
     source.put_run(make_run(id="run_2", thread_id="thread_b", status="completed"))
-    poller.track(RunRef("thread_a", "run_1"))
-    poller.track(RunRef("thread_b", "run_2"))
+    poller.track(UnitRef("thread_a", "run_1"))
+    poller.track(UnitRef("thread_b", "run_2"))
     assert poller.busy_threads() == {"thread_a", "thread_b"}  # nothing read yet
     await eventually(lambda: sink.finished_runs() == ["run_2"])
     assert poller.busy_threads() == {"thread_a"}

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from stepscope.core.records import UnitRef
+from stepscope.core.store import SqliteStore
 from stepscope.errors import StoreError
-from stepscope.models import RunRef
-from stepscope.store import SqliteStore
 
-REF = RunRef("thread_a", "run_1")
+REF = UnitRef("thread_a", "run_1")
 
 
 @pytest.fixture
@@ -47,9 +47,9 @@ class TestProgress:
 
     def test_prune_drops_old_finished_runs_only(self, store: SqliteStore) -> None:
         """Pruning removes finished runs older than the horizon and keeps active ones."""
-        store.add_run(RunRef("thread_a", "run_old"), 10.0)
-        store.finish_run(RunRef("thread_a", "run_old"), 10.0)
-        store.add_run(RunRef("thread_a", "run_active"), 10.0)
+        store.add_run(UnitRef("thread_a", "run_old"), 10.0)
+        store.finish_run(UnitRef("thread_a", "run_old"), 10.0)
+        store.add_run(UnitRef("thread_a", "run_active"), 10.0)
         assert store.prune(50.0) == 1
         assert store.known_runs(["run_old", "run_active"]) == {"run_active"}
 
@@ -70,7 +70,7 @@ class TestWatched:
         store.watch("thread_a", None, 1.0)
         store.watch("thread_b", "run_9", 1.0)
         assert sorted(store.watched(), key=str) == sorted([("thread_a", None), ("thread_b", "run_9")], key=str)
-        store.finish_run(RunRef("thread_b", "run_9"), 2.0)
+        store.finish_run(UnitRef("thread_b", "run_9"), 2.0)
         store.unwatch("thread_a", None)
         assert store.watched() == []
 

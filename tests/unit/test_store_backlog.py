@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from stepscope.core.records import UnitRef
+from stepscope.core.store import APPLICATION_ID, SCHEMA_VERSION, SqliteStore
 from stepscope.errors import StoreError
-from stepscope.models import RunRef
-from stepscope.store import APPLICATION_ID, SCHEMA_VERSION, SqliteStore
 
-REF = RunRef("thread_a", "run_1")
+REF = UnitRef("thread_a", "run_1")
 # The schema stepscope 0.x wrote (schema_version 1): no backlog table and no application_id mark.
 V1_SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 import pytest
 from opentelemetry.sdk.resources import Resource
 
+from stepscope.core.health import ApiHealth
+from stepscope.core.pipeline import Pipeline
+from stepscope.core.poller import Poller
+from stepscope.core.records import Commit, Committer, Observation, SpanSpec, Telemetry, UnitRef
+from stepscope.core.store import SqliteStore
 from stepscope.export.delivery import SpanDelivery
-from stepscope.health import ApiHealth
-from stepscope.models import RunRef
-from stepscope.pipeline import Pipeline
-from stepscope.poller import Poller
-from stepscope.store import SqliteStore
 from stepscope.testing import RecordingMetricSink, RecordingSpanExporter, eventually
-from stepscope.types import Commit, Committer, Observation, SpanSpec, Telemetry
 from tests.kit.fakes import Counters
 
 pytestmark = pytest.mark.anyio
@@ -45,7 +44,7 @@ class Job:
 
 @dataclass
 class JobState:
-    ref: RunRef
+    ref: UnitRef
     cursor: str | None
     committed: set[str]
 
@@ -71,17 +70,17 @@ class ToyReader:
         self._api = api
         self._committer = committer
 
-    def begin(self, ref: RunRef, cursor: str | None, committed: set[str]) -> JobState:
+    def begin(self, ref: UnitRef, cursor: str | None, committed: set[str]) -> JobState:
         return JobState(ref, cursor, set(committed))
 
     def status(self, state: JobState) -> str:
-        return "done" if self._api.jobs[state.ref.run_id].done else "running"
+        return "done" if self._api.jobs[state.ref.unit_id].done else "running"
 
     def busy(self, state: JobState) -> bool:
-        return not self._api.jobs[state.ref.run_id].done
+        return not self._api.jobs[state.ref.unit_id].done
 
     async def poll(self, state: JobState) -> float | None:
-        job = self._api.jobs[state.ref.run_id]
+        job = self._api.jobs[state.ref.unit_id]
         finished: list[Task] = []
         for task in self._api.tasks_after(job.id, state.cursor):
             if task.ended is None:
@@ -177,7 +176,7 @@ async def test_toy_jobs_become_spans_and_counts(
     rig.delivery.start()
     await rig.poller.start()
     try:
-        assert rig.poller.track(RunRef("queue_fast", "job_1"))
+        assert rig.poller.track(UnitRef("queue_fast", "job_1"))
         await eventually(lambda: exporter.names() == ["task t1"])
         assert rig.metrics.total("toy_tasks_total") == 1
         api.jobs["job_1"].tasks[1] = Task("t2", 101, 103)
@@ -204,7 +203,7 @@ async def test_toy_progress_survives_a_restart(
     first = make_rig(api, store_path, exporter)
     rigs.append(first)
     await first.poller.start()
-    first.poller.track(RunRef("queue_fast", "job_1"))
+    first.poller.track(UnitRef("queue_fast", "job_1"))
     await eventually(lambda: first.metrics.total("toy_tasks_total") == 1)
     await first.poller.shutdown(1.0)
     first.store.close()

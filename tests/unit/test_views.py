@@ -8,9 +8,9 @@ import re
 
 from rich.console import Console
 
+from stepscope.commands.views import BAR_WIDTH, Row, waterfall_json, waterfall_rows, waterfall_table
 from stepscope.mapping import MappingOptions, run_span, step_spans
-from stepscope.models import Run, RunStep, ToolCall, Usage
-from stepscope.views import BAR_WIDTH, Row, waterfall_json, waterfall_rows, waterfall_table
+from stepscope.protocols.assistants.records import Run, RunStep, ToolCall, Usage
 from tests.kit.samples import make_run, make_step
 
 

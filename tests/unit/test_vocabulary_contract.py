@@ -1,7 +1,7 @@
 """The simulator keeps its own words on purpose (it plays a foreign server); here they must agree with the bridge's.
 
-Each test compares one of the simulator's copies with `stepscope.vocabulary`, the models or the mapping, or runs
-the simulator and checks that everything it serves is something the bridge knows.
+Each test compares one of the simulator's copies with `stepscope.contract.vocabulary`, the records or the mapping, or
+runs the simulator and checks that everything it serves is something the bridge knows.
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ from typing import Any
 import httpx
 import pytest
 
-from stepscope import models
+from stepscope.client.auth import make_auth
+from stepscope.contract.vocabulary import AuthMode, Endpoint, Flavor
 from stepscope.mapping import attributes as a
+from stepscope.protocols.agents import records as agents_models
+from stepscope.protocols.assistants import records as models
 from stepscope.simulator import Simulator, scenario_named
 from stepscope.simulator import core as sim_core
 from stepscope.simulator import faults as sim_faults
 from stepscope.simulator import scenario as sim_scenario
 from stepscope.simulator import state as sim_state
 from stepscope.simulator.agents import state as sim_agents_state
-from stepscope.source.agents import models as agents_models
-from stepscope.source.auth import make_auth
 from stepscope.testing import FakeClock
-from stepscope.vocabulary import AuthMode, Endpoint, Flavor
 
 KEY = "sk-contract-0123456789"
 

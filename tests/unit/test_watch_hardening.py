@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stepscope.logs import DuplicateFilter
-from stepscope.selfmetrics import SelfMetrics
-from stepscope.server import HttpApp, HttpServer
-from stepscope.source.discovery import Discovery
-from stepscope.store import SqliteStore
-from stepscope.watchrequests import TokenBucket, is_loopback
+from stepscope.commands.logs import DuplicateFilter
+from stepscope.core.store import SqliteStore
+from stepscope.export.selfmetrics import SelfMetrics
+from stepscope.protocols.assistants.discovery import Discovery
+from stepscope.receivers.http import HttpApp, HttpServer
+from stepscope.receivers.watch import TokenBucket, is_loopback
 from tests.kit.fakes import DiscoveryService, FakeSource, RecordingTracker
 
 pytestmark = pytest.mark.anyio
@@ -188,9 +188,9 @@ class TestListener:
         async def send(message: MutableMapping[str, Any]) -> None:
             sent.append(message)
 
-        with caplog.at_level(logging.INFO, logger="stepscope.server"):
+        with caplog.at_level(logging.INFO, logger="stepscope.receivers.http"):
             await app({"type": "lifespan"}, receive, send)
-        lines = [r.getMessage() for r in caplog.records if r.name == "stepscope.server"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "stepscope.receivers.http"]
         assert len(lines) == 1
         assert "disabled" in lines[0] and "0.0.0.0" in lines[0] and "STEPSCOPE_WATCH_TOKEN" in lines[0]
         assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
@@ -292,7 +292,7 @@ class TestBodies:
 
         handler = Collect()
         handler.addFilter(DuplicateFilter(60.0, burst=5))
-        logger = logging.getLogger("stepscope.server")
+        logger = logging.getLogger("stepscope.receivers.http")
         logger.addHandler(handler)
         try:
             logger.setLevel(logging.INFO)

@@ -13,13 +13,13 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stepscope.selfmetrics import SelfMetrics
-from stepscope.server import HttpApp, HttpServer
+from stepscope.export.selfmetrics import SelfMetrics
+from stepscope.receivers.http import HttpApp, HttpServer
+from stepscope.receivers.webhooks import SESSION_EVENTS, WebhookVerifier
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.simulator.agents import TurnKnobs
 from stepscope.simulator.agents.webhooks import WebhookTarget, sign
 from stepscope.testing import eventually
-from stepscope.webhooks import SESSION_EVENTS, WebhookVerifier
 
 pytestmark = pytest.mark.anyio
 SECRET = "whsec_c2VjcmV0LWtleS1mb3Itc2lt"

@@ -1,0 +1,118 @@
+"""Reading and describing one HTTP answer: the capped body, status -> exception, the server's own words, and
+what a message may show (no credential, no URL userinfo). Pure helpers of `stepscope.client.core`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from stepscope.errors import AuthError, BadRequest, NotFound, RateLimited, SourceError, Unavailable
+
+MESSAGE_LIMIT = 200
+"""Characters of the server's `error.message` (or a transport problem) kept in an exception's message."""
+
+
+def status_error(status: int, message: str, retry_after: float | None, ctx: dict[str, Any]) -> SourceError:
+    if status in (401, 403):
+        return AuthError(message, status_code=status, **ctx)
+    if status == 404:
+        return NotFound(message, status_code=status, **ctx)
+    if status == 429:
+        return RateLimited(message, retry_after=retry_after, status_code=status, **ctx)
+    if status in (408, 409) or status >= 500:
+        return Unavailable(message, retry_after=retry_after, status_code=status, **ctx)
+    return BadRequest(message, status_code=status, **ctx)
+
+
+async def read_capped(response: httpx.Response, cap: int) -> bytearray | None:
+    """The decoded body, or None as soon as it (or its declared length) exceeds `cap` bytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        return None
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > cap:
+            return None
+    return body
+
+
+def connect_reason(exc: BaseException) -> str:
+    """Why a connection could not be made, in a few words, from the first telling cause in the chain."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # httpx -> httpcore -> anyio -> OS error: the telling one is a few links down
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLError) and isinstance(cause.__cause__, ssl.SSLError):
+            cause = cause.__cause__  # a library's wrapper (aiohttp's) around the ssl module's own error
+            continue
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return f"name not resolved: {cause.strerror or cause}"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS: {cause.verify_message or cause.reason}"
+        if isinstance(cause, ssl.SSLError):  # reason reads like WRONG_VERSION_NUMBER
+            return f"TLS: {(cause.reason or str(cause)).lower().replace('_', ' ')}"
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password (or a lone user, often a token) in its userinfo replaced by `***`.
+
+    Unlike `stepscope.config.values.redact_url` (which hides the whole userinfo in config summaries), a user name that
+    comes with a password stays readable here, so an operator can tell which proxy account a message is about.
+    """
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+
+def size_text(n: int) -> str:
+    return f"{n / 1048576:g} MiB" if n >= 1048576 else f"{n} bytes"
+
+
+def server_message(content: bytes | bytearray | None) -> str:
+    """`error.message` (or a bare `message`) from an error body, with `error.code` when present; else ''."""
+    if content is None:
+        return ""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return ""
+    err = body.get("error") if isinstance(body, dict) else None
+    source = err if isinstance(err, dict) else body if isinstance(body, dict) else {}
+    message = source.get("message")
+    text = message[:MESSAGE_LIMIT] if isinstance(message, str) else ""
+    code = source.get("code")
+    if isinstance(code, str) and code:
+        text = f"{text} ({code})" if text else code
+    return text
+
+
+def secrets_of(auth_headers: Mapping[str, str]) -> tuple[str, ...]:
+    values = []
+    for value in auth_headers.values():
+        values.append(value)
+        scheme, _, token = value.partition(" ")
+        if token and scheme.lower() == "bearer":
+            values.append(token)
+    return tuple(v for v in values if len(v) >= 4)
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "<redacted>")
+    return text

@@ -1,0 +1,1 @@
+"""The protocols stepscope reads: one package each, made by one registered factory."""

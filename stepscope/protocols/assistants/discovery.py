@@ -1,0 +1,384 @@
+"""Discovery: which runs to watch.
+
+Four combinable sources: configured thread ids, threads and runs registered through `/v1/watch` (kept in the
+store), the project's threads listed newest first down to the lookback horizon (with a `ThreadSource`: Azure
+Foundry Agents, when no thread is configured), and, for every watched thread, its runs listed newest first until a
+known run or the lookback horizon. Listed threads are remembered until they fall behind the horizon, so each pass
+lists only the threads created since the last one; like configured threads they are listed every pass, so a run
+on any of them is found within one interval. A run on a thread older than the lookback is found only when the
+thread is configured, registered or seen by the proxy.
+A thread has at most one active run at a time, so older runs than a known one are known or finished already, and
+a thread whose run is still being tracked is skipped: it cannot have started another. That keeps discovery cheap
+enough to run every second on idle threads, which is what bounds the delay before a new run's first poll.
+With sharding (`INDEX/COUNT`) a replica owns only the threads whose stable hash falls in its shard.
+
+Bounded against a flood of registrations:
+- at most `max_registered` registrations (threads and runs); past it `watch()` raises `RegistrationFull`;
+- one pass lists at most `pass_budget` threads, least recently listed first, so every thread gets its turn
+  (round-robin) and a pass never takes minutes;
+- a registered thread with no run inside the lookback is listed less and less often (doubling up to
+  `EMPTY_BACKOFF_MAX_S`) and dropped once it stayed empty for the lookback window; a thread answering 404 is
+  dropped at once. Drops are counted (`not_found`, `watch_expired`) and logged once per pass, not per thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from stepscope.contract.vocabulary import DropReason
+from stepscope.core.health import ApiHealth
+from stepscope.core.records import UnitRef
+from stepscope.core.tracking import ApiOutcomes, RegistrationStore, RunTracker, shard_of
+from stepscope.errors import InvalidObject, NotFound, SourceError, StepscopeError, StoreError
+from stepscope.protocols.assistants.records import Run, StepSource
+from stepscope.protocols.assistants.threads import ThreadSource
+
+log = logging.getLogger("stepscope.discovery")
+
+DISCOVERY_CONCURRENCY = 8
+DISCOVERY_BUDGET = 16 * DISCOVERY_CONCURRENCY
+"""Listings per pass at most: with 8 in flight, a pass lasts about 16 listing round trips whatever is registered."""
+DEFAULT_MAX_REGISTERED = 1000
+EMPTY_BACKOFF_MAX_S = 60.0
+"""Slowest re-listing of a registered thread without runs: 1,000 such threads cost about 17 requests/s at most."""
+MIN_EMPTY_TTL_S = 60.0
+"""A lookback of 0 must not expire every registered thread on its first listing."""
+
+_EMPTY, _RUNS, _MISSING, _FAILED = "empty", "runs", "missing", "failed"
+
+
+class RegistrationFull(StepscopeError):
+    """`watch()` refused a new registration: `limit` registrations exist already (counted as `watch_limit`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} registrations, the maximum (STEPSCOPE_MAX_WATCHED)")
+        self.limit = limit
+
+
+def _no_drop(reason: str, n: int = 1) -> None:
+    """Default drop counter for callers that count nothing."""
+
+
+class Discovery:
+    """Finds runs on watched threads every `interval` seconds. `start()` returns at once.
+
+    `on_drop(reason, n)` counts registrations dropped or refused; `monotonic` times the per-thread backoff.
+    """
+
+    def __init__(
+        self,
+        source: StepSource,
+        store: RegistrationStore,
+        tracker: RunTracker,
+        *,
+        threads: Iterable[str] = (),
+        lookback_s: float = 3600.0,
+        interval_s: float = 5.0,
+        shard_index: int = 0,
+        shard_count: int = 1,
+        wall: Callable[[], float] = time.time,
+        max_registered: int = DEFAULT_MAX_REGISTERED,
+        pass_budget: int = DISCOVERY_BUDGET,
+        on_drop: Callable[[str, int], None] = _no_drop,
+        health: ApiOutcomes | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        thread_source: ThreadSource | None = None,
+    ) -> None:
+        self._source = source
+        self._thread_source = thread_source
+        self._listed: dict[str, int] = {}  # thread id -> created_at, threads listed inside the lookback
+        self._store = store
+        self._tracker = tracker
+        self._api: ApiOutcomes = health if health is not None else ApiHealth()
+        self._configured = list(dict.fromkeys(threads))
+        self._configured_set = set(self._configured)
+        self._lookback = lookback_s
+        self._interval = interval_s
+        self._shard = (shard_index, shard_count)
+        self._wall = wall
+        self._monotonic = monotonic
+        self._max_registered = max_registered
+        self._budget = max(1, pass_budget)
+        self._on_drop = on_drop
+        self._missing: set[str] = set()  # configured threads that answered 404 (registered ones are unwatched)
+        self._registered: set[tuple[str, str]] | None = None  # (thread_id, run_id or ""), loaded on first use
+        self._full_logged = False
+        # Per-thread scheduling, pruned to the watched threads every pass.
+        self._listed_at: dict[str, float] = {}  # monotonic time of the last listing
+        self._not_before: dict[str, float] = {}  # monotonic time before which an empty thread is not listed
+        self._backoff: dict[str, float] = {}  # current re-listing delay of an empty thread
+        self._empty_since: dict[str, float] = {}  # wall time of the first listing in a row without a recent run
+        self._active: set[str] = set()  # threads whose last listing had a run inside the lookback
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.last_pass: float | None = None
+
+    def owns(self, thread_id: str) -> bool:
+        index, count = self._shard
+        return count == 1 or shard_of(thread_id, count) == index
+
+    def threads(self) -> list[str]:
+        """Threads this replica watches: configured and registered ones in its shard."""
+        return self._threads(self._store.watched())
+
+    def _threads(self, rows: list[tuple[str, str | None]]) -> list[str]:
+        registered = [t for t, run in rows if run is None]
+        every = dict.fromkeys(self._configured + list(self._listed) + registered)
+        return [t for t in every if self.owns(t) and t not in self._missing]
+
+    def _pinned(self, thread_id: str) -> bool:
+        """Configured or listed: listed every pass, never backed off or expired for being empty."""
+        return thread_id in self._configured_set or thread_id in self._listed
+
+    async def _list_threads(self) -> None:
+        """Add the threads created since the last listing (down to the horizon) and forget those behind it.
+
+        Newest first, stopping at the first thread already known: an older one was listed before. A listing that
+        fails part-way adds nothing, so the next one starts again from the newest and misses no thread.
+        """
+        if self._thread_source is None:
+            return
+        horizon = self._wall() - self._lookback
+        for thread_id in [t for t, created in self._listed.items() if created < horizon]:
+            del self._listed[thread_id]
+        found: dict[str, int] = {}
+        try:
+            async for thread in self._thread_source.list_threads():
+                if thread.created_at < horizon or thread.id in self._listed:
+                    break
+                found[thread.id] = thread.created_at
+        except SourceError as exc:  # the API health says which state it means
+            self._api.failed(exc)
+            return
+        self._listed.update(found)
+
+    @property
+    def registered_count(self) -> int:
+        """Registrations (threads and runs) held now, as counted against `max_registered`."""
+        return len(self._registrations())
+
+    def _registrations(self) -> set[tuple[str, str]]:
+        if self._registered is None:
+            self._registered = {(t, r or "") for t, r in self._store.watched()}
+        return self._registered
+
+    # --- registration (from the HTTP server) --------------------------------------------------------------------
+
+    def watch(self, thread_id: str, run_id: str | None) -> bool:
+        """Register a thread (and optionally one run); False when another shard owns the thread.
+
+        Raises `RegistrationFull` for a new registration past `max_registered` (re-registering is always
+        accepted), and `StoreError` when the store cannot record it. Registering again does not reset an empty
+        thread's backoff or expiry: registering the run id is the prompt way to have a run tracked.
+        """
+        if not self.owns(thread_id):
+            return False
+        key = (thread_id, run_id or "")
+        registered = self._registrations()
+        new = key not in registered
+        if new and len(registered) >= self._max_registered:
+            self._on_drop(DropReason.WATCH_LIMIT, 1)
+            if not self._full_logged:
+                log.warning(
+                    "refusing /v1/watch registrations: %d held, the maximum (STEPSCOPE_MAX_WATCHED); "
+                    "registered threads without runs expire after the lookback",
+                    self._max_registered,
+                )
+                self._full_logged = True
+            raise RegistrationFull(self._max_registered)
+        self._store.watch(thread_id, run_id, self._wall())
+        registered.add(key)
+        if new and len(registered) < self._max_registered:
+            self._full_logged = False
+        self._missing.discard(thread_id)
+        if run_id is not None:
+            self._tracker.track(UnitRef(thread_id, run_id))
+        elif new:
+            self._wake.set()  # list the new thread now rather than after the interval
+        return True
+
+    def unwatch(self, thread_id: str, run_id: str | None) -> None:
+        self._store.unwatch(thread_id, run_id)
+        self._registrations().discard((thread_id, run_id or ""))
+
+    # --- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            for thread_id, run_id in self._store.watched():
+                if run_id is not None and self.owns(thread_id):
+                    self._tracker.track(UnitRef(thread_id, run_id))
+            self._task = asyncio.create_task(self._loop(), name="stepscope-discovery")
+
+    async def shutdown(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()  # before the pass: a wake that comes during it starts the next one at once
+            await self.run_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+
+    async def run_once(self) -> int:
+        """One discovery pass over the due threads (at most `pass_budget`); returns how many runs it started
+        tracking."""
+        try:
+            self._store.prune(self._wall() - 2 * self._lookback)
+            rows = self._store.watched()
+        except StoreError:
+            log.exception("checkpoint store error during discovery")
+            return 0
+        # The store is the truth: the poller deletes the registration of a run it dropped.
+        self._registered = {(t, r or "") for t, r in rows}
+        await self._list_threads()
+        threads = self._threads(rows)
+        self._prune_schedule(set(threads))
+        busy = self._tracker.busy_threads()
+        now = self._monotonic()
+        due = [t for t in threads if t not in busy and self._not_before.get(t, -math.inf) <= now]
+        batch = self._pick(due)
+        # A few listings in flight at once: one at a time, 10,000 threads took minutes per pass.
+        gate = asyncio.Semaphore(DISCOVERY_CONCURRENCY)
+
+        async def discover(thread_id: str) -> tuple[int, str]:
+            async with gate:
+                return (0, _FAILED) if self._stopping.is_set() else await self._discover_thread(thread_id)
+
+        results = await asyncio.gather(*(discover(t) for t in batch))
+        self._settle(dict(zip(batch, (outcome for _, outcome in results), strict=True)))
+        self.last_pass = self._wall()
+        return sum(found for found, _ in results)
+
+    def _pick(self, due: list[str]) -> list[str]:
+        """At most `budget` of the due threads, least recently listed (never listed: first) first.
+
+        Half the budget goes first to configured threads and threads whose last listing had a recent run, so a
+        flood of registrations cannot delay their new runs; the rest, and whatever they leave, goes round-robin to
+        all. The threads left over are first in line next pass, so none waits more than ceil(due / budget) passes.
+        """
+        due = sorted(due, key=lambda t: self._listed_at.get(t, -math.inf))
+        if len(due) <= self._budget:
+            return due
+        preferred = [t for t in due if self._pinned(t) or t in self._active][: self._budget // 2]
+        chosen = set(preferred)
+        rest = [t for t in due if t not in chosen][: self._budget - len(preferred)]
+        return preferred + rest
+
+    def _prune_schedule(self, watched: set[str]) -> None:
+        for table in (self._listed_at, self._not_before, self._backoff, self._empty_since):
+            for thread_id in [t for t in table if t not in watched]:
+                del table[thread_id]
+        self._active &= watched
+
+    def _settle(self, outcomes: dict[str, str]) -> None:
+        """Back off, expire or drop threads after a pass; count and log the drops once for the whole pass."""
+        now, wall = self._monotonic(), self._wall()
+        ttl = max(self._lookback, MIN_EMPTY_TTL_S)
+        missing = expired = 0
+        for thread_id, outcome in outcomes.items():
+            configured = thread_id in self._configured_set
+            if outcome == _RUNS:
+                self._active.add(thread_id)
+                for table in (self._not_before, self._backoff, self._empty_since):
+                    table.pop(thread_id, None)
+                continue
+            if outcome == _FAILED:
+                continue  # the API's state is reported to the tracker; the thread is tried again next time
+            self._active.discard(thread_id)
+            if outcome == _MISSING:
+                self._listed.pop(thread_id, None)  # a listed thread deleted since: nothing to report
+                if configured and thread_id not in self._missing:
+                    log.warning("configured thread %s not found; no longer watching it", thread_id)
+                    self._missing.add(thread_id)
+                if self._drop_registered(thread_id):
+                    missing += 1
+            elif not self._pinned(thread_id):  # empty: back off, and drop once empty for the whole lookback
+                since = self._empty_since.setdefault(thread_id, wall)
+                if wall - since >= ttl and self._drop_registered(thread_id):
+                    expired += 1
+                    continue
+                delay = min(max(2 * self._backoff.get(thread_id, 0.0), self._interval), EMPTY_BACKOFF_MAX_S)
+                self._backoff[thread_id] = delay
+                self._not_before[thread_id] = now + delay
+        if missing:
+            self._on_drop(DropReason.NOT_FOUND, missing)
+        if expired:
+            self._on_drop(DropReason.WATCH_EXPIRED, expired)
+        if missing or expired:
+            log.warning(
+                "stopped watching %d registered thread(s): %d not found, %d without a run for %.0f s",
+                missing + expired, missing, expired, ttl,
+            )  # fmt: skip
+
+    def _drop_registered(self, thread_id: str) -> bool:
+        """Forget a registered thread; False when it was not registered (configured only) or the store failed."""
+        key = (thread_id, "")
+        if key not in self._registrations():
+            return False
+        try:
+            self._store.unwatch(thread_id, None)
+        except StoreError:
+            log.exception("checkpoint store: cannot drop the registration of %s", thread_id)
+            return False
+        self._registrations().discard(key)
+        for table in (self._not_before, self._backoff, self._empty_since):
+            table.pop(thread_id, None)
+        return True
+
+    async def backfill(self, thread_ids: Iterable[str]) -> int:
+        """Discovery's one-shot mode (`stepscope backfill`): list each thread down to the lookback horizon and track
+        every finished run the store does not know; runs still going are left to `serve`. Returns how many were
+        tracked. Raises the `SourceError` or `InvalidObject` of a thread that cannot be listed."""
+        horizon = self._wall() - self._lookback
+        found = 0
+        for thread_id in thread_ids:
+            async for run in self._recent_runs(thread_id, horizon):
+                if run.is_terminal and not self._tracker.is_tracked(run.id) and not self._store.known_runs([run.id]):
+                    found += self._tracker.track(run.ref)
+        return found
+
+    async def _recent_runs(self, thread_id: str, horizon: float) -> AsyncIterator[Run]:
+        """A thread's runs, newest first, down to `horizon`."""
+        async for run in self._source.list_runs(thread_id):
+            if run.created_at < horizon:
+                return
+            yield run
+
+    async def _discover_thread(self, thread_id: str) -> tuple[int, str]:
+        """List one thread's recent runs and track the new ones: (runs tracked, outcome)."""
+        horizon = self._wall() - self._lookback
+        new: list[UnitRef] = []
+        recent = False
+        self._listed_at[thread_id] = self._monotonic()
+        try:
+            async for run in self._recent_runs(thread_id, horizon):
+                recent = True
+                if self._tracker.is_tracked(run.id) or self._store.known_runs([run.id]):
+                    break
+                new.append(run.ref)
+        except NotFound:
+            return 0, _MISSING
+        except SourceError as exc:  # the API health says which state it means
+            self._api.failed(exc)
+            return 0, _FAILED
+        except InvalidObject as exc:
+            log.debug("listing runs of %s failed: %s", thread_id, exc)  # counted by the source
+            return 0, _FAILED
+        except StoreError:
+            log.exception("checkpoint store error while discovering runs of %s", thread_id)
+            return 0, _FAILED
+        self._api.ok()
+        # Oldest first, so a backfill exports history in order.
+        found = sum(1 for ref in reversed(new) if self._tracker.track(ref))
+        return found, _RUNS if recent else _EMPTY
