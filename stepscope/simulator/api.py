@@ -64,9 +64,16 @@ def _route(method: str, segs: list[str]) -> tuple[str, dict[str, str]] | None:
         if segs[1] == "runs":
             return ("create_thread_and_run", {}) if method == "POST" else None
         return ("get_thread", {"thread_id": segs[1]}) if method == "GET" else None
+    ids = {"thread_id": segs[1]}
+    if segs[2] == "messages":
+        if n == 3:
+            name = {"POST": "create_message", "GET": "list_messages"}.get(method)
+            return (name, ids) if name else None
+        if n == 4 and method == "GET":
+            return "get_message", {**ids, "message_id": segs[3]}
+        return None
     if segs[2] != "runs":
         return None
-    ids = {"thread_id": segs[1]}
     if n == 3:
         return ("create_run" if method == "POST" else "list_runs"), ids
     ids["run_id"] = segs[3]
@@ -185,7 +192,8 @@ class SimApp:
         since, headers = start
         cut = 2 if spec.active and self.injector.chance(spec.truncate_rate) else None
         await stream_run(*channel, self.engine, run, since=since, headers=headers,
-                         created=endpoint != "submit_tool_outputs", cut_after=cut)  # fmt: skip
+                         created=endpoint != "submit_tool_outputs", new_thread=endpoint == "create_thread_and_run",
+                         cut_after=cut)  # fmt: skip
 
     async def _inject(self, endpoint: str, spec: FaultSpec, headers: list[tuple[bytes, bytes]], send: Send) -> bool:
         """Apply the faults that replace an answer; True when the connection was dropped (nothing more to send)."""

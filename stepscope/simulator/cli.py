@@ -26,7 +26,15 @@ from typing import Any, TypeVar
 from stepscope.errors import ConfigError
 from stepscope.simulator.agents import WebhookTarget
 from stepscope.simulator.core import FLAVORS, PROTOCOLS, Simulator
-from stepscope.simulator.faults import AGENTS_ENDPOINTS, ENDPOINTS, FaultConfig, FaultSpec, spec_from_dict
+from stepscope.simulator.faults import (
+    AGENTS_ENDPOINTS,
+    ENDPOINTS,
+    RESPONSES_ENDPOINTS,
+    FaultConfig,
+    FaultSpec,
+    spec_from_dict,
+)
+from stepscope.simulator.responses import workload_for
 from stepscope.simulator.scenario import SCENARIOS, SimClock, scenario_named
 from stepscope.simulator.server import SimulatorServer
 
@@ -83,11 +91,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flavor", default="openai", choices=FLAVORS, help="openai (/v1) or azure (project path)")
     parser.add_argument("--project", default="sim", help="Azure project name in /api/projects/{project}")
     parser.add_argument("--protocol", default="assistants", choices=PROTOCOLS,
-                        help="assistants (default), agents (/v1/agents, openai flavour) or both")  # fmt: skip
-    parser.add_argument("--webhook-url", default=None, help="agents: POST signed session events to this URL")
+                        help="assistants (default), agents (/v1/agents, openai flavour), both (assistants and "
+                             "agents) or responses (the Responses API; Foundry's under --flavor azure)")  # fmt: skip
+    parser.add_argument("--webhook-url", default=None,
+                        help="agents, responses: POST signed session or background-response events here")  # fmt: skip
     parser.add_argument("--webhook-secret", default=os.environ.get(ENV_WEBHOOK_SECRET),
-                        help=f"agents: signing secret whsec_<base64> (default ${ENV_WEBHOOK_SECRET})")  # fmt: skip
+                        help=f"signing secret whsec_<base64> (default ${ENV_WEBHOOK_SECRET})")  # fmt: skip
     parser.add_argument("--webhook-attempts", type=_AT_LEAST_ONE, default=5, help="tries per event (default 5)")
+    parser.add_argument("--stuck-queued-rate", type=_RATE, default=None,
+                        help="responses: share of background responses left queued forever (default: the "
+                             "scenario's, 0.02 for faulty, else 0)")  # fmt: skip
     parser.add_argument("--fault-latency-ms", type=_MS, default=0.0)
     parser.add_argument("--fault-jitter-ms", type=_MS, default=0.0)
     parser.add_argument("--fault-error-rate", type=_RATE, default=0.0, help="probability of a 5xx per request")
@@ -101,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-budget", type=_AT_LEAST_ONE, default=None,
                         help="requests per --budget-window; then 429")  # fmt: skip
     parser.add_argument("--budget-window", type=number(float, above=0), default=1.0, help="seconds (default 1)")
-    endpoints = ", ".join(sorted(ENDPOINTS | AGENTS_ENDPOINTS))
+    endpoints = ", ".join(sorted(ENDPOINTS | AGENTS_ENDPOINTS | RESPONSES_ENDPOINTS))
     parser.add_argument("--fault", action="append", default=[], metavar="ENDPOINT:KEY=VALUE",
                         help=f"per-endpoint fault; endpoints: {endpoints}")  # fmt: skip
     parser.add_argument("--faults-file", type=Path, default=None, help="FaultConfig JSON (overrides --fault-*)")
@@ -166,7 +179,7 @@ def build(args: argparse.Namespace) -> Simulator:
     webhooks = None
     if args.webhook_url is not None:
         if args.protocol == "assistants":
-            raise ValueError("--webhook-url needs --protocol agents or both")
+            raise ValueError("--webhook-url needs --protocol agents or both, or responses")
         if not args.webhook_secret:
             raise ValueError(f"--webhook-url needs --webhook-secret (or ${ENV_WEBHOOK_SECRET})")
         webhooks = WebhookTarget(args.webhook_url, args.webhook_secret, attempts=args.webhook_attempts)
@@ -180,6 +193,7 @@ def build(args: argparse.Namespace) -> Simulator:
         project=args.project,
         protocol=args.protocol,
         webhooks=webhooks,
+        responses_workload=workload_for(scenario).replace(stuck_queued_rate=args.stuck_queued_rate),
     )
 
 

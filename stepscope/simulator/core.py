@@ -23,12 +23,14 @@ from stepscope.simulator.api import DROP_HEADER, SimApp
 from stepscope.simulator.engine import Engine
 from stepscope.simulator.faults import FaultConfig, FaultInjector
 from stepscope.simulator.handlers import Handlers
+from stepscope.simulator.responses import ResponsesService, ResponsesWorkload
+from stepscope.simulator.responses.app import ResponsesApp
 from stepscope.simulator.scenario import Scenario, SimClock, SimTime
 
 log = logging.getLogger(__name__)
 
 FLAVORS = ("openai", "azure")
-PROTOCOLS = ("assistants", "agents", "both")
+PROTOCOLS = ("assistants", "agents", "both", "responses")
 AZURE_API_VERSIONS = ("2025-05-01", "v1", "2025-05-15-preview")
 
 
@@ -41,6 +43,9 @@ class Simulator:
 
     `protocol` is `assistants` (the default), `agents` (only the Agents API, under `/v1/agents`) or `both`; the
     Agents API exists on the openai flavour only. `webhooks` (agents or both) delivers signed session events.
+    `responses` serves only the Responses API (`/v1`, or Foundry's `/api/projects/{project}/openai/v1` on azure,
+    which is then `base_path`), with `responses_workload` knobs (default: the scenario preset's); its `webhooks`
+    deliver `response.*` events of background responses.
     """
 
     def __init__(
@@ -58,13 +63,14 @@ class Simulator:
         housekeeping_s: float = 1.0,
         protocol: str = "assistants",
         webhooks: WebhookTarget | None = None,
+        responses_workload: ResponsesWorkload | None = None,
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}")
-        if protocol not in PROTOCOLS or (protocol != "assistants" and flavor != "openai"):
+        if protocol not in PROTOCOLS or (protocol in ("agents", "both") and flavor != "openai"):
             raise ValueError(f"protocol must be one of {PROTOCOLS} (agents and both with flavor openai only)")
         if webhooks is not None and protocol == "assistants":
-            raise ValueError("webhooks need protocol agents or both")
+            raise ValueError("webhooks need protocol agents, both or responses")
         self.scenario = scenario or Scenario()
         problems = self.scenario.validate() + (faults.validate() if faults else [])
         if problems:
@@ -75,8 +81,11 @@ class Simulator:
         self.clock: SimTime = clock or SimClock()
         self.max_runs = max_runs
         self.base_path = "/v1" if flavor == "openai" else f"/api/projects/{project}"
-        # Agents only: the Assistants workload stays off (its engine still answers /_sim/truth).
-        assistants = self.scenario if protocol != "agents" else self.scenario.replace(runs_per_second=0.0)
+        if protocol == "responses" and flavor == "azure":
+            self.base_path += "/openai/v1"
+        # Agents or Responses only: the Assistants workload stays off (its engine still answers /_sim/truth).
+        off = protocol in ("agents", "responses")
+        assistants = self.scenario.replace(runs_per_second=0.0) if off else self.scenario
         self.engine = Engine(assistants, clock=self.clock, seed=self.seed, azure=flavor == "azure")
         self.injector = FaultInjector(faults, seed=self.seed)
         self.app = SimApp(
@@ -89,9 +98,14 @@ class Simulator:
         )
         self.protocol = protocol
         self.agents: AgentsService | None = None
-        if protocol != "assistants":
+        if protocol in ("agents", "both"):
             self.agents = AgentsService(self.scenario, clock=self.clock, seed=self.seed, webhooks=webhooks)
             self.app = AgentsApp(self.app, self.agents.handlers, serve_assistants=protocol == "both", truth=self.truth)
+        self.responses: ResponsesService | None = None
+        if protocol == "responses":
+            self.responses = ResponsesService(self.scenario, clock=self.clock, seed=self.seed, azure=flavor == "azure",
+                                              workload=responses_workload, webhooks=webhooks)  # fmt: skip
+            self.app = ResponsesApp(self.app, self.responses.handlers, truth=self.truth)
         self._housekeeping_s = housekeeping_s
         self._task: asyncio.Task[None] | None = None
 
@@ -116,14 +130,19 @@ class Simulator:
         self.injector.replace(faults)
 
     def truth(self) -> dict[str, Any]:
-        """What really happened, as of now: `{"now", "threads", "workload_threads", "assistants", "runs", "stats"}`.
+        """What really happened, as of now: `{"now", "threads", "workload_threads", "assistants", "runs", "messages",
+        "stats"}`.
 
         `runs` holds every run object as the API serialises it, plus `"steps"`: its steps in creation order.
-        With the Agents API served, `"agents"` holds its truth (stepscope/simulator/agents/truth.py).
+        `messages` maps each thread with messages to them, oldest first (pruned with their runs, see `max_runs`).
+        With the Agents API served, `"agents"` holds its truth (stepscope/simulator/agents/truth.py); with the
+        Responses API, `"responses"` (stepscope/simulator/responses/truth.py).
         """
         truth = self.engine.truth()
         if self.agents is not None:
             truth["agents"] = self.agents.truth()
+        if self.responses is not None:
+            truth["responses"] = self.responses.truth()
         return truth
 
     def transport(self) -> httpx.AsyncBaseTransport:
@@ -136,6 +155,8 @@ class Simulator:
             self._task = asyncio.get_running_loop().create_task(self._housekeeping(), name="sim-housekeeping")
         if self.agents is not None:
             await self.agents.start()
+        if self.responses is not None:
+            await self.responses.start()
 
     async def shutdown(self) -> None:
         """Stop housekeeping. Idempotent and safe without `start`."""
@@ -146,6 +167,8 @@ class Simulator:
                 await task
         if self.agents is not None:
             await self.agents.shutdown()
+        if self.responses is not None:
+            await self.responses.shutdown()
 
     async def _housekeeping(self) -> None:
         while True:
@@ -156,6 +179,8 @@ class Simulator:
                 log.info("simulator forgot %d old terminal runs (max_runs=%d)", dropped, self.max_runs)
             if self.agents is not None and self.agents.engine.prune(t, self.max_runs):
                 log.info("simulator forgot old idle agent sessions (max_runs=%d root turns)", self.max_runs)
+            if self.responses is not None and self.responses.engine.prune(t, self.max_runs):
+                log.info("simulator forgot old terminal responses (max_runs=%d)", self.max_runs)
 
 
 class SimTransport(httpx.AsyncBaseTransport):

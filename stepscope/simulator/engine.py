@@ -4,7 +4,11 @@
 application: at `scenario.runs_per_second` (Poisson, simulated time) it starts runs on a fixed, seeded set of
 threads and answers their tool calls. The workload is evaluated lazily: `advance(t)` creates every run due up to
 `t`, each at its scheduled time, so the result depends only on the seed and the times read, never on how often
-anybody looked. The same seed gives the same threads, assistants, runs, steps and ids.
+anybody looked. The same seed gives the same threads, assistants, runs, steps, messages and ids.
+
+Like an application, the workload posts a user question to a thread and then starts a run on it, only on a thread
+without an active run. Every run reads its thread's messages when it is created: its `message_creation` steps
+answer the newest user message (`messages.answer_chunks`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import random
 from typing import Any
 
 from stepscope.simulator import serializers
+from stepscope.simulator.messages import NewMessage, SimMessage, answer_chunks, question
 from stepscope.simulator.plan import client_plan, new_id, workload_plan
 from stepscope.simulator.scenario import Scenario, SimTime
 from stepscope.simulator.state import RUN_TERMINAL, SimRun, SimStep, SimThread
@@ -79,6 +84,11 @@ class Engine:
             self.skipped_busy += 1
             return
         self._workload_runs += 1
+        # The question has its own RNG so that runs, steps and their ids stay what they were before messages.
+        ask = random.Random(f"{self.seed}/run/{self._workload_runs}/question")
+        text = question(ask)
+        content = [{"type": "text", "text": {"value": text, "annotations": []}}]
+        self._store(thread, new_id(ask, "msg"), NewMessage("user", content, [], {"source": "workload"}), t)
         run_rng = random.Random(f"{self.seed}/run/{self._workload_runs}")
         run = SimRun(
             run_id=new_id(run_rng, "run"),
@@ -110,8 +120,20 @@ class Engine:
         return next((self.threads[tid] for tid in order if self.threads[tid].active_run(t) is None), None)
 
     def _add_run(self, thread: SimThread, run: SimRun) -> None:
+        """Store `run` (ValueError if `thread` has an active run) and write its answers from the thread's messages."""
         thread.add_run(run)
         self.runs[run.id] = run
+        log = thread.log
+        prompt, read = log.last_user_text(), log.settled
+        last = len(run.plan.steps) - 1
+        for k, sp in enumerate(run.plan.steps):
+            if sp.message_id is not None:
+                sp.text = answer_chunks(sp.message_id, prompt, read, final=k == last)
+
+    def _store(self, thread: SimThread, message_id: str, new: NewMessage, t: float) -> SimMessage:
+        message = SimMessage(message_id, thread.id, t, new.role, new.content, new.attachments, new.metadata)
+        thread.add_message(message)
+        return message
 
     # --- client objects ---------------------------------------------------------------------------------------
 
@@ -144,13 +166,21 @@ class Engine:
         assistant["response_format"] = body.get("response_format") or "auto"
         return assistant
 
-    def create_thread(self, metadata: dict[str, str], t: float) -> SimThread:
+    def create_thread(self, metadata: dict[str, str], t: float, messages: list[NewMessage] | None = None) -> SimThread:
+        """A client thread, holding `messages` from the start."""
         thread = SimThread(id=new_id(self._client_ids, "thread"), created=t, metadata=metadata)
         self.threads[thread.id] = thread
+        for new in messages or []:
+            self.add_message(thread, new, t)
         return thread
 
+    def add_message(self, thread: SimThread, new: NewMessage, t: float) -> SimMessage:
+        """Append a client's message to `thread` at `t`; ValueError while a run is active (callers check first)."""
+        return self._store(thread, new_id(self._client_ids, "msg"), new, t)
+
     def create_run(self, thread: SimThread, assistant: dict[str, Any], body: dict[str, Any], t: float) -> SimRun:
-        """A client run on `thread` (the caller checked that no run is active). Its tool calls wait for the client."""
+        """A client run on `thread`; ValueError while a run is active there (callers check first). Its tool calls wait
+        for the client."""
         self._client_runs += 1
         rng = random.Random(f"{self.seed}/client-run/{self._client_runs}")
         tools = body.get("tools") or assistant.get("tools") or []
@@ -183,19 +213,21 @@ class Engine:
     # --- housekeeping and introspection ------------------------------------------------------------------------
 
     def prune(self, t: float, max_runs: int) -> int:
-        """Forget the oldest terminal runs beyond `max_runs`; returns how many were dropped."""
+        """Forget the oldest terminal runs beyond `max_runs`, with their messages and the messages before them on
+        their threads; returns how many runs were dropped."""
         excess = len(self.runs) - max_runs
         if excess <= 0:
             return 0
         doomed = [r for r in self.runs.values() if r.terminal_at <= t][:excess]
-        touched: set[str] = set()
+        touched: dict[str, set[str]] = {}
         for run in doomed:
             del self.runs[run.id]
-            touched.add(run.thread_id)
-        for tid in touched:
+            touched.setdefault(run.thread_id, set()).add(run.id)
+        for tid, gone in touched.items():
             thread = self.threads[tid]
             thread.runs = [r for r in thread.runs if r.id in self.runs]
             thread.run_pos = {r.id: i for i, r in enumerate(thread.runs)}
+            thread.log.forget(gone)
         return len(doomed)
 
     def _truth_step(self, run: SimRun, step: SimStep, t: float) -> dict[str, Any]:
@@ -206,7 +238,8 @@ class Engine:
         return obj
 
     def truth(self) -> dict[str, Any]:
-        """Every thread, assistant, run and (visible) step as the API serialises them now; see `Simulator.truth`."""
+        """Every thread, assistant, run, (visible) step and message as the API serialises them now; see
+        `Simulator.truth`."""
         t = self.now()
         azure = self.azure
         runs = []
@@ -215,14 +248,21 @@ class Engine:
             n = run.visible(t)
             obj["steps"] = [self._truth_step(run, s, t) for s in run.steps[:n]]
             runs.append(obj)
+        messages = {
+            tid: [serializers.message_dict(m, t) for m in visible]
+            for tid, thread in self.threads.items()
+            if (visible := thread.log.visible(t))
+        }
         return {
             "now": int(t),
             "threads": list(self.threads),
             "workload_threads": list(self.workload_threads),
             "assistants": list(self.assistants.values()),
             "runs": runs,
+            "messages": messages,
             "stats": {
                 "runs": len(self.runs),
+                "messages": sum(len(v) for v in messages.values()),
                 "active_runs": sum(1 for r in self.runs.values() if r.terminal_at > t),
                 "skipped_busy": self.skipped_busy,
                 "terminal": {s: sum(1 for r in runs if r["status"] == s) for s in sorted(RUN_TERMINAL)},

@@ -25,7 +25,7 @@ ENDPOINTS = frozenset(
         "create_assistant", "get_assistant", "list_assistants", "create_thread", "get_thread", "list_threads",
         "create_thread_and_run",
         "create_run", "list_runs", "get_run", "modify_run", "cancel_run", "submit_tool_outputs", "list_steps",
-        "get_step",
+        "get_step", "create_message", "list_messages", "get_message",
     }
 )  # fmt: skip
 # The Agents API side's endpoints (stepscope/simulator/agents/app.py); faults name them like the ones above.
@@ -35,6 +35,14 @@ AGENTS_ENDPOINTS = frozenset(
         "list_agent_turns", "get_agent_turn", "list_agent_turn_items", "list_agent_subagents", "get_agent_subagent",
         "list_agent_subagent_turns", "get_agent_subagent_turn", "list_agent_subagent_turn_items",
         "list_agent_subagent_items",
+    }
+)  # fmt: skip
+# The Responses API side's endpoints (stepscope/simulator/responses/app.py); the list ones exist on azure only.
+RESPONSES_ENDPOINTS = frozenset(
+    {
+        "create_response", "get_response", "delete_response", "cancel_response", "list_input_items",
+        "list_responses", "create_conversation", "get_conversation", "list_conversations",
+        "list_conversation_items", "get_conversation_item",
     }
 )  # fmt: skip
 
@@ -78,7 +86,7 @@ class FaultConfig:
         return self.endpoints.get(name, self.default)
 
     def validate(self) -> list[str]:
-        known = ENDPOINTS | AGENTS_ENDPOINTS
+        known = ENDPOINTS | AGENTS_ENDPOINTS | RESPONSES_ENDPOINTS
         problems = [f"endpoints.{name}: unknown endpoint" for name in self.endpoints if name not in known]
         for where, spec in [("default", self.default), *((f"endpoints.{k}", v) for k, v in self.endpoints.items())]:
             for name in ("error_rate", "rate_limit_rate", "drop_rate", "truncate_rate", "malformed_rate", "drift_rate"):

@@ -7,16 +7,21 @@ paths with no drift configured, pre-encoded bytes. Problems raise `ApiError`, wh
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from stepscope.simulator import serializers as ser
 from stepscope.simulator.engine import Engine
+from stepscope.simulator.messages import MessageError, NewMessage, parse_message
 from stepscope.simulator.state import SimRun, SimThread, page_window
 
-_PREFIX_OF = {"thread_id": "thread", "run_id": "run", "step_id": "step", "assistant_id": "asst"}
-_KIND_OF = {"thread_id": "thread", "run_id": "run", "step_id": "run step", "assistant_id": "assistant"}
+_PREFIX_OF = {"thread_id": "thread", "run_id": "run", "step_id": "step", "assistant_id": "asst", "message_id": "msg"}
+_KIND_OF = {
+    "thread_id": "thread", "run_id": "run", "step_id": "run step", "assistant_id": "assistant", "message_id": "message",
+}  # fmt: skip
+Lookup = Callable[[str], int | None]
 
 
 class ApiError(Exception):
@@ -148,10 +153,11 @@ class Handlers:
         limit, desc = self._paging(req)
         items = list(self.engine.assistants.values())
         pos = {a["id"]: i for i, a in enumerate(items)}
-        return self._page(req, items, pos, limit=limit, desc=desc, to_obj=lambda a: a)
+        return self._page(req, items, pos.get, limit=limit, desc=desc, to_obj=lambda a: a)
 
     def create_thread(self, req: Request) -> Reply:
-        return Reply(ser.thread_dict(self.engine.create_thread(self._metadata(req.body), req.t)))
+        messages = self._new_messages(req.body.get("messages"), "messages")
+        return Reply(ser.thread_dict(self.engine.create_thread(self._metadata(req.body), req.t, messages)))
 
     def get_thread(self, req: Request) -> Reply:
         return Reply(ser.thread_dict(self._thread(req)))
@@ -163,27 +169,84 @@ class Handlers:
         limit, desc = self._paging(req)
         items = list(self.engine.threads.values())  # creation order: threads are only ever appended
         pos = {t.id: i for i, t in enumerate(items)}
-        return self._page(req, items, pos, limit=limit, desc=desc, to_obj=ser.thread_dict)
+        return self._page(req, items, pos.get, limit=limit, desc=desc, to_obj=ser.thread_dict)
+
+    # --- messages -----------------------------------------------------------------------------------------------
+
+    def create_message(self, req: Request) -> Reply:
+        thread = self._thread(req)
+        new = self._new_message(req.body, "")
+        active = thread.active_run(req.t)
+        if active is not None:
+            raise ApiError(400, f"Can't add messages to {thread.id} while a run {active.id} is active.")
+        return Reply(ser.message_dict(self.engine.add_message(thread, new, req.t), req.t))
+
+    def list_messages(self, req: Request) -> Reply:
+        """The thread's messages (newest first by default); `run_id` keeps those a run wrote."""
+        thread = self._thread(req)
+        limit, desc = self._paging(req)
+        t, log = req.t, thread.log
+        items: Sequence[Any] = log.visible(t)
+        lookup: Lookup = partial(log.index, t=t)
+        run_id = req.query.get("run_id")
+        if run_id is not None:
+            items = [m for m in items if m.run_id == run_id]
+            lookup = {m.id: i for i, m in enumerate(items)}.get
+        return self._page(req, items, lookup, limit=limit, desc=desc, to_obj=lambda m: ser.message_dict(m, t))
+
+    def get_message(self, req: Request) -> Reply:
+        thread = self._thread(req)
+        mid = self._id(req, "message_id")
+        message = thread.log.find(mid, req.t)
+        if message is None:
+            raise self._missing("message_id", mid)
+        return Reply(ser.message_dict(message, req.t))
+
+    def _new_messages(self, raw: object, param: str) -> list[NewMessage]:
+        """The messages of a body's `param` list (absent: none); 400 for the first one the API would refuse."""
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            raise ApiError(400, f"Invalid '{param}': expected an array of messages.", param=param)
+        return [self._new_message(item, f"{param}[{i}]") for i, item in enumerate(raw)]
+
+    def _new_message(self, raw: object, where: str) -> NewMessage:
+        try:
+            new = parse_message(raw, where)
+        except MessageError as exc:
+            raise ApiError(400, str(exc), param=exc.param) from None
+        new.metadata = self._metadata(raw if isinstance(raw, dict) else {})
+        return new
 
     # --- runs ---------------------------------------------------------------------------------------------------
 
     def create_run(self, req: Request) -> Reply:
-        return self._start_run(self._thread(req), req, req.body)
+        thread = self._thread(req)
+        extra = self._new_messages(req.body.get("additional_messages"), "additional_messages")
+        return self._start_run(thread, req, req.body, extra=extra)
 
     def create_thread_and_run(self, req: Request) -> Reply:
+        """A new thread (with `thread.messages`) and a run on it; everything is validated before either exists."""
         spec = req.body.get("thread") or {}
+        spec = spec if isinstance(spec, dict) else {}
         assistant = self._assistant(req.body.get("assistant_id"))
-        thread = self.engine.create_thread(self._metadata(spec if isinstance(spec, dict) else {}), req.t)
+        self._metadata(req.body)
+        messages = self._new_messages(spec.get("messages"), "thread.messages")
+        thread = self.engine.create_thread(self._metadata(spec), req.t, messages)
         return self._start_run(thread, req, req.body, assistant)
 
     def _start_run(
-        self, thread: SimThread, req: Request, body: dict[str, Any], assistant: dict[str, Any] | None = None
-    ) -> Reply:
+        self, thread: SimThread, req: Request, body: dict[str, Any], assistant: dict[str, Any] | None = None,
+        extra: list[NewMessage] | None = None,
+    ) -> Reply:  # fmt: skip
+        """A run on `thread`, after `extra` messages are appended; 400 while the thread has an active run."""
         assistant = assistant or self._assistant(body.get("assistant_id"))
         self._metadata(body)
         active = thread.active_run(req.t)
         if active is not None:
             raise ApiError(400, f"Thread {thread.id} already has an active run {active.id}.")
+        for new in extra or []:
+            self.engine.add_message(thread, new, req.t)
         run = self.engine.create_run(thread, assistant, body, req.t)
         return Reply(ser.run_dict(run, req.t, azure=req.azure), stream=run if body.get("stream") is True else None)
 
@@ -202,7 +265,7 @@ class Handlers:
         return self._page(
             req,
             thread.runs,
-            thread.run_pos,
+            thread.run_pos.get,
             limit=limit,
             desc=desc,
             to_obj=lambda r: ser.run_dict(r, req.t, azure=req.azure),
@@ -235,8 +298,8 @@ class Handlers:
         limit, desc = self._paging(req)
         t = req.t
         n = run.visible(t)
-        after = self._cursor(req, "after", run.step_pos, n)
-        before = self._cursor(req, "before", run.step_pos, n)
+        after = self._cursor(req, "after", run.step_pos.get, n)
+        before = self._cursor(req, "before", run.step_pos.get, n)
         window, more = page_window(n, limit, desc, after, before)
         steps = run.steps
         content, azure = ser.wants_content(req.include), req.azure
@@ -259,22 +322,22 @@ class Handlers:
 
     # --- paging helpers -----------------------------------------------------------------------------------------
 
-    def _cursor(self, req: Request, name: str, pos: dict[str, int], count: int) -> int | None:
+    def _cursor(self, req: Request, name: str, lookup: Lookup, count: int) -> int | None:
         value = req.query.get(name)
         if value is None:
             return None
-        i = pos.get(value)
+        i = lookup(value)
         if i is None or i >= count:
             raise ApiError(400, f"Invalid '{name}': no object with id '{value}' in this list.", param=name)
         return i
 
     def _page(
-        self, req: Request, items: list[Any], pos: dict[str, int], *, limit: int, desc: bool,
+        self, req: Request, items: Sequence[Any], lookup: Lookup, *, limit: int, desc: bool,
         to_obj: Callable[[Any], dict[str, Any]],
     ) -> Reply:  # fmt: skip
         n = len(items)
-        window, more = page_window(n, limit, desc, self._cursor(req, "after", pos, n),
-                                   self._cursor(req, "before", pos, n))  # fmt: skip
+        window, more = page_window(n, limit, desc, self._cursor(req, "after", lookup, n),
+                                   self._cursor(req, "before", lookup, n))  # fmt: skip
         objs = [to_obj(items[i]) for i in window]
         first = objs[0]["id"] if objs else None
         last = objs[-1]["id"] if objs else None

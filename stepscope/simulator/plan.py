@@ -33,7 +33,9 @@ class StepPlan:
     """One planned step. `needs_action` steps hold function calls the client must answer.
 
     `submit_delay` is the workload's own answer time (None: wait for a client, or never, so the run expires).
-    `outputs` are the workload's outputs by call id. `omit_usage` models Azure leaving `usage` out.
+    `outputs` are the workload's outputs by call id. `omit_usage` models Azure leaving `usage` out. `text` is a
+    `message_creation` step's answer in the chunks it streams in (written when the run is created, from the thread's
+    messages: see `messages.answer_chunks`).
     """
 
     id: str
@@ -46,6 +48,7 @@ class StepPlan:
     outputs: dict[str, str] = field(default_factory=dict)
     usage: tuple[int, int] = (0, 0)
     omit_usage: bool = False
+    text: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)

@@ -59,7 +59,7 @@ class ManualClock:
     """A clock that moves only when told: `advance(seconds)` moves both simulated and monotonic time.
 
     The one fake clock of the code base: `now()` serves the simulator (`SimTime`), `time()` the bridge
-    (`stepscope.types.Clock`, whose test double `stepscope.testing.FakeClock` is this class), so a test can drive
+    (`stepscope.core.records.Clock`, whose test double `stepscope.testing.FakeClock` is this class), so a test can drive
     the simulated server and the bridge from one timeline.
     """
 

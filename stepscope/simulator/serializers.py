@@ -3,7 +3,8 @@
 OpenAI flavour: every field present, nullable ones null. Azure flavour: `usage` left out where the plan says so,
 `required_action` left out when null, list envelopes reduced to `{data, last_id, has_more}`.
 Terminal runs carry exactly the timestamp of their status (`incomplete` uses `completed_at`; `expired` has no
-timestamp of its own and keeps `expires_at`, which is null on every other terminal status).
+timestamp of its own and keeps `expires_at`, which is null on every other terminal status). Messages have the same
+shape on both flavours.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from stepscope.simulator.messages import SimMessage, ThreadMessage
 from stepscope.simulator.state import RUN_TERMINAL, SimRun, SimStep, SimThread
 
 _DUMPS = json.JSONEncoder(separators=(",", ":")).encode
@@ -154,6 +156,61 @@ def thread_dict(thread: SimThread) -> dict[str, Any]:
         "created_at": int(thread.created),
         "metadata": thread.metadata,
         "tool_resources": {},
+    }
+
+
+def message_dict(message: ThreadMessage, t: float, *, opening: bool = False) -> dict[str, Any]:
+    """The `thread.message` object of `message` at `t`. `opening`: as the stream's `thread.message.created` shows a
+    run's message, in progress and still empty.
+
+    A written message is completed at its creation (`completed_at` equals `created_at`) and has no run or
+    assistant; a run's message carries both, its text so far and, once it ended, its end and incomplete reason.
+    """
+    if isinstance(message, SimMessage):
+        created = int(message.created)
+        return {
+            "id": message.id,
+            "object": "thread.message",
+            "created_at": created,
+            "assistant_id": None,
+            "thread_id": message.thread_id,
+            "run_id": None,
+            "status": "completed",
+            "incomplete_details": None,
+            "incomplete_at": None,
+            "completed_at": created,
+            "role": message.role,
+            "content": message.content,
+            "attachments": message.attachments,
+            "metadata": message.metadata,
+        }
+    run = message.run
+    status, text, end, reason = ("in_progress", "", None, None) if opening else message.state(t)
+    return {
+        "id": message.id,
+        "object": "thread.message",
+        "created_at": int(message.step.created),
+        "assistant_id": run.assistant_id,
+        "thread_id": run.thread_id,
+        "run_id": run.id,
+        "status": status,
+        "incomplete_details": {"reason": reason} if reason else None,
+        "incomplete_at": int(end) if end is not None and reason else None,
+        "completed_at": int(end) if end is not None and not reason else None,
+        "role": "assistant",
+        "content": [{"type": "text", "text": {"value": text, "annotations": []}}] if text else [],
+        "attachments": [],
+        "metadata": {},
+    }
+
+
+def message_delta(message_id: str, chunk: str, *, first: bool) -> dict[str, Any]:
+    """A `thread.message.delta` object adding `chunk` to the text part; the first delta creates the part."""
+    text: dict[str, Any] = {"value": chunk, "annotations": []} if first else {"value": chunk}
+    return {
+        "id": message_id,
+        "object": "thread.message.delta",
+        "delta": {"content": [{"index": 0, "type": "text", "text": text}]},
     }
 
 

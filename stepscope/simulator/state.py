@@ -17,6 +17,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
+from stepscope.simulator.messages import MessageLog, SimMessage
 from stepscope.simulator.plan import RunPlan, StepPlan
 
 RUN_TERMINAL = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})
@@ -44,23 +45,42 @@ class SimStep:
 
 @dataclass(slots=True)
 class SimThread:
-    """A thread and its runs in creation order (`run_pos` maps run id to position)."""
+    """A thread, its runs in creation order (`run_pos` maps run id to position) and its messages (`log`).
+
+    At most one run is active at a time: `add_run` and `add_message` refuse while the newest run is not terminal,
+    which also keeps the message log's settled part final (see `messages.MessageLog`).
+    """
 
     id: str
     created: float
     metadata: dict[str, str] = field(default_factory=dict)
     runs: list[SimRun] = field(default_factory=list)
     run_pos: dict[str, int] = field(default_factory=dict)
+    log: MessageLog = field(default_factory=MessageLog)
 
     def add_run(self, run: SimRun) -> None:
+        """Append `run`, created at `run.created`; ValueError while another run is active then."""
+        self._ensure_idle(run.created)
         self.run_pos[run.id] = len(self.runs)
         self.runs.append(run)
+        self.log.open(run)
+
+    def add_message(self, message: SimMessage) -> None:
+        """Append a written message; ValueError while a run is active at its creation."""
+        self._ensure_idle(message.created)
+        self.log.add(message)
 
     def active_run(self, t: float) -> SimRun | None:
-        """The run that blocks new runs at `t`: the newest one, if it is not terminal yet."""
+        """The run that blocks new runs and messages at `t`: the newest one, if it is not terminal yet."""
         if self.runs and self.runs[-1].terminal_at > t:
             return self.runs[-1]
         return None
+
+    def _ensure_idle(self, t: float) -> None:
+        # The API layer answers 400 first; this guards every other path (the workload, direct engine use).
+        active = self.active_run(t)
+        if active is not None:
+            raise ValueError(f"Thread {self.id} already has an active run {active.id}.")
 
 
 class SimRun:

@@ -9,8 +9,9 @@ from typing import Any
 from stepscope.simulator.agents.engine import AgentsEngine
 from stepscope.simulator.agents.handlers import AgentsHandlers
 from stepscope.simulator.agents.truth import agents_truth
-from stepscope.simulator.agents.webhooks import WebhookDelivery, WebhookTarget
+from stepscope.simulator.agents.webhooks import agents_delivery
 from stepscope.simulator.scenario import Scenario, SimTime
+from stepscope.simulator.webhooks import WebhookDelivery, WebhookTarget
 
 
 class AgentsService:
@@ -33,7 +34,9 @@ class AgentsService:
             raise ValueError("; ".join(problems))
         self.engine = AgentsEngine(scenario, clock=clock, seed=seed, record_events=webhooks is not None)
         self.handlers = AgentsHandlers(self.engine)
-        self.delivery = WebhookDelivery(self.engine, webhooks, wall=wall) if webhooks is not None else None
+        self.delivery: WebhookDelivery | None = None
+        if webhooks is not None:
+            self.delivery = agents_delivery(self.engine, webhooks, wall=wall)
 
     async def start(self) -> None:
         if self.delivery is not None:
