@@ -29,6 +29,7 @@ deps:
 lint: $(STAMP)
 	$(BIN)/ruff format --check stepscope tests
 	$(BIN)/ruff check stepscope tests
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -17,40 +17,25 @@ from pathlib import Path
 from typing import NoReturn
 
 from stepscope import __version__
+from stepscope.commands.flags import CAPTURE_CONTENT, COMMAND_FLAGS, SETTING_FLAGS
 from stepscope.commands.logs import setup_logging
 from stepscope.config import SETTINGS_BY_PATH, Config, env_help, load
-from stepscope.config.values import parse_duration
+from stepscope.config.values import OBJECT_ID, parse_duration
 from stepscope.errors import ConfigError, StepscopeError
-from stepscope.receivers.watch import RUN_ID
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
-# CLI flags of `serve`/`backfill`/`config check`, as (flag, setting path, help): flags beat the environment.
-SETTING_FLAGS = (
-    ("--base-url", "api.base_url", "API base URL (OPENAI_BASE_URL)"),
-    ("--threads", "poll.threads", "comma-separated thread ids (STEPSCOPE_THREADS)"),
-    ("--listen", "server.listen", "HOST:PORT for /metrics and the API (STEPSCOPE_LISTEN)"),
-    ("--poll-interval", "poll.interval", "poll interval, e.g. 1s (STEPSCOPE_POLL_INTERVAL)"),
-    ("--lookback", "poll.lookback", "history to backfill on first sight, e.g. 1h (STEPSCOPE_LOOKBACK)"),
-    ("--state", "state", "checkpoint store path (STEPSCOPE_STATE)"),
-    ("--shard", "poll.shard", "INDEX/COUNT of this replica (STEPSCOPE_SHARD)"),
-    ("--flavor", "api.flavor", "openai or azure (STEPSCOPE_FLAVOR)"),
-    ("--log-level", "log_level", "DEBUG, INFO, WARNING, ERROR (STEPSCOPE_LOG_LEVEL)"),
-    ("--log-format", "log_format", "text or json (STEPSCOPE_LOG_FORMAT)"),
-)
 
-
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The `--config` flag and the setting flags `command` takes (`COMMAND_FLAGS`)."""
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file (lowest precedence above defaults)")
+    taken = COMMAND_FLAGS[command]
     for flag, path, text in SETTING_FLAGS:
-        parser.add_argument(flag, dest=f"setting:{path}", metavar="VALUE", help=text)
-    parser.add_argument(
-        "--capture-content",
-        dest="setting:export.capture_content",
-        action="store_const",
-        const="true",
-        help="put tool arguments and outputs on spans (STEPSCOPE_CAPTURE_CONTENT)",
-    )
+        if flag in taken:
+            parser.add_argument(flag, dest=f"setting:{path}", metavar="VALUE", help=text)
+    flag, path, text = CAPTURE_CONTENT
+    if flag in taken:
+        parser.add_argument(flag, dest=f"setting:{path}", action="store_const", const="true", help=text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,10 +67,10 @@ def _thread_arg(text: str) -> str:
     return str(ids[0])
 
 
-def _run_arg(text: str) -> str:
-    """argparse `type` for a run id."""
-    if not RUN_ID.fullmatch(text):  # the shape /v1/watch accepts too
-        raise argparse.ArgumentTypeError(f"must look like run_..., got {text!r}")
+def _unit_arg(text: str) -> str:
+    """argparse `type` for an API object id (a run, thread, turn, session or response)."""
+    if not OBJECT_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be an id like run_... or resp_..., got {text!r}")
     return text
 
 
@@ -111,12 +96,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stepscope.simulator import cli as simulator_cli  # noqa: PLC0415 - keeps `--help` of other commands fast
+    from stepscope.commands.demo import protocol_choices  # noqa: PLC0415 - keeps `--help` of other commands fast
+    from stepscope.simulator import cli as simulator_cli  # noqa: PLC0415 - same reason
     from stepscope.simulator.scenario import SCENARIOS  # noqa: PLC0415 - same reason
 
     parser = _Parser(
         prog="stepscope",
-        description="Turn Assistants v2 run steps into OpenTelemetry spans and Prometheus metrics.",
+        description="Turn agent work recorded on the server (Assistants runs and steps, Agents API turns, ...) into "
+        "OpenTelemetry spans and Prometheus metrics.",
         epilog="Environment variables (flags win over them, they win over --config):\n" + env_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -124,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the sidecar: poll runs, export spans and metrics")
-    _add_setting_flags(serve)
+    _add_setting_flags(serve, "serve")
 
     demo = sub.add_parser("demo", help="the simulator plus the bridge, with a live terminal view")
     positive = simulator_cli.number(float, above=0)
@@ -134,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=positive, default=10.0, help="simulated seconds per real second")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--scenario", default="lively", choices=sorted(SCENARIOS), help="workload preset")
-    demo.add_argument("--protocol", default="assistants", choices=("assistants", "agents"),
+    demo.add_argument("--protocol", default="assistants", choices=protocol_choices(),
                       help="the simulated API the demo reads (default %(default)s)")  # fmt: skip
     demo.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
     demo.add_argument("--svg", type=_output_file_arg, metavar="FILE", help="save the final frame of the view as SVG")
@@ -142,23 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="run the Assistants v2 simulator on its own")
     simulator_cli.add_arguments(simulate)
 
-    inspect = sub.add_parser("inspect", help="a waterfall of one run's steps and tool calls")
-    inspect.add_argument("run_id", type=_run_arg, metavar="RUN_ID")
-    inspect.add_argument("--thread", type=_thread_arg, required=True, metavar="THREAD_ID")
+    inspect = sub.add_parser("inspect", help="a waterfall of one run (turn, response) and what it is made of")
+    inspect.add_argument("unit_id", type=_unit_arg, metavar="ID",
+                         help="the run, turn or response id (run_..., turn_..., resp_...)")  # fmt: skip
+    inspect.add_argument("--thread", "--session", dest="container", type=_unit_arg, metavar="ID",
+                         help="the run's thread (Assistants) or the turn's session (Agents API)")  # fmt: skip
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_setting_flags(inspect)
+    _add_setting_flags(inspect, "inspect")
 
     backfill = sub.add_parser("backfill", help="export a thread's finished runs once and exit")
     backfill.add_argument("--thread", type=_thread_arg, action="append", required=True, metavar="THREAD_ID",
                           dest="backfill_threads")  # fmt: skip
     backfill.add_argument("--since", type=_duration_arg, default="24h",
                           help="how far back, e.g. 2h or 7d (default %(default)s)")  # fmt: skip
-    _add_setting_flags(backfill)
+    _add_setting_flags(backfill, "backfill")
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_sub.add_parser("check", help="validate the configuration and print the effective values")
-    _add_setting_flags(check)
+    _add_setting_flags(check, "check")
 
     dashboards = sub.add_parser("dashboards", help="render the Grafana dashboards")
     group = dashboards.add_mutually_exclusive_group(required=True)
@@ -234,10 +223,10 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print("configuration OK", file=sys.stderr)
         return EXIT_OK
     if command == "inspect":
-        from stepscope.commands.views import inspect_run  # noqa: PLC0415
+        from stepscope.commands.inspect import inspect_unit  # noqa: PLC0415
 
         config = _load(args, env)
-        return asyncio.run(inspect_run(config, args.thread, args.run_id, as_json=args.json))
+        return asyncio.run(inspect_unit(config, args.unit_id, args.container, as_json=args.json))
     if command == "backfill":
         from stepscope.commands.backfill import run_backfill  # noqa: PLC0415
 

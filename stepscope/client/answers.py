@@ -65,19 +65,11 @@ def connect_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def redact_url(url: str) -> str:
-    """`url` with any password (or a lone user, often a token) in its userinfo replaced by `***`.
-
-    Unlike `stepscope.config.values.redact_url` (which hides the whole userinfo in config summaries), a user name that
-    comes with a password stays readable here, so an operator can tell which proxy account a message is about.
-    """
+def strip_userinfo(url: str) -> str:
+    """`url` without its userinfo: `https://user:pw@host/v1` -> `https://host/v1`; other URLs unchanged."""
     parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at:
-        return url
-    user, colon, _ = userinfo.partition(":")
-    shown = f"{user}:***" if colon else "***"
-    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+    _, at, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=host)) if at else url
 
 
 def size_text(n: int) -> str:

@@ -1,10 +1,9 @@
-"""One way to build an API client from the configuration, for `serve`, `backfill` and `inspect` alike.
+"""One way to connect to the API from the configuration, for `serve`, `backfill` and `inspect` alike.
 
-`agents_client()` builds the Agents API client on the same pool and credential.
-
-`connect()` returns an `ApiConnection`: the httpx pool (connect timeout, connection limit), the credential and the
-`AssistantsClient` with every bound the configuration sets (body cap, request deadline, page cap). `aclose()`
-releases the pool and the credential (an Entra ID token provider holds its own session).
+`connect()` returns an `ApiConnection`: the httpx pool (connect timeout, connection limit), the credential, and
+the request options every bound the configuration sets (body cap, request deadline, page cap) for the protocol's
+clients, which are built on it. `aclose()` releases the pool and the credential (an Entra ID token provider holds
+its own session).
 
 The pool is httpx's API on aiohttp's transport (`HTTP_AIOHTTP`, the default): the same requests, responses, errors
 and proxy settings, at well under half the CPU per request of httpx's own transport, whose connection pool and
@@ -30,8 +29,6 @@ from stepscope.client.auth import Auth, make_auth
 from stepscope.client.core import CoreOptions
 from stepscope.config import Config
 from stepscope.core.records import RequestObserver
-from stepscope.protocols.agents.client import AgentsClient
-from stepscope.protocols.assistants.client import AssistantsClient
 
 CONNECT_TIMEOUT_S = 5.0
 HTTP_AIOHTTP = "aiohttp"
@@ -138,12 +135,22 @@ def http_client(
 
 @dataclass(slots=True)
 class ApiConnection:
+    """The HTTP pool, the credential and the request options every client on them shares; a component whose
+    `stop()` closes the pool and the credential (an Entra ID token provider holds its own session)."""
+
     http: httpx.AsyncClient
     auth: Auth
-    client: AssistantsClient
+    options: CoreOptions
+    name = "api connection"
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self, budget_s: float = 1.0) -> None:
+        """Close the pool and the credential. Idempotent."""
+        await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the pool and the credential. Idempotent."""
         await self.http.aclose()
         close_auth = getattr(self.auth, "aclose", None)
         if close_auth is not None:
@@ -159,7 +166,7 @@ def connect(
     stop: asyncio.Event | None = None,
     http_transport: str = HTTP_AIOHTTP,
 ) -> ApiConnection:
-    """The client `config` describes. `transport` and `auth` are seams for tests; `http_transport` picks the pool's
+    """The connection `config` describes. `transport` and `auth` are seams for tests; `http_transport` picks the pool's
     transport (`HTTP_AIOHTTP` or `HTTP_HTTPX`) when no `transport` is given."""
     api = config.api
     http = http_client(
@@ -169,27 +176,7 @@ def connect(
         transport=transport,
     )
     auth = auth or make_auth(api.auth, key=str(api.api_key), token_file=api.token_file)
-    client = AssistantsClient(
-        http,
-        base_url=api.base_url,
-        auth=auth,
-        api_version=api.api_version,
-        flavor=api.flavor,
-        **client_options(config, observer=observer, stop=stop),
-    )
-    return ApiConnection(http, auth, client)
-
-
-def agents_client(
-    connection: ApiConnection,
-    config: Config,
-    *,
-    observer: RequestObserver | None = None,
-    stop: asyncio.Event | None = None,
-) -> AgentsClient:
-    """An Agents API client sharing `connection`'s pool and credential, bounded as `config` bounds the client."""
-    options = client_options(config, observer=observer, stop=stop)
-    return AgentsClient(connection.http, base_url=config.api.base_url, auth=connection.auth, **options)
+    return ApiConnection(http, auth, client_options(config, observer=observer, stop=stop))
 
 
 def client_options(

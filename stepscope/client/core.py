@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypedDict, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -47,11 +47,11 @@ from stepscope.client.answers import (
     connect_reason,
     read_capped,
     redact,
-    redact_url,
     secrets_of,
     server_message,
     size_text,
     status_error,
+    strip_userinfo,
 )
 from stepscope.client.auth import Auth
 from stepscope.client.parsing import Page
@@ -148,10 +148,10 @@ class RequestCore:
         if bad:
             raise ConfigError([f"api.{name}: must be > 0" for name in bad])
         self._http = http
-        self._base_url = base_url.rstrip("/")
-        self.shown_url = redact_url(self._base_url)
-        user, colon, password = urlsplit(self._base_url).netloc.rpartition("@")[0].partition(":")
-        self._url_secrets = tuple(v for v in ((password,) if colon else (user,)) if len(v) >= 4)  # a lone user: a token
+        # Credentials are the `auth`'s alone: userinfo in the base URL is dropped, never sent (httpx would turn it
+        # into an `Authorization: Basic` header beside, or instead of, the key) and so never shown.
+        self._base_url = strip_userinfo(base_url.rstrip("/"))
+        self.shown_url = self._base_url
         self._max_body = max_body
         self._deadline = deadline
         self._max_pages = max_pages
@@ -323,7 +323,7 @@ class RequestCore:
             auth_headers = await self.auth.headers()
         except AuthError as exc:
             return _Outcome(error=AuthError(f"{endpoint}: {exc}", **ctx))
-        secrets = (*secrets_of(auth_headers), *self._url_secrets)
+        secrets = secrets_of(auth_headers)
         query: dict[str, str | int] = dict(params)
         if self._api_version:
             query["api-version"] = self._api_version

@@ -15,9 +15,9 @@ import time
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from stepscope.commands.sidecar import Sidecar
+from stepscope.commands.wiring import resolve
 from stepscope.config import Config
 from stepscope.errors import ConfigError, InvalidObject, SourceError
-from stepscope.protocols.assistants.discovery import Discovery
 
 log = logging.getLogger("stepscope.commands.backfill")
 
@@ -27,15 +27,17 @@ DELIVERY_S = 30.0
 
 async def run_backfill(config: Config, *, service: Sidecar | None = None) -> int:
     """Track every finished, unknown run of the configured threads within the lookback; wait until exported."""
+    if not resolve(config).backfills:
+        raise ConfigError([f"STEPSCOPE_PROTOCOL (api.protocol): {config.api.protocol} has no backfill; it finds its "
+                           "history by listing when `stepscope serve` starts (STEPSCOPE_LOOKBACK)"])  # fmt: skip
     service = service or Sidecar(config, serve_http=False, discover=False, check_api=False)
     parts = service.parts
+    backfill = parts.finders.backfill
+    assert backfill is not None  # the factory said it backfills
     await service.start()
     try:
-        discovery = parts.discovery
-        if not isinstance(discovery, Discovery):
-            raise ConfigError(["STEPSCOPE_PROTOCOL (api.protocol): backfill reads Assistants threads only"])
         try:
-            total = await discovery.backfill(config.poll.threads)
+            total = await backfill(config.poll.threads)
         except (SourceError, InvalidObject) as exc:
             log.error("cannot list runs: %s", exc)
             return 1

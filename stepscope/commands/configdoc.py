@@ -1,9 +1,9 @@
 """docs/configuration.md, generated from the settings table (`config.SETTINGS`), so the reference cannot drift.
 
 Each row comes from one `Setting`: its environment variable, its file key, the default read from the `Config`
-dataclasses, its `help`, the `serve` flag that sets it (`cli.SETTING_FLAGS`) and, where one line is not enough,
-a note from `NOTES` below. A test compares the committed file with `render()`; after adding or changing a setting,
-regenerate it:
+dataclasses, its `help`, the `serve` flag that sets it (`commands.flags.SETTING_FLAGS`) and, where one line is
+not enough, a note from `NOTES` below. A test compares the committed file with `render()`; after adding or
+changing a setting, regenerate it:
 
     python -m stepscope.commands.configdoc --write docs/configuration.md
 
@@ -19,6 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from stepscope.commands.flags import CAPTURE_CONTENT, SETTING_FLAGS
 from stepscope.config import SETTINGS, Config, Setting
 from stepscope.config.values import parse_duration, parse_size
 
@@ -160,10 +161,8 @@ def _is_duration(setting: Setting) -> bool:
 
 
 def _flags() -> dict[str, str]:
-    from stepscope.cli import SETTING_FLAGS  # noqa: PLC0415 - the CLI imports the whole app; only the generator needs it
-
     flags = {path: flag for flag, path, _ in SETTING_FLAGS}
-    flags["export.capture_content"] = "--capture-content"
+    flags[CAPTURE_CONTENT[1]] = CAPTURE_CONTENT[0]
     return flags
 
 

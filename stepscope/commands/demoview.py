@@ -1,18 +1,30 @@
 """The demo's live view: the frame `stepscope demo` draws, fed by the pipeline's commit listener.
 
-`DemoView` is the listener: it hears every committed step as `(Run, RunStep)` and every finished run as
-`(Run, None)` (or, for the Agents API, every finished turn as `(Turn, None)`), and renders an 80-column frame of
-runs in flight and finished, recent steps (the last failed, expired or cancelled ones keep rows), and the waterfall
-of the most recently finished run; `plain_line()` is `--no-view`'s periodic status line. It reads the service only
-through a `Tracking` callable, so it shows what the exporters were given, not what the simulator did.
+`DemoView` is the listener: it hears every committed part as one protocol-neutral `Committed` (the telemetry of
+one record, or of a finished unit) and renders an 80-column frame of units in flight and finished, recent records
+(the latest ones that did not complete keep rows), and the waterfall of the most recently finished unit;
+`plain_line()` is `--no-view`'s periodic status line. It knows no protocol: what it shows comes from the span
+specs and metric observations the protocol's mapping exported, and the words for units and records ("run" and
+"step", "turn" and "item") come from its caller. It reads the service only through a `Tracking` callable, so it
+shows what the exporters were given, not what the simulator did.
+
+What it reads from a `Committed`:
+- a record (`finished` False): `spans[0]` is the record's span, the spans whose parent it is are its children
+  (tool calls); its `stepscope_run_steps_total` observations count records by `status` (and name its type,
+  `step_type`), its `stepscope_tokens_total` observations are its tokens;
+- a finished unit (`finished` True): `spans[0]` is the unit's span; its `stepscope_runs_total` observation counts
+  the unit by `status`; any run-steps and token observations it carries count as records and tokens too (a
+  protocol whose records have no telemetry of their own commits them with their unit).
+A status is a span's `*.status` attribute (else the observation's `status` label), a duration is the span's end
+minus its start in whole seconds, an error is the span's `error_type`.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from rich import box
 from rich.console import Group, RenderableType
@@ -20,21 +32,23 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from stepscope.commands.views import STATUS_STYLE, waterfall_rows, waterfall_table
-from stepscope.protocols.agents.records import Turn
-from stepscope.protocols.assistants.records import Run, RunStep
+from stepscope.commands.views import GOING, STATUS_STYLE, span_status, waterfall_rows, waterfall_table
+from stepscope.contract import metricdefs as md
+from stepscope.core.pipeline import Committed
+from stepscope.core.records import Observation, SpanSpec, UnitRef
+from stepscope.mapping import attributes as a
+from stepscope.mapping.spans import NS
 
 RECENT = 12  # rows of the recent list when the terminal is tall enough
 MIN_RECENT = 4  # ... and when it is not
-RESERVED = 4  # rows kept for the latest steps that did not complete (at most half the list)
-WATERFALL_ROWS = 14  # lines of the last run's waterfall, at most
+RESERVED = 4  # rows kept for the latest records that did not complete (at most half the list)
+WATERFALL_ROWS = 14  # lines of the last unit's waterfall, at most
 FIXED_LINES = 14  # summary panel 5, two table titles and headers 6, footer 2, and one spare for the cursor
+WIDTH = 80  # the frame's width: titles longer than this are shortened, never wrapped
 WINDOW_S = 10.0  # tokens per second are averaged over this window
 PLAIN_EVERY_S = 5.0  # --no-view prints a status line this often
-KEPT_RUNS = 2048  # runs whose steps are kept for the waterfall; the oldest are forgotten past this
-FAILED_RUNS = ("failed", "expired", "incomplete")
-FAILED_STEPS = ("failed", "expired")
-AGENTS = "agents"
+KEPT_RUNS = 2048  # units whose records are kept for the waterfall; the oldest are forgotten past this
+COMPLETED = "completed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,31 +61,76 @@ class Tracking:
 
 
 @dataclass(frozen=True, slots=True)
-class SeenStep:
-    """One committed step as the recent list shows it; `seq` orders and identifies entries."""
+class Seen:
+    """One entry of the recent list: a committed record, or a finished unit whose commits carried no record
+    telemetry (`unit` True). `seq` orders and identifies entries; `duration` is None for work still going."""
 
     seq: int
     at: float
-    run_id: str
+    unit_id: str
     label: str
     status: str
     duration: int | None
     tokens: int
+    unit: bool = False
 
 
-def _label(step: RunStep) -> str:
-    """`tool_calls: get_weather`, or for a step with an error `server_error in get_weather` (the code first, where
-    the column cannot cut it off)."""
-    tools = ", ".join(call.name or call.type for call in step.tool_calls)
-    if step.last_error is not None:
-        return f"{step.last_error.code} in {tools or step.type}"
-    return f"{step.type}: {tools}" if tools else step.type
+@dataclass(slots=True)
+class _Waterfall:
+    """The most recently finished unit: its span, the span groups (record span first) of its records, and how many
+    records it had (its run-steps observations, whether committed before or with the finish)."""
+
+    ref: UnitRef
+    span: SpanSpec
+    groups: list[Sequence[SpanSpec]] = field(default_factory=list)
+    records: int = 0
 
 
-def _turn_label(turn: Turn) -> str:
-    """`agent_x`, a subagent's `agent_x / sub_y`, or for a failed turn `server_error in agent_x` (code first)."""
-    agent = turn.agent_id if turn.subagent_id is None else f"{turn.agent_id} / {turn.subagent_id}"
-    return f"{turn.error.code} in {agent}" if turn.status == "failed" and turn.error is not None else agent
+@dataclass(slots=True)
+class _Kept:
+    """A unit still going, as far as its records were heard."""
+
+    groups: list[Sequence[SpanSpec]] = field(default_factory=list)
+    records: int = 0
+
+
+def _sum(observations: Iterable[Observation], metric: str) -> int:
+    return int(sum(o.value for o in observations if o.metric == metric))
+
+
+def _statuses(observations: Iterable[Observation], metric: str) -> list[tuple[str, int]]:
+    """`(status label, count)` of each observation of `metric`; a missing label reads `_unknown`."""
+    return [(o.labels.get(a.LABEL_STATUS, a.UNKNOWN), int(o.value)) for o in observations if o.metric == metric]
+
+
+def _duration(span: SpanSpec, status: str) -> int | None:
+    """Whole seconds from the span's start to its end, as the waterfall counts them; None while `status` is going."""
+    return None if status in GOING else max(0, span.end_ns // NS - span.start_ns // NS)
+
+
+def _with_error(span: SpanSpec, status: str, label: str) -> str:
+    """`server_error in get_weather` for a span with an error (the error first, where the column cannot cut it
+    off); the label alone without one, or when the error only repeats the status (`expired`)."""
+    error = span.error_type
+    return f"{error} in {label}" if error and error != status else label
+
+
+def record_label(spans: Sequence[SpanSpec], status: str, record_type: str | None = None) -> str:
+    """A record's label: the tools its child spans call (`gen_ai.tool.name`, else the child span's name); without
+    children its type (`record_type`, the `step_type` label its observation carries), else the record span's name;
+    with an error, `"{error_type} in {label}"`."""
+    record = spans[0]
+    tools = [
+        str(s.attributes.get(a.GEN_AI_TOOL_NAME) or s.name) for s in spans[1:] if s.parent_span_id == record.span_id
+    ]
+    return _with_error(record, status, ", ".join(tools) or record_type or record.name)
+
+
+def unit_label(span: SpanSpec, status: str) -> str:
+    """A unit's label: the agent its span invokes (`gen_ai.agent.name`, else `gen_ai.agent.id`), else the span's
+    name; with an error, `"{error_type} in {label}"`."""
+    agent = span.attributes.get(a.GEN_AI_AGENT_NAME) or span.attributes.get(a.GEN_AI_AGENT_ID)
+    return _with_error(span, status, str(agent) if agent else span.name)
 
 
 def _ago(seconds: float) -> str:
@@ -81,12 +140,19 @@ def _ago(seconds: float) -> str:
     return f"{seconds // 60:.0f}m" if seconds < 6000 else f"{seconds // 3600:.0f}h"
 
 
+def _fit(prefix: str, unit_id: str, suffix: str) -> str:
+    """`prefix + unit_id + suffix`, the id cut short with `…` when the whole would pass `WIDTH` columns."""
+    room = WIDTH - len(prefix) - len(suffix)
+    if len(unit_id) > room:
+        unit_id = unit_id[: max(1, room - 1)] + "…"
+    return f"{prefix}{unit_id}{suffix}"
+
+
 class DemoView:
     """A pipeline commit listener that keeps what the live view and the plain lines show, and renders them.
 
-    Called as `view(run, step)` for each committed step and `view(run, None)` for each finished run, on the
-    event loop; rendering happens on the same thread. With `protocol="agents"` it is called `view(turn, None)` for
-    each finished turn, and lists turns where it lists steps.
+    Called with each `Committed` on the event loop; rendering happens on the same thread. `nouns` are what the
+    protocol calls its units and records (`("run", "step")`, `("turn", "item")`): the view's only words for them.
     """
 
     def __init__(
@@ -95,80 +161,104 @@ class DemoView:
         *,
         metrics_url: str,
         traces: str,
+        nouns: tuple[str, str],
         clock: Callable[[], float] = time.monotonic,
-        protocol: str = "assistants",
     ) -> None:
         self._tracking = tracking
-        self._agents = protocol == AGENTS
-        self._unit = "turn" if self._agents else "run"
+        self._unit, self._record = nouns
         self._metrics_url = metrics_url
         self._traces = traces
         self._clock = clock
         self._seq = 0
-        self.recent: deque[SeenStep] = deque(maxlen=RECENT)
-        self.not_completed: deque[SeenStep] = deque(maxlen=RESERVED)
+        self.recent: deque[Seen] = deque(maxlen=RECENT)
+        self.not_completed: deque[Seen] = deque(maxlen=RESERVED)
         self._tokens: deque[tuple[float, int]] = deque()
-        self._steps_by_run: OrderedDict[str, list[RunStep]] = OrderedDict()
-        self.last_run: Run | None = None
-        self.last_steps: list[RunStep] = []
-        self.steps = 0
-        self.failed_steps = 0
+        self._kept: OrderedDict[UnitRef, _Kept] = OrderedDict()
+        self._last: _Waterfall | None = None
+        self.units: dict[str, int] = {}
+        self.records = 0
+        self.failed_records = 0
         self.tokens = 0
-        self.runs: dict[str, int] = {}
-        self.last_turn: SeenStep | None = None
 
-    def __call__(self, run: Run | Turn, step: RunStep | None) -> None:
-        if isinstance(run, Turn):
-            self._turn(run)
-            return
-        if step is None:
-            self.runs[run.status] = self.runs.get(run.status, 0) + 1
-            self.last_run = run
-            self.last_steps = self._steps_by_run.pop(run.id, [])
-            return
-        now = self._clock()
-        tokens = step.usage.total_tokens if step.usage else 0
-        ended = step.ended_at
-        duration = None if ended is None else ended - step.created_at
-        self._seq += 1
-        seen = SeenStep(self._seq, now, run.id, _label(step), step.status, duration, tokens)
-        self.recent.appendleft(seen)
-        if step.status != "completed":
-            self.not_completed.appendleft(seen)
-        self._tokens.append((now, tokens))
-        self.steps += 1
+    def __call__(self, committed: Committed) -> None:
+        """Take in one committed part (a `CommitListener`): counts, a recent-list entry, waterfall spans. Cheap: no
+        rendering and no I/O here."""
+        telemetry = committed.telemetry
+        observations = telemetry.observations
+        self._count_records(observations)
+        tokens = _sum(observations, md.TOKENS.name)
         self.tokens += tokens
-        self.failed_steps += step.status in FAILED_STEPS
-        self._keep_step(run, step)
+        self._tokens.append((self._clock(), tokens))
+        if committed.finished:
+            self._finished(committed.ref, telemetry.spans, observations, tokens)
+        elif telemetry.spans:
+            self._record_committed(committed.ref, telemetry.spans, observations, tokens)
 
-    def _turn(self, turn: Turn) -> None:
-        """A finished turn: counted like a run, listed like a step (its items come with it, untimed)."""
-        self.runs[turn.status] = self.runs.get(turn.status, 0) + 1
-        now = self._clock()
-        tokens = turn.usage.total_tokens if turn.usage else 0
-        ended = turn.ended_at
-        duration = None if ended is None else max(0, ended - turn.created_at)
-        self._seq += 1
-        seen = SeenStep(self._seq, now, turn.id, _turn_label(turn), turn.status, duration, tokens)
-        self.recent.appendleft(seen)
-        if turn.status != "completed":
-            self.not_completed.appendleft(seen)
-        self._tokens.append((now, tokens))
-        self.tokens += tokens
-        self.last_turn = seen
+    def _count_records(self, observations: Sequence[Observation]) -> None:
+        for status, n in _statuses(observations, md.RUN_STEPS.name):
+            self.records += n
+            self.failed_records += n if status in md.STEP_FAILED_STATUSES else 0
 
-    def _keep_step(self, run: Run, step: RunStep) -> None:
-        if self.last_run is not None and run.id == self.last_run.id:
-            self.last_steps.append(step)  # acknowledged after its run: it still belongs in that waterfall
+    def _record_committed(
+        self, ref: UnitRef, spans: Sequence[SpanSpec], observations: Sequence[Observation], tokens: int
+    ) -> None:
+        record = spans[0]
+        counted = _statuses(observations, md.RUN_STEPS.name)
+        status = span_status(record) or (counted[0][0] if counted else a.UNKNOWN)
+        types = [o.labels.get(a.LABEL_STEP_TYPE) for o in observations if o.metric == md.RUN_STEPS.name]
+        label = record_label(spans, status, next((t for t in types if t), None))
+        self._list(ref.unit_id, label, status, _duration(record, status), tokens)
+        records = sum(n for _, n in counted)
+        last = self._last
+        if last is not None and last.ref == ref:
+            last.groups.append(spans)  # committed after its unit finished: it still belongs in that waterfall
+            last.records += records
             return
-        kept = self._steps_by_run.get(run.id)
+        kept = self._kept.get(ref)
         if kept is None:
-            kept = self._steps_by_run[run.id] = []
-            if len(self._steps_by_run) > KEPT_RUNS:
-                self._steps_by_run.popitem(last=False)
-        kept.append(step)
+            kept = self._kept[ref] = _Kept()
+            if len(self._kept) > KEPT_RUNS:
+                self._kept.popitem(last=False)
+        kept.groups.append(spans)
+        kept.records += records
+
+    def _finished(
+        self, ref: UnitRef, spans: Sequence[SpanSpec], observations: Sequence[Observation], tokens: int
+    ) -> None:
+        runs = _statuses(observations, md.RUNS.name)
+        span = spans[0] if spans else None
+        status = (span_status(span) if span is not None else None) or (runs[0][0] if runs else a.UNKNOWN)
+        for counted, n in runs or [(status, 1)]:
+            self.units[counted] = self.units.get(counted, 0) + n
+        kept = self._kept.pop(ref, None)
+        if kept is None and span is not None:  # no record of it was heard: the unit stands for itself
+            self._list(ref.unit_id, unit_label(span, status), status, _duration(span, status), tokens, unit=True)
+        if span is not None:
+            kept = kept or _Kept()
+            records = kept.records + _sum(observations, md.RUN_STEPS.name)
+            self._last = _Waterfall(ref, span, kept.groups, records)
+
+    def _list(
+        self, unit_id: str, label: str, status: str, duration: int | None, tokens: int, *, unit: bool = False
+    ) -> None:
+        """Put an entry at the top of the recent list, numbered and timed now."""
+        self._seq += 1
+        entry = Seen(self._seq, self._clock(), unit_id, label, status, duration, tokens, unit)
+        self.recent.appendleft(entry)
+        if entry.status != COMPLETED:
+            self.not_completed.appendleft(entry)
 
     # --- what is shown ------------------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> int:
+        """Units finished so far."""
+        return sum(self.units.values())
+
+    @property
+    def failed_units(self) -> int:
+        """Finished units whose status is a failure (`RUN_FAILED_STATUSES`; cancelled is not one)."""
+        return sum(self.units.get(s, 0) for s in md.RUN_FAILED_STATUSES)
 
     def tokens_per_second(self) -> float:
         cutoff = self._clock() - WINDOW_S
@@ -176,10 +266,10 @@ class DemoView:
             self._tokens.popleft()
         return sum(n for _, n in self._tokens) / WINDOW_S
 
-    def recent_rows(self, count: int = RECENT) -> list[SeenStep]:
-        """The newest `count` steps, except that the latest steps that did not complete keep their rows.
+    def recent_rows(self, count: int = RECENT) -> list[Seen]:
+        """The newest `count` entries, except that the latest ones that did not complete keep their rows.
 
-        Up to `min(RESERVED, count // 2)` of them stay listed however many completed steps follow, below the
+        Up to `min(RESERVED, count // 2)` of them stay listed however many completed entries follow, below the
         newer ones; newest first throughout.
         """
         latest = list(self.recent)
@@ -192,77 +282,65 @@ class DemoView:
                 return top + missing
         return latest[:count]  # not reached: with every row reserved, `missing` fits
 
-    def last_waterfall(self) -> tuple[Run, list[RunStep]] | None:
-        """The most recently finished run with its committed steps in creation order, once a run finished."""
-        if self.last_run is None:
+    def last_waterfall(self) -> tuple[UnitRef, list[SpanSpec], int] | None:
+        """The most recently finished unit, once one finished: its ref, its span followed by each committed
+        record's spans (records in order of their spans' start, each record span before its children), and how
+        many records it had."""
+        last = self._last
+        if last is None:
             return None
-        return self.last_run, sorted(self.last_steps, key=lambda s: s.created_at)
+        groups = sorted(last.groups, key=lambda g: g[0].start_ns)
+        return last.ref, [last.span, *(s for g in groups for s in g)], last.records
 
     def render(self, height: int | None = None) -> Group:
         """One frame; with `height`, the lists shrink so that the frame fits that many lines."""
         tracking = self._tracking()
         last = self.last_waterfall()
-        rows = waterfall_rows(*last) if last is not None else []
+        rows = waterfall_rows(last[1]) if last is not None else []
         waterfall_lines = min(len(rows), WATERFALL_ROWS)
         recent_lines = RECENT
         if height is not None:
             room = height - FIXED_LINES
             recent_lines = max(MIN_RECENT, min(RECENT, room - waterfall_lines))
             waterfall_lines = max(3, min(waterfall_lines, room - recent_lines))
-        waterfall: RenderableType = Text("last finished run: none yet", style="dim")
-        if self._agents:
-            waterfall = self._last_turn_line()
-        elif last is not None:
-            run = last[0]
+        waterfall: RenderableType = Text(f"last finished {self._unit}: none yet", style="dim")
+        if last is not None and rows:
+            ref, _, records = last
             took = "" if rows[0].duration is None else f" in {rows[0].duration}s"
-            title = f"last finished run {run.id}: {run.status}{took}, {len(last[1])} steps"
+            summary = f": {rows[0].status}{took}, {records} {self._record}s"
+            title = _fit(f"last finished {self._unit} ", ref.unit_id, summary)
             waterfall = waterfall_table(rows, title, compact=True, limit=waterfall_lines)
         return Group(self._summary(tracking), self._recent_table(recent_lines), waterfall, *self._footer())
 
-    def _last_turn_line(self) -> Text:
-        """The agents view's stand-in for the waterfall: items have no times, so there is nothing to draw."""
-        turn = self.last_turn
-        if turn is None:
-            return Text("last finished turn: none yet", style="dim")
-        took = "" if turn.duration is None else f" in {turn.duration}s"
-        return Text(
-            f"last finished turn {turn.run_id}: {turn.status}{took}, {turn.tokens} tokens, {turn.label} "
-            "(its items are span events, untimed)",
-            no_wrap=True,
-            overflow="ellipsis",
-        )
-
     def _summary(self, tracking: Tracking) -> Panel:
-        finished = sum(self.runs.values())
-        failed_runs = sum(self.runs.get(s, 0) for s in FAILED_RUNS)
-        unit = self._unit
+        finished, unit, record = self.finished, self._unit, self._record
         grid = Table.grid(padding=(0, 4))
         grid.add_row(
             f"{unit}s in flight [bold]{tracking.in_flight}[/]",
             f"{unit}s finished [bold]{finished}[/]",
-            f"{unit} failure ratio [bold]{failed_runs / finished if finished else 0:.1%}[/]",
+            f"{unit} failure ratio [bold]{self.failed_units / finished if finished else 0:.1%}[/]",
         )
-        if self._agents:
-            grid.add_row(
-                f"tokens [bold]{self.tokens}[/]",
-                f"tokens/s [bold]{self.tokens_per_second():.0f}[/]",
-                f"spans pending [bold]{tracking.pending_spans}[/]",
-            )
-        else:
-            grid.add_row(
-                f"steps exported [bold]{self.steps}[/]",
-                f"tokens/s [bold]{self.tokens_per_second():.0f}[/]",
-                f"step failure ratio [bold]{self.failed_steps / self.steps if self.steps else 0:.1%}[/]",
-            )
+        grid.add_row(
+            f"{record}s exported [bold]{self.records}[/]",
+            f"tokens/s [bold]{self.tokens_per_second():.0f}[/]",
+            f"{record} failure ratio [bold]{self.failed_records / self.records if self.records else 0:.1%}[/]",
+        )
         by_count = sorted(tracking.by_status.items(), key=lambda kv: (-kv[1], kv[0]))
         states = ", ".join(f"{k} {v}" for k, v in by_count) or "none"
         line = Text(f"tracked {unit}s: {states}", no_wrap=True, overflow="ellipsis")
         return Panel(Group(grid, line), title="stepscope demo")
 
     def _recent_table(self, count: int) -> Table:
-        kept = "failed or cancelled" if self._agents else "failed, expired or cancelled"
+        shown = self.recent_rows(count)
+        units = sum(s.unit for s in shown)
+        if units == 0:
+            listed, column = f"{self._record}s", self._record
+        elif units == len(shown):
+            listed, column = f"{self._unit}s", "agent"
+        else:
+            listed, column = f"{self._record}s and {self._unit}s", f"{self._record} or agent"
         table = Table(
-            title=f"recent {'turns' if self._agents else 'steps'}, newest first (the last {kept} ones stay)",
+            title=f"recent {listed}, newest first (the last ones that did not complete stay)",
             title_justify="left",
             box=box.SIMPLE_HEAD,
             show_edge=False,
@@ -270,15 +348,15 @@ class DemoView:
             expand=True,
         )
         table.add_column(self._unit, width=14, no_wrap=True, overflow="ellipsis")
-        table.add_column("agent" if self._agents else "step", ratio=1, no_wrap=True, overflow="ellipsis")
+        table.add_column(column, ratio=1, no_wrap=True, overflow="ellipsis")
         table.add_column("status", width=9, no_wrap=True)
         table.add_column("took", width=4, justify="right", no_wrap=True)
         table.add_column("tokens", width=6, justify="right", no_wrap=True)
         table.add_column("ago", width=3, justify="right", no_wrap=True)
         now = self._clock()
-        for s in self.recent_rows(count):
+        for s in shown:
             table.add_row(
-                s.run_id,
+                s.unit_id,
                 s.label,
                 Text(s.status, style=STATUS_STYLE.get(s.status, "white")),
                 "…" if s.duration is None else f"{s.duration}s",
@@ -294,18 +372,11 @@ class DemoView:
         ]
 
     def plain_line(self, elapsed: float) -> str:
-        """The periodic `--no-view` line: runs (turns), steps, failures, tokens and pending spans so far."""
+        """The periodic `--no-view` line: units finished, failed and in flight, records and failed records, tokens
+        and pending spans so far, in the protocol's nouns."""
         tracking = self._tracking()
-        finished = sum(self.runs.values())
-        failed_runs = sum(self.runs.get(s, 0) for s in FAILED_RUNS)
-        if self._agents:
-            return (
-                f"demo +{elapsed:.0f}s: turns {finished} finished ({failed_runs} failed), {tracking.in_flight} in "
-                f"flight; tokens {self.tokens} ({self.tokens_per_second():.0f}/s); "
-                f"spans pending {tracking.pending_spans}"
-            )
         return (
-            f"demo +{elapsed:.0f}s: runs {finished} finished ({failed_runs} failed), {tracking.in_flight} in flight; "
-            f"steps {self.steps} ({self.failed_steps} failed); tokens {self.tokens} "
-            f"({self.tokens_per_second():.0f}/s); spans pending {tracking.pending_spans}"
+            f"demo +{elapsed:.0f}s: {self._unit}s {self.finished} finished ({self.failed_units} failed), "
+            f"{tracking.in_flight} in flight; {self._record}s {self.records} ({self.failed_records} failed); "
+            f"tokens {self.tokens} ({self.tokens_per_second():.0f}/s); spans pending {tracking.pending_spans}"
         )

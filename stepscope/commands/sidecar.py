@@ -1,46 +1,69 @@
 """One running stepscope: the built components under one lifecycle, and what the HTTP surface asks of them.
 
-`Sidecar.start()` opens the store, starts the HTTP listener, checks the credentials with one request, then starts
-delivery, the poller and discovery, and returns once everything runs. `shutdown()` stops them in reverse within
-`SHUTDOWN_BUDGET_S`: discovery, polls in flight (`POLLS_BUDGET_S`), span delivery (what is left, less a second),
-the API client, the listener, the store; spans not delivered by then stay in the backlog for the next start, and
-the last log line says how many. `run_sidecar()` adds signal handling for `stepscope serve`.
+`Sidecar.start()` starts, in order: the store, the HTTP listener, the API connection and one credential check,
+span delivery, the poller (which resumes what the store says is active), the protocol's discovery and components,
+the proxy, the heartbeat; it returns once everything runs. `shutdown()` stops them in reverse within
+`SHUTDOWN_BUDGET_S`; spans not delivered by then stay in the backlog for the next start, and the last log line says
+how many. `run_sidecar()` adds signal handling for `stepscope serve`. Nothing here knows which protocol runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from stepscope import __version__
 from stepscope.commands.wiring import Components, Seams, build
 from stepscope.config import Config
 from stepscope.config.values import redact_url
-from stepscope.contract.vocabulary import Flavor
-from stepscope.core.lifecycle import Lifecycle, Stage
-from stepscope.errors import AuthError, ConfigError, NotFound, SourceError, StoreError
-from stepscope.protocols.agents.discovery import SessionDiscovery
-from stepscope.protocols.agents.proxied import SessionFeed
-from stepscope.protocols.assistants.discovery import Discovery
-from stepscope.protocols.assistants.proxied import ProxyFeed
-from stepscope.protocols.assistants.reader import StepReader
-from stepscope.receivers.http import HttpApp, HttpError, HttpServer
+from stepscope.core.lifecycle import Component, Lifecycle
+from stepscope.core.supervision import Heartbeat
+from stepscope.errors import AuthError, ConfigError, SourceError, StoreError
+from stepscope.receivers.http import HttpApp, HttpServer
 from stepscope.receivers.proxy import ProxyApp, ProxyServer
 
 log = logging.getLogger("stepscope")
 
 SHUTDOWN_BUDGET_S = 8.0  # inside the 10 s a sidecar gets; leaves room for the interpreter to exit
-POLLS_BUDGET_S = 2.5  # of which polls in flight may take this much; span delivery gets the rest but a second
-HEARTBEAT_S = 1.0
+PROBE_TIMEOUT_S = 10.0
+
+
+class CredentialCheck:
+    """A component whose start makes one cheap authenticated request: a rejected credential is a `ConfigError`
+    naming the key's settings; an API that cannot answer is only a warning (polling retries with backoff)."""
+
+    name = "credential check"
+
+    def __init__(self, probe: Callable[[], Awaitable[None]], url: str, *, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+        self._probe = probe
+        self._url = redact_url(url)
+        self._timeout = timeout_s
+
+    async def start(self) -> None:
+        try:
+            await asyncio.wait_for(self._probe(), timeout=self._timeout)
+        except AuthError as exc:
+            problem = f"api.api_key (OPENAI_API_KEY, STEPSCOPE_AUTH): {self._url} rejected the credentials: {exc}"
+            raise ConfigError([problem]) from exc
+        except (SourceError, TimeoutError) as exc:
+            reason = str(exc) or f"no answer in {self._timeout:.0f}s"
+            log.warning("cannot check the API at %s yet (%s); polling retries with backoff", self._url, reason)
+            return
+        except Exception as exc:  # a malformed answer still proves the credentials were accepted
+            log.debug("credential check answered oddly: %s", exc)
+        log.info("API at %s accepted the credentials", self._url)
+
+    async def stop(self, budget_s: float = 0.0) -> None:
+        return None
 
 
 class Sidecar:
     """A stepscope built from `config`. `serve_http`, `discover` and `check_api` turn off what backfill and tests
-    do not need. Implements the status protocol the HTTP server asks (`alive`, `ready`, `status`, `watch`)."""
+    do not need. Implements the status protocol the HTTP server asks (`alive`, `ready`, `status`)."""
 
     def __init__(
         self,
@@ -53,39 +76,32 @@ class Sidecar:
     ) -> None:
         self.config = config
         self.parts: Components = build(config, seams)
-        self.http_server: HttpServer | None = None
-        self.spans_kept = 0  # spans left in the backlog at shutdown
-        self._heartbeat = 0.0
-        self._beat_task: asyncio.Task[None] | None = None
         p = self.parts
-        stages = [
-            Stage("store", self._open_store, self._close_store),
-            Stage("resume", self._resume),
-        ]
+        finders, server = p.finders, config.server
+        self.heartbeat = Heartbeat()
+        self.http_server: HttpServer | None = None
+        components: list[Component] = [p.store]
         if serve_http:
-            stages.append(Stage("http", self._start_http, self._stop_http))
-        api = (
-            Stage("api", self._check_credentials, self._close_api) if check_api else Stage("api", stop=self._close_api)
-        )
-        stages.append(api)
-        stages.append(Stage("delivery", self._start_delivery, self._stop_delivery))
-        stages.append(Stage("poller", p.poller.start, self._stop_poller))
+            app = HttpApp(self, p.registry, token=str(server.watch_token), max_body=server.max_body_bytes,
+                          listen_host=server.host, watch_rate=server.watch_rate, drops=p.metrics,
+                          registrations=finders.registrations, webhook_secret=str(server.webhook_secret),
+                          webhooks=finders.webhooks)  # fmt: skip
+            self.http_server = HttpServer(app, server.host, server.port)
+            components.append(self.http_server)
+        components.append(p.api)
+        if check_api:
+            components.append(CredentialCheck(p.instance.probe, config.api.base_url))
+        components += [p.delivery, p.poller]
         if discover:
-            stages.append(Stage("discovery", p.discovery.start, self._stop_discovery))
+            components.append(finders.discovery)
+        components += finders.components
         self.proxy: ProxyServer | None = None
-        if config.server.proxy_listen:
-            feed: ProxyFeed | SessionFeed
-            if isinstance(p.reader, StepReader):
-                feed = runs = ProxyFeed(p.poller, p.reader, dropped=p.metrics.dropped)
-                stages.append(Stage("proxy feed", runs.start, lambda budget_s: runs.stop()))
-            else:
-                assert isinstance(p.discovery, SessionDiscovery)
-                feed = SessionFeed(p.discovery)
-            app = ProxyApp(config.api.base_url, feed, dropped=p.metrics.dropped)
-            self.proxy = ProxyServer(app, config.server.proxy_host, config.server.proxy_port)
-            stages.append(Stage("proxy", self.proxy.start, self._stop_proxy))
-        stages.append(Stage("heartbeat", self._start_beat, self._stop_beat))
-        self._lifecycle = Lifecycle(stages)
+        if server.proxy_listen:
+            self.proxy = ProxyServer(ProxyApp(config.api.base_url, finders.proxy, drops=p.metrics),
+                                     server.proxy_host, server.proxy_port)  # fmt: skip
+            components.append(self.proxy)
+        components.append(self.heartbeat)
+        self._lifecycle = Lifecycle(components)
         self._discover = discover
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
@@ -93,22 +109,20 @@ class Sidecar:
     async def start(self) -> None:
         """Start every component; returns once the HTTP server listens. Raises `ConfigError` for what the operator
         must fix: an unusable state path, a port in use, credentials the API rejects."""
-        await self._lifecycle.start()
+        try:
+            await self._lifecycle.start()
+        except StoreError as exc:
+            raise ConfigError([f"state (STEPSCOPE_STATE): {exc}"]) from exc
         p, cfg = self.parts, self.config
         where = f"listening on {cfg.server.host}:{self.http_server.port}" if self.http_server else "no HTTP listener"
         if self.proxy is not None:
             where += f", proxying {cfg.server.proxy_host}:{self.proxy.port} to the API"
-        units = "session(s)" if isinstance(p.discovery, SessionDiscovery) else "thread(s)"
-        log.info("stepscope %s started: %s, reading the %s API, watching %d %s, resuming %d unit(s), traces %s",
-                 __version__, where, cfg.api.protocol, len(self.watched()), units, p.poller.tracked_count,
+        log.info("stepscope %s started: %s, reading the %s protocol, watching %d, resuming %d unit(s), traces %s",
+                 __version__, where, p.protocol.name, len(p.finders.discovery.watched()), p.poller.tracked_count,
                  "on" if p.traces else "off")  # fmt: skip
-        lists_threads = (cfg.api.flavor == Flavor.AZURE and not cfg.poll.threads) or isinstance(
-            p.discovery, SessionDiscovery
-        )
-        finds_runs = bool(self.watched() or p.poller.tracked_count or self.proxy or lists_threads)
-        if self._discover and not finds_runs:
-            log.warning("nothing to watch yet: set STEPSCOPE_THREADS=thread_a,thread_b, or register threads with "
-                        'POST /v1/watch {"thread_id": ...}; runs are found on watched threads only')  # fmt: skip
+        idle = p.finders.discovery.idle_reason()
+        if self._discover and idle and not (p.poller.tracked_count or self.proxy):
+            log.warning("nothing to watch yet: %s; or put the proxy in front of the API (STEPSCOPE_PROXY_LISTEN)", idle)
 
     async def shutdown(self) -> None:
         """Stop everything in reverse order within `SHUTDOWN_BUDGET_S`. Idempotent; safe after a failed start."""
@@ -122,6 +136,11 @@ class Sidecar:
         spans = "all spans delivered" if not kept else f"{kept} span(s) kept in the backlog for the next start"
         log.info("stepscope stopped in %.1fs: %s", time.monotonic() - started, spans)
 
+    @property
+    def spans_kept(self) -> int:
+        """Spans left in the backlog at shutdown."""
+        return self.parts.delivery.spans_kept
+
     async def wait(self) -> None:
         """Block until a stop was requested."""
         await self.parts.stop.wait()
@@ -129,90 +148,10 @@ class Sidecar:
     def request_stop(self) -> None:
         self.parts.stop.set()
 
-    # --- stages -------------------------------------------------------------------------------------------------
-
-    async def _open_store(self) -> None:
-        try:
-            self.parts.store.open()
-        except StoreError as exc:
-            raise ConfigError([f"state (STEPSCOPE_STATE): {exc}"]) from exc
-
-    async def _close_store(self, budget_s: float) -> None:
-        self.parts.store.close()
-
-    async def _resume(self) -> None:
-        self.parts.poller.resume(self.parts.store.active_runs())
-
-    async def _start_http(self) -> None:
-        cfg, metrics = self.config.server, self.parts.metrics
-        discovery = self.parts.discovery
-        session_event = discovery.session_event if isinstance(discovery, SessionDiscovery) else _ignore_event
-        app = HttpApp(self, self.parts.registry, token=str(cfg.watch_token), max_body=cfg.max_body_bytes,
-                      listen_host=cfg.host, watch_rate=cfg.watch_rate, dropped=metrics.dropped,
-                      webhook_secret=str(cfg.webhook_secret), session_event=session_event)  # fmt: skip
-        self.http_server = HttpServer(app, cfg.host, cfg.port)
-        await self.http_server.start()
-
-    async def _stop_http(self, budget_s: float) -> None:
-        if self.http_server is not None:
-            await self.http_server.shutdown()
-
-    async def _check_credentials(self) -> None:
-        """One cheap request: a rejected credential is a configuration error; an unreachable API only a warning."""
-        url = redact_url(self.config.api.base_url)
-        try:
-            await asyncio.wait_for(self.parts.probe(), timeout=10.0)
-        except NotFound:
-            pass
-        except AuthError as exc:
-            problem = f"api.api_key (OPENAI_API_KEY, STEPSCOPE_AUTH): {url} rejected the credentials: {exc}"
-            raise ConfigError([problem]) from exc
-        except (SourceError, TimeoutError) as exc:
-            log.warning("cannot check the API at %s yet (%s); polling retries with backoff", url, exc or "timed out")
-            return
-        except Exception as exc:  # a malformed answer still proves the credentials were accepted
-            log.debug("credential check answered oddly: %s", exc)
-        log.info("API at %s accepted the credentials", url)
-
-    async def _close_api(self, budget_s: float) -> None:
-        await self.parts.api.aclose()
-
-    async def _start_delivery(self) -> None:
-        self.parts.delivery.start()
-
-    async def _stop_delivery(self, budget_s: float) -> None:
-        self.spans_kept = await asyncio.to_thread(self.parts.delivery.shutdown, max(0.5, budget_s - 1.0))
-
-    async def _stop_poller(self, budget_s: float) -> None:
-        await self.parts.poller.shutdown(timeout_s=min(POLLS_BUDGET_S, budget_s))
-
-    async def _stop_proxy(self, budget_s: float) -> None:
-        if self.proxy is not None:
-            await self.proxy.shutdown()
-
-    async def _stop_discovery(self, budget_s: float) -> None:
-        await self.parts.discovery.shutdown()
-
-    async def _start_beat(self) -> None:
-        self._heartbeat = time.monotonic()
-        self._beat_task = asyncio.create_task(self._beat(), name="stepscope-heartbeat")
-
-    async def _stop_beat(self, budget_s: float) -> None:
-        if self._beat_task is not None:
-            self._beat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat_task
-
-    async def _beat(self) -> None:
-        while True:
-            self._heartbeat = time.monotonic()
-            await asyncio.sleep(HEARTBEAT_S)
-
     # --- what the HTTP server asks ------------------------------------------------------------------------------
 
     def alive(self) -> bool:
-        beating = time.monotonic() - self._heartbeat < 10 * HEARTBEAT_S
-        return self._lifecycle.started and beating and self.parts.poller.running
+        return self._lifecycle.started and self.heartbeat.alive() and self.parts.poller.running
 
     def ready(self) -> bool:
         """Started, the store open and writable, the server up. Never depends on the API or the collector."""
@@ -224,10 +163,11 @@ class Sidecar:
         p = self.parts
         return {
             "version": __version__,
+            "protocol": p.protocol.name,
             "tracked_runs": p.poller.tracked_count,
-            "watched_threads": len(self.watched()),
+            "watched_threads": len(p.finders.discovery.watched()),
             "last_successful_poll": p.health.last_success,
-            "last_discovery": p.discovery.last_pass,
+            "last_discovery": p.finders.discovery.last_pass,
             "api": {"state": p.health.state, "last_error": p.health.last_error},
             "exporter": {
                 "state": p.delivery.state,
@@ -237,29 +177,6 @@ class Sidecar:
             "store": {"path": p.store.path, "healthy": p.store.healthy, "last_error": p.store.last_error},
             "shard": f"{self.config.poll.shard_index}/{self.config.poll.shard_count}",
         }
-
-    def watched(self) -> list[str]:
-        """The threads (or, for the Agents API, the sessions) this replica watches."""
-        discovery = self.parts.discovery
-        return discovery.sessions() if isinstance(discovery, SessionDiscovery) else discovery.threads()
-
-    def watch(self, thread_id: str, run_id: str | None) -> bool:
-        discovery = self.parts.discovery
-        if isinstance(discovery, SessionDiscovery):
-            raise HttpError(404, "with STEPSCOPE_PROTOCOL=agents, sessions are followed from the session listing and "
-                                 "webhooks: /v1/watch registers Assistants threads only")  # fmt: skip
-        return discovery.watch(thread_id, run_id)
-
-    def unwatch(self, thread_id: str, run_id: str | None) -> None:
-        discovery = self.parts.discovery
-        if isinstance(discovery, Discovery):
-            discovery.unwatch(thread_id, run_id)
-        if run_id is not None:
-            self.parts.poller.untrack(run_id)
-
-
-def _ignore_event(session_id: str, event_type: str) -> None:
-    """Agents API webhooks mean nothing to the Assistants protocol."""
 
 
 async def run_sidecar(config: Config) -> int:

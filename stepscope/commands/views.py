@@ -1,13 +1,15 @@
-"""Terminal views: the waterfall of one run (`inspect`, and the demo's live view), and its JSON form.
+"""Terminal views: the waterfall of one unit of work (`inspect`, and the demo's live view), and its JSON form.
 
-All are built from the same rows, and the rows from the span specs the mapping exports (names, statuses, times at
-the server's 1 s resolution, token counts), so what the terminal shows is what the spans carry.
+All are built from the same rows, and the rows from the span specs the protocol's mapping exports (names, statuses,
+times, token counts), so what the terminal shows is what the spans carry, whatever the protocol. A row's status
+is its span's `*.status` attribute (every protocol puts its unit's and records' API status there), or its parent's
+when it has none (a tool call's); a status the API uses for work still going (`GOING`) draws the row without end.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich import box
@@ -16,16 +18,14 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from stepscope.client.connect import connect
-from stepscope.config import Config
-from stepscope.core.records import SpanSpec, UnitRef
-from stepscope.errors import InvalidObject, SourceError
+from stepscope.core.records import SpanSpec
 from stepscope.mapping import attributes as a
-from stepscope.mapping.attributes import MappingOptions
-from stepscope.protocols.assistants.records import Run, RunStep
-from stepscope.protocols.assistants.spans import STEP_SPAN_PREFIX, run_span, step_spans
+from stepscope.mapping.spans import NS
 
-_NS = 1_000_000_000
+GOING = frozenset({"queued", "in_progress", "requires_action", "cancelling", "waiting", "pending"})
+"""Statuses of work still going, in the APIs' words: such a row has no end yet."""
+KINDS = ("unit", "step", "tool")
+"""A row's kind by its depth in the span tree: the unit's span, its records' spans, their children."""
 BAR_WIDTH = 40
 MIN_BAR_WIDTH = 10
 FULL_TABLE_WIDTH = 120  # narrower consoles get the compact waterfall: the full one would squeeze out the bars
@@ -43,7 +43,7 @@ STATUS_STYLE = {
 @dataclass(frozen=True, slots=True)
 class Row:
     label: str
-    kind: str  # run, step or tool
+    kind: str  # one of KINDS
     status: str
     start: int
     end: int | None
@@ -55,34 +55,47 @@ class Row:
         return None if self.end is None else max(0, self.end - self.start)
 
 
-def waterfall_rows(
-    run: Run, steps: list[RunStep], assistant_name: str | None = None, *, options: MappingOptions | None = None
-) -> list[Row]:
-    """The run, then each step in creation order followed by its tool calls: one row per span the mapping makes
-    of them (`run_span`, `step_spans`), so the rows cannot disagree with what is exported.
+def span_status(span: SpanSpec) -> str | None:
+    """The API status a span carries in its `*.status` attribute, if any."""
+    for key, value in span.attributes.items():
+        if key.endswith(".status") and isinstance(value, str):
+            return value
+    return None
 
-    A row takes its span's name (a step's without the `run_step ` prefix; a tool's indented), status attribute
-    (a tool's is its step's), start, end and token counts, in whole seconds. A run or step still going has no end.
+
+def waterfall_rows(spans: Sequence[SpanSpec]) -> list[Row]:
+    """One row per span in tree order: the unit's span first (the first span without a parent among `spans`, else
+    the first span), then each of its children in the given order, each followed by its own children, indented.
+
+    Times are whole seconds; a row whose status is in `GOING` has no end.
     """
-    options = options or MappingOptions()
-    spec = run_span(run, assistant_name=assistant_name, options=options, partial=True)
-    rows = [_row(spec, spec.name, "run", str(spec.attributes[a.OPENAI_RUN_STATUS]), run.ended_at is None)]
-    for step in steps:
-        step_spec, *tool_specs = step_spans(run, step, options=options)
-        status = str(step_spec.attributes[a.OPENAI_RUN_STEP_STATUS])
-        going = step.ended_at is None
-        rows.append(_row(step_spec, step_spec.name.removeprefix(STEP_SPAN_PREFIX), "step", status, going))
-        rows.extend(_row(tool, f"  {tool.name}", "tool", status, going) for tool in tool_specs)
+    if not spans:
+        return []
+    ids = {s.span_id for s in spans}
+    root = next((s for s in spans if s.parent_span_id not in ids), spans[0])
+    children: dict[int, list[SpanSpec]] = {}
+    for span in spans:
+        if span is not root and span.parent_span_id is not None:
+            children.setdefault(span.parent_span_id, []).append(span)
+    rows: list[Row] = []
+
+    def visit(span: SpanSpec, depth: int, inherited: str) -> None:
+        status = span_status(span) or inherited
+        rows.append(_row(span, "  " * max(0, depth - 1) + span.name, KINDS[min(depth, 2)], status))
+        for child in children.get(span.span_id, []):
+            visit(child, depth + 1, status)
+
+    visit(root, 0, "")
     return rows
 
 
-def _row(spec: SpanSpec, label: str, kind: str, status: str, going: bool) -> Row:
+def _row(spec: SpanSpec, label: str, kind: str, status: str) -> Row:
     return Row(
         label,
         kind,
         status,
-        spec.start_ns // _NS,
-        None if going else spec.end_ns // _NS,
+        spec.start_ns // NS,
+        None if status in GOING else spec.end_ns // NS,
         _tokens(spec, a.GEN_AI_USAGE_INPUT_TOKENS),
         _tokens(spec, a.GEN_AI_USAGE_OUTPUT_TOKENS),
     )
@@ -135,12 +148,12 @@ class _Axis:
 
 
 def waterfall_table(rows: list[Row], title: str, *, compact: bool = False, limit: int | None = None) -> Table:
-    """The waterfall of `rows` (first row: the run), one line per row and never wider than the console.
+    """The waterfall of `rows` (first row: the unit), one line per row and never wider than the console.
 
     The timeline column takes what the other columns leave, up to `BAR_WIDTH` cells (all of it when `compact`).
     `compact` is the live view's form: light borders and only span, status, duration and timeline. With `limit`,
     at most that many lines are drawn, the last one saying how many rows were left out; the time axis always
-    spans the whole run.
+    spans the whole unit.
     """
     origin = rows[0].start
     last = max([r.end for r in rows if r.end is not None] + [r.start for r in rows])
@@ -176,12 +189,12 @@ def waterfall_table(rows: list[Row], title: str, *, compact: bool = False, limit
     return table
 
 
-def waterfall_json(run: Run, rows: list[Row]) -> str:
+def waterfall_json(unit_id: str, container_id: str | None, rows: list[Row]) -> str:
     return json.dumps(
         {
-            "run_id": run.id,
-            "thread_id": run.thread_id,
-            "status": run.status,
+            "unit_id": unit_id,
+            "container_id": container_id,
+            "status": rows[0].status if rows else None,
             "spans": [
                 {
                     "name": r.label.strip(),
@@ -198,31 +211,3 @@ def waterfall_json(run: Run, rows: list[Row]) -> str:
         },
         indent=2,
     )
-
-
-async def inspect_run(config: Config, thread_id: str, run_id: str, *, as_json: bool) -> int:
-    """Fetch one run with its steps and print the waterfall (or JSON). Returns the exit code."""
-    api = connect(config)
-    client = api.client
-    try:
-        run = await client.get_run(UnitRef(thread_id, run_id))
-        steps = [s async for s in client.list_steps(run.ref)]
-        try:
-            name = (await client.get_assistant(run.assistant_id)).name
-        except (SourceError, InvalidObject):
-            name = None
-    except (SourceError, InvalidObject) as exc:
-        print(f"stepscope: cannot read run {run_id}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await api.aclose()
-    rows = waterfall_rows(run, steps, name)
-    if as_json:
-        print(waterfall_json(run, rows))
-    else:
-        # Pipes get a wide fixed width so the timeline is not squeezed into 80 columns; a narrow terminal gets the
-        # compact table, whose timeline still has room.
-        console = Console() if sys.stdout.isatty() else Console(width=160)
-        title = f"run {run.id} on {run.thread_id}: {run.status}"
-        console.print(waterfall_table(rows, title, compact=console.width < FULL_TABLE_WIDTH))
-    return 0

@@ -28,6 +28,7 @@ from stepscope.config.values import (
     positive_duration,
     positive_float,
     positive_int,
+    protocol_name,
     redact_url,
     secret,
     shard,
@@ -35,7 +36,7 @@ from stepscope.config.values import (
     thread_ids,
     webhook_secret,
 )
-from stepscope.contract.vocabulary import AUTH_MODES, FLAVORS, PROTOCOLS, AuthMode, Flavor, Protocol
+from stepscope.contract.vocabulary import AUTH_MODES, FLAVORS, AuthMode, Flavor
 from stepscope.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -55,7 +56,7 @@ class ApiConfig:
     org_id: str | None = None
     project_id: str | None = None
     flavor: Flavor = Flavor.OPENAI
-    protocol: Protocol = Protocol.ASSISTANTS
+    protocol: str = "assistants"  # a name registered in stepscope.protocols; checked by the commands
     api_version: str | None = None
     auth: AuthMode = AuthMode.BEARER
     token_file: str | None = None
@@ -173,7 +174,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api.org_id", "OPENAI_ORG_ID", stripped, "OpenAI-Organization header"),
     Setting("api.project_id", "OPENAI_PROJECT_ID", stripped, "OpenAI-Project header"),
     Setting("api.flavor", "STEPSCOPE_FLAVOR", enum_choice(Flavor), " or ".join(FLAVORS)),
-    Setting("api.protocol", "STEPSCOPE_PROTOCOL", enum_choice(Protocol), " or ".join(PROTOCOLS) + ": the API to read"),
+    Setting("api.protocol", "STEPSCOPE_PROTOCOL", protocol_name, "the API to read: a registered protocol's name"),
     Setting("api.api_version", "STEPSCOPE_API_VERSION", stripped, "api-version query parameter (Azure)"),
     Setting("api.auth", "STEPSCOPE_AUTH", enum_choice(AuthMode), ", ".join(AUTH_MODES[:-1]) + f" or {AUTH_MODES[-1]}"),
     Setting("api.token_file", "STEPSCOPE_TOKEN_FILE", stripped, "file holding a bearer token, re-read on change"),
@@ -327,10 +328,6 @@ def validate(config: Config) -> list[str]:
         problems.append(
             f"OPENAI_BASE_URL (api.base_url): set the Azure project endpoint with STEPSCOPE_FLAVOR={Flavor.AZURE}"
         )
-    if api.protocol == Protocol.AGENTS and api.flavor != Flavor.OPENAI:
-        problems.append(f"STEPSCOPE_PROTOCOL (api.protocol): {Protocol.AGENTS} needs STEPSCOPE_FLAVOR={Flavor.OPENAI}")
-    if poll.agents and api.protocol != Protocol.AGENTS:
-        problems.append(f"STEPSCOPE_AGENTS (poll.agents): only with STEPSCOPE_PROTOCOL={Protocol.AGENTS}")
     if poll.max_interval is not None and poll.max_interval < poll.interval:
         problems.append("STEPSCOPE_POLL_MAX_INTERVAL (poll.max_interval): must be >= STEPSCOPE_POLL_INTERVAL")
     if config.server.proxy_listen and config.server.proxy_port == config.server.port != 0:

@@ -18,9 +18,13 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from stepscope.receivers.watch import THREAD_ID
-
 _E = TypeVar("_E", bound=StrEnum)
+# Full-match patterns (used with `fullmatch`): `$` alone would accept "thread_ok\n" and split a log line.
+THREAD_ID = re.compile(r"thread_[A-Za-z0-9_-]{1,64}")
+RUN_ID = re.compile(r"run_[A-Za-z0-9_-]{1,64}")
+OBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+"""Any API object's id, as the commands take them: letters, digits, `_`, `.`, `:` and `-`."""
+_PROTOCOL_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _AGENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -73,6 +77,15 @@ def positive_duration(text: str) -> float:
     if value <= 0:
         raise ValueError("must be > 0")
     return value
+
+
+def protocol_name(text: str) -> str:
+    """A protocol's name as registered (`assistants`, `agents`): lower-case letters, digits and `_`; whether one
+    is registered under it is checked when the protocol is built."""
+    name = text.strip().lower()
+    if not _PROTOCOL_RE.fullmatch(name):
+        raise ValueError("must be a protocol name such as assistants or agents")
+    return name
 
 
 def parse_bool(text: str) -> bool:

@@ -225,7 +225,7 @@ def _dashboard(uid: str, title: str, description: str, rows: Sequence[tuple[str,
 
 # Panel descriptions, keyed by title (Grafana shows them as the panel's (i) tooltip).
 DESCRIPTIONS = {
-    "Runs per second by status": "Assistants runs and Agents API turns reaching a terminal state per second, by "
+    "Runs per second by status": "Units of work (runs, turns, responses) reaching a terminal state per second, by "
     "status. Click an exemplar to open the run's or turn's trace.",
     "Run and step failure ratios": "Per protocol, share of terminal runs (turns) that ended failed, expired or "
     "incomplete, and of terminal steps (items) that ended failed or expired (cancelled is not a failure).",
@@ -233,18 +233,18 @@ DESCRIPTIONS = {
     "Run queue time": "Time from a run's or root turn's creation to its start (p50/p95/p99): provider-side queueing.",
     "Tracked runs": "Runs stepscope is currently watching (not yet terminal), summed over the selected jobs.",
     "Step duration by step type": "Run step duration from created_at to the terminal timestamp (p50/p95/p99). "
-    "Assistants only: Agents API items have no times, and the protocol variable does not apply.",
+    "Only protocols whose steps have times (Assistants): items have none, and the protocol variable does not apply.",
     "Tool calls per second by type": "Tool calls and tool-call items per second by tool type: function, extension "
     "(code interpreter, MCP, web search, command execution, computer use), datastore (file search) or the raw type.",
     "Tokens per second by model and assistant": "Input plus output tokens per second from step and turn usage (each "
     "counted once), by model and assistant (agent for turns).",
     "Top assistants by tokens": "The ten assistants that used the most tokens over the selected time range.",
-    "API requests per second by endpoint and code": "Requests stepscope made to the Assistants API per second, "
+    "API requests per second by endpoint and code": "Requests stepscope made to the API per second, "
     "by endpoint and HTTP status (`error` = transport failure).",
-    "API latency by endpoint": "Assistants API request duration per attempt, by endpoint (p50/p95/p99).",
-    "429 responses per second by endpoint": "Rate-limited (HTTP 429) Assistants API responses per second; "
+    "API latency by endpoint": "API request duration per attempt, by endpoint (p50/p95/p99).",
+    "429 responses per second by endpoint": "Rate-limited (HTTP 429) API responses per second; "
     "stepscope honours Retry-After.",
-    "API error ratio": "Share of Assistants API requests that failed with 5xx, 401, 403 or a transport error.",
+    "API error ratio": "Share of API requests that failed with 5xx, 401, 403 or a transport error.",
     "Span export failures per second": "Failed OTLP span exports per second; the spans stay in the backlog and are "
     "sent again.",
     "Export lag": "Time from a step's terminal timestamp to its export (p50/p95/p99).",
@@ -297,8 +297,8 @@ def _overview() -> JSON:
     return _dashboard(
         "stepscope-overview",
         "stepscope overview",
-        "Assistants runs and run steps, and Agents API turns and items, observed by stepscope: throughput, failures, "
-        "durations, tokens and tools.",
+        "Agent work observed by stepscope, whatever the protocol (runs and steps, turns and items, responses): "
+        "throughput, failures, durations, tokens and tools.",
         [("Runs", runs), ("Steps", steps), ("Tokens", tokens)],
     )
 
@@ -347,9 +347,9 @@ def _health() -> JSON:
     return _dashboard(
         "stepscope-health",
         "stepscope health",
-        "stepscope's own health: Assistants API requests, span export and backlog, lag, dropped and invalid data, "
+        "stepscope's own health: API requests, span export and backlog, lag, dropped and invalid data, "
         "versions.",
-        [("Assistants API", api), ("Export", export), ("Build", build)],
+        [("API", api), ("Export", export), ("Build", build)],
     )
 
 

@@ -9,7 +9,7 @@ from them; tests compare docs/telemetry.md's metric table and a live registry ag
 Names are as Prometheus exposes them: a counter's ends in `_total`, a histogram's is the family name (its series
 add `_bucket`, `_count`, `_sum`).
 
-- Domain metrics (from runs and steps, or Agents API turns and items, with trace exemplars):
+- Domain metrics (from every protocol's units and records: runs and steps, turns and items, ...; with exemplars):
   `stepscope_run_steps_total`, `stepscope_tokens_total`, `stepscope_runs_total`,
   `stepscope_run_step_duration_seconds`, `stepscope_run_duration_seconds`, `stepscope_run_queue_seconds`,
   `stepscope_tool_calls_total`. Every one but the step duration (items have no times) has a last label
@@ -70,7 +70,7 @@ LABEL_PROTOCOL = "protocol"  # which API the unit came from; set by the mapping,
 RUN_STEPS = MetricDef(
     "stepscope_run_steps_total",
     "counter",
-    "Terminal run steps and Agents API items, by step or item type, status, model, assistant and protocol.",
+    "Terminal steps and items of runs, turns and responses, by type, status, model, agent and protocol.",
     (LABEL_STEP_TYPE, LABEL_STATUS, LABEL_MODEL, LABEL_ASSISTANT_ID, LABEL_PROTOCOL),
     exemplars=True,
 )
@@ -84,14 +84,14 @@ TOKENS = MetricDef(
 RUNS = MetricDef(
     "stepscope_runs_total",
     "counter",
-    "Finished runs and Agents API turns, by terminal status, model, assistant and protocol.",
+    "Finished runs, turns and responses, by terminal status, model, agent and protocol.",
     (LABEL_STATUS, LABEL_MODEL, LABEL_ASSISTANT_ID, LABEL_PROTOCOL),
     exemplars=True,
 )
 RUN_STEP_DURATION = MetricDef(
     "stepscope_run_step_duration_seconds",
     "histogram",
-    "Run step duration from created_at to its terminal timestamp, in seconds (Assistants only).",
+    "Step duration from created_at to its terminal timestamp, in seconds (protocols whose steps have times).",
     (LABEL_STEP_TYPE, LABEL_STATUS),
     exemplars=True,
 )
@@ -128,19 +128,19 @@ LABEL_VERSION = "version"
 API_REQUESTS = MetricDef(
     "stepscope_api_requests_total",
     "counter",
-    "Assistants API requests by endpoint and HTTP status (or error).",
+    "API requests by endpoint and HTTP status (or error).",
     (LABEL_ENDPOINT, LABEL_CODE),
 )
 API_REQUEST_DURATION = MetricDef(
     "stepscope_api_request_duration_seconds",
     "histogram",
-    "Assistants API request duration by endpoint, in seconds.",
+    "API request duration by endpoint, in seconds.",
     (LABEL_ENDPOINT,),
 )
 EXPORT_LAG = MetricDef(
     "stepscope_export_lag_seconds",
     "histogram",
-    "Seconds from a step's terminal timestamp to the delivery of its span.",
+    "Seconds from the end of what a span stands for (a run, step, turn or tool call) to the span's delivery.",
 )
 DROPPED = MetricDef("stepscope_dropped_total", "counter", "Items dropped or degraded, by reason.", (LABEL_REASON,))
 INVALID_OBJECTS = MetricDef(
@@ -152,7 +152,7 @@ SPAN_EXPORT_FAILURES = MetricDef(
 LAST_SUCCESSFUL_POLL = MetricDef(
     "stepscope_last_successful_poll_timestamp_seconds",
     "gauge",
-    "Unix time of the last successful Assistants API request.",
+    "Unix time of the last successful API request.",
 )
 BUILD_INFO = MetricDef("stepscope_build_info", "gauge", "stepscope build; the value is always 1.", (LABEL_VERSION,))
 TRACKED_RUNS = MetricDef("stepscope_tracked_runs", "gauge", "Runs currently tracked by the poller.")

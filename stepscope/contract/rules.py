@@ -164,10 +164,10 @@ TOKENS = Record(
 )
 STEP_BUCKETS = _rate(
     md.RUN_STEP_DURATION, (md.LABEL_STEP_TYPE,),
-    "Step duration quantiles by step type, from the aggregated buckets; Assistants only (items have no times).",
+    "Step duration quantiles by step type, from the aggregated buckets (protocols whose steps have times).",
     bucket=True,
 )  # fmt: skip
-API = _rate(md.API_REQUESTS, (ENDPOINT, CODE), "Assistants API health: requests by endpoint and code, error ratios.")
+API = _rate(md.API_REQUESTS, (ENDPOINT, CODE), "API health: requests by endpoint and code, error ratios.")
 API_ERRORS = _ratio(
     "job:stepscope_api_request_errors_per_api_requests:ratio_rate5m",
     API,
@@ -209,7 +209,7 @@ ALERTS: tuple[Alert, ...] = (
         "StepscopeRunFailureRatioHigh",
         f"{RUNS_FAILED.record} > {RUN_FAILURE_RATIO}",
         "15m",
-        "More than 10% of runs or Agents API turns end failed, expired or incomplete.",
+        "More than 10% of runs (turns, responses) end failed, expired or incomplete.",
         "{{ $value | humanizePercentage }} of the runs seen by {{ $labels.job }}" + _PROTOCOL + " ended failed, "
         "expired or incomplete over the last 5 minutes (threshold 10%).",
         note=f"{RUN_FAILURE_RATIO.name} = {RUN_FAILURE_RATIO.shown}",
@@ -218,7 +218,7 @@ ALERTS: tuple[Alert, ...] = (
         "StepscopeStepFailureRatioHigh",
         f"{STEPS_FAILED.record} > {STEP_FAILURE_RATIO}",
         "15m",
-        "More than 10% of run steps or Agents API items end failed or expired.",
+        "More than 10% of steps or items end failed or expired.",
         "{{ $value | humanizePercentage }} of the run steps seen by {{ $labels.job }}" + _PROTOCOL + " ended failed "
         "or expired over the last 5 minutes (threshold 10%).",
         note=f"{STEP_FAILURE_RATIO.name} = {STEP_FAILURE_RATIO.shown}",
@@ -243,8 +243,8 @@ ALERTS: tuple[Alert, ...] = (
         "StepscopeApiErrors",
         f"{API_ERRORS.record} > {API_ERROR_RATIO}",
         "15m",
-        "Stepscope requests to the Assistants API are failing.",
-        "{{ $value | humanizePercentage }} of the Assistants API requests made by {{ $labels.job }} failed with 5xx, "
+        "Stepscope requests to the API are failing.",
+        "{{ $value | humanizePercentage }} of the API requests made by {{ $labels.job }} failed with 5xx, "
         "401, 403 or a transport error over the last 5 minutes (threshold 5%).",
         note=f"{API_ERROR_RATIO.name} = {API_ERROR_RATIO.shown}",
     ),
@@ -252,8 +252,8 @@ ALERTS: tuple[Alert, ...] = (
         "StepscopeRateLimited",
         f"{API_LIMITED.record} > {RATE_LIMITED_RATIO}",
         "15m",
-        "The Assistants API is rate limiting stepscope.",
-        "{{ $value | humanizePercentage }} of the Assistants API requests made by {{ $labels.job }} were answered 429 "
+        "The API is rate limiting stepscope.",
+        "{{ $value | humanizePercentage }} of the API requests made by {{ $labels.job }} were answered 429 "
         "over the last 5 minutes (threshold 10%).",
         note=f"{RATE_LIMITED_RATIO.name} = {RATE_LIMITED_RATIO.shown}",
     ),
@@ -289,7 +289,7 @@ ALERTS: tuple[Alert, ...] = (
         "5m",
         "No stepscope target is up.",
         f'No target with job="{SCRAPE_JOB}" has been up for 5 minutes{{{{ with $externalURL }}}} on {{{{ . }}}}'
-        "{{ end }}; Assistants runs are not observed.",
+        "{{ end }}; agent work is not observed.",
         severity="critical",
         note=f'The scrape job must be named "{SCRAPE_JOB}"; absent() also fires when the target vanished entirely.',
     ),

@@ -1,9 +1,10 @@
-"""The words stepscope's modules share, each defined once: API flavours, auth modes, endpoints, drop reasons.
+"""The words every part of stepscope shares, each defined once: API flavours, auth modes, drop reasons.
 
-Every value is a `StrEnum` member, so it equals, hashes and formats as its plain string (`Flavor.AZURE == "azure"`,
-`f"{Endpoint.GET_RUN}"` is `get_run`): settings, log lines and Prometheus label values read the same as before.
-Configuration validates against these sets, the client names its endpoints with them, and the self metrics create
-one series per member at start-up. Metric names, kinds, help texts and labels live in `stepscope.contract.metricdefs`.
+Every value is a `StrEnum` member, so it equals, hashes and formats as its plain string (`Flavor.AZURE == "azure"`):
+settings, log lines and Prometheus label values read the same. Configuration validates against these sets and the
+self metrics create one series per member at start-up. A protocol's own words (its endpoints, statuses and types)
+are in its package's `vocabulary` module; metric names, kinds, help texts and labels in
+`stepscope.contract.metricdefs`.
 
 The simulator (`stepscope.simulator`) keeps its own copies on purpose: it plays a foreign server, so it must not
 learn the bridge's words from the bridge. `tests/unit/test_vocabulary_contract.py` checks that both agree.
@@ -16,29 +17,18 @@ from enum import StrEnum
 __all__ = [
     "AUTH_MODES",
     "DROP_REASONS",
-    "ENDPOINTS",
     "FLAVORS",
-    "PROTOCOLS",
     "AuthMode",
     "DropReason",
-    "Endpoint",
     "Flavor",
-    "Protocol",
 ]
 
 
-class Protocol(StrEnum):
-    """Which API stepscope reads (`STEPSCOPE_PROTOCOL`)."""
-
-    ASSISTANTS = "assistants"  # Assistants v2: threads, runs and run steps
-    AGENTS = "agents"  # the Agents API (beta): sessions, turns and items
-
-
 class Flavor(StrEnum):
-    """Which dialect of the Assistants v2 API a server speaks (`STEPSCOPE_FLAVOR`)."""
+    """Which dialect of an API a server speaks (`STEPSCOPE_FLAVOR`); each protocol says what it means for it."""
 
-    OPENAI = "openai"  # paths under /v1, Bearer key
-    AZURE = "azure"  # Foundry Agents: paths under /api/projects/<p>, an `api-version` query parameter
+    OPENAI = "openai"  # OpenAI's own paths and Bearer key
+    AZURE = "azure"  # Azure AI Foundry: project paths, api-key or Entra ID
 
 
 class AuthMode(StrEnum):
@@ -48,28 +38,6 @@ class AuthMode(StrEnum):
     API_KEY = "api-key"
     TOKEN_FILE = "token-file"  # noqa: S105 - a mode name, not a credential
     AZURE_IDENTITY = "azure-identity"
-
-
-class Endpoint(StrEnum):
-    """The API calls the client makes: the `endpoint` label of `stepscope_api_requests_total`."""
-
-    LIST_RUNS = "list_runs"
-    GET_RUN = "get_run"
-    LIST_STEPS = "list_steps"
-    GET_STEP = "get_step"
-    GET_ASSISTANT = "get_assistant"
-    LIST_THREADS = "list_threads"  # Azure: the project's threads, for discovery with no thread configured
-    # The Agents API (STEPSCOPE_PROTOCOL=agents), named as the simulator names them
-    LIST_SESSIONS = "list_agent_sessions"
-    GET_SESSION = "get_agent_session"
-    LIST_TURNS = "list_agent_turns"
-    GET_TURN = "get_agent_turn"
-    LIST_TURN_ITEMS = "list_agent_turn_items"
-    LIST_TRACES = "list_agent_traces"
-    LIST_SUBAGENTS = "list_agent_subagents"
-    LIST_SUBAGENT_TURNS = "list_agent_subagent_turns"
-    GET_SUBAGENT_TURN = "get_agent_subagent_turn"
-    LIST_SUBAGENT_TURN_ITEMS = "list_agent_subagent_turn_items"
 
 
 class DropReason(StrEnum):
@@ -98,10 +66,9 @@ class DropReason(StrEnum):
     PROXY_OBSERVER_ERROR = "proxy_observer_error"  # the proxy's own observation of an answer failed
     WEBHOOK_INVALID = "webhook_invalid"  # a POST /v1/webhooks delivery refused: unsigned, forged, stale, bad body
     SESSIONS_FULL = "sessions_full"  # an Agents API session past the bound of followed sessions, not followed
+    DISCOVERY_FAILED = "discovery_failed"  # a discovery pass that raised (logged once per episode, retried)
 
 
 FLAVORS: tuple[str, ...] = tuple(Flavor)
 AUTH_MODES: tuple[str, ...] = tuple(AuthMode)
-ENDPOINTS: tuple[str, ...] = tuple(Endpoint)
 DROP_REASONS: tuple[str, ...] = tuple(DropReason)
-PROTOCOLS: tuple[str, ...] = tuple(Protocol)

@@ -1,65 +1,81 @@
-"""One lifecycle for every long-lived component: started in order, stopped in reverse, inside one deadline.
+"""One lifecycle for every long-lived component: started in order, stopped in reverse, inside one budget.
 
-Each component enters as a `Stage`: a name, an async `start` that returns quickly, and an async `stop(budget_s)`
-that flushes within the seconds it is given. `Lifecycle.start()` starts the stages in order; if one fails, the ones
-already started are stopped (in reverse) before the error propagates, so a half-started process leaves nothing
-running. `Lifecycle.stop(budget_s)` stops every started stage in reverse order, each within what is left of the
-budget, and is idempotent; a stage whose stop raises is logged and the others still stop.
+A `Component` has two methods: `start()` returns quickly (it launches tasks or threads, it does not wait for work),
+and `stop(budget_s)` stops intake, flushes what it can within `budget_s` seconds and releases what it holds; `stop`
+is idempotent and safe without `start`. `Lifecycle(components)` starts them in list order; when one fails, the
+ones already started are stopped in reverse, within `ROLLBACK_BUDGET_S`, before the error propagates, so a
+half-started process leaves nothing running. `stop(budget_s)` stops every started component in reverse order, each
+within what is left of the budget (at least `MIN_STAGE_S`, so a slow early stop never leaves a later one nothing),
+and never raises: a stop that raises is logged and the others still stop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-log = logging.getLogger("stepscope.core.lifecycle")
+log = logging.getLogger("stepscope.lifecycle")
+
+ROLLBACK_BUDGET_S = 5.0
+"""Seconds a failed start may spend stopping what it had started: a start-up error should surface promptly."""
+MIN_STAGE_S = 0.05
+"""Each component's stop gets at least this long, even when an earlier one used up the budget."""
 
 
-async def _nothing(budget_s: float = 0.0) -> None:
-    return None
+class Component(Protocol):
+    """A long-lived part of stepscope. `start` must return quickly; `stop` must be idempotent, safe without
+    `start`, and return within about `budget_s` seconds."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, budget_s: float) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Stage:
-    """A component's place in the lifecycle. `stop` gets the seconds left of the shutdown budget."""
-
-    name: str
-    start: Callable[[], Awaitable[None]] = _nothing
-    stop: Callable[[float], Awaitable[None]] = _nothing
+def name_of(component: Component) -> str:
+    """A component's name for log lines: its `name` attribute when it has one, else its class name."""
+    name = getattr(component, "name", None)
+    return name if isinstance(name, str) else type(component).__name__
 
 
 class Lifecycle:
-    def __init__(self, stages: list[Stage], *, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._stages = stages
+    """Starts `components` in order and stops them in reverse. `monotonic` is the clock the budget is kept with."""
+
+    def __init__(self, components: Sequence[Component], *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._components = list(components)
         self._monotonic = monotonic
-        self._started: list[Stage] = []
+        self._started: list[Component] = []
         self._stopped = False
 
     @property
     def started(self) -> bool:
-        """Every stage started, and no stop yet."""
-        return len(self._started) == len(self._stages) and not self._stopped
+        """Every component started, and no stop yet."""
+        return len(self._started) == len(self._components) and not self._stopped
 
     async def start(self) -> None:
-        """Start every stage in order; on a failure stop those started, then re-raise."""
-        for stage in self._stages:
+        """Start every component in order; on a failure stop those started (in reverse), then re-raise."""
+        for component in self._components:
             try:
-                await stage.start()
+                await component.start()
             except BaseException:
-                await self.stop(budget_s=5.0)
+                await self.stop(ROLLBACK_BUDGET_S)
                 raise
-            self._started.append(stage)
+            self._started.append(component)
 
     async def stop(self, budget_s: float) -> None:
-        """Stop the started stages in reverse order within `budget_s` seconds overall. Idempotent."""
+        """Stop the started components in reverse order within `budget_s` seconds overall. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
         deadline = self._monotonic() + budget_s
-        for stage in reversed(self._started):
+        for component in reversed(self._started):
+            left = max(MIN_STAGE_S, deadline - self._monotonic())
             try:
-                await stage.stop(max(0.0, deadline - self._monotonic()))
+                # The budget is enforced, not trusted: a stop that overruns is abandoned and the next one goes on.
+                await asyncio.wait_for(component.stop(left), timeout=left + MIN_STAGE_S)
+            except TimeoutError:
+                log.warning("stopping %s took longer than its %.1fs; going on without it", name_of(component), left)
             except Exception:
-                log.exception("stopping %s failed", stage.name)
+                log.exception("stopping %s failed", name_of(component))

@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Generic, Protocol
+from typing import Generic, Protocol
 
 from stepscope.contract.vocabulary import DropReason
 from stepscope.core import spancodec
-from stepscope.core.records import Commit, F, Mapper, MetricSink, R, RelayedSpan, SpanSpec, Telemetry, U, UnitRef
+from stepscope.core.records import Commit, Drops, F, Mapper, MetricSink, R, RelayedSpan, SpanSpec, Telemetry, U, UnitRef
 from stepscope.errors import StoreError
 
 log = logging.getLogger("stepscope.core.pipeline")
@@ -42,13 +43,18 @@ class Checkpoints(Protocol):
     def finish_run(self, ref: UnitRef, now: float, spans: Sequence[bytes] = ()) -> None: ...
 
 
-class PipelineHealth(Protocol):
-    def dropped(self, reason: str, n: int = 1) -> None: ...
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One part of a durable commit as listeners hear it: the telemetry of one record (`finished` False), or of the
+    finished unit (`finished` True), of the unit `ref`."""
+
+    ref: UnitRef
+    telemetry: Telemetry
+    finished: bool
 
 
-CommitListener = Callable[[Any, Any], None]
-"""Told of every committed record as (unit, record), and of every finished unit as (unit, None); must be cheap
-and must not raise. For the Assistants protocol: (Run, RunStep) and (Run, None)."""
+CommitListener = Callable[[Committed], None]
+"""Told of every committed part, in order, on the event loop; must be cheap and must not raise."""
 
 
 class Pipeline(Generic[U, R, F]):
@@ -63,7 +69,7 @@ class Pipeline(Generic[U, R, F]):
         store: Checkpoints,
         mapper: Mapper[U, R, F],
         metrics: MetricSink,
-        health: PipelineHealth,
+        drops: Drops,
         *,
         on_spans: Callable[[int], None] = lambda n: None,
         traces: bool = True,
@@ -72,7 +78,7 @@ class Pipeline(Generic[U, R, F]):
         self._store = store
         self._mapper = mapper
         self._metrics = metrics
-        self._health = health
+        self._drops = drops
         self._on_spans = on_spans
         self._traces = traces
         self._wall = wall
@@ -85,12 +91,11 @@ class Pipeline(Generic[U, R, F]):
     def commit(self, commit: Commit[U, R, F]) -> bool:
         """Map and durably commit `commit`; True when it is durable and counted, False when nothing was."""
         parts: list[Telemetry] = []
-        mapped: list[R] = []
         for record in commit.records:
             telemetry = self._map(commit, partial(self._mapper.record, commit.unit, record))
             if telemetry is not None:
                 parts.append(telemetry)
-                mapped.append(record)
+        finish = None
         if commit.finished:
             finish = self._map(commit, partial(self._mapper.finish, commit.unit, commit.finish))
             if finish is not None:
@@ -115,11 +120,11 @@ class Pipeline(Generic[U, R, F]):
             self._metrics.record(observations)  # one call per commit: the sink merges increments of a series
         if spans:
             self._on_spans(len(spans))
-        for listener in self._listeners:
-            for record in mapped:
-                listener(commit.unit, record)
-            if commit.finished:
-                listener(commit.unit, None)
+        if self._listeners:
+            heard = [Committed(commit.ref, part, part is finish) for part in parts]
+            for listener in self._listeners:
+                for committed in heard:
+                    listener(committed)
         return True
 
     def _map(self, commit: Commit[U, R, F], map_one: Callable[[], Telemetry]) -> Telemetry | None:
@@ -129,7 +134,7 @@ class Pipeline(Generic[U, R, F]):
             return map_one()
         except Exception:
             log.exception("cannot map part of %s; committing it without telemetry", commit.ref.unit_id)
-            self._health.dropped(DropReason.MAPPING_ERROR)
+            self._drops.dropped(DropReason.MAPPING_ERROR)
             return None
 
     def _encode(self, items: list[SpanSpec | RelayedSpan]) -> list[bytes]:
@@ -141,11 +146,11 @@ class Pipeline(Generic[U, R, F]):
                 encoded.append(spancodec.encode(item))
             except ValueError:
                 log.warning("span %s carries a value that cannot be stored; dropping the span", item.key)
-                self._health.dropped(DropReason.SPAN_UNENCODABLE)
+                self._drops.dropped(DropReason.SPAN_UNENCODABLE)
         return encoded
 
     def _store_failed(self, exc: StoreError, n: int) -> None:
-        self._health.dropped(DropReason.STORE_ERROR, n)
+        self._drops.dropped(DropReason.STORE_ERROR, n)
         if not self._store_failing:
             self._store_failing = True
             log.error("%s; progress is not saved and is read again later (check the disk and the permissions of "

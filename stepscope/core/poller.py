@@ -23,7 +23,7 @@ from typing import Generic, Protocol
 
 from stepscope.contract.vocabulary import DropReason
 from stepscope.core.health import ApiHealth
-from stepscope.core.records import S, UnitReader, UnitRef
+from stepscope.core.records import Drops, S, UnitReader, UnitRef
 from stepscope.core.store import RunProgress
 from stepscope.errors import (
     AuthError,
@@ -38,19 +38,41 @@ from stepscope.errors import (
 log = logging.getLogger("stepscope.core.poller")
 
 AUTH_PAUSE_S = 30.0
+POLLS_BUDGET_S = 2.5
+"""Seconds polls in flight may take to finish at shutdown; what is left is cancelled (read again after a restart)."""
 INVALID_READS_MAX = 3
 
 
 class UnitStore(Protocol):
     """The checkpoint store as the poller uses it. Raises `StoreError`."""
 
+    def active_runs(self) -> list[RunProgress]: ...
+
     def add_run(self, ref: UnitRef, now: float) -> None: ...
 
     def forget_run(self, ref: UnitRef) -> None: ...
 
 
-class PollerHealth(Protocol):
-    def dropped(self, reason: str, n: int = 1) -> None: ...
+@dataclass(frozen=True, slots=True)
+class PollSchedule:
+    """When to poll a unit next, as data, for every protocol's reader.
+
+    `fast` while a unit progresses. A unit that waits (queued, or waiting for the application) is polled `fast` for
+    its first `grace` polls in that status, then backs off by `backoff` per poll up to `slow`: an application usually
+    acts within seconds, and what completes right after should not wait a `slow` interval to be seen, while a unit
+    parked for minutes costs little. Errors use `slow`. `final_sweeps` bounds the polls of a unit that ended while
+    parts of it still look open.
+    """
+
+    fast: float = 1.0
+    slow: float = 4.0
+    grace: int = 4
+    backoff: float = 1.5
+    final_sweeps: int = 3
+
+    def waiting(self, polls: int) -> float:
+        """Seconds to the next poll of a unit found waiting `polls` polls in a row (this one included)."""
+        return min(self.slow, self.fast * self.backoff ** max(0, polls - self.grace))
 
 
 @dataclass(slots=True)
@@ -64,16 +86,19 @@ class Tracked(Generic[S]):
 
 
 class Poller(Generic[S]):
-    """Tracks units and polls them. `start()` returns at once; `shutdown()` is idempotent and waits for polls.
+    """Tracks units and polls them; a component. `start()` resumes the units the store says are active and returns
+    at once; `stop()` is idempotent and lets polls in flight finish within its budget.
 
     `slow` is the delay after a failed poll.
     """
+
+    name = "poller"
 
     def __init__(
         self,
         reader: UnitReader[S],
         store: UnitStore,
-        health: PollerHealth,
+        drops: Drops,
         api: ApiHealth,
         *,
         slow: float = 4.0,
@@ -84,7 +109,7 @@ class Poller(Generic[S]):
     ) -> None:
         self._reader = reader
         self._store = store
-        self._health = health
+        self._drops = drops
         self.api = api  # where poll outcomes are reported; discovery reports there too
         self._slow = slow
         self._max_tracked = max_tracked
@@ -115,8 +140,8 @@ class Poller(Generic[S]):
             counts[status] = counts.get(status, 0) + 1
         return counts
 
-    def busy_threads(self) -> set[str]:
-        """Containers (threads) with a unit that keeps them from starting another."""
+    def busy_containers(self) -> set[str]:
+        """Containers with a unit that keeps them from starting another (an Assistants thread's active run)."""
         return {t.ref.container_id for t in self._units.values() if self._reader.busy(t.state)}
 
     def is_tracked(self, run_id: str) -> bool:
@@ -132,7 +157,7 @@ class Poller(Generic[S]):
         if ref.unit_id in self._units or self._stopping.is_set():
             return False
         if len(self._units) >= self._max_tracked:
-            self._health.dropped(DropReason.TRACKED_RUNS_FULL)
+            self._drops.dropped(DropReason.TRACKED_RUNS_FULL)
             if not self._full_logged:
                 log.warning("tracking %d runs, the maximum: new runs wait for a slot", self._max_tracked)
                 self._full_logged = True
@@ -142,7 +167,7 @@ class Poller(Generic[S]):
             self._store.add_run(ref, self._wall())
         except StoreError:
             log.exception("checkpoint store: cannot record run %s", ref.unit_id)
-            self._health.dropped(DropReason.STORE_ERROR)
+            self._drops.dropped(DropReason.STORE_ERROR)
             return False
         self._add(ref, self._reader.begin(ref, None, set()))
         return True
@@ -175,11 +200,16 @@ class Poller(Generic[S]):
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Resume the units a previous process left active (a store that cannot be read raises `StoreError`), then
+        start scheduling."""
         if self._loop_task is None:
+            self.resume(self._store.active_runs())
             self._loop_task = asyncio.create_task(self._loop(), name="stepscope-poller")
 
-    async def shutdown(self, timeout_s: float = 5.0) -> None:
-        """Stop scheduling, let polls in flight finish (up to `timeout_s`), then cancel what is left."""
+    async def stop(self, budget_s: float = POLLS_BUDGET_S) -> None:
+        """Stop scheduling, let polls in flight finish (up to `budget_s`, at most `POLLS_BUDGET_S`), then cancel
+        what is left."""
+        timeout_s = min(budget_s, POLLS_BUDGET_S)
         self._stopping.set()
         self._wake.set()
         if self._loop_task is not None:
@@ -257,7 +287,7 @@ class Poller(Generic[S]):
         if isinstance(exc, FatalSourceError):
             # 404 or another permanent 4xx for this unit: it cannot be polled, so it is dropped and counted.
             log.warning("run %s dropped: %s", run_id, exc)
-            self._health.dropped(DropReason.NOT_FOUND if exc.status_code == 404 else DropReason.BAD_REQUEST)
+            self._drops.dropped(DropReason.NOT_FOUND if exc.status_code == 404 else DropReason.BAD_REQUEST)
             self._forget(t)
             return None
         if isinstance(exc, SourceError):
@@ -269,14 +299,14 @@ class Poller(Generic[S]):
             if t.invalid_reads < INVALID_READS_MAX:
                 return self._slow
             log.warning("run %s dropped: unreadable on %d polls in a row", run_id, t.invalid_reads)
-            self._health.dropped(DropReason.RUN_INVALID)
+            self._drops.dropped(DropReason.RUN_INVALID)
             self._forget(t)
             return None
         if isinstance(exc, StoreError):
             log.error("checkpoint store error while polling run %s: %s", run_id, exc)
         else:
             log.error("unexpected error while polling run %s", run_id, exc_info=exc)
-            self._health.dropped(DropReason.INTERNAL_ERROR)
+            self._drops.dropped(DropReason.INTERNAL_ERROR)
         return self._slow
 
     def _forget(self, t: Tracked[S]) -> None:

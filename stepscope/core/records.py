@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from stepscope.contract.vocabulary import DropReason
 from stepscope.errors import InvalidObject
 
 
@@ -165,6 +166,40 @@ class UnitReader(Protocol[S]):
     def busy(self, state: S) -> bool:
         """Whether the unit's container (a thread) cannot start another unit while this one lives."""
         ...
+
+
+class Drops(Protocol):
+    """Where every stage counts what it dropped or degraded (`stepscope_dropped_total{reason}`). Must not block or
+    raise."""
+
+    def dropped(self, reason: DropReason, n: int = 1) -> None: ...
+
+
+class _NoDrops:
+    """A `Drops` that counts nothing, for one-shot commands without metrics (`inspect`)."""
+
+    def dropped(self, reason: DropReason, n: int = 1) -> None:
+        return None
+
+
+NO_DROPS: Drops = _NoDrops()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KnownLabels:
+    """What a protocol defines in advance about its metric labels, so the exporter can cap what a server sends and
+    create the series dashboards and alerts read before the first event (rates read 0, not "no data").
+
+    `protocol` is the `protocol` label's value. `values` maps each server-valued label the protocol enumerates
+    (`step_type`, `status`, `tool_type`, `tool_name`) to the values it defines: those always pass the label caps.
+    `fan_out` maps a counter to the labels whose known values are filled in at 0 when a new combination of its
+    other labels appears (so failure ratios read 0). `series` are `(metric, labels)` created at start-up.
+    """
+
+    protocol: str
+    values: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    fan_out: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    series: Sequence[tuple[str, Mapping[str, str]]] = ()
 
 
 class MetricSink(Protocol):

@@ -149,6 +149,16 @@ class SqliteStore:
     def is_open(self) -> bool:
         return self._db is not None
 
+    name = "store"
+
+    async def start(self) -> None:
+        """The component's start: `open()`. Raises `StoreError` naming the path and the fix."""
+        self.open()
+
+    async def stop(self, budget_s: float = 0.0) -> None:
+        """The component's stop: `close()`."""
+        self.close()
+
     def close(self) -> None:
         """Close the database. Idempotent, safe before `open`."""
         with self._lock:

@@ -14,6 +14,7 @@ shutdown deadline. What it has not delivered by then stays in the backlog for th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
@@ -29,7 +30,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from stepscope.client.retry import RetryPolicy
 from stepscope.contract.vocabulary import DropReason
 from stepscope.core import spancodec
-from stepscope.core.records import RelayedSpan
+from stepscope.core.records import Drops, RelayedSpan
 from stepscope.errors import StoreError
 from stepscope.export.otlp import readable_span
 from stepscope.export.relay import RelayError, relayed_readable
@@ -58,8 +59,8 @@ class SpanBacklog(Protocol):
     def oldest_backlog(self) -> float | None: ...
 
 
-class DeliveryHealth(Protocol):
-    def dropped(self, reason: str, n: int = 1) -> None: ...
+class DeliveryHealth(Drops, Protocol):
+    """Where delivery reports: drops, spans the backend refused, and the lag of each delivered record's span."""
 
     def export_failed(self, n: int = 1) -> None: ...
 
@@ -130,7 +131,20 @@ class SpanDelivery:
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    name = "delivery"
+    spans_kept = 0
+    """Spans left in the backlog by the last `stop()`."""
+
+    async def start(self) -> None:
+        """The component's start: `begin()`."""
+        self.begin()
+
+    async def stop(self, budget_s: float = 2.0) -> None:
+        """The component's stop: `shutdown()` on a worker thread, keeping a second of the budget for what stops
+        after it; the spans kept are in `spans_kept`."""
+        self.spans_kept = await asyncio.to_thread(self.shutdown, max(0.5, budget_s - 1.0))
+
+    def begin(self) -> None:
         """Count what an earlier process left in the backlog and start the thread."""
         if self._thread is not None:
             return
@@ -229,7 +243,7 @@ class SpanDelivery:
         """Export one batch; True when it left the backlog (delivered, or its bad spans dropped)."""
         spans: list[ReadableSpan] = []
         seqs: list[int] = []
-        step_ends: list[int] = []
+        ends: list[int] = []
         bad: list[int] = []
         for seq, data in rows:
             try:
@@ -238,8 +252,7 @@ class SpanDelivery:
                     spans.append(relayed_readable(record))
                 else:
                     spans.append(readable_span(record, self._resource))
-                    if record.key.startswith("step:"):
-                        step_ends.append(record.end_ns)
+                    ends.append(record.end_ns)  # every span the mapping made is timed by its record's end
             except (ValueError, RelayError) as exc:
                 log.warning("dropping a span that cannot be exported: %s", exc)
                 bad.append(seq)
@@ -253,7 +266,7 @@ class SpanDelivery:
             if not self._remove(seqs, None):
                 return False
             now_ns = self._wall() * 1e9
-            for end_ns in step_ends:
+            for end_ns in ends:
                 self._health.observe_export_lag(max(0.0, (now_ns - end_ns) / 1e9))
             self._set_state("ok")
             return True
@@ -272,7 +285,7 @@ class SpanDelivery:
             log.exception("span exporter raised; the batch stays in the backlog")
             return False
 
-    def _remove(self, seqs: list[int], reason: str | None) -> bool:
+    def _remove(self, seqs: list[int], reason: DropReason | None) -> bool:
         try:
             self._backlog.delete_backlog(seqs)
         except StoreError:

@@ -23,7 +23,7 @@ Cardinality is bounded twice, because every label value comes from the server:
   overflow series, with every server-valued label `_other` (one label set per protocol, two for tokens by
   `token_type`), the only one allowed past the budget.
 
-Each observation rewritten by either bound is reported once to `overflow("label_cap")`; the sum over a family's
+Each observation rewritten by either bound is counted once on `overflow` as `label_cap`; the sum over a family's
 series stays exact. Known label sets exist from start-up for each protocol given (histograms by step type and
 status, or by the protocol's terminal statuses; built-in tools and the Agents API's nameless tool items); the first
 time a `(model, assistant_id)` pair shows up for a protocol, its counters are created for every known status (and
@@ -39,14 +39,14 @@ import bisect
 import itertools
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from stepscope.contract import metricdefs as md
 from stepscope.contract.vocabulary import DropReason
-from stepscope.core.records import Observation
+from stepscope.core.records import Drops, KnownLabels, Observation
 from stepscope.mapping import attributes as a
 from stepscope.mapping import metrics as m
 
@@ -71,24 +71,6 @@ _BUCKETS = {
     m.RUN_DURATION: RUN_DURATION_BUCKETS,
     m.RUN_QUEUE: QUEUE_BUCKETS,
 }
-# Per counter and protocol: the labels whose known values are filled in when a new combination of the other labels
-# appears.
-_FAN_OUT: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
-    m.RUN_STEPS_TOTAL: {
-        a.PROTOCOL_ASSISTANTS: {a.LABEL_STEP_TYPE: a.STEP_TYPES, a.LABEL_STATUS: a.STEP_STATUSES},
-    },
-    m.TOKENS_TOTAL: {
-        a.PROTOCOL_ASSISTANTS: {a.LABEL_TOKEN_TYPE: a.TOKEN_TYPES, a.LABEL_STEP_TYPE: a.STEP_TYPES},
-        a.PROTOCOL_AGENTS: {a.LABEL_TOKEN_TYPE: a.TOKEN_TYPES, a.LABEL_STEP_TYPE: (a.TURN_STEP_TYPE,)},
-    },
-    m.RUNS_TOTAL: {
-        a.PROTOCOL_ASSISTANTS: {a.LABEL_STATUS: a.RUN_STATUSES},
-        a.PROTOCOL_AGENTS: {a.LABEL_STATUS: a.TURN_STATUSES},
-    },
-}
-# Per protocol: the statuses of the run-duration series and the tools whose series exist from start-up.
-_PREINIT_STATUSES = {a.PROTOCOL_ASSISTANTS: a.RUN_STATUSES, a.PROTOCOL_AGENTS: a.TURN_STATUSES}
-_PREINIT_TOOLS = {a.PROTOCOL_ASSISTANTS: a.BUILTIN_TOOLS, a.PROTOCOL_AGENTS: a.NAMELESS_ITEM_TOOLS}
 
 
 class _LabelCap:
@@ -139,6 +121,7 @@ class _Family:
         bounds: tuple[float, ...] | None,
         *,
         budget: int,
+        known: Mapping[str, frozenset[str]],
     ) -> None:
         self.name = name
         self.metric = metric
@@ -149,13 +132,13 @@ class _Family:
         # Series per label set as exposed: _total and _created; or each bucket, _sum, _count and _created.
         self.weight = 2 if bounds is None else len(bounds) + 3
         self.used = 0
-        self.enums = tuple((i, a.KNOWN_VALUES[n]) for i, n in enumerate(names) if n in a.ENUM_LABELS)
+        self.enums = tuple((i, known[n]) for i, n in enumerate(names) if n in a.ENUM_LABELS)
         self.children: dict[tuple[str, ...], Any] = {}
         # Raw label values the bounds left alone -> child. Admitted values stay admitted, so the entry stays right;
         # tuples with a rewritten value are not kept (they are unbounded) and take the slow path every time.
         self.resolved: dict[tuple[str, ...], Any] = {}
         self.protocol = names.index(a.LABEL_PROTOCOL) if a.LABEL_PROTOCOL in names else None
-        # Protocol -> (position, known values) of the labels filled in for it; see `_FAN_OUT`.
+        # Protocol -> (position, known values) of the labels filled in for it (`KnownLabels.fan_out`).
         self.fan_out: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
         self.fanned: set[tuple[str, ...]] = set()
 
@@ -236,8 +219,8 @@ class PrometheusMetrics:
     Never touches the global registry. `record` does not raise: an observation that cannot be recorded (unknown
     metric, missing label, negative counter value) is skipped and logged once per metric name. `label_cap` bounds
     each server-valued label's unknown values, `max_series` each family's series (see the module docstring).
-    `protocols` are those whose known series are created at start-up (default: both); observations of any protocol
-    are recorded.
+    `labels` describe the protocols whose known values pass the caps and whose known series are created at
+    start-up; observations of any protocol are recorded.
     """
 
     def __init__(
@@ -246,8 +229,8 @@ class PrometheusMetrics:
         *,
         label_cap: int = DEFAULT_LABEL_CAP,
         max_series: int = DEFAULT_MAX_SERIES,
-        overflow: Callable[[str], None] | None = None,
-        protocols: Sequence[str] = a.PROTOCOLS,
+        overflow: Drops | None = None,
+        labels: Sequence[KnownLabels] = (),
     ) -> None:
         if label_cap < 1:
             raise ValueError("label_cap must be >= 1")
@@ -255,7 +238,8 @@ class PrometheusMetrics:
             raise ValueError("max_series must be >= 1")
         self._overflow = overflow
         self._overflows = 0
-        caps = {name: _LabelCap(label_cap, a.KNOWN_VALUES[name]) for name in sorted(a.CAPPED_LABELS)}
+        known = {name: frozenset().union(*(p.values.get(name, ()) for p in labels)) for name in a.CAPPED_LABELS}
+        caps = {name: _LabelCap(label_cap, known[name]) for name in sorted(a.CAPPED_LABELS)}
         self._families: dict[str, _Family] = {}
         for definition in md.DOMAIN_METRICS:
             metric: Any
@@ -269,14 +253,18 @@ class PrometheusMetrics:
             else:
                 metric = Counter(definition.family, definition.help, names, registry=registry)
             capped = tuple((i, caps[n]) for i, n in enumerate(names) if n in caps)
-            family = _Family(metric_name, metric, names, capped, bounds, budget=max_series)
+            family = _Family(metric_name, metric, names, capped, bounds, budget=max_series, known=known)
             family.fan_out = {
-                protocol: [(names.index(label), known) for label, known in labels.items()]
-                for protocol, labels in _FAN_OUT.get(metric_name, {}).items()
+                p.protocol: [(names.index(label), values) for label, values in p.fan_out[metric_name].items()]
+                for p in labels
+                if metric_name in p.fan_out
             }
             self._families[metric_name] = family
         self._warned: set[str] = set()
-        self._preinit(protocols)
+        for protocol in labels:
+            for metric_name, series in protocol.series:
+                family = self._families[metric_name]
+                family.child(tuple(series[n] for n in family.names))
 
     @property
     def overflows(self) -> int:
@@ -290,18 +278,7 @@ class PrometheusMetrics:
     def _report_overflow(self) -> None:
         self._overflows += 1
         if self._overflow is not None:
-            self._overflow(OVERFLOW_REASON)
-
-    def _preinit(self, protocols: Sequence[str]) -> None:
-        if a.PROTOCOL_ASSISTANTS in protocols:
-            for step_type, status in itertools.product(a.STEP_TYPES, a.STEP_STATUSES):
-                self._families[m.RUN_STEP_DURATION].child((step_type, status))
-        for protocol in protocols:
-            for status in _PREINIT_STATUSES.get(protocol, ()):
-                self._families[m.RUN_DURATION].child((status, protocol))
-            self._families[m.RUN_QUEUE].child((protocol,))
-            for tool_name, tool_type in _PREINIT_TOOLS.get(protocol, ()):
-                self._families[m.TOOL_CALLS_TOTAL].child((tool_type, tool_name, protocol))
+            self._overflow.dropped(OVERFLOW_REASON)
 
     def record(self, observations: Sequence[Observation]) -> None:
         """Add each observation to its counter or histogram, with an exemplar when it carries both ids.

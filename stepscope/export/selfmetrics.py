@@ -15,23 +15,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from stepscope.contract import metricdefs as md
-from stepscope.contract.vocabulary import DropReason, Endpoint
+from stepscope.contract.vocabulary import DropReason
 from stepscope.errors import InvalidObject
 
 log = logging.getLogger(__name__)
 
-ENDPOINTS = tuple(Endpoint)
-"""Endpoints whose latency series exist from start-up."""
 DROP_REASONS = tuple(DropReason)
 """Reasons whose `stepscope_dropped_total` series exist from start-up."""
-INVALID_KINDS = ("run", "run_step", "tool_call", "list", "assistant")
+LIST_KIND = "list"
+"""The `kind` of a listing that broke its bounds or could not be read, whatever the protocol."""
 API_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LAG_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 """Seconds from a step's terminal timestamp to its export: poll interval plus batch delay, typically 2-20 s."""
@@ -72,7 +71,15 @@ class SelfMetrics:
     code, not data, so they stay few).
     """
 
-    def __init__(self, registry: CollectorRegistry, *, version: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        version: str,
+        endpoints: Sequence[str] = (),
+        invalid_kinds: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
         self._requests = Counter(
             md.API_REQUESTS.family, md.API_REQUESTS.help, md.API_REQUESTS.labels, registry=registry
@@ -96,11 +103,11 @@ class SelfMetrics:
         self._gauges = _ReadGauges()
         registry.register(self._gauges)
         self._request_children: dict[tuple[str, str], Counter] = {}
-        for endpoint in ENDPOINTS:
+        for endpoint in endpoints:
             self._request_seconds.labels(endpoint)
         for reason in DROP_REASONS:
             self._dropped.labels(reason)
-        for kind in INVALID_KINDS:
+        for kind in (*invalid_kinds, LIST_KIND):
             self._invalid.labels(kind)
 
     def observe_request(self, endpoint: str, code: str, seconds: float) -> None:
@@ -123,7 +130,7 @@ class SelfMetrics:
         """One API object skipped because it could not be parsed."""
         self._invalid.labels(error.kind).inc()
 
-    def dropped(self, reason: str, n: int = 1) -> None:
+    def dropped(self, reason: DropReason, n: int = 1) -> None:
         """`n` items dropped (or degraded, for `label_cap`) for `reason`."""
         if n > 0:
             self._dropped.labels(reason).inc(n)

@@ -60,3 +60,12 @@ def parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
     if trace_id == 0 or span_id == 0:
         return None
     return trace_id, span_id, int(match.group(3), 16)
+
+
+def valid_traceparent(value: bytes | str | None) -> str | None:
+    """The header's value (surrounding blanks removed) when `parse_traceparent` accepts it, else None: what the
+    proxy keeps of an application's `traceparent` header."""
+    if not value:
+        return None
+    text = (value.decode("latin-1") if isinstance(value, bytes) else value).strip(" \t")
+    return text if parse_traceparent(text) is not None else None

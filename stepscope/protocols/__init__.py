@@ -1,1 +1,39 @@
-"""The protocols stepscope reads: one package each, made by one registered factory."""
+"""The protocols stepscope reads: one package each, made by one registered factory.
+
+`REGISTRY` maps each `STEPSCOPE_PROTOCOL` value to the factory that builds the protocol (`module:attribute`).
+Adding a protocol is a package under `stepscope/protocols/` and one line here. A factory is imported on first use,
+so `--help` stays fast and a protocol's modules load only when it is chosen. The factory contract is in
+`stepscope.protocols.base`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from stepscope.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stepscope.protocols.base import ProtocolFactory
+
+REGISTRY: dict[str, str] = {
+    "assistants": "stepscope.protocols.assistants.factory:FACTORY",
+    "agents": "stepscope.protocols.agents.factory:FACTORY",
+}
+DEFAULT = "assistants"
+
+
+def names() -> tuple[str, ...]:
+    """The registered protocol names, in registration order."""
+    return tuple(REGISTRY)
+
+
+def get(name: str) -> ProtocolFactory:
+    """The factory registered as `name`; `ConfigError` naming `STEPSCOPE_PROTOCOL` for an unknown name."""
+    target = REGISTRY.get(name)
+    if target is None:
+        known = ", ".join(REGISTRY)
+        raise ConfigError([f"STEPSCOPE_PROTOCOL (api.protocol): unknown protocol {name!r} (known: {known})"])
+    module, _, attribute = target.partition(":")
+    factory: ProtocolFactory = getattr(importlib.import_module(module), attribute)
+    return factory

@@ -4,15 +4,17 @@
 - `GET /healthz`: 200 while the event loop and the poller are alive (liveness).
 - `GET /readyz`: 200 once started, the store is open and writable, and the server is up; 503 while a write fails.
   Never depends on reaching the Assistants API: a sidecar's readiness gates its whole pod.
-- `POST /v1/watch`, `DELETE /v1/watch`: register or drop a thread (and optionally a run); JSON body
-  `{"thread_id": "thread_...", "run_id": "run_..."}`. Bearer-token protected when a token is configured; without
+- `POST /v1/watch`, `DELETE /v1/watch`: register or drop what the protocol's `Registrations` take (for
+  Assistants a thread and optionally a run: `{"thread_id": "thread_...", "run_id": "run_..."}`); 404 for a
+  protocol that takes none. Bearer-token protected when a token is configured; without
   a token only a loopback-only listener accepts registrations (anything else answers 403), since anyone who can
   reach the port could otherwise make stepscope spend API requests. Rate-limited (429 with `Retry-After`); a body
   must be a small flat JSON object, and anything else is a 4xx, never a 500. Those rules (loopback, rate, body)
   are `stepscope.receivers.watch`; this module answers, counts and logs.
 - `GET /v1/status`: JSON health for humans and scripts.
-- `POST /v1/webhooks`: the platform's webhooks (Agents API session events), verified with the endpoint's signing
-  secret (`stepscope.receivers.webhooks`); a verified `agent.session.*` event calls `session_event(session_id, type)`.
+- `POST /v1/webhooks`: the platform's webhooks, verified with the endpoint's signing secret
+  (`stepscope.receivers.webhooks`); a verified, first-seen delivery is handed to the protocol's handler as
+  `(type, data.id)`.
   Without a secret it answers 404 saying how to enable it; a delivery that does not verify is a 400 or 401, is
   counted (`webhook_invalid`) and changes nothing; a repeated `webhook-id` is answered 200 and ignored.
 """
@@ -31,31 +33,24 @@ import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from stepscope.contract.vocabulary import DropReason
+from stepscope.core.records import NO_DROPS, Drops
 from stepscope.errors import StoreError
-from stepscope.protocols.assistants.discovery import RegistrationFull
+from stepscope.protocols.base import InvalidRegistration, RegistrationFull, Registrations, WebhookHandler
 from stepscope.receivers.listener import Listener, Receive, Scope, Send
 from stepscope.receivers.watch import DEFAULT_WATCH_RATE, InvalidWatchBody, TokenBucket, is_loopback, parse_watch_body
-from stepscope.receivers.webhooks import SESSION_EVENTS, WebhookRefused, WebhookVerifier
+from stepscope.receivers.webhooks import WebhookRefused, WebhookVerifier
 
 log = logging.getLogger("stepscope.receivers.http")
 
 
 class SidecarControl(Protocol):
-    """What the HTTP surface asks of the running sidecar: liveness, readiness, status, registrations.
-
-    `watch` may raise `RegistrationFull` (answered 429) or `StoreError` (answered 503); it returns False when
-    another shard owns the thread (409).
-    """
+    """What the HTTP surface asks of the running sidecar: liveness, readiness, status."""
 
     def alive(self) -> bool: ...
 
     def ready(self) -> bool: ...
 
     def status(self) -> dict[str, Any]: ...
-
-    def watch(self, thread_id: str, run_id: str | None) -> bool: ...
-
-    def unwatch(self, thread_id: str, run_id: str | None) -> None: ...
 
 
 class HttpError(Exception):
@@ -77,23 +72,16 @@ async def _respond(
     await send({"type": "http.response.body", "body": payload})
 
 
-def _no_drop(reason: str, n: int = 1) -> None:
-    """Default drop counter for an HttpApp built without one."""
-
-
-def _no_session_event(session_id: str, event_type: str) -> None:
-    """Default webhook callback for an HttpApp built without one."""
-
-
 class HttpApp:
     """The ASGI application.
 
     `/v1/watch` takes bodies up to `max_body` bytes and `watch_rate` requests per second (bursts of twice that);
     `token`, when non-empty, must come as a bearer token. Without a token, registration is open only when
     `listen_host` is loopback; `None` means not known yet (`HttpServer` fills it in) and counts as not loopback.
-    `dropped(reason, n)` counts refused requests (`watch_rate`, `watch_invalid`, `webhook_invalid`); `clock` drives
-    the rate limit. With a `webhook_secret`, `/v1/webhooks` takes signed deliveries (bodies up to `max_body` bytes,
-    timestamps checked against `wall`) and calls `session_event(session_id, type)`, which must not block or raise.
+    `drops` counts refused requests (`watch_rate`, `watch_invalid`, `webhook_invalid`); `clock` drives
+    the rate limit. `registrations` serve `/v1/watch` (None: it answers 404). With a `webhook_secret`,
+    `/v1/webhooks` takes signed deliveries (bodies up to `max_body` bytes, timestamps checked against `wall`) and
+    hands each first-seen one to `webhooks`.
     """
 
     def __init__(
@@ -105,22 +93,24 @@ class HttpApp:
         max_body: int = 16_384,
         listen_host: str | None = None,
         watch_rate: float = DEFAULT_WATCH_RATE,
-        dropped: Callable[[str, int], None] = _no_drop,
+        drops: Drops = NO_DROPS,
         clock: Callable[[], float] = time.monotonic,
+        registrations: Registrations | None = None,
         webhook_secret: str = "",
-        session_event: Callable[[str, str], None] = _no_session_event,
+        webhooks: WebhookHandler | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._service = service
+        self._registrations = registrations
         self._webhooks = WebhookVerifier(webhook_secret, wall=wall) if webhook_secret else None
-        self._session_event = session_event
+        self._on_webhook = webhooks
         self._metrics = make_asgi_app(registry)
         self._token = token
         self._max_body = max_body
         self.listen_host = listen_host
         self._rate = watch_rate
         self._bucket = TokenBucket(watch_rate, 2 * watch_rate, clock)
-        self._dropped = dropped
+        self._drops = drops
         self._limited = 0  # requests refused in the current rate-limit episode
 
     @property
@@ -181,6 +171,10 @@ class HttpApp:
             raise HttpError(405, f"method {method} not allowed")
 
     async def _watch(self, scope: Scope, receive: Receive, method: str) -> tuple[int, dict[str, Any]]:
+        registrations = self._registrations
+        if registrations is None:
+            raise HttpError(404, "this protocol takes no registrations: it finds its work by listing, webhooks and "
+                                 "the proxy")  # fmt: skip
         if not self.registration_open:
             raise HttpError(403, self._closed_reason())
         headers = dict(scope["headers"])
@@ -190,23 +184,22 @@ class HttpApp:
                 raise HttpError(401, "missing or wrong bearer token")
         self._admit()
         try:
-            thread_id, run_id = parse_watch_body(await self._read_body(headers, receive))
-        except (HttpError, InvalidWatchBody) as exc:
-            self._dropped(DropReason.WATCH_INVALID, 1)
+            fields = parse_watch_body(await self._read_body(headers, receive))
+            if method == "DELETE":
+                registrations.unwatch(fields)
+                return 200, {**fields, "watching": False}
+            accepted = registrations.watch(fields)
+        except RegistrationFull as exc:  # counted and logged (once per episode) by discovery
+            raise HttpError(429, f"{exc}; drop registrations with DELETE /v1/watch or raise the limit") from None
+        except (HttpError, InvalidWatchBody, InvalidRegistration) as exc:
+            self._drops.dropped(DropReason.WATCH_INVALID)
             status = exc.status if isinstance(exc, HttpError) else 400
             # The messages are fixed texts, never the input; the log's duplicate filter bounds a flood.
             log.info("refused a /v1/watch request (%d): %s", status, exc)
             raise HttpError(status, str(exc)) from None
-        if method == "DELETE":
-            self._service.unwatch(thread_id, run_id)
-            return 200, {"thread_id": thread_id, "run_id": run_id, "watching": False}
-        try:
-            accepted = self._service.watch(thread_id, run_id)
-        except RegistrationFull as exc:  # counted and logged (once per episode) by discovery
-            raise HttpError(429, f"{exc}; drop registrations with DELETE /v1/watch or raise the limit") from None
         if not accepted:
-            raise HttpError(409, "another shard owns this thread")
-        return 202, {"thread_id": thread_id, "run_id": run_id, "watching": True}
+            raise HttpError(409, "another shard owns this registration")
+        return 202, {**fields, "watching": True}
 
     async def _webhook(self, scope: Scope, receive: Receive) -> tuple[int, dict[str, Any]]:
         if self._webhooks is None:
@@ -219,11 +212,11 @@ class HttpApp:
             body = await self._read_body(dict(scope["headers"]), receive)
             event = self._webhooks.verify(body, dict(pairs))
         except (HttpError, WebhookRefused) as exc:
-            self._dropped(DropReason.WEBHOOK_INVALID, 1)
+            self._drops.dropped(DropReason.WEBHOOK_INVALID)
             log.info("refused a webhook delivery (%d): %s", exc.status, exc)  # fixed texts; the duplicate filter
             raise HttpError(exc.status, str(exc)) from None
-        if not event.duplicate and event.type in SESSION_EVENTS and event.session_id is not None:
-            self._session_event(event.session_id, event.type)
+        if not event.duplicate and self._on_webhook is not None:
+            self._on_webhook(event.type, event.object_id)
         return 200, {"received": True, "duplicate": event.duplicate}
 
     def _admit(self) -> None:
@@ -237,7 +230,7 @@ class HttpApp:
         if not self._limited:
             log.warning("/v1/watch over %g request(s)/s (STEPSCOPE_WATCH_RATE): refusing with 429", self._rate)
         self._limited += 1
-        self._dropped(DropReason.WATCH_RATE, 1)
+        self._drops.dropped(DropReason.WATCH_RATE)
         retry = str(max(1, math.ceil(wait))).encode()
         raise HttpError(429, "too many /v1/watch requests; retry later", headers=[(b"retry-after", retry)])
 

@@ -87,6 +87,10 @@ class Listener:
         sock.setblocking(False)
         return sock
 
+    async def stop(self, budget_s: float = 2.0) -> None:
+        """The component's stop: `shutdown()`."""
+        await self.shutdown()
+
     async def shutdown(self) -> None:
         if self._server is not None:
             self._server.should_exit = True

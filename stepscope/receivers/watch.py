@@ -3,8 +3,8 @@
 - `is_loopback(host)`: registration without a token is open only on a listener reachable from this host alone.
 - `TokenBucket`: the request rate (`STEPSCOPE_WATCH_RATE`, bursts of twice that); `take()` never blocks and
   returns how long to wait, for a `Retry-After`.
-- `parse_watch_body(body)`: a small flat UTF-8 JSON object of string ids, `{"thread_id": "thread_...",
-  "run_id": "run_..."}` (`run_id` optional); anything else raises `InvalidWatchBody`, whose message is a fixed
+- `parse_watch_body(body)`: a small flat UTF-8 JSON object of strings (`{"thread_id": "thread_..."}`; which fields
+  mean what is the protocol's `Registrations`); anything else raises `InvalidWatchBody`, whose message is a fixed
   text naming the problem and never echoes the input (it goes into a 400 answer and a log line).
 
 Pure functions and one small class over an injected clock: no I/O, no logging. `stepscope.receivers.http` turns their
@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-# Full-match patterns (used with `fullmatch`): `$` alone would accept "thread_ok\n" and split a log line.
-THREAD_ID = re.compile(r"thread_[A-Za-z0-9_-]{1,64}")
-RUN_ID = re.compile(r"run_[A-Za-z0-9_-]{1,64}")
-WATCH_FIELDS = frozenset({"thread_id", "run_id"})
+MAX_FIELDS = 8
+MAX_VALUE_CHARS = 256
 DEFAULT_WATCH_RATE = 20.0
 
 
@@ -77,15 +74,16 @@ def _flat_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-def parse_watch_body(body: bytes) -> tuple[str, str | None]:
-    """`(thread_id, run_id)` from a body that must be a flat UTF-8 JSON object of string ids; `InvalidWatchBody`
-    naming the problem (never echoing the input) otherwise."""
+def parse_watch_body(body: bytes) -> dict[str, str]:
+    """The fields of a body that must be a small flat UTF-8 JSON object of strings (at most `MAX_FIELDS`, each at
+    most `MAX_VALUE_CHARS`); `InvalidWatchBody` naming the problem (never echoing the input) otherwise. What the
+    fields must be is the protocol's to say."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidWatchBody("body must be UTF-8 JSON") from None
     if not text.lstrip().startswith("{"):
-        raise InvalidWatchBody('body must be a JSON object: {"thread_id": "thread_...", "run_id": "run_..."}')
+        raise InvalidWatchBody('body must be a JSON object, e.g. {"thread_id": "thread_..."}')
     try:
         data = json.loads(text, object_pairs_hook=_flat_object)
     except RecursionError:  # deep nesting inside the object
@@ -94,11 +92,8 @@ def parse_watch_body(body: bytes) -> tuple[str, str | None]:
         raise InvalidWatchBody("body must be JSON") from None
     if not isinstance(data, dict):
         raise InvalidWatchBody("body must be a JSON object")
-    if not WATCH_FIELDS.issuperset(data):
-        raise InvalidWatchBody("unknown field: only thread_id and run_id are accepted")
-    thread_id, run_id = data.get("thread_id"), data.get("run_id")
-    if not isinstance(thread_id, str) or not THREAD_ID.fullmatch(thread_id):
-        raise InvalidWatchBody("thread_id must look like thread_... (letters, digits, _ and -, at most 64)")
-    if run_id is not None and (not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id)):
-        raise InvalidWatchBody("run_id must look like run_... (letters, digits, _ and -, at most 64)")
-    return thread_id, run_id
+    if len(data) > MAX_FIELDS:
+        raise InvalidWatchBody("too many fields")
+    if not all(isinstance(v, str) and 0 < len(v) <= MAX_VALUE_CHARS for v in data.values()):
+        raise InvalidWatchBody(f"every field must be a string of 1 to {MAX_VALUE_CHARS} characters")
+    return data

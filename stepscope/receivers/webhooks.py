@@ -1,4 +1,4 @@
-"""Verifying the platform's webhooks (OpenAI signs them as Standard Webhooks) and reading their session events.
+"""Verifying the platform's webhooks (OpenAI signs them as Standard Webhooks) and reading what they are about.
 
 A delivery carries three headers: `webhook-id` (the same on every retry of one event), `webhook-timestamp` (Unix
 seconds at signing) and `webhook-signature`, one or more space-separated `v1,<base64 HMAC-SHA256>` values of the
@@ -30,13 +30,9 @@ from dataclasses import dataclass
 DEFAULT_TOLERANCE_S = 300
 """Five minutes either way, the SDK's default."""
 DEFAULT_MAX_REMEMBERED = 10_000
-SESSION_EVENTS = frozenset(
-    {"agent.session.in_progress", "agent.session.idle", "agent.session.failed", "agent.session.action_required"}
-)
-"""The event types that make discovery look at a session at once."""
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _WEBHOOK_ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII: it is part of the signed bytes and a dict key
-SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class WebhookRefused(Exception):
@@ -49,12 +45,12 @@ class WebhookRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class WebhookEvent:
-    """A verified delivery: its `webhook_id`, event `type`, the session it is about (None for other objects) and
-    whether the same `webhook_id` was accepted before within the window."""
+    """A verified delivery: its `webhook_id`, event `type`, the id of the object it is about (`data.id`, when it is
+    a plain id; None otherwise) and whether the same `webhook_id` was accepted before within the window."""
 
     webhook_id: str
     type: str
-    session_id: str | None
+    object_id: str | None
     duplicate: bool = False
 
 
@@ -115,14 +111,14 @@ class WebhookVerifier:
         # Every candidate is compared (no early exit), each in constant time.
         if not sum(hmac.compare_digest(expected, sig) for sig in given):
             raise WebhookRefused(401, "no v1 signature matches this endpoint's secret")
-        event_type, session_id = _event(body)
+        event_type, object_id = _event(body)
         self._forget(now)
         if webhook_id in self._seen:
-            return WebhookEvent(webhook_id, event_type, session_id, duplicate=True)
+            return WebhookEvent(webhook_id, event_type, object_id, duplicate=True)
         self._seen[webhook_id] = now
         if len(self._seen) > self._max:
             self._seen.popitem(last=False)
-        return WebhookEvent(webhook_id, event_type, session_id)
+        return WebhookEvent(webhook_id, event_type, object_id)
 
     def _forget(self, now: float) -> None:
         """Drop ids accepted longer ago than the window: a replay of those fails the timestamp check anyway."""
@@ -134,7 +130,7 @@ class WebhookVerifier:
 
 
 def _event(body: bytes) -> tuple[str, str | None]:
-    """`(type, data.id when it looks like a session id)` of a signed body; `WebhookRefused` 400 when unreadable."""
+    """`(type, data.id when it is a plain id)` of a signed body; `WebhookRefused` 400 when unreadable."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -142,7 +138,5 @@ def _event(body: bytes) -> tuple[str, str | None]:
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
         raise WebhookRefused(400, "body must be a JSON event object with a type")
     inner = data.get("data")
-    session_id = inner.get("id") if isinstance(inner, dict) else None
-    if data["type"] in SESSION_EVENTS and not (isinstance(session_id, str) and SESSION_ID.fullmatch(session_id)):
-        raise WebhookRefused(400, "a session event needs data.id, a session id")
-    return data["type"], session_id if isinstance(session_id, str) and SESSION_ID.fullmatch(session_id) else None
+    object_id = inner.get("id") if isinstance(inner, dict) else None
+    return data["type"], object_id if isinstance(object_id, str) and OBJECT_ID.fullmatch(object_id) else None

@@ -93,11 +93,11 @@ def ours() -> tuple[float, float]:
         store.open()
         delivery = SpanDelivery(store, EncodingExporter(), resource=Resource.create({"service.name": "bench"}),
                                 health=health, batch_size=512, delay_s=0.05)  # fmt: skip
-        metrics = PrometheusMetrics(registry, overflow=health.dropped)
+        metrics = PrometheusMetrics(registry, overflow=health)
         pipeline: Pipeline[Run, RunStep, str] = Pipeline(
             store, AssistantsMapper(MappingOptions()), metrics, health, on_spans=delivery.notify
         )
-        delivery.start()
+        delivery.begin()
         start, wall = time.process_time(), time.perf_counter()
         for i in range(0, N, BATCH):
             batch = STEPS[i : i + BATCH]

@@ -29,23 +29,24 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed; only cpu_times is used
 
+from stepscope.core.records import NO_DROPS, UnitRef
+from stepscope.protocols.assistants.proxied import RunObserver
 from stepscope.receivers.proxy import ProxyApp, ProxyServer
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 
 HEAD = b"Authorization: Bearer sk-sim\r\nOpenAI-Beta: assistants=v2\r\nHost: bench\r\n"
 
 
-class _NullFeed:
+class _NullRuns:
+    """`RunEvents` that keep nothing: the proxy reads answers as in `serve`, without polling behind it."""
+
     def run_created(self, run: Mapping[str, Any], traceparent: str | None) -> None:
         pass
 
     def stream_event(self, event: str, data: Mapping[str, Any]) -> None:
         pass
 
-    def stream_ended(self, thread_id: str | None, run_id: str | None, complete: bool) -> None:
-        pass
-
-    def session_active(self, session_id: str) -> None:
+    def stream_ended(self, ref: UnitRef, complete: bool) -> None:
         pass
 
 
@@ -72,7 +73,8 @@ def _proxy(upstream: str, ready: Any, stop: Any) -> None:
     _pin(1)
 
     async def serve() -> None:
-        server = ProxyServer(ProxyApp(upstream, _NullFeed()), "127.0.0.1", 0)
+        observer = RunObserver(_NullRuns(), drops=NO_DROPS)
+        server = ProxyServer(ProxyApp(upstream, observer, drops=NO_DROPS), "127.0.0.1", 0)
         await server.start()
         ready.send(server.port)
         await asyncio.get_running_loop().run_in_executor(None, stop.recv)

@@ -14,7 +14,7 @@ import pytest
 from stepscope.client import BearerAuth
 from stepscope.errors import InvalidObject
 from stepscope.export.relay import otlp_json_to_protobuf
-from stepscope.mapping import MappingOptions
+from stepscope.mapping.attributes import MappingOptions
 from stepscope.protocols.agents import AgentsClient, Item, Turn
 from stepscope.protocols.agents.mapping import (
     TurnContext,

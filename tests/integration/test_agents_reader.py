@@ -12,14 +12,13 @@ from stepscope.client import BearerAuth
 from stepscope.core import spancodec
 from stepscope.core.health import ApiHealth
 from stepscope.core.pipeline import Pipeline
-from stepscope.core.poller import Poller
+from stepscope.core.poller import Poller, PollSchedule
 from stepscope.core.records import RelayedSpan, SpanSpec, UnitRef
 from stepscope.core.store import SqliteStore
-from stepscope.mapping import MappingOptions
+from stepscope.mapping.attributes import MappingOptions
 from stepscope.protocols.agents import AgentsClient, Item, Turn
 from stepscope.protocols.agents.mapping import AgentsMapper, TurnContext
 from stepscope.protocols.agents.reader import TurnReader, TurnState
-from stepscope.protocols.assistants.reader import PollSchedule
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.simulator.agents import TurnKnobs
 from stepscope.testing import RecordingMetricSink, eventually
@@ -78,7 +77,7 @@ async def test_terminal_turns_commit_once_with_items_and_their_published_trace(
             assert poller.track(UnitRef(session.id, turn.id))
         await eventually(lambda: poller.tracked_count == 0, 10.0, "every turn committed")
     finally:
-        await poller.shutdown(1.0)
+        await poller.stop(1.0)
 
     rows = [spancodec.decode(data) for _, data in store.backlog(10_000)]
     specs = [r for r in rows if isinstance(r, SpanSpec)]

@@ -298,7 +298,8 @@ def test_every_turn_once_with_server_times_and_published_spans_relayed_once_acro
 
 def test_subagent_turns_each_get_one_span(tmp_path: Path, receiver: OtlpReceiver) -> None:
     """A turn a subagent ran is a terminal turn too: it arrives as one `invoke_agent` span of its own, timed by the
-    server and naming its subagent, and counts in `stepscope_runs_total`."""
+    server and naming its subagent, and counts in `stepscope_runs_total`; the delivery of the turns' spans moves
+    `stepscope_export_lag_seconds`, as it does for run steps."""
     simulator = Simulator(scenario_named("quiet"), seed=5, clock=SimClock(8.0), protocol="agents")
     assert simulator.agents is not None
     engine = simulator.agents.engine
@@ -316,7 +317,9 @@ def test_subagent_turns_each_get_one_span(tmp_path: Path, receiver: OtlpReceiver
             assert root, proc.output()
             counted = wait_for(lambda: total(scrape(base), "stepscope_runs_total", **AGENTS) >= 2, 3)
             assert wait_for(lambda: status(base)["exporter"]["pending_spans"] == 0, 10), proc.output()
+            lags = total(scrape(base), "stepscope_export_lag_seconds_count")
             proc.stop()
+    assert lags >= 2, "each delivered turn span is an export-lag observation"
     invoke = {s.attributes["openai.turn.id"]: s for s in receiver.spans if s.name.startswith("invoke_agent")}
     sub = subagent_turns[0]
     assert sub["id"] in invoke, f"no span for subagent turn {sub['id']} (runs counted: {counted})"

@@ -187,7 +187,7 @@ async def test_shards_together_export_every_run_exactly_once(
 
         await eventually(settled, 90, "every run exported")
         await asyncio.sleep(0.5)  # a duplicate, if any, would arrive now
-        owned = [len(s.watched()) for s in services]
+        owned = [len(s.parts.finders.discovery.watched()) for s in services]
     finally:
         for service in services:
             await service.shutdown()

@@ -12,7 +12,7 @@ from stepscope.core.store import SqliteStore
 from stepscope.export.selfmetrics import SelfMetrics
 from stepscope.protocols.assistants.discovery import Discovery
 from stepscope.receivers.http import HttpApp, HttpServer
-from tests.kit.fakes import DiscoveryService, FakeSource, RecordingTracker
+from tests.kit.fakes import DiscoveryService, FakeSource, RecordingTracker, make_discovery
 
 pytestmark = pytest.mark.anyio
 JSON = {"content-type": "application/json"}
@@ -25,8 +25,10 @@ async def test_hostile_bodies_over_http_get_4xx_and_the_server_lives_on() -> Non
     store.open()
     registry = CollectorRegistry()
     metrics = SelfMetrics(registry, version="test")
-    service = DiscoveryService(Discovery(FakeSource(), store, RecordingTracker(), on_drop=metrics.dropped))
-    server = HttpServer(HttpApp(service, registry, dropped=metrics.dropped, watch_rate=1000.0), "127.0.0.1", 0)
+    service = DiscoveryService(make_discovery(Discovery, FakeSource(), store, RecordingTracker(), drops=metrics))
+    server = HttpServer(
+        HttpApp(service, registry, drops=metrics, watch_rate=1000.0, registrations=service), "127.0.0.1", 0
+    )
     await server.start()
 
     async def chunks() -> AsyncIterator[bytes]:

@@ -15,8 +15,9 @@ from stepscope.core.records import SpanSpec, UnitRef
 from stepscope.core.store import SqliteStore
 from stepscope.export.delivery import SpanDelivery
 from stepscope.export.otlp import TraceSettings, build_span_exporter
-from stepscope.mapping import MappingOptions, run_span, step_spans
+from stepscope.mapping.attributes import MappingOptions
 from stepscope.protocols.assistants.records import LastError, Run, RunStep, ToolCall, Usage
+from stepscope.protocols.assistants.spans import run_span, step_spans
 from stepscope.testing import OtlpReceiver
 
 S = 1_000_000_000
@@ -72,7 +73,7 @@ def deliver(exporter: SpanExporter | None, specs: list[SpanSpec], *, timeout_s: 
                              observe_export_lag=lambda seconds: None)  # fmt: skip
     resource = Resource.create({"service.name": "stepscope-test"})
     delivery = SpanDelivery(store, exporter, resource=resource, health=health, delay_s=0.01)
-    delivery.start()
+    delivery.begin()
     kept = delivery.shutdown(timeout_s)
     store.close()
     return kept, sum(failures)

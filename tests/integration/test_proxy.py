@@ -17,9 +17,10 @@ from openai.types.beta import FunctionToolParam
 from openai.types.beta.threads import Run
 from openai.types.beta.threads.run_submit_tool_outputs_params import ToolOutput
 
-from stepscope.receivers.proxy import RecordingFeed
+from stepscope.core.records import UnitRef
 from stepscope.simulator import FaultConfig, FaultSpec, SimClock, Simulator, SimulatorServer, scenario_named
-from tests.integration._proxy import CountingUpstream, ProxyThread, serve_in_thread
+from tests.kit.fakes import CallbackDrops
+from tests.kit.proxy import CountingUpstream, ProxyThread, RecordingRuns, serve_in_thread
 from tests.procs import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -41,12 +42,12 @@ def sim() -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture
-def feed() -> RecordingFeed:
-    return RecordingFeed()
+def feed() -> RecordingRuns:
+    return RecordingRuns()
 
 
 @pytest.fixture
-def proxy(sim: SimulatorServer, feed: RecordingFeed) -> Iterator[ProxyThread]:
+def proxy(sim: SimulatorServer, feed: RecordingRuns) -> Iterator[ProxyThread]:
     with ProxyThread(sim.url, feed) as running:
         yield running
 
@@ -88,7 +89,7 @@ def _same_answer(direct: httpx.Response, proxied: httpx.Response) -> None:
 
 
 def test_plain_run_is_reported_and_answers_are_byte_identical(
-    sim: SimulatorServer, proxy: ProxyThread, via: openai.OpenAI, feed: RecordingFeed
+    sim: SimulatorServer, proxy: ProxyThread, via: openai.OpenAI, feed: RecordingRuns
 ) -> None:
     """A run created through the proxy reaches the feed with the SDK's run; raw answers match the direct ones."""
     asst = via.beta.assistants.create(model="gpt-4o", tools=[{"type": "code_interpreter"}])
@@ -105,7 +106,7 @@ def test_plain_run_is_reported_and_answers_are_byte_identical(
     assert [name for name, _ in feed.calls] == ["run_created"]
 
 
-def test_streamed_run_and_streamed_submit_reach_the_feed_in_order(via: openai.OpenAI, feed: RecordingFeed) -> None:
+def test_streamed_run_and_streamed_submit_reach_the_feed_in_order(via: openai.OpenAI, feed: RecordingRuns) -> None:
     """Every run and step event of a streamed run and of its streamed submit_tool_outputs reaches the feed, in
     the SDK's order, each stream ending complete, the run reported at creation and again at resumption."""
     asst = via.beta.assistants.create(model="gpt-4o", tools=[FUNCTION_TOOL, {"type": "code_interpreter"}])
@@ -122,8 +123,11 @@ def test_streamed_run_and_streamed_submit_reach_the_feed_in_order(via: openai.Op
         second = list(stream)
     assert second[-1].event == "thread.run.completed"
     _until(lambda: len(feed.of("stream_ended")) == 2, "both streams to end")
-    seen = [(e.event, e.data.model_dump(mode="json", exclude_unset=True)) for e in first + second
-            if e.event.startswith("thread.run.")]
+    seen = [
+        (e.event, e.data.model_dump(mode="json", exclude_unset=True))
+        for e in first + second
+        if e.event.startswith("thread.run.")
+    ]
     assert [(name, data["id"]) for name, data in feed.of("stream_event")] == [(n, d["id"]) for n, d in seen]
     assert [data for _, data in feed.of("stream_event")] == [data for _, data in seen]
     assert [args[0]["status"] for args in feed.of("run_created")] == ["queued", "queued"]
@@ -133,7 +137,7 @@ def test_streamed_run_and_streamed_submit_reach_the_feed_in_order(via: openai.Op
 
 
 def test_stream_cut_short_and_client_gone_end_incomplete(sim: SimulatorServer, via: openai.OpenAI,
-                                                         feed: RecordingFeed) -> None:  # fmt: skip
+                                                         feed: RecordingRuns) -> None:  # fmt: skip
     """A stream the upstream ends without `done`, and one the application abandons, end incomplete in the feed."""
     asst = via.beta.assistants.create(model="gpt-4o", tools=[{"type": "code_interpreter"}])
     sim.simulator.set_faults(FaultConfig(endpoints={"create_run": FaultSpec(truncate_rate=1.0)}))
@@ -154,7 +158,7 @@ def test_stream_cut_short_and_client_gone_end_incomplete(sim: SimulatorServer, v
     assert feed.of("stream_ended")[1][0] == other.id and feed.of("stream_ended")[1][2] is False
 
 
-def test_cancelled_run_and_traceparent(via: openai.OpenAI, proxy: ProxyThread, feed: RecordingFeed) -> None:
+def test_cancelled_run_and_traceparent(via: openai.OpenAI, proxy: ProxyThread, feed: RecordingRuns) -> None:
     """A cancel passes through unreported; a create's valid traceparent goes with the run unless its metadata
     has one, and an invalid one never does."""
     asst = via.beta.assistants.create(model="gpt-4o", tools=[{"type": "code_interpreter"}])
@@ -171,7 +175,7 @@ def test_cancelled_run_and_traceparent(via: openai.OpenAI, proxy: ProxyThread, f
 
 
 def test_upstream_errors_pass_unchanged_and_unreachable_is_502(sim: SimulatorServer, proxy: ProxyThread,
-                                                               feed: RecordingFeed) -> None:  # fmt: skip
+                                                               feed: RecordingRuns) -> None:  # fmt: skip
     """4xx answers come back byte for byte with no feed call; an unreachable upstream is an OpenAI-shaped 502."""
     bad_key = {**HEADERS, "Authorization": "Bearer sk-wrong-key-1234"}
     with httpx.Client() as raw:
@@ -209,7 +213,7 @@ def test_absolute_form_and_connect_are_refused() -> None:
     upstream = CountingUpstream(0)
     root, stop = serve_in_thread(upstream)
     try:
-        with ProxyThread(root, RecordingFeed()) as proxy:
+        with ProxyThread(root, RecordingRuns()) as proxy:
             port = proxy.server.port
             absolute = _raw_exchange(port, b"GET http://example.com/v1/models HTTP/1.1\r\nHost: example.com\r\n\r\n")
             connect = _raw_exchange(port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
@@ -229,7 +233,7 @@ def test_hop_by_hop_headers_stay_behind() -> None:
     headers = [("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"), ("Proxy-Authorization", "Basic eA=="),
                ("TE", "trailers"), ("Authorization", f"Bearer {KEY}"), ("X-Keep", "a"), ("X-Keep", "b")]  # fmt: skip
     try:
-        with ProxyThread(root, RecordingFeed()) as proxy:
+        with ProxyThread(root, RecordingRuns()) as proxy:
             assert httpx.get(proxy.root + "/v1/anything", headers=headers).status_code == 200
     finally:
         stop()
@@ -254,7 +258,7 @@ def test_fifty_megabytes_each_way_in_bounded_memory() -> None:
             yield chunk
 
     try:
-        with ProxyThread(root, RecordingFeed()) as proxy, httpx.Client(timeout=60) as client:
+        with ProxyThread(root, RecordingRuns()) as proxy, httpx.Client(timeout=60) as client:
             gc.collect()
             tracemalloc.start()
             try:
@@ -273,7 +277,7 @@ def test_fifty_megabytes_each_way_in_bounded_memory() -> None:
 
 
 class _Broken:
-    """A RunFeed that fails on every call."""
+    """`RunEvents` that fail on every call."""
 
     def run_created(self, run: Mapping[str, Any], traceparent: str | None) -> None:
         raise RuntimeError("store is read-only")
@@ -281,23 +285,20 @@ class _Broken:
     def stream_event(self, event: str, data: Mapping[str, Any]) -> None:
         raise RuntimeError("queue full")
 
-    def stream_ended(self, thread_id: str | None, run_id: str | None, complete: bool) -> None:
+    def stream_ended(self, ref: UnitRef, complete: bool) -> None:
         raise RuntimeError("exporter down")
-
-    def session_active(self, session_id: str) -> None:
-        raise RuntimeError("session tracker gone")
 
 
 def test_failing_feed_fails_open_and_the_key_never_shows(
     sim: SimulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With a feed that raises on every call, runs and streams still complete through the proxy; failures are
-    counted and logged once, and the application's key appears in no log line and no feed call."""
+    """With run events that raise on every call, runs and streams still complete through the proxy; failures are
+    counted and logged once, and the application's key appears in no log line and no recorded call."""
     counted: list[str] = []
     for name in ("stepscope", "uvicorn"):
         caplog.set_level(logging.DEBUG, logger=name)
-    recording = RecordingFeed()
-    with ProxyThread(sim.url, _Broken(), dropped=lambda reason, n: counted.extend([reason] * n)) as proxy:
+    recording = RecordingRuns()
+    with ProxyThread(sim.url, _Broken(), drops=CallbackDrops(lambda reason, n: counted.extend([reason] * n))) as proxy:
         client = _sdk(proxy.root + "/v1")
         asst = client.beta.assistants.create(model="gpt-4o", tools=[{"type": "code_interpreter"}])
         run = client.beta.threads.create_and_run(assistant_id=asst.id)
@@ -311,10 +312,12 @@ def test_failing_feed_fails_open_and_the_key_never_shows(
         client.beta.threads.create_and_run(assistant_id=asst.id)
         _until(lambda: len(recording.calls) == 1, "the recorded run")
     assert events[-1].event == "thread.run.completed"
-    # One run_created per run, one stream_event per event, one stream_ended.
-    assert set(counted) == {"proxy_feed_error"} and len(counted) == 2 + sum(e.event.startswith("thread.run.") for e in events) + 1
+    # The JSON answer's run_created; the stream's run_created (its first event), then one stream_event per later
+    # thread.run.* event; one stream_ended.
+    run_events = sum(e.event.startswith("thread.run.") for e in events)
+    assert set(counted) == {"proxy_observer_error"} and len(counted) == 1 + run_events + 1
     ours = [r for r in caplog.records if r.name.startswith(("stepscope", "uvicorn"))]
-    failures = [r for r in ours if "run feed failed" in r.getMessage()]
+    failures = [r for r in ours if "observing an answer failed" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is None
     text = "\n".join(r.getMessage() for r in ours)
     assert KEY not in text and "sk-wrong-key-1234" not in text and KEY not in repr(recording.calls)

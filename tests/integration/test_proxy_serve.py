@@ -32,7 +32,8 @@ from stepscope.protocols.assistants.proxied import ProxyFeed
 from stepscope.protocols.assistants.reader import StepReader
 from stepscope.simulator import FaultConfig, FaultSpec, SimClock, Simulator, scenario_named
 from stepscope.testing import OtlpReceiver, ReceivedSpan
-from tests.integration._proxy import ProxyThread, serve_in_thread
+from tests.kit.fakes import CallbackDrops
+from tests.kit.proxy import ProxyThread, serve_in_thread
 from tests.procs import Proc, free_port, serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -477,9 +478,9 @@ def test_the_proxy_serves_with_the_feed_queue_full(tmp_path: Path) -> None:
             dropped.extend([reason] * n)
 
     # Never started: nothing drains the queue, so after one item every call finds it full.
-    feed = ProxyFeed(parts.poller, parts.reader, dropped=count, queue_max=1)
+    feed = ProxyFeed(parts.poller, parts.reader, drops=CallbackDrops(count), queue_max=1)
     try:
-        with ProxyThread(root + "", feed, dropped=count) as proxy:
+        with ProxyThread(root + "", feed, drops=CallbackDrops(count)) as proxy:
             run, events, tee = _run_through(proxy.root + "/v1")
     finally:
         stop_sim()

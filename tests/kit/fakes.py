@@ -3,16 +3,20 @@ service the HTTP server asks, a commit recorder, counters."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
 
+from stepscope.contract.vocabulary import DropReason
+from stepscope.core.discovery import DiscoverySeams, DiscoverySettings, PeriodicDiscovery, RegistrationStore, Tracker
 from stepscope.core.health import ApiHealth, state_of
-from stepscope.core.poller import Poller, UnitStore
-from stepscope.core.records import Commit, UnitRef
+from stepscope.core.poller import Poller, PollSchedule, UnitStore
+from stepscope.core.records import Commit, Drops, UnitRef
 from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError, StoreError
 from stepscope.protocols.assistants.discovery import Discovery
-from stepscope.protocols.assistants.reader import PollSchedule, RunState, StepReader
+from stepscope.protocols.assistants.factory import thread_fields
+from stepscope.protocols.assistants.reader import RunState, StepReader
 from stepscope.protocols.assistants.records import Assistant, Run, RunStep
 
 
@@ -87,8 +91,9 @@ class FakeSource:
 
 @dataclass
 class RecordingTracker:
-    """Discovery's `RunTracker` and `ApiOutcomes` at once: records the runs it is given (accepting each) and the API
-    states reported, as `health.state_of` names them; `busy` is the set of threads it reports busy."""
+    """Discovery's `Tracker` and `ApiOutcomes` at once: records the runs it is given (accepting each), the units it
+    was asked to poll soon and the API states reported, as `health.state_of` names them; `busy` is the set of
+    containers it reports busy."""
 
     refs: list[UnitRef] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
@@ -98,11 +103,19 @@ class RecordingTracker:
         self.refs.append(ref)
         return True
 
+    polled: list[str] = field(default_factory=list)
+
     def is_tracked(self, run_id: str) -> bool:
         return any(r.unit_id == run_id for r in self.refs)
 
-    def busy_threads(self) -> set[str]:
+    def busy_containers(self) -> set[str]:
         return self.busy
+
+    def poll_soon(self, unit_id: str) -> None:
+        self.polled.append(unit_id)
+
+    def untrack(self, unit_id: str) -> None:
+        self.refs = [r for r in self.refs if r.unit_id != unit_id]
 
     def ok(self) -> None:
         self.states.append("ok")
@@ -112,8 +125,9 @@ class RecordingTracker:
 
 
 class DiscoveryService:
-    """The `Service` the server sees, backed by a real Discovery and store, as the sidecar wires it;
-    `fail_store = True` makes registrations fail as a store that cannot be written does."""
+    """The sidecar as the HTTP surface sees it (`SidecarControl`) and the Assistants `/v1/watch` registrations, backed
+    by a real Discovery and store; `fail_store = True` makes registrations fail as a store that cannot be written
+    does."""
 
     def __init__(self, discovery: Discovery, *, fail_store: bool = False) -> None:
         self.discovery = discovery
@@ -127,17 +141,20 @@ class DiscoveryService:
         return True
 
     def status(self) -> dict[str, Any]:
-        return {"watched_threads": len(self.discovery.threads())}
+        return {"watched_threads": len(self.discovery.watched())}
 
-    def watch(self, thread_id: str, run_id: str | None) -> bool:
+    def watch(self, fields: Mapping[str, str]) -> bool:
+        """Count a registration that got past validation, then register it (or fail as a broken store)."""
+        ids = thread_fields(fields)
         self.calls += 1
         if self.fail_store:
             raise StoreError("checkpoint store write failed: disk I/O error")
-        return self.discovery.watch(thread_id, run_id)
+        return self.discovery.watch(*ids)
 
-    def unwatch(self, thread_id: str, run_id: str | None) -> None:
+    def unwatch(self, fields: Mapping[str, str]) -> None:
+        ids = thread_fields(fields)
         self.calls += 1
-        self.discovery.unwatch(thread_id, run_id)
+        self.discovery.unwatch(*ids)
 
 
 @dataclass
@@ -175,7 +192,7 @@ class Counters:
     counts: dict[str, int] = field(default_factory=dict)
     lags: list[float] = field(default_factory=list)
 
-    def dropped(self, reason: str, n: int = 1) -> None:
+    def dropped(self, reason: DropReason | str, n: int = 1) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + n
 
     def export_failed(self, n: int = 1) -> None:
@@ -198,3 +215,41 @@ def make_poller(
     """A poller over a `StepReader` of `source`, the way the composition root wires one."""
     reader = StepReader(source, commits, health, schedule=schedule)
     return Poller(reader, store, health, api or ApiHealth(), slow=schedule.slow, **kw)
+
+
+class CallbackDrops:
+    """A `Drops` that hands every count to `callback(reason, n)`."""
+
+    def __init__(self, callback: Callable[[str, int], None]) -> None:
+        self._callback = callback
+
+    def dropped(self, reason: DropReason, n: int = 1) -> None:
+        self._callback(reason, n)
+
+
+_D = TypeVar("_D", bound=PeriodicDiscovery)
+_SETTINGS = frozenset(f.name for f in fields(DiscoverySettings))
+_SEAMS = frozenset({"health", "beats", "wall", "monotonic"})
+
+
+def make_discovery(
+    kind: Callable[..., _D],
+    source: Any,
+    store: RegistrationStore,
+    tracker: Tracker,
+    *,
+    on_drop: Callable[[str, int], None] | None = None,
+    drops: Drops | None = None,
+    **kw: Any,
+) -> _D:
+    """A discovery of class `kind` over `source`, `store` and `tracker`: keyword arguments naming a
+    `DiscoverySettings` field or a seam (`health`, `beats`, `wall`, `monotonic`) go there, the rest to the class;
+    `drops` (or `on_drop(reason, n)`) receives the drops. Without `health`, the tracker takes the API outcomes if it
+    can."""
+    settings = DiscoverySettings(**{k: kw.pop(k) for k in list(kw) if k in _SETTINGS})
+    seams: dict[str, Any] = {k: kw.pop(k) for k in list(kw) if k in _SEAMS}
+    seams.setdefault("health", tracker if hasattr(tracker, "failed") else ApiHealth())
+    seams.setdefault("wall", time.time)
+    if drops is None:
+        drops = CallbackDrops(on_drop) if on_drop is not None else Counters()
+    return kind(source, settings, DiscoverySeams(store=store, tracker=tracker, drops=drops, **seams), **kw)

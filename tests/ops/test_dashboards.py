@@ -259,7 +259,7 @@ def test_domain_queries_filter_on_protocol() -> None:
                 checked += 1
             elif name in step_duration:
                 assert "protocol" not in matchers, target["expr"]
-                assert "Assistants only" in panel["description"], panel["title"]
+                assert "protocol variable does not apply" in panel["description"], panel["title"]
     assert checked >= 10
 
 

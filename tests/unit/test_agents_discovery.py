@@ -22,6 +22,7 @@ from stepscope.simulator.agents import TurnKnobs
 from stepscope.simulator.agents.engine import AgentsEngine
 from stepscope.simulator.agents.state import SimSession
 from stepscope.testing import eventually
+from tests.kit.fakes import make_discovery
 
 pytestmark = pytest.mark.anyio
 LOOKBACK = 3600.0
@@ -51,8 +52,14 @@ class Tracker:
     def is_tracked(self, run_id: str) -> bool:
         return run_id in self.active
 
-    def busy_threads(self) -> set[str]:
+    def busy_containers(self) -> set[str]:
         return set()
+
+    def poll_soon(self, unit_id: str) -> None:
+        pass
+
+    def untrack(self, unit_id: str) -> None:
+        self.active.discard(unit_id)
 
     def ok(self) -> None:
         pass
@@ -110,8 +117,8 @@ def _turns(engine: AgentsEngine, clock: ManualClock, session: SimSession, count:
 
 def _discovery(client: AgentsClient, store: SqliteStore, tracker: Tracker, clock: ManualClock,
                **kw: object) -> SessionDiscovery:  # fmt: skip
-    return SessionDiscovery(client, store, tracker, lookback_s=LOOKBACK, wall=clock.time, health=tracker,
-                            monotonic=clock.monotonic, **kw)  # type: ignore[arg-type]  # fmt: skip
+    return make_discovery(SessionDiscovery, client, store, tracker, lookback_s=LOOKBACK, wall=clock.time,
+                          health=tracker, monotonic=clock.monotonic, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
 async def test_every_turn_inside_the_lookback_is_tracked_once(
@@ -131,7 +138,7 @@ async def test_every_turn_inside_the_lookback_is_tracked_once(
     assert await discovery.run_once() == 0
     assert sorted(r.unit_id for r in tracker.refs) == sorted(expected)
     assert {r.container_id for r in tracker.refs} == {s.id for s in recent}
-    assert sorted(discovery.sessions()) == sorted(s.id for s in recent)
+    assert sorted(discovery.watched()) == sorted(s.id for s in recent)
     assert tracker.failures == []
 
 
@@ -153,13 +160,13 @@ async def test_new_turns_on_an_old_session_are_found_until_it_goes_idle(
     restarted = _discovery(client, store, tracker, clock)  # a new process: the followed set comes from the store
     assert await restarted.run_once() == 2
     assert [r.unit_id for r in tracker.refs] == first + second + third
-    assert restarted.sessions() == [session.id]
+    assert restarted.watched() == [session.id]
     clock.advance(LOOKBACK + 10)
     await restarted.run_once()
-    assert restarted.sessions() == [session.id], "its last turn is still tracked"
+    assert restarted.watched() == [session.id], "its last turn is still tracked"
     tracker.finish()
     await restarted.run_once()
-    assert restarted.sessions() == []
+    assert restarted.watched() == []
     assert store.watched() == []
 
 
@@ -178,7 +185,7 @@ async def test_agents_restrict_the_sessions_followed(
 
     assert await discovery.run_once() == 2
     assert [r.unit_id for r in tracker.refs] == expected
-    assert discovery.sessions() == [wanted.id]
+    assert discovery.watched() == [wanted.id]
 
 
 async def test_a_session_event_follows_an_old_session_and_wakes_the_loop(
@@ -193,15 +200,15 @@ async def test_a_session_event_follows_an_old_session_and_wakes_the_loop(
     await discovery.start()
     try:
         await eventually(lambda: discovery.last_pass is not None, what="the first pass")
-        assert discovery.sessions() == []
+        assert discovery.watched() == []
         new = _turns(engine, clock, session, 1)
         discovery.session_event(session.id, "agent.session.idle")
         await eventually(lambda: len(tracker.refs) == 1, what="the announced session's new turn")
         assert [r.unit_id for r in tracker.refs] == new
         assert store.watched() == [(session.id, None)]
     finally:
-        await discovery.shutdown()
-        await discovery.shutdown()
+        await discovery.stop()
+        await discovery.stop()
 
 
 async def test_the_followed_bound_refuses_and_counts(
@@ -216,5 +223,5 @@ async def test_the_followed_bound_refuses_and_counts(
     discovery = _discovery(client, store, Tracker(store), clock, max_followed=2,
                            on_drop=lambda reason, n: drops.append((reason, n)))  # fmt: skip
     await discovery.run_once()
-    assert len(discovery.sessions()) == 2
+    assert len(discovery.watched()) == 2
     assert drops == [("sessions_full", 1)]

@@ -157,7 +157,7 @@ class TestDelivery:
     ) -> None:
         """Spans committed to the backlog reach the exporter with their ids and times, then are deleted."""
         rig = make_rig(rigs, exporter)
-        rig.delivery.start()
+        rig.delivery.begin()
         rig.commit([spancodec.encode(spec(i)) for i in (1, 2, 3)])
         wait_until(lambda: len(exporter.spans) == 3 and rig.waiting() == 0, "delivery")
         assert span_ids(exporter) == Counter({1: 1, 2: 1, 3: 1})
@@ -174,7 +174,7 @@ class TestDelivery:
         """While the exporter refuses nothing leaves the backlog; once it accepts, every span goes out exactly once."""
         exporter.fail = True
         rig = make_rig(rigs, exporter)
-        rig.delivery.start()
+        rig.delivery.begin()
         rig.commit([spancodec.encode(spec(i)) for i in range(1, 6)])
         wait_until(lambda: exporter.batches >= 1 and rig.delivery.state == "failing", "a refused batch")
         assert rig.waiting() == 5
@@ -194,7 +194,7 @@ class TestDelivery:
         first_exporter = RecordingSpanExporter()
         first_exporter.fail = True
         first = make_rig(rigs, first_exporter, store=SqliteStore(path))
-        first.delivery.start()
+        first.delivery.begin()
         first.commit([spancodec.encode(spec(i)) for i in (1, 2)])
         wait_until(lambda: first_exporter.batches >= 1, "a refused batch")
         assert first.delivery.shutdown(0.5) == 2
@@ -202,7 +202,7 @@ class TestDelivery:
 
         exporter.fail = True  # so the count taken at start can be read before delivery empties it
         second = make_rig(rigs, exporter, store=SqliteStore(path))
-        second.delivery.start()
+        second.delivery.begin()
         assert second.delivery.pending == 2
         exporter.fail = False
         wait_until(lambda: second.waiting() == 0, "the kept spans to be delivered")
@@ -215,7 +215,7 @@ class TestDelivery:
         """shutdown() delivers spans waiting for a (long) batch delay and reports none kept."""
         rig = make_rig(rigs, exporter, delay_s=30.0)
         rig.commit([spancodec.encode(spec(1))])  # before start: read and delivered by the first pass
-        rig.delivery.start()
+        rig.delivery.begin()
         wait_until(lambda: len(exporter.spans) == 1, "the first span")
         rig.commit([spancodec.encode(spec(2))], step="s2")  # the worker now pauses 30 s to let a batch gather
         assert rig.delivery.shutdown(5.0) == 0
@@ -225,7 +225,7 @@ class TestDelivery:
         """With an export that never returns, shutdown() gives up at its deadline and reports every span kept."""
         exporter = HangingExporter()
         rig = make_rig(rigs, exporter)
-        rig.delivery.start()
+        rig.delivery.begin()
         rig.commit([spancodec.encode(spec(i)) for i in range(1, 5)])
         assert exporter.entered.wait(WAIT_S)
         started = time.monotonic()
@@ -242,7 +242,7 @@ class TestDelivery:
         """With the backend refusing, shutdown() makes one more attempt instead of retrying until its deadline."""
         exporter.fail = True
         rig = make_rig(rigs, exporter)
-        rig.delivery.start()
+        rig.delivery.begin()
         rig.commit([spancodec.encode(spec(i)) for i in (1, 2, 3)])
         wait_until(lambda: exporter.batches >= 1, "a refused batch")
         before = exporter.batches
@@ -255,7 +255,7 @@ class TestDelivery:
         """Without an exporter the worker only trims; shutdown reports what the backlog holds."""
         rig = make_rig(rigs, None)
         rig.store.commit_steps(REF, ["s"], "s", time.time(), spans=[spancodec.encode(spec(1))])
-        rig.delivery.start()
+        rig.delivery.begin()
         assert rig.delivery.state == "off"
         assert rig.delivery.shutdown(5.0) == 1
 
@@ -275,7 +275,7 @@ class TestBadSpans:
         """A span OTLP cannot carry is dropped and counted as span_unencodable; the rest of its batch goes out."""
         rig = make_rig(rigs, exporter)
         rig.commit([spancodec.encode(spec(1)), spancodec.encode(bad), spancodec.encode(spec(2))])
-        rig.delivery.start()
+        rig.delivery.begin()
         wait_until(lambda: rig.waiting() == 0, "the backlog to empty")
         assert span_ids(exporter) == Counter({1: 1, 2: 1})
         assert rig.dropped("span_unencodable") == 1
@@ -290,7 +290,7 @@ class TestBadSpans:
         """A backlog row that is not a span record is dropped and counted; its neighbours are delivered."""
         rig = make_rig(rigs, exporter)
         rig.commit([spancodec.encode(spec(1)), row, spancodec.encode(spec(2))])
-        rig.delivery.start()
+        rig.delivery.begin()
         wait_until(lambda: rig.waiting() == 0, "the backlog to empty")
         assert span_ids(exporter) == Counter({1: 1, 2: 1})
         assert rig.dropped("span_unencodable") == 1
@@ -303,7 +303,7 @@ class TestBadSpans:
             rig = make_rig(rigs, exporter)
             poison = spec(50, events=(SpanEvent("late", 2**65, {}),))
             rig.commit([spancodec.encode(spec(1)), spancodec.encode(poison), spancodec.encode(spec(2))])
-            rig.delivery.start()
+            rig.delivery.begin()
             wait_until(lambda: rig.waiting() == 0, "the backlog to empty")
             assert receiver.wait_for(lambda spans: len(spans) >= 2, WAIT_S)
             assert rig.delivery.shutdown(2.0) == 0
@@ -319,7 +319,7 @@ class TestLimits:
         exporter.fail = True
         rig = make_rig(rigs, exporter, limits=BacklogLimits(max_spans=3, max_age_s=86_400))
         rig.commit([spancodec.encode(spec(i)) for i in range(1, 6)])
-        rig.delivery.start()
+        rig.delivery.begin()
         wait_until(lambda: rig.dropped("backlog_full") == 2, "the size trim")
         kept = [spancodec.decode(span) for _, span in rig.store.backlog(10)]
         assert [s.span_id for s in kept if isinstance(s, SpanSpec)] == [3, 4, 5]
@@ -336,7 +336,7 @@ class TestLimits:
         rig = make_rig(rigs, exporter, limits=BacklogLimits(max_spans=100, max_age_s=600), wall=lambda: now)
         rig.commit([spancodec.encode(spec(1)), spancodec.encode(spec(2))], at=now - 3600, step="old")
         rig.commit([spancodec.encode(spec(3))], at=now - 60, step="new")
-        rig.delivery.start()
+        rig.delivery.begin()
         wait_until(lambda: rig.waiting() == 0, "the backlog to empty")
         assert rig.dropped("backlog_expired") == 2
         assert span_ids(exporter) == Counter({3: 1})
@@ -349,7 +349,7 @@ class TestLimits:
         assert rig.delivery.oldest_age() == 0.0
         rig.commit([spancodec.encode(spec(1))], at=now - 42)
         assert rig.delivery.oldest_age() == pytest.approx(42)
-        rig.delivery.start()
+        rig.delivery.begin()
         exporter.fail = False
         wait_until(lambda: rig.waiting() == 0, "delivery")
         assert rig.delivery.oldest_age() == 0.0
@@ -371,7 +371,7 @@ class TestPipelineIndependence:
         """With the trace exporter failing, committed steps and runs are already counted and their spans wait."""
         exporter.fail = True
         rig = make_rig(rigs, exporter)
-        rig.delivery.start()
+        rig.delivery.begin()
         sink = RecordingMetricSink()
         pipeline = self._pipeline(rig, sink)
         run = make_run()

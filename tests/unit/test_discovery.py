@@ -8,21 +8,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from stepscope.core.discovery import DISCOVERY_BUDGET, DISCOVERY_CONCURRENCY, shard_of
+from stepscope.core.poller import PollSchedule
 from stepscope.core.records import UnitRef
 from stepscope.core.store import SqliteStore
-from stepscope.core.tracking import shard_of
 from stepscope.errors import AuthError, NotFound
-from stepscope.protocols.assistants.discovery import (
-    DISCOVERY_BUDGET,
-    DISCOVERY_CONCURRENCY,
-    EMPTY_BACKOFF_MAX_S,
-    Discovery,
-    RegistrationFull,
-)
-from stepscope.protocols.assistants.reader import PollSchedule
+from stepscope.protocols.assistants.discovery import EMPTY_BACKOFF_MAX_S, Discovery
 from stepscope.protocols.assistants.records import Run, RunStep
+from stepscope.protocols.base import RegistrationFull
 from stepscope.testing import eventually
-from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_poller
+from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_discovery, make_poller
 from tests.kit.fakes import RecordingTracker as Tracker
 from tests.kit.samples import make_run
 
@@ -38,7 +33,7 @@ def store() -> SqliteStore:
 
 
 def _discovery(source: FakeSource, store: SqliteStore, tracker: Tracker, **kw: object) -> Discovery:
-    return Discovery(source, store, tracker, lookback_s=3600, wall=lambda: NOW, health=tracker, **kw)  # type: ignore[arg-type]
+    return make_discovery(Discovery, source, store, tracker, lookback_s=3600, wall=lambda: NOW, health=tracker, **kw)  # type: ignore[arg-type]
 
 
 async def test_new_runs_tracked_oldest_first_until_known(store: SqliteStore) -> None:
@@ -72,7 +67,7 @@ async def test_registered_threads_and_runs(store: SqliteStore) -> None:
     await discovery.run_once()
     assert UnitRef("thread_b", "run_1") in tracker.refs
     discovery.unwatch("thread_b", None)
-    assert "thread_b" not in discovery.threads()
+    assert "thread_b" not in discovery.watched()
 
 
 async def test_missing_thread_is_dropped(store: SqliteStore) -> None:
@@ -81,7 +76,7 @@ async def test_missing_thread_is_dropped(store: SqliteStore) -> None:
     source.fail_with = NotFound("no thread", status_code=404)
     discovery = _discovery(source, store, tracker, threads=["thread_gone"])
     await discovery.run_once()
-    assert discovery.threads() == []
+    assert discovery.watched() == []
 
 
 def test_shards_partition_threads(store: SqliteStore) -> None:
@@ -104,7 +99,7 @@ async def test_registration_for_another_shard_is_refused(store: SqliteStore) -> 
     thread = next(f"thread_{i}" for i in range(100) if shard_of(f"thread_{i}", 2) == 1)
     discovery = _discovery(FakeSource(), store, Tracker(), shard_index=0, shard_count=2)
     assert not discovery.watch(thread, None)
-    assert discovery.threads() == []
+    assert discovery.watched() == []
 
 
 async def test_api_state_is_reported(store: SqliteStore) -> None:
@@ -199,9 +194,9 @@ class KnownThreads(FakeSource):
 def _bounded(
     source: FakeSource, store: SqliteStore, tracker: Tracker, clocks: Clocks, drops: Counters, **kw: object
 ) -> Discovery:
-    return Discovery(
-        source, store, tracker, lookback_s=3600, interval_s=2.0, wall=lambda: clocks.wall,
-        monotonic=lambda: clocks.mono, on_drop=drops.dropped, **kw,  # type: ignore[arg-type]
+    return make_discovery(
+        Discovery, source, store, tracker, lookback_s=3600, interval_s=2.0, wall=lambda: clocks.wall,
+        monotonic=lambda: clocks.mono, drops=drops, **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -247,7 +242,7 @@ async def test_registered_thread_without_runs_expires_after_the_lookback(store: 
         clocks.advance(10.0)
     assert store.watched() == [("thread_busy", None)]
     assert drops.counts == {"watch_expired": 1}
-    assert set(discovery.threads()) == {"thread_conf", "thread_busy"}
+    assert set(discovery.watched()) == {"thread_conf", "thread_busy"}
 
 
 async def test_empty_registered_thread_is_listed_less_and_less_often(store: SqliteStore) -> None:
@@ -344,7 +339,7 @@ async def test_a_bogus_registered_run_is_forgotten_after_its_first_404(store: Sq
         assert poller.is_tracked("run_bogus")
         await eventually(lambda: not poller.is_tracked("run_bogus"), what="the bogus run to be dropped")
     finally:
-        await poller.shutdown(timeout_s=1.0)
+        await poller.stop(1.0)
     assert health.counts == {"not_found": 1}
     assert store.watched() == []
     await discovery.run_once()

@@ -17,6 +17,7 @@ from stepscope.protocols.assistants.discovery import Discovery
 from stepscope.protocols.assistants.threads import ThreadInfo, ThreadLister
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from tests.kit.fakes import RecordingTracker as Tracker
+from tests.kit.fakes import make_discovery
 
 pytestmark = pytest.mark.anyio
 KEY = "az-key"
@@ -61,7 +62,8 @@ def _discovery(
     counter = Counter()
     source = AssistantsClient(http, base_url=url, auth=auth, api_version="v1", flavor="azure", observer=counter)
     lister = ThreadLister(http, base_url=url, auth=auth, api_version="v1", observer=counter)
-    discovery = Discovery(source, store, tracker, thread_source=lister, wall=clock.now, health=tracker, **kw)  # type: ignore[arg-type]
+    discovery = make_discovery(Discovery, source, store, tracker, thread_source=lister, wall=clock.now, health=tracker,
+                               **kw)  # type: ignore[arg-type]  # fmt: skip
     return discovery, counter
 
 
@@ -144,12 +146,12 @@ async def test_a_listing_that_fails_part_way_is_retried_whole(store: SqliteStore
     now = 100_000.0
     threads = [ThreadInfo(f"thread_{i}", int(now) - 10 * i) for i in range(5)] + [ThreadInfo("thread_old", 1)]
     lister, tracker = _FlakyLister(threads), Tracker()
-    discovery = Discovery(_NoRuns(), store, tracker, thread_source=lister, wall=lambda: now, health=tracker,  # type: ignore[arg-type]
-                          lookback_s=3600)  # fmt: skip
+    discovery = make_discovery(Discovery, _NoRuns(), store, tracker, thread_source=lister, wall=lambda: now,
+                               health=tracker, lookback_s=3600)  # fmt: skip
     await discovery.run_once()
-    assert discovery.threads() == [] and tracker.states == ["unavailable"]
+    assert discovery.watched() == [] and tracker.states == ["unavailable"]
     await discovery.run_once()
-    assert discovery.threads() == [f"thread_{i}" for i in range(5)]
+    assert discovery.watched() == [f"thread_{i}" for i in range(5)]
 
 
 async def test_the_lister_skips_bad_threads_and_never_retries() -> None:

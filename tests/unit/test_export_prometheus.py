@@ -12,9 +12,12 @@ from prometheus_client.openmetrics.exposition import generate_latest
 
 from stepscope.core.records import Observation
 from stepscope.export.prometheus import PrometheusMetrics
-from stepscope.mapping import run_observations, step_observations
+from stepscope.protocols.agents import vocabulary as agents_vocabulary
+from stepscope.protocols.assistants import vocabulary as assistants_vocabulary
+from stepscope.protocols.assistants.observations import run_observations, step_observations
 from stepscope.protocols.assistants.records import ToolCall, Usage
 from tests.kit import samples
+from tests.kit.fakes import CallbackDrops
 
 make_run = samples.make_run
 
@@ -25,6 +28,14 @@ make_step = partial(
     usage=Usage(20, 3, 23),
     tool_calls=(ToolCall("call_1", "function", name="get_weather"),),
 )
+
+LABELS = (assistants_vocabulary.LABELS, agents_vocabulary.LABELS)
+"""Both protocols, as a build with either would know them."""
+
+
+def _counted(reasons: list[str]) -> CallbackDrops:
+    """A `Drops` appending each dropped reason to `reasons`, once per item."""
+    return CallbackDrops(lambda reason, n: reasons.extend([reason] * n))
 
 
 # Families with a `protocol` label (all domain families but the step duration), by sample-name prefix.
@@ -54,7 +65,7 @@ class TestRecording:
     def test_step_and_run_values(self) -> None:
         """A step and its run land in the contract's families with the expected values."""
         reg = CollectorRegistry()
-        sink = PrometheusMetrics(reg)
+        sink = PrometheusMetrics(reg, labels=LABELS)
         run = make_run()
         sink.record(step_observations(run, make_step()))
         sink.record(step_observations(run, make_step(id="step_2", usage=Usage(5, 1, 6), tool_calls=())))
@@ -77,7 +88,7 @@ class TestRecording:
     def test_known_series_start_at_zero(self) -> None:
         """Histograms by known step type/status, run statuses and built-in tools exist before any data."""
         reg = CollectorRegistry()
-        PrometheusMetrics(reg)
+        PrometheusMetrics(reg, labels=LABELS)
         for status in ("completed", "failed", "cancelled", "expired"):
             assert sample(reg, "stepscope_run_step_duration_seconds_count", step_type="tool_calls", status=status) == 0
         assert sample(reg, "stepscope_run_duration_seconds_count", status="incomplete") == 0
@@ -88,18 +99,20 @@ class TestRecording:
     def test_new_model_assistant_pair_gets_all_statuses(self) -> None:
         """The first step of a model/assistant pair creates its failure series at 0 too."""
         reg = CollectorRegistry()
-        PrometheusMetrics(reg).record(step_observations(make_run(), make_step()))
+        PrometheusMetrics(reg, labels=LABELS).record(step_observations(make_run(), make_step()))
         common = {"model": "gpt-4o", "assistant_id": "asst_1"}
         assert sample(reg, "stepscope_run_steps_total", step_type="message_creation", status="failed", **common) == 0
         assert sample(reg, "stepscope_tokens_total", token_type="output", step_type="message_creation", **common) == 0
         assert sample(reg, "stepscope_runs_total", status="expired", **common) is None
-        PrometheusMetrics(reg2 := CollectorRegistry()).record(run_observations(make_run()))
+        PrometheusMetrics(reg2 := CollectorRegistry(), labels=LABELS).record(run_observations(make_run()))
         assert sample(reg2, "stepscope_runs_total", status="expired", **common) == 0
 
     def test_unknown_status_recorded(self) -> None:
         """Statuses outside the known set (Azure) are kept as they are."""
         reg = CollectorRegistry()
-        PrometheusMetrics(reg).record(step_observations(make_run(), make_step(status="paused", tool_calls=())))
+        PrometheusMetrics(reg, labels=LABELS).record(
+            step_observations(make_run(), make_step(status="paused", tool_calls=()))
+        )
         assert (
             sample(
                 reg,
@@ -115,7 +128,7 @@ class TestRecording:
     def test_bad_observations_do_not_raise(self) -> None:
         """Unknown metrics, missing labels and negative counts are skipped without raising."""
         reg = CollectorRegistry()
-        sink = PrometheusMetrics(reg)
+        sink = PrometheusMetrics(reg, labels=LABELS)
         sink.record(
             [
                 Observation("nope_total", {}, 1.0),
@@ -138,7 +151,9 @@ class TestLabelCap:
         """Past the cap, new assistant ids read _other and each rewrite is reported as label_cap."""
         reg = CollectorRegistry()
         reasons: list[str] = []
-        sink = PrometheusMetrics(reg, label_cap=2, overflow=reasons.append)
+        sink = PrometheusMetrics(
+            reg, labels=LABELS, label_cap=2, overflow=CallbackDrops(lambda reason, n: reasons.extend([reason] * n))
+        )
         for i in range(4):
             sink.record(run_observations(make_run(id=f"run_{i}", assistant_id=f"asst_{i}")))
         sink.record(run_observations(make_run(id="run_x", assistant_id="asst_0")))
@@ -154,7 +169,9 @@ class TestLabelCap:
         """A value past the cap is rewritten and reported on every observation, not only the first; admitted stay."""
         reg = CollectorRegistry()
         reasons: list[str] = []
-        sink = PrometheusMetrics(reg, label_cap=1, overflow=reasons.append)
+        sink = PrometheusMetrics(
+            reg, labels=LABELS, label_cap=1, overflow=CallbackDrops(lambda reason, n: reasons.extend([reason] * n))
+        )
         for assistant in ("asst_0", "asst_9", "asst_0", "asst_9", "asst_0"):
             sink.record(run_observations(make_run(assistant_id=assistant)))
         common = {"status": "completed", "model": "gpt-4o"}
@@ -165,7 +182,7 @@ class TestLabelCap:
     def test_builtin_tools_take_no_cap_slots(self) -> None:
         """Tools the protocol names (code_interpreter, bing_grounding) always pass; functions share the cap."""
         reg = CollectorRegistry()
-        sink = PrometheusMetrics(reg, label_cap=1)
+        sink = PrometheusMetrics(reg, labels=LABELS, label_cap=1)
         calls = (
             ToolCall("c1", "function", name="get_weather"),
             ToolCall("c2", "function", name="get_time"),
@@ -182,7 +199,7 @@ class TestLabelCap:
     def test_unknown_enum_values_are_capped_known_ones_pass(self) -> None:
         """Unknown step types, statuses and tool types share the cap; the protocol's values pass once it is full."""
         reg = CollectorRegistry()
-        sink = PrometheusMetrics(reg, label_cap=1)
+        sink = PrometheusMetrics(reg, labels=LABELS, label_cap=1)
         run = make_run()
         for i, (step_type, status) in enumerate(
             [("activities", "paused"), ("x_type", "x_status"), ("message_creation", "failed")]
@@ -200,7 +217,7 @@ class TestLabelCap:
     def test_overlong_value_reads_other(self) -> None:
         """A label value over 64 characters reads _other even while the cap has room; 64 characters pass."""
         reg = CollectorRegistry()
-        sink = PrometheusMetrics(reg)
+        sink = PrometheusMetrics(reg, labels=LABELS)
         sink.record(run_observations(make_run(model="m" * 64)))
         sink.record(run_observations(make_run(model="m" * 65)))
         assert sample(reg, "stepscope_runs_total", status="completed", model="m" * 64, assistant_id="asst_1") == 1
@@ -213,7 +230,9 @@ class TestSeriesBudget:
         """Past max_series, new label sets count in the family's all-_other series; totals stay exact."""
         reg = CollectorRegistry()
         reasons: list[str] = []
-        sink = PrometheusMetrics(reg, max_series=50, overflow=reasons.append)
+        sink = PrometheusMetrics(
+            reg, labels=LABELS, max_series=50, overflow=CallbackDrops(lambda reason, n: reasons.extend([reason] * n))
+        )
         for i in range(40):
             sink.record(run_observations(make_run(id=f"run_{i}", assistant_id=f"asst_{i}")))
         # A new pair costs its 5 statuses x 2 series (_total, _created): 5 pairs fit in 50.
@@ -233,7 +252,7 @@ class TestSeriesBudget:
     def test_garbage_uses_half_the_budget(self) -> None:
         """Series with unknown statuses stop at half the budget, so a known pair seen later still gets its own."""
         reg = CollectorRegistry()
-        sink = PrometheusMetrics(reg, max_series=40)
+        sink = PrometheusMetrics(reg, labels=LABELS, max_series=40)
         run = make_run()
         for i in range(30):
             sink.record(step_observations(run, make_step(id=f"s{i}", status=f"junk_{i}", tool_calls=(), usage=None)))
@@ -247,7 +266,7 @@ class TestSeriesBudget:
     def test_folded_observations_keep_exemplars(self) -> None:
         """The overflow series carries the exemplar of the last observation folded into it."""
         reg = CollectorRegistry()
-        sink = PrometheusMetrics(reg, max_series=1)
+        sink = PrometheusMetrics(reg, labels=LABELS, max_series=1)
         obs = run_observations(make_run())
         sink.record(obs)
         line = next(
@@ -299,7 +318,9 @@ class TestHostileMix:
         per family and 1 MB per scrape in both formats, known pairs keep their series, and every step is counted."""
         reg = CollectorRegistry()
         reasons: list[str] = []
-        sink = PrometheusMetrics(reg, overflow=reasons.append)
+        sink = PrometheusMetrics(
+            reg, labels=LABELS, overflow=CallbackDrops(lambda reason, n: reasons.extend([reason] * n))
+        )
         garbage = _hostile_steps(10_000, pairs=4) + _hostile_steps(10_000, pairs=1, cross=True)
         for start in range(0, len(garbage), 1000):
             sink.record(garbage[start : start + 1000])
@@ -334,7 +355,7 @@ class TestProtocols:
         """Turns and items land beside runs and steps under protocol="agents"; item types, item statuses, `turn` and
         the nameless tool items pass a full cap as known values."""
         reg = CollectorRegistry()
-        sink = PrometheusMetrics(reg, label_cap=1)
+        sink = PrometheusMetrics(reg, labels=LABELS, label_cap=1)
         sink.record(run_observations(make_run()))  # fills the assistant_id and model caps
         pair = {"model": "gpt-5", "assistant_id": "agent_1"}
         sink.record(
@@ -370,7 +391,7 @@ class TestProtocols:
         """Each protocol's run-duration statuses, queue series and known tools start at 0; the step duration is
         Assistants-only, and `protocols` limits what is created up front."""
         reg = CollectorRegistry()
-        PrometheusMetrics(reg)
+        PrometheusMetrics(reg, labels=LABELS)
         for status in ("completed", "failed", "cancelled"):
             assert sample(reg, "stepscope_run_duration_seconds_count", status=status, protocol="agents") == 0
         assert sample(reg, "stepscope_run_duration_seconds_count", status="expired", protocol="agents") is None
@@ -380,7 +401,7 @@ class TestProtocols:
                 sample(reg, "stepscope_tool_calls_total", tool_type="extension", tool_name=tool, protocol="agents") == 0
             )
         only = CollectorRegistry()
-        PrometheusMetrics(only, protocols=("agents",))
+        PrometheusMetrics(only, labels=(agents_vocabulary.LABELS,))
         assert sample(only, "stepscope_run_queue_seconds_count", protocol="agents") == 0
         assert sample(only, "stepscope_run_queue_seconds_count") is None
         assert (
@@ -392,7 +413,7 @@ class TestProtocols:
         the Assistants-only statuses or step types, and no item series."""
         reg = CollectorRegistry()
         ids = {"model": "gpt-5", "assistant_id": "agent_1"}
-        PrometheusMetrics(reg).record(
+        PrometheusMetrics(reg, labels=LABELS).record(
             [
                 agents("stepscope_runs_total", {"status": "completed", **ids}),
                 agents("stepscope_tokens_total", {"token_type": "input", "step_type": "turn", **ids}, 5.0),
@@ -410,7 +431,7 @@ class TestProtocols:
     def test_the_overflow_series_keeps_the_protocol(self) -> None:
         """Past the budget, each protocol's new label sets fold into an overflow series of that protocol."""
         reg = CollectorRegistry()
-        sink = PrometheusMetrics(reg, max_series=1)
+        sink = PrometheusMetrics(reg, labels=LABELS, max_series=1)
         sink.record(run_observations(make_run()))
         sink.record(
             [agents("stepscope_runs_total", {"status": "completed", "model": "gpt-5", "assistant_id": "agent_1"})]
@@ -427,7 +448,7 @@ class TestExemplars:
         reg = CollectorRegistry()
         run = make_run()
         obs = step_observations(run, make_step())
-        PrometheusMetrics(reg).record(obs)
+        PrometheusMetrics(reg, labels=LABELS).record(obs)
         text = generate_latest(reg).decode()
         ids = f'span_id="{obs[0].span_id:016x}",trace_id="{obs[0].trace_id:032x}"'
         steps_line = next(
@@ -473,8 +494,8 @@ class TestBatching:
         observations.append(Observation("stepscope_run_queue_seconds", {"protocol": "assistants"}, 0.3))  # no ids
         observations.append(Observation("stepscope_runs_total", {"status": "expired", "model": "m"}, 1.0))  # bad
         batched, single = CollectorRegistry(), CollectorRegistry()
-        PrometheusMetrics(batched).record(observations)
-        one_by_one = PrometheusMetrics(single)
+        PrometheusMetrics(batched, labels=LABELS).record(observations)
+        one_by_one = PrometheusMetrics(single, labels=LABELS)
         for obs in observations:
             one_by_one.record([obs])
         assert _exposition(batched) == _exposition(single)

@@ -11,11 +11,10 @@ from hypothesis import strategies as st
 
 from stepscope.core.records import Observation, SpanEvent
 from stepscope.errors import InvalidObject
-from stepscope.mapping import MappingOptions
-from stepscope.mapping import attributes as a
+from stepscope.mapping.attributes import MappingOptions
 from stepscope.mapping.ids import trace_id_for_run
+from stepscope.protocols.agents import vocabulary as agents_vocabulary
 from stepscope.protocols.agents.mapping import (
-    ITEM_TOOL_TYPES,
     MAX_ITEM_EVENTS,
     TurnContext,
     published_root,
@@ -38,6 +37,7 @@ from stepscope.protocols.agents.records import (
     Turn,
     TurnError,
 )
+from stepscope.protocols.agents.vocabulary import ITEM_TOOL_TYPES
 
 S = 1_000_000_000
 OFF = MappingOptions()
@@ -367,7 +367,7 @@ def test_any_parsed_turn_maps_to_encodable_spans_and_sane_metrics(
 
 def test_label_vocabulary_stays_in_step_with_the_agents_models() -> None:
     """The mapping's known turn statuses, item types and tool-call item types are the ones the Agents models define."""
-    assert frozenset(a.TURN_STATUSES) == TURN_TERMINAL
-    assert set(a.ITEM_TYPES) >= TOOL_CALL_ITEM_TYPES | SUBAGENT_CALL_ITEM_TYPES
+    assert frozenset(agents_vocabulary.TURN_STATUSES) == TURN_TERMINAL
+    assert set(agents_vocabulary.ITEM_TYPES) >= TOOL_CALL_ITEM_TYPES | SUBAGENT_CALL_ITEM_TYPES
     assert set(ITEM_TOOL_TYPES) == TOOL_CALL_ITEM_TYPES
-    assert all(ITEM_TOOL_TYPES[name] == tool_type for name, tool_type in a.NAMELESS_ITEM_TOOLS)
+    assert all(ITEM_TOOL_TYPES[name] == tool_type for name, tool_type in agents_vocabulary.NAMELESS_ITEM_TOOLS)

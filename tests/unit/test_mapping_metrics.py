@@ -5,8 +5,8 @@ from __future__ import annotations
 from functools import partial
 
 from stepscope.core.records import Observation
-from stepscope.mapping import run_observations, step_observations
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
+from stepscope.protocols.assistants.observations import run_observations, step_observations
 from stepscope.protocols.assistants.records import ToolCall, Usage
 from tests.kit import samples
 

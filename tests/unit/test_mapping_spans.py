@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 from stepscope.core.records import SpanEvent, SpanSpec
 from stepscope.errors import InvalidObject
-from stepscope.mapping import MappingOptions, run_span, run_trace, step_observations, step_spans
+from stepscope.mapping.attributes import MappingOptions
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
+from stepscope.protocols.assistants.observations import step_observations
 from stepscope.protocols.assistants.records import LastError, ToolCall, Usage, parse_step
+from stepscope.protocols.assistants.spans import run_span, run_trace, step_spans
 from tests.kit import samples
 
 S = 1_000_000_000

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from stepscope.contract import metricdefs as md
 from stepscope.export.prometheus import PrometheusMetrics
 from stepscope.export.selfmetrics import SelfMetrics
-from stepscope.mapping.metrics import run_observations, step_observations
+from stepscope.protocols.assistants.observations import run_observations, step_observations
 from stepscope.protocols.assistants.records import ToolCall, Usage
 from tests.kit.samples import make_run, make_step
 

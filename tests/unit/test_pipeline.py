@@ -109,13 +109,13 @@ def test_failed_store_write_commits_and_counts_nothing(tmp_path: Path) -> None:
 
 
 def test_listeners_hear_committed_steps_and_runs(store: SqliteStore) -> None:
-    """Listeners are told of each committed step and of the finished run (None)."""
+    """Listeners are told of each committed step's telemetry, then of the finished run's, in order."""
     pipeline, _, _, _ = _pipeline(store)
-    heard: list[str | None] = []
-    pipeline.add_listener(lambda run, step: heard.append(step.id if step else None))
+    heard: list[tuple[str, bool]] = []
+    pipeline.add_listener(lambda part: heard.append((part.telemetry.spans[0].key, part.finished)))
     pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
     pipeline.commit(finish(None))
-    assert heard == ["step_a", "step_b", None]
+    assert heard == [("step:step_a", False), ("step:step_b", False), ("run:run_1", True)]
 
 
 def test_store_error_type_is_what_the_pipeline_catches() -> None:

@@ -10,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from stepscope.protocols.agents.proxied import PROXY_EVENT, SessionFeed
-from stepscope.receivers.proxy import ProxyApp, RecordingFeed
+from stepscope.protocols.agents.proxied import PROXY_EVENT, SessionObserver
+from stepscope.receivers.proxy import ProxyApp
+from tests.kit.fakes import Counters
 
 pytestmark = pytest.mark.anyio
 
@@ -49,18 +50,6 @@ async def call(app: ProxyApp, method: str, path: str) -> int:
     return response.status_code
 
 
-@pytest.mark.parametrize(("status", "told"), [(202, [("sess_1",)]), (404, []), (500, [])])
-async def test_accepted_session_events_are_reported(status: int, told: list[tuple[str]]) -> None:
-    """Only events the upstream accepted (2xx) report the session; the answer reaches the application either way."""
-    feed = RecordingFeed()
-    with upstream(status) as url:
-        app = ProxyApp(url, feed)
-        assert await call(app, "POST", "/v1/agents/sessions/sess_1/events") == status
-        await app.aclose()
-    assert feed.of("session_active") == told
-    assert feed.of("run_created") == []
-
-
 class Discovery:
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
@@ -69,11 +58,22 @@ class Discovery:
         self.events.append((session_id, event_type))
 
 
-async def test_session_feed_hands_the_session_to_discovery_after_the_answer() -> None:
-    """The Agents feed defers to the loop's next turn, then tells discovery, like a verified webhook would."""
+@pytest.mark.parametrize(("status", "told"), [(202, [("sess_1", PROXY_EVENT)]), (404, []), (500, [])])
+async def test_accepted_session_events_are_reported(status: int, told: list[tuple[str, str]]) -> None:
+    """Only events the upstream accepted (2xx) hand the session to discovery, on the loop's next turn, as a verified
+    webhook would; the answer reaches the application either way."""
     discovery = Discovery()
-    with upstream(202) as url:
-        app = ProxyApp(url, SessionFeed(discovery))
-        assert await call(app, "POST", "/v1/agents/sessions/sess_9/events") == 202
+    with upstream(status) as url:
+        app = ProxyApp(url, SessionObserver(discovery), drops=Counters())
+        assert await call(app, "POST", "/v1/agents/sessions/sess_1/events") == status
         await app.aclose()
-    assert discovery.events == [("sess_9", PROXY_EVENT)]
+    assert discovery.events == told
+
+
+def test_only_session_events_are_routed() -> None:
+    """The observer routes a POST of events to a session, whatever the base path, and nothing else."""
+    observer = SessionObserver(Discovery())
+    assert observer.route("POST", "/v1/agents/sessions/sess_1/events") is not None
+    assert observer.route("POST", "/api/x/agents/sessions/sess_1/events/") is not None
+    assert observer.route("GET", "/v1/agents/sessions/sess_1/events") is None
+    assert observer.route("POST", "/v1/threads/thread_1/runs") is None

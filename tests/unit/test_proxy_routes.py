@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from stepscope.receivers.proxy.routes import (
+from stepscope.mapping.ids import valid_traceparent as tp
+from stepscope.protocols.assistants.proxied import (
     CREATE_RUN,
     CREATE_THREAD_AND_RUN,
-    SESSION_EVENTS,
+    CREATES,
     SUBMIT_TOOL_OUTPUTS,
-    RunRoute,
     classify,
 )
-from stepscope.receivers.proxy.routes import valid_traceparent as tp
+from stepscope.protocols.base import Route
 
 
 @pytest.mark.parametrize("base", ["/v1", "/api/projects/p1", "/openai", ""])
 def test_run_routes_under_any_base_path(base: str) -> None:
     """The three run routes are recognised under OpenAI, Foundry and Azure OpenAI base paths."""
-    assert classify("POST", f"{base}/threads/thread_a/runs") == RunRoute(CREATE_RUN, "thread_a")
-    assert classify("POST", f"{base}/threads/runs") == RunRoute(CREATE_THREAD_AND_RUN)
-    assert classify("POST", f"{base}/threads/thread_a/runs/run_b/submit_tool_outputs") == RunRoute(
+    assert classify("POST", f"{base}/threads/thread_a/runs") == Route(CREATE_RUN, "thread_a")
+    assert classify("POST", f"{base}/threads/runs") == Route(CREATE_THREAD_AND_RUN)
+    assert classify("POST", f"{base}/threads/thread_a/runs/run_b/submit_tool_outputs") == Route(
         SUBMIT_TOOL_OUTPUTS, "thread_a", "run_b"
     )
 
@@ -44,8 +44,8 @@ def test_other_requests_are_only_relayed(method: str, path: str) -> None:
 
 def test_resume_is_not_a_create() -> None:
     """A traceparent applies to creates only."""
-    assert RunRoute(CREATE_RUN).creates and RunRoute(CREATE_THREAD_AND_RUN).creates
-    assert not RunRoute(SUBMIT_TOOL_OUTPUTS).creates
+    assert {CREATE_RUN, CREATE_THREAD_AND_RUN} == CREATES
+    assert SUBMIT_TOOL_OUTPUTS not in CREATES
 
 
 def test_traceparent_validation() -> None:
@@ -55,12 +55,3 @@ def test_traceparent_validation() -> None:
     for bad in (good.upper(), "00-" + "0" * 32 + "-b7ad6b7169203331-01", good[:-1], "01" + good[2:], "", "x"):
         assert tp(bad.encode()) is None, bad
     assert tp(None) is None
-
-
-def test_session_events_are_an_agents_route() -> None:
-    """Events posted to an Agents API session are recognised (not a create), and reading them is only relayed."""
-    route = classify("POST", "/v1/agents/sessions/sess_a%2Fb/events")
-    assert route == RunRoute(SESSION_EVENTS, "sess_a/b")
-    assert route is not None and not route.creates
-    assert classify("GET", "/v1/agents/sessions/sess_a/events") is None
-    assert classify("POST", "/v1/agents/sessions") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
+from stepscope.contract.vocabulary import DropReason
 from stepscope.errors import InvalidObject
 from stepscope.export.selfmetrics import SelfMetrics
 
@@ -15,9 +16,12 @@ def value(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
 
 class TestSelfMetrics:
     def test_known_series_start_at_zero(self) -> None:
-        """Drop reasons, invalid kinds, failures and build info exist before anything happens."""
+        """Drop reasons, the protocol's endpoints and invalid kinds (and `list`), failures and build info exist before
+        anything happens."""
         reg = CollectorRegistry()
-        SelfMetrics(reg, version="1.2.3")
+        SelfMetrics(
+            reg, version="1.2.3", endpoints=("get_step",), invalid_kinds=("run", "run_step", "tool_call", "assistant")
+        )
         for reason in ("tracked_runs_full", "backlog_full", "label_cap"):
             assert value(reg, "stepscope_dropped_total", reason=reason) == 0
         for kind in ("run", "run_step", "tool_call", "list", "assistant"):
@@ -51,9 +55,9 @@ class TestSelfMetrics:
         """Drops, invalid objects, export failures and export lag accumulate."""
         reg = CollectorRegistry()
         metrics = SelfMetrics(reg, version="x")
-        metrics.dropped("backlog_full", 3)
-        metrics.dropped("label_cap")
-        metrics.dropped("label_cap", 0)
+        metrics.dropped(DropReason.BACKLOG_FULL, 3)
+        metrics.dropped(DropReason.LABEL_CAP)
+        metrics.dropped(DropReason.LABEL_CAP, 0)
         metrics.observe_invalid(InvalidObject("run_step", "bad"))
         metrics.export_failed(5)
         metrics.observe_export_lag(12.0)

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from stepscope.core.poller import Poller
+from stepscope.core.poller import Poller, PollSchedule
 from stepscope.core.records import UnitRef
 from stepscope.core.store import RunProgress, SqliteStore
 from stepscope.errors import AuthError, NotFound, RateLimited
-from stepscope.protocols.assistants.reader import PollSchedule, RunState
+from stepscope.protocols.assistants.reader import RunState
 from stepscope.testing import FakeClock, eventually
 from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_poller
 from tests.kit.samples import make_run, make_step
@@ -35,7 +35,7 @@ async def rig(store: SqliteStore) -> AsyncIterator[tuple[FakeSource, RecordingCo
     poller = make_poller(source, store, sink, health, schedule=FAST, concurrency=4, max_tracked=3)
     await poller.start()
     yield source, sink, health, poller
-    await poller.shutdown(timeout_s=1.0)
+    await poller.stop(1.0)
 
 
 Rig = tuple[FakeSource, RecordingCommits, Counters, Poller[RunState]]
@@ -205,7 +205,7 @@ async def test_resume_skips_committed_steps(store: SqliteStore) -> None:
         await eventually(lambda: source.calls.count("list_steps run_1 after=step_3") >= 1)
         assert sink.step_ids() == ["step_2"]
     finally:
-        await poller.shutdown()
+        await poller.stop()
 
 
 async def test_tracking_is_bounded(rig: Rig) -> None:
@@ -249,7 +249,7 @@ async def test_rate_limit_delays_the_run(store: SqliteStore) -> None:
         clock.advance(0.02)
         await eventually(lambda: source.calls.count("get_run run_1") == 2)
     finally:
-        await poller.shutdown(timeout_s=1.0)
+        await poller.stop(1.0)
 
 
 async def test_auth_failure_is_reported_and_recovers(rig: Rig) -> None:
@@ -265,29 +265,26 @@ async def test_auth_failure_is_reported_and_recovers(rig: Rig) -> None:
 async def test_shutdown_is_idempotent(store: SqliteStore) -> None:
     """shutdown() works before start() and twice."""
     poller = make_poller(FakeSource(), store, RecordingCommits(), Counters(), schedule=FAST)
-    await poller.shutdown()
+    await poller.stop()
     await poller.start()
-    await poller.shutdown()
-    await poller.shutdown()
+    await poller.stop()
+    await poller.stop()
     assert not poller.track(REF)
 
 
-async def test_busy_threads_are_those_with_unfinished_runs(rig: Rig) -> None:
+async def test_busy_containers_are_those_with_unfinished_runs(rig: Rig) -> None:
     """A thread is busy while its tracked run is unread or not terminal, and free once the run ended."""
     source, sink, _, poller = rig
     source.put_run(make_run(id="run_1", thread_id="thread_a", status="in_progress"))
     source.put_run(make_run(id="run_2", thread_id="thread_b", status="completed"))
     poller.track(UnitRef("thread_a", "run_1"))
     poller.track(UnitRef("thread_b", "run_2"))
-    assert poller.busy_threads() == {"thread_a", "thread_b"}  # nothing read yet
+    assert poller.busy_containers() == {"thread_a", "thread_b"}  # nothing read yet
     await eventually(lambda: sink.finished_runs() == ["run_2"])
-    assert poller.busy_threads() == {"thread_a"}
+    assert poller.busy_containers() == {"thread_a"}
 
 
-def test_waiting_runs_back_off_from_fast_to_slow() -> None:
-    """A waiting run is polled fast for its grace polls, then each poll 1.5x later, never slower than `slow`."""
+def test_waiting_units_back_off_from_fast_to_slow() -> None:
+    """A waiting unit is polled fast for its grace polls, then each poll 1.5x later, never slower than `slow`."""
     schedule = PollSchedule(fast=1.0, slow=4.0, grace=2)
-    waiting, running = make_run(status="requires_action"), make_run(status="in_progress")
-    assert [schedule.interval(waiting, n) for n in (1, 2, 3, 4, 5, 6)] == [1.0, 1.0, 1.5, 2.25, 3.375, 4.0]
-    assert schedule.interval(running, 7) == 1.0
-    assert schedule.interval(None) == 1.0
+    assert [schedule.waiting(n) for n in (1, 2, 3, 4, 5, 6)] == [1.0, 1.0, 1.5, 2.25, 3.375, 4.0]

@@ -173,7 +173,7 @@ async def test_toy_jobs_become_spans_and_counts(
     """A toy job's finished tasks are counted and delivered as they finish, then the job span, each once."""
     rig = make_rig(api, store_path, exporter)
     rigs.append(rig)
-    rig.delivery.start()
+    rig.delivery.begin()
     await rig.poller.start()
     try:
         assert rig.poller.track(UnitRef("queue_fast", "job_1"))
@@ -184,7 +184,7 @@ async def test_toy_jobs_become_spans_and_counts(
         await eventually(lambda: not rig.poller.is_tracked("job_1"))
         await eventually(lambda: len(exporter.spans) == 3)
     finally:
-        await rig.poller.shutdown(1.0)
+        await rig.poller.stop(1.0)
     assert exporter.names() == ["task t1", "task t2", "job job_1"]
     job = exporter.spans[-1]
     assert job.context is not None
@@ -205,7 +205,7 @@ async def test_toy_progress_survives_a_restart(
     await first.poller.start()
     first.poller.track(UnitRef("queue_fast", "job_1"))
     await eventually(lambda: first.metrics.total("toy_tasks_total") == 1)
-    await first.poller.shutdown(1.0)
+    await first.poller.stop(1.0)
     first.store.close()
 
     api.jobs["job_1"].tasks[1] = Task("t2", 101, 102)
@@ -213,14 +213,14 @@ async def test_toy_progress_survives_a_restart(
     second = make_rig(api, store_path, exporter)
     rigs.append(second)
     second.poller.resume(second.store.active_runs())
-    second.delivery.start()
+    second.delivery.begin()
     await second.poller.start()
     try:
         await eventually(lambda: not second.poller.is_tracked("job_1"))
         started = time.monotonic()
         await eventually(lambda: len(exporter.spans) == 3)
     finally:
-        await second.poller.shutdown(1.0)
+        await second.poller.stop(1.0)
     assert time.monotonic() - started < 5
     assert second.metrics.total("toy_tasks_total") == 1  # t2 only: t1 was committed by the first process
     assert sorted(exporter.names()) == ["job job_1", "task t1", "task t2"]

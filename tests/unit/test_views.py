@@ -9,8 +9,10 @@ import re
 from rich.console import Console
 
 from stepscope.commands.views import BAR_WIDTH, Row, waterfall_json, waterfall_rows, waterfall_table
-from stepscope.mapping import MappingOptions, run_span, step_spans
+from stepscope.core.records import SpanSpec
+from stepscope.mapping.attributes import MappingOptions
 from stepscope.protocols.assistants.records import Run, RunStep, ToolCall, Usage
+from stepscope.protocols.assistants.spans import run_span, step_spans
 from tests.kit.samples import make_run, make_step
 
 
@@ -26,6 +28,19 @@ def _sample() -> tuple[Run, list[RunStep]]:
     return run, steps
 
 
+def _spans(run: Run, steps: list[RunStep], name: str | None = None) -> list[SpanSpec]:
+    """The spans the Assistants mapping makes of a run (so far) and its steps, as `inspect` gets them."""
+    options = MappingOptions()
+    spans = [run_span(run, assistant_name=name, options=options, partial=True)]
+    for step in steps:
+        spans.extend(step_spans(run, step, options=options))
+    return spans
+
+
+def _rows(run: Run, steps: list[RunStep], name: str | None = None) -> list[Row]:
+    return waterfall_rows(_spans(run, steps, name))
+
+
 def _text(table: object, width: int) -> list[str]:
     console = Console(width=width, record=True, file=io.StringIO())
     console.print(table)
@@ -37,28 +52,26 @@ def _bar_cells(line: str) -> int:
 
 
 class TestRows:
-    def test_rows_are_run_then_steps_each_followed_by_its_tools(self) -> None:
-        """The run comes first, then each step in order, each followed by one row per tool call timed as its step."""
+    def test_rows_are_the_unit_then_its_records_each_followed_by_its_children(self) -> None:
+        """The run's span comes first, then each step's in order, each followed by one row per tool call span, whose
+        status is its step's."""
         run, steps = _sample()
-        rows = waterfall_rows(run, steps, "Research assistant")
+        rows = _rows(run, steps, "Research assistant")
         assert [(r.label, r.kind, r.status) for r in rows] == [
-            ("invoke_agent Research assistant", "run", "failed"),
-            ("message_creation", "step", "completed"),
-            ("tool_calls", "step", "completed"),
+            ("invoke_agent Research assistant", "unit", "failed"),
+            ("run_step message_creation", "step", "completed"),
+            ("run_step tool_calls", "step", "completed"),
             ("  execute_tool get_stock_price", "tool", "completed"),
             ("  execute_tool code_interpreter", "tool", "completed"),
-            ("message_creation", "step", "failed"),
+            ("run_step message_creation", "step", "failed"),
         ]
         assert [r.duration for r in rows] == [40, 4, 14, 14, 14, 20]
 
     def test_rows_are_the_exported_spans(self) -> None:
         """Each row has the name, start and end of the span the mapping exports for it, in the same order."""
         run, steps = _sample()
-        options = MappingOptions()
-        specs = [run_span(run, assistant_name="Research assistant", options=options)]
-        for step in steps:
-            specs.extend(step_spans(run, step, options=options))
-        rows = waterfall_rows(run, steps, "Research assistant")
+        specs = _spans(run, steps, "Research assistant")
+        rows = waterfall_rows(specs)
         assert len(rows) == len(specs)
         for row, spec in zip(rows, specs, strict=True):
             assert spec.name.endswith(row.label.strip())
@@ -68,17 +81,18 @@ class TestRows:
         """A run and a step still going get rows without an end, and a finished step keeps its own end."""
         run = make_run(status="in_progress", completed_at=None)
         steps = [make_step(), make_step(id="s2", type="tool_calls", status="in_progress", completed_at=None)]
-        rows = waterfall_rows(run, steps)
+        rows = _rows(run, steps)
         assert [(r.label, r.status, r.end) for r in rows] == [
             ("invoke_agent asst_1", "in_progress", None),
-            ("message_creation", "completed", 105),
-            ("tool_calls", "in_progress", None),
+            ("run_step message_creation", "completed", 105),
+            ("run_step tool_calls", "in_progress", None),
         ]
 
     def test_json_carries_the_same_rows(self) -> None:
         """`--json` lists the rows with names stripped of indentation and their durations."""
         run, steps = _sample()
-        data = json.loads(waterfall_json(run, waterfall_rows(run, steps)))
+        data = json.loads(waterfall_json(run.id, run.thread_id, _rows(run, steps)))
+        assert (data["unit_id"], data["container_id"], data["status"]) == (run.id, run.thread_id, "failed")
         assert [s["name"] for s in data["spans"]][3] == "execute_tool get_stock_price"
         assert data["spans"][0]["duration_s"] == 40
 
@@ -87,7 +101,7 @@ class TestTable:
     def test_full_table_on_a_wide_console(self) -> None:
         """At 160 columns the full table shows start offsets and tokens, and the run's bar spans all 40 cells."""
         run, steps = _sample()
-        lines = _text(waterfall_table(waterfall_rows(run, steps), "run run_1"), 160)
+        lines = _text(waterfall_table(_rows(run, steps), "run run_1"), 160)
         assert any("tokens in/out" in line and "start" in line and "timeline" in line for line in lines)
         run_line = next(line for line in lines if "invoke_agent" in line)
         assert re.search(r"failed\s+│\s+\+0s\s+│\s+40s\s+│\s+1200/340", run_line)
@@ -98,7 +112,7 @@ class TestTable:
     def test_compact_table_holds_at_80_columns(self) -> None:
         """At 80 columns the compact table draws one line per row, a bar on every row, and nothing past 80 cells."""
         run, steps = _sample()
-        rows = waterfall_rows(run, steps, "Research assistant")
+        rows = _rows(run, steps, "Research assistant")
         lines = _text(waterfall_table(rows, "run run_1", compact=True), 80)
         assert max(len(line) for line in lines) <= 80
         drawn = [line for line in lines if "█" in line]
@@ -111,7 +125,7 @@ class TestTable:
     def test_limit_keeps_the_whole_time_axis(self) -> None:
         """With a limit, the last line counts the rows left out and the axis still spans the whole run."""
         run, steps = _sample()
-        rows = waterfall_rows(run, steps)
+        rows = _rows(run, steps)
         lines = _text(waterfall_table(rows, "run run_1", compact=True, limit=3), 80)
         assert sum("█" in line for line in lines) == 2
         assert any(line.strip() == "… 4 more" for line in lines)
@@ -119,7 +133,7 @@ class TestTable:
 
     def test_unfinished_row_runs_to_the_end_of_the_axis(self) -> None:
         """A row without an end shows `…` as its duration and a bar to the end of the axis."""
-        rows = [Row("invoke_agent a", "run", "in_progress", 0, 10), Row("tool_calls", "step", "in_progress", 5, None)]
+        rows = [Row("invoke_agent a", "unit", "in_progress", 0, 10), Row("tool_calls", "step", "in_progress", 5, None)]
         lines = _text(waterfall_table(rows, "run", compact=True), 80)
         line = next(line for line in lines if line.lstrip().startswith("tool_calls"))
         assert re.search(r"in_progress\s+…\s+ +█+ *$", line.rstrip() + " ")

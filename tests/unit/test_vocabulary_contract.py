@@ -13,10 +13,11 @@ import httpx
 import pytest
 
 from stepscope.client.auth import make_auth
-from stepscope.contract.vocabulary import AuthMode, Endpoint, Flavor
-from stepscope.mapping import attributes as a
+from stepscope.contract.vocabulary import AuthMode, Flavor
 from stepscope.protocols.agents import records as agents_models
+from stepscope.protocols.agents import vocabulary as agents_vocabulary
 from stepscope.protocols.assistants import records as models
+from stepscope.protocols.assistants import vocabulary as assistants_vocabulary
 from stepscope.simulator import Simulator, scenario_named
 from stepscope.simulator import core as sim_core
 from stepscope.simulator import faults as sim_faults
@@ -43,13 +44,14 @@ def test_flavours_agree() -> None:
 
 
 def test_every_bridge_endpoint_is_one_the_simulator_serves() -> None:
-    """Each endpoint the client names is an endpoint of the simulator, so faults can target every one of them."""
-    assert set(Endpoint) <= sim_faults.ENDPOINTS | sim_faults.AGENTS_ENDPOINTS
+    """Each endpoint the clients name is an endpoint of the simulator, so faults can target every one of them."""
+    assert set(assistants_vocabulary.Endpoint) <= sim_faults.ENDPOINTS
+    assert set(agents_vocabulary.Endpoint) <= sim_faults.AGENTS_ENDPOINTS
 
 
 def test_terminal_run_statuses_agree() -> None:
     """The simulator ends runs in exactly the statuses the models and the metrics call terminal."""
-    assert sim_state.RUN_TERMINAL == models.RUN_TERMINAL == frozenset(a.RUN_STATUSES)
+    assert sim_state.RUN_TERMINAL == models.RUN_TERMINAL == frozenset(assistants_vocabulary.RUN_STATUSES)
 
 
 def test_terminal_turn_statuses_and_tool_call_items_agree() -> None:
@@ -62,7 +64,7 @@ def test_terminal_turn_statuses_and_tool_call_items_agree() -> None:
 def test_simulated_tool_kinds_are_known_to_the_mapping() -> None:
     """Every tool kind the simulator can put in a step has a `gen_ai.tool.type` of its own in the mapping."""
     kinds = {k for k in sim_scenario.STEP_KINDS if k != "message_creation"} | set(sim_scenario.AZURE_TOOL_KINDS)
-    assert kinds <= set(a.TOOL_TYPES)
+    assert kinds <= set(assistants_vocabulary.TOOL_TYPES)
 
 
 @pytest.mark.parametrize("flavor", list(Flavor))
@@ -72,12 +74,12 @@ def test_served_runs_and_steps_use_the_bridges_values(flavor: str) -> None:
     steps = [step for run in runs for step in run["steps"]]
     assert runs and steps
     assert {run["status"] for run in runs if run["status"] in sim_state.RUN_TERMINAL} <= models.RUN_TERMINAL
-    assert {step["type"] for step in steps} <= set(a.STEP_TYPES)
+    assert {step["type"] for step in steps} <= set(assistants_vocabulary.STEP_TYPES)
     finished = {step["status"] for step in steps if step["status"] != "in_progress"}
-    assert finished <= set(a.STEP_STATUSES)
+    assert finished <= set(assistants_vocabulary.STEP_STATUSES)
     calls = [call for step in steps for call in (step["step_details"].get("tool_calls") or [])]
     assert calls
-    assert {call["type"] for call in calls} <= set(a.TOOL_TYPES)
+    assert {call["type"] for call in calls} <= set(assistants_vocabulary.TOOL_TYPES)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from stepscope.export.selfmetrics import SelfMetrics
 from stepscope.protocols.assistants.discovery import Discovery
 from stepscope.receivers.http import HttpApp, HttpServer
 from stepscope.receivers.watch import TokenBucket, is_loopback
-from tests.kit.fakes import DiscoveryService, FakeSource, RecordingTracker
+from tests.kit.fakes import DiscoveryService, FakeSource, RecordingTracker, make_discovery
 
 pytestmark = pytest.mark.anyio
 JSON = {"content-type": "application/json"}
@@ -40,17 +40,25 @@ def rig(
     registry = CollectorRegistry()
     metrics = SelfMetrics(registry, version="test")
     clock = Clock()
-    discovery = Discovery(
+    discovery = make_discovery(
+        Discovery,
         FakeSource(),
         store,
         RecordingTracker(),
         max_registered=max_registered,
-        on_drop=metrics.dropped,
+        drops=metrics,
         wall=lambda: 1e9,
     )
     service = DiscoveryService(discovery)
     app = HttpApp(
-        service, registry, token=token, listen_host=listen_host, watch_rate=rate, dropped=metrics.dropped, clock=clock
+        service,
+        registry,
+        token=token,
+        listen_host=listen_host,
+        watch_rate=rate,
+        drops=metrics,
+        clock=clock,
+        registrations=service,
     )
     return app, service, store, registry, clock
 

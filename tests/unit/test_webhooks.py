@@ -14,8 +14,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stepscope.export.selfmetrics import SelfMetrics
+from stepscope.protocols.agents.factory import SESSION_EVENTS
 from stepscope.receivers.http import HttpApp, HttpServer
-from stepscope.receivers.webhooks import SESSION_EVENTS, WebhookVerifier
+from stepscope.receivers.webhooks import WebhookVerifier
 from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenario_named
 from stepscope.simulator.agents import TurnKnobs
 from stepscope.simulator.agents.webhooks import WebhookTarget, sign
@@ -49,7 +50,7 @@ class Control:
 class Rig:
     server: HttpServer
     registry: CollectorRegistry
-    events: list[tuple[str, str]] = field(default_factory=list)
+    events: list[tuple[str | None, str]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -62,9 +63,9 @@ class Rig:
 async def _rig(secret: str) -> Rig:
     registry = CollectorRegistry()
     metrics = SelfMetrics(registry, version="test")
-    events: list[tuple[str, str]] = []
-    app = HttpApp(Control(), registry, webhook_secret=secret, dropped=metrics.dropped, max_body=4096,
-                  session_event=lambda sid, kind: events.append((sid, kind)))  # fmt: skip
+    events: list[tuple[str | None, str]] = []
+    app = HttpApp(Control(), registry, webhook_secret=secret, drops=metrics, max_body=4096,
+                  webhooks=lambda kind, object_id: events.append((object_id, kind)))  # fmt: skip
     server = HttpServer(app, "127.0.0.1", 0)
     await server.start()
     return Rig(server, registry, events)
@@ -155,14 +156,15 @@ async def test_any_of_several_signatures_may_match(rig: Rig) -> None:
 
 
 async def test_other_events_and_oversized_bodies(rig: Rig) -> None:
-    """A verified event of another type is acknowledged and not reported; a body past the cap is a counted 413."""
+    """A verified event of another type is acknowledged and handed on for the protocol to judge; a body past the cap
+    is a counted 413."""
     other = _event(kind="batch.completed")
     big = _event() + b" " * 5000
     async with httpx.AsyncClient() as http:
         ignored = await http.post(rig.url, content=other, headers=_delivery(other, webhook_id="wh_2"))
         too_big = await http.post(rig.url, content=big, headers=_delivery(big, webhook_id="wh_3"))
     assert (ignored.status_code, too_big.status_code) == (200, 413)
-    assert rig.events == []
+    assert rig.events == [("sess_abc", "batch.completed")]
     assert rig.refused() == 1
 
 

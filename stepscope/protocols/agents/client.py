@@ -21,7 +21,6 @@ import httpx
 from stepscope.client.auth import Auth
 from stepscope.client.core import CoreOptions, RequestCore, clamp, seg
 from stepscope.client.parsing import parse_page
-from stepscope.contract.vocabulary import Endpoint
 from stepscope.protocols.agents.parsers import (
     parse_item,
     parse_session,
@@ -30,20 +29,10 @@ from stepscope.protocols.agents.parsers import (
     parse_turn,
 )
 from stepscope.protocols.agents.records import AgentSession, Item, SessionTrace, Subagent, Turn
+from stepscope.protocols.agents.vocabulary import Endpoint
 
 BETA = "agents=v1"
-AGENTS_ENDPOINTS = (
-    Endpoint.LIST_SESSIONS,
-    Endpoint.GET_SESSION,
-    Endpoint.LIST_TURNS,
-    Endpoint.GET_TURN,
-    Endpoint.LIST_TURN_ITEMS,
-    Endpoint.LIST_TRACES,
-    Endpoint.LIST_SUBAGENTS,
-    Endpoint.LIST_SUBAGENT_TURNS,
-    Endpoint.GET_SUBAGENT_TURN,
-    Endpoint.LIST_SUBAGENT_TURN_ITEMS,
-)
+AGENTS_ENDPOINTS = tuple(Endpoint)
 """Values of the `endpoint` argument this client passes to `RequestObserver.observe_request`."""
 
 _SESSION_PAGE = partial(parse_page, kind="agent_session", parse=parse_session)

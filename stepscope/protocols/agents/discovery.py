@@ -26,18 +26,15 @@ the sessions whose stable hash falls in its shard.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from stepscope.contract.vocabulary import DropReason
-from stepscope.core.health import ApiHealth
+from stepscope.core.discovery import DISCOVERY_CONCURRENCY, DiscoverySeams, DiscoverySettings, PeriodicDiscovery
 from stepscope.core.records import UnitRef
-from stepscope.core.tracking import ApiOutcomes, RegistrationStore, RunTracker, shard_of
 from stepscope.errors import (
     BadRequest,
     InvalidObject,
@@ -47,7 +44,6 @@ from stepscope.errors import (
     StoreError,
 )
 from stepscope.protocols.agents.records import AgentSession, Subagent, Turn
-from stepscope.protocols.assistants.discovery import DISCOVERY_BUDGET, DISCOVERY_CONCURRENCY
 
 log = logging.getLogger("stepscope.discovery")
 
@@ -70,10 +66,6 @@ class SessionSource(Protocol):
     ) -> AsyncIterator[Turn]: ...
 
 
-def _no_drop(reason: str, n: int = 1) -> None:
-    """Default drop counter for callers that count nothing."""
-
-
 @dataclass(slots=True)
 class _Followed:
     active_at: float | None = None  # latest activity known (Unix s); None: not known yet (loaded from the store)
@@ -88,105 +80,61 @@ def _latest(turn: Turn) -> int:
     return max(t for t in (turn.created_at, turn.started_at, turn.completed_at) if t is not None)
 
 
-class SessionDiscovery:
-    """Finds new turns of followed sessions every `interval_s` seconds. `start()` returns at once; `shutdown()` is
-    idempotent and safe without `start()`.
+class SessionDiscovery(PeriodicDiscovery):
+    """Finds new turns of followed sessions every `settings.interval_s` seconds; a `PeriodicDiscovery`.
 
-    `agents` restricts the session listing to those root agents (empty: all). `on_drop(reason, n)` counts sessions
-    refused or gone (`sessions_full`, `not_found`). `poll_soon(turn_id)`, when given, asks the poller to poll a
-    tracked turn now (a webhook said its session changed).
+    `agents` restricts the session listing to those root agents (empty: all). Sessions refused or gone are counted
+    (`sessions_full`, `not_found`). A webhook or the proxy (`session_event`) asks the poller to poll the session's
+    latest tracked turn at once.
     """
 
     def __init__(
         self,
         source: SessionSource,
-        store: RegistrationStore,
-        tracker: RunTracker,
+        settings: DiscoverySettings,
+        seams: DiscoverySeams,
         *,
         agents: Iterable[str] = (),
-        lookback_s: float = 3600.0,
-        interval_s: float = 2.0,
-        shard_index: int = 0,
-        shard_count: int = 1,
-        wall: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
-        pass_budget: int = DISCOVERY_BUDGET,
         max_followed: int = DEFAULT_MAX_FOLLOWED,
-        on_drop: Callable[[str, int], None] = _no_drop,
-        health: ApiOutcomes | None = None,
-        poll_soon: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__(settings, seams)
         self._source = source
-        self._store = store
-        self._tracker = tracker
-        self._api: ApiOutcomes = health if health is not None else ApiHealth()
         self._agents: list[str | None] = list(dict.fromkeys(agents)) or [None]
-        self._lookback = lookback_s
-        self._interval = interval_s
-        self._shard = (shard_index, shard_count)
-        self._wall = wall
-        self._monotonic = monotonic
-        self._budget = max(1, pass_budget)
+        self._budget = max(1, settings.pass_budget)
         self._max_followed = max(1, max_followed)
-        self._on_drop = on_drop
-        self._poll_soon = poll_soon
         self._followed: dict[str, _Followed] = {}
         self._loaded = False
         self._newest: dict[str | None, int] = {}  # agent filter -> newest created_at of its last complete listing
         self._full_logged = self._behind_logged = self._cap_logged = False
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.last_pass: float | None = None
 
-    def owns(self, session_id: str) -> bool:
-        index, count = self._shard
-        return count == 1 or shard_of(session_id, count) == index
-
-    def sessions(self) -> list[str]:
+    def watched(self) -> list[str]:
         """The sessions followed now."""
         return list(self._followed)
+
+    def idle_reason(self) -> str | None:
+        """Always None: the project's sessions are listed, nothing needs configuring."""
+        return None
 
     # --- webhooks -----------------------------------------------------------------------------------------------
 
     def session_event(self, session_id: str, event_type: str) -> None:
         """A verified webhook about `session_id`: follow it and list its turns at once. Never raises."""
-        if not self.owns(session_id) or self._stopping.is_set():
+        if not self.owns(session_id) or self.stopping:
             return
         followed = self._follow(session_id, self._wall(), urgent=True)
         if followed is None:
             return
         cursor = followed.cursor
-        if self._poll_soon is not None and cursor is not None and self._tracker.is_tracked(cursor):
-            self._poll_soon(cursor)  # the session's latest turn may have just ended
+        if cursor is not None and self._tracker.is_tracked(cursor):
+            self._tracker.poll_soon(cursor)  # the session's latest turn may have just ended
         log.debug("webhook %s for session %s", event_type, session_id)
-        self._wake.set()
-
-    # --- lifecycle ----------------------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if self._task is None and not self._stopping.is_set():
-            self._task = asyncio.create_task(self._loop(), name="stepscope-session-discovery")
-
-    async def shutdown(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()  # before the pass: a wake that comes during it starts the next one at once
-            await self.run_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+        self.wake()
 
     async def run_once(self) -> int:
         """One pass: list sessions, forget idle ones, list the turns of the due ones; returns turns tracked."""
         self._load()
         try:
-            self._store.prune(self._wall() - 2 * self._lookback)
+            self._store.prune(self._wall() - 2 * self.settings.lookback_s)
         except StoreError:
             log.exception("checkpoint store error during discovery")
         for agent_id in self._agents:
@@ -197,7 +145,7 @@ class SessionDiscovery:
 
         async def discover(session_id: str) -> int:
             async with gate:
-                return 0 if self._stopping.is_set() else await self._discover(session_id)
+                return 0 if self.stopping else await self._discover(session_id)
 
         found = sum(await asyncio.gather(*(discover(s) for s in batch)))
         self.last_pass = self._wall()
@@ -224,7 +172,7 @@ class SessionDiscovery:
         followed = self._followed.get(session_id)
         if followed is None:
             if len(self._followed) >= self._max_followed:
-                self._on_drop(DropReason.SESSIONS_FULL, 1)
+                self._drops.dropped(DropReason.SESSIONS_FULL, 1)
                 if not self._full_logged:
                     log.warning("following %d sessions, the maximum: newer sessions are not followed until older "
                                 "ones go idle past the lookback", self._max_followed)  # fmt: skip
@@ -255,7 +203,7 @@ class SessionDiscovery:
         A listing that fails part-way still follows what it read, but keeps the previous watermark, so the next one
         pages as far again and misses no session.
         """
-        horizon = self._wall() - self._lookback
+        horizon = self._wall() - self.settings.lookback_s
         newest = self._newest.get(agent_id)
         seen: list[AgentSession] = []
         complete = False
@@ -288,8 +236,8 @@ class SessionDiscovery:
 
     def _expire(self) -> None:
         """Stop following sessions idle for the whole lookback whose turns are no longer tracked."""
-        horizon = self._wall() - self._lookback
-        busy = self._tracker.busy_threads()
+        horizon = self._wall() - self.settings.lookback_s
+        busy = self._tracker.busy_containers()
         idle = [
             sid for sid, f in self._followed.items()
             if f.active_at is not None and f.active_at < horizon and sid not in busy
@@ -298,7 +246,7 @@ class SessionDiscovery:
         for session_id in idle:
             self._unfollow(session_id)
         if idle:
-            log.debug("stopped following %d session(s) idle for %.0f s", len(idle), self._lookback)
+            log.debug("stopped following %d session(s) idle for %.0f s", len(idle), self.settings.lookback_s)
 
     def _pick(self) -> list[str]:
         """At most `budget` sessions: announced ones first, then the least recently listed."""
@@ -306,7 +254,7 @@ class SessionDiscovery:
         behind = len(order) > self._budget
         if behind and not self._behind_logged:
             log.warning("following %d sessions, listing the turns of %d per pass (every %.0f s): a new turn may "
-                        "wait several passes", len(order), self._budget, self._interval)  # fmt: skip
+                        "wait several passes", len(order), self._budget, self.settings.interval_s)  # fmt: skip
         elif not behind and self._behind_logged:
             log.info("following %d sessions: every session's turns are listed each pass again", len(order))
         self._behind_logged = behind
@@ -318,7 +266,7 @@ class SessionDiscovery:
         if followed is None:
             return 0
         followed.listed_at, followed.urgent = self._monotonic(), False
-        horizon = self._wall() - self._lookback
+        horizon = self._wall() - self.settings.lookback_s
         found = 0
         try:
             async for turn in self._source.list_turns(session_id, after=followed.cursor):
@@ -335,7 +283,7 @@ class SessionDiscovery:
                 found += await self._discover_subagents(session_id, followed, horizon)
         except NotFound:
             self._unfollow(session_id)
-            self._on_drop(DropReason.NOT_FOUND, 1)
+            self._drops.dropped(DropReason.NOT_FOUND, 1)
             log.info("session %s not found; no longer following it", session_id)
             return found
         except BadRequest as exc:  # e.g. the cursor's turn is gone: list from the start (known turns are skipped)
@@ -386,7 +334,7 @@ class SessionDiscovery:
             session = await self._source.get_session(session_id)
         except NotFound:
             self._unfollow(session_id)
-            self._on_drop(DropReason.NOT_FOUND, 1)
+            self._drops.dropped(DropReason.NOT_FOUND, 1)
             return
         except (SourceError, InvalidObject) as exc:
             log.debug("reading session %s failed: %s", session_id, exc)

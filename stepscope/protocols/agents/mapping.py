@@ -37,16 +37,14 @@ from stepscope.core.records import AttrValue, Observation, RelayedSpan, SpanEven
 from stepscope.mapping import attributes as a
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
 from stepscope.mapping.metrics import RUN_STEPS_TOTAL, TOOL_CALLS_TOTAL, run_family_observations, token_observations
+from stepscope.mapping.spans import NS, Invocation, Tokens, bounds, invocation_span
 from stepscope.protocols.agents.records import Item, SessionTrace, Turn
-
-_NS = 1_000_000_000
+from stepscope.protocols.agents.vocabulary import ITEM_TOOL_TYPES, PROTOCOL, TURN_STEP_TYPE
 
 OPENAI_TURN_ID = "openai.turn.id"
 OPENAI_TURN_STATUS = "openai.turn.status"
 OPENAI_SUBAGENT_ID = "openai.subagent.id"
 OPENAI_TURN_ITEMS_DROPPED = "openai.turn.items_dropped"
-GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
-GEN_AI_USAGE_REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"
 TURN_STARTED_EVENT = "openai.turn.started"
 ITEM_EVENT = "openai.turn.item"
 ITEM_TYPE = "openai.item.type"
@@ -65,14 +63,6 @@ MAX_ITEM_EVENTS = 128
 """Item events per turn span at most: the OpenTelemetry SDK's default event limit, which would drop the rest
 silently; the span says how many were left out (`openai.turn.items_dropped`)."""
 
-ITEM_TOOL_TYPES: dict[str, str] = {
-    "function_call": a.TOOL_TYPE_FUNCTION,  # the application executes it and sends the output back
-    "mcp_call": a.TOOL_TYPE_EXTENSION,  # the service calls the MCP server
-    "web_search_call": a.TOOL_TYPE_EXTENSION,
-    "command_execution": a.TOOL_TYPE_EXTENSION,  # runs in the session's environment, not in the client
-    "computer_use_call": a.TOOL_TYPE_EXTENSION,
-}
-"""Tool-call item type -> `gen_ai.tool.type`, the same reasoning as for Assistants tools."""
 _OPENING_CALLS = frozenset({"send_subagent_input_call", "resume_subagent_call", "wait_for_subagents_call"})
 # Not close or interrupt calls: they end work, and a later turn closing a subagent must not make the link ambiguous.
 
@@ -163,54 +153,38 @@ def turn_span(turn: Turn, context: TurnContext, *, options: a.MappingOptions) ->
     """
     if not turn.is_terminal:
         raise ValueError(f"turn {turn.id} is {turn.status}, not terminal")
-    start_ns = turn.created_at * _NS
-    ended = turn.ended_at
-    end_ns = max(start_ns, ended * _NS) if ended is not None else start_ns
-    agent = context.agent_name or (turn.agent_id if turn.agent_id != a.UNKNOWN else None)
-    attrs: dict[str, AttrValue] = {
-        a.GEN_AI_OPERATION_NAME: a.OPERATION_INVOKE_AGENT,
-        a.GEN_AI_PROVIDER_NAME: a.PROVIDER_OPENAI,
-        a.GEN_AI_AGENT_ID: turn.agent_id,
-    }
-    if context.agent_name:
-        attrs[a.GEN_AI_AGENT_NAME] = context.agent_name
-    attrs[a.GEN_AI_CONVERSATION_ID] = turn.session_id
-    if context.model:
-        attrs[a.GEN_AI_REQUEST_MODEL] = context.model
-    attrs[OPENAI_TURN_ID] = turn.id
-    attrs[OPENAI_TURN_STATUS] = turn.status
+    start_ns, end_ns = bounds(turn.created_at, turn.ended_at)
+    attrs: dict[str, AttrValue] = {OPENAI_TURN_ID: turn.id, OPENAI_TURN_STATUS: turn.status}
     if turn.subagent_id is not None:
         attrs[OPENAI_SUBAGENT_ID] = turn.subagent_id
-    if turn.usage is not None:
-        attrs[a.GEN_AI_USAGE_INPUT_TOKENS] = turn.usage.input_tokens
-        attrs[a.GEN_AI_USAGE_OUTPUT_TOKENS] = turn.usage.output_tokens
-        if turn.usage.cached_tokens is not None:
-            attrs[GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = turn.usage.cached_tokens
-        if turn.usage.reasoning_tokens is not None:
-            attrs[GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = turn.usage.reasoning_tokens
-    error_type = turn_error_type(turn)
-    if error_type is not None:
-        attrs[a.ERROR_TYPE] = error_type
-    events: list[SpanEvent] = []
-    if turn.started_at is not None:
-        events.append(SpanEvent(TURN_STARTED_EVENT, min(max(start_ns, turn.started_at * _NS), end_ns)))
     shown = context.items[:MAX_ITEM_EVENTS]
-    events.extend(SpanEvent(ITEM_EVENT, end_ns, item_attributes(item, i, options)) for i, item in enumerate(shown))
     if len(context.items) > len(shown):
         attrs[OPENAI_TURN_ITEMS_DROPPED] = len(context.items) - len(shown)
-    return SpanSpec(
+    usage = turn.usage
+    tokens = None
+    if usage is not None:
+        tokens = Tokens(input=usage.input_tokens, output=usage.output_tokens, cache_read=usage.cached_tokens,
+                        reasoning=usage.reasoning_tokens)  # fmt: skip
+    invocation = Invocation(
         key=f"turn:{turn.id}",
-        name=f"{a.OPERATION_INVOKE_AGENT} {agent}" if agent else a.OPERATION_INVOKE_AGENT,
-        kind="client",
         trace_id=trace_id_for_turn(turn.id),
         span_id=turn_span_id(turn.id),
-        parent_span_id=None,
         start_ns=start_ns,
         end_ns=end_ns,
+        title=context.agent_name or (turn.agent_id if turn.agent_id != a.UNKNOWN else None),
+        agent_id=turn.agent_id,
+        agent_name=context.agent_name,
+        conversation_id=turn.session_id,
+        model=context.model,
+        tokens=tokens,
+        error_type=turn_error_type(turn),
+        started_event=TURN_STARTED_EVENT,
+        started_ns=turn.started_at * NS if turn.started_at is not None else None,
         attributes=attrs,
-        error_type=error_type,
-        events=tuple(events),
+        events=tuple(SpanEvent(ITEM_EVENT, end_ns, item_attributes(item, i, options)) for i, item in enumerate(shown)),
     )
+    # The Agents API is OpenAI's alone: the provider is `openai` whatever the options say.
+    return invocation_span(invocation, provider_name=a.PROVIDER_OPENAI)
 
 
 def item_attributes(item: Item, index: int, options: a.MappingOptions) -> dict[str, AttrValue]:
@@ -266,15 +240,15 @@ def turn_observations(turn: Turn, context: TurnContext) -> list[Observation]:
     trace_id, span_id = trace_id_for_turn(turn.id), turn_span_id(turn.id)
     model = context.model or a.UNKNOWN
     agent = turn.agent_id
-    common = {a.LABEL_PROTOCOL: a.PROTOCOL_AGENTS}
+    common = {a.LABEL_PROTOCOL: PROTOCOL}
     # A subagent turn's `created_at` is its start (the API's rule), so it has no queue time.
     started = turn.started_at if turn.subagent_id is None else None
     times = (turn.created_at, started, turn.ended_at)
     ids = {"trace_id": trace_id, "span_id": span_id}
-    out = run_family_observations(a.PROTOCOL_AGENTS, turn.status, model, agent, times, **ids)
+    out = run_family_observations(PROTOCOL, turn.status, model, agent, times, **ids)
     if turn.usage is not None:
         usage = (turn.usage.input_tokens, turn.usage.output_tokens)
-        out += token_observations(a.PROTOCOL_AGENTS, a.TURN_STEP_TYPE, model, agent, usage, **ids)
+        out += token_observations(PROTOCOL, TURN_STEP_TYPE, model, agent, usage, **ids)
     for item in context.items:
         labels = {
             a.LABEL_STEP_TYPE: item.type,

@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from stepscope.core.poller import PollSchedule
 from stepscope.core.records import Commit, Committer, UnitRef
 from stepscope.errors import InvalidObject, NotFound, SourceError
 from stepscope.protocols.agents.client import AgentsClient
 from stepscope.protocols.agents.mapping import TurnContext
 from stepscope.protocols.agents.records import Item, SessionTrace, Turn
-from stepscope.protocols.assistants.reader import PollSchedule
 
 log = logging.getLogger("stepscope.agents")
 
@@ -80,7 +80,7 @@ class TurnReader:
             same = turn.status in WAITING and turn.status == previous
             state.waiting_polls = state.waiting_polls + 1 if same else 1
             if turn.status in WAITING:
-                return min(self._schedule.slow, self._schedule.fast * 1.5 ** max(0, state.waiting_polls - 4))
+                return self._schedule.waiting(state.waiting_polls)
             return self._schedule.fast
         published = None
         if turn.subagent_id is None and state.subagent_id is None:

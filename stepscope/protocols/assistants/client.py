@@ -14,7 +14,6 @@ from typing import Unpack
 
 import httpx
 
-from stepscope.client.answers import redact_url
 from stepscope.client.auth import Auth
 from stepscope.client.core import (
     DEFAULT_DEADLINE,
@@ -26,19 +25,17 @@ from stepscope.client.core import (
     seg,
 )
 from stepscope.client.parsing import parse_page
-from stepscope.contract.vocabulary import ENDPOINTS, FLAVORS  # the `endpoint` values this client reports; its flavours
+from stepscope.contract.vocabulary import FLAVORS
 from stepscope.core.records import UnitRef
 from stepscope.errors import ConfigError
 from stepscope.protocols.assistants.records import Assistant, Run, RunStep, parse_assistant, parse_run, parse_step
+from stepscope.protocols.assistants.vocabulary import Endpoint
 
 __all__ = [
     "DEFAULT_DEADLINE",
     "DEFAULT_MAX_BODY",
     "DEFAULT_MAX_PAGES",
-    "ENDPOINTS",
-    "FLAVORS",
     "AssistantsClient",
-    "redact_url",
 ]
 
 BETA = "assistants=v2"
@@ -52,7 +49,7 @@ class AssistantsClient:
     `flavor="azure"` requires `api_version`. `sleep` defaults to a sleep that `stop` interrupts; once `stop` is
     set, a pending retry gives up with the last error. `rng` draws the jitter in [0, 1). `max_body` (bytes),
     `deadline` (seconds per attempt; None: none) and `max_pages` (per listing) bound what one server can cost.
-    Userinfo in `base_url` never appears in messages or reprs (`https://user:***@host`).
+    Userinfo in `base_url` is dropped: never sent, never shown.
     """
 
     def __init__(
@@ -81,12 +78,12 @@ class AssistantsClient:
         """Runs of a thread, newest first (`order=desc`), paging with `after=<last run id>` while `has_more`."""
         path = f"threads/{seg(thread_id)}/runs"
         params: dict[str, str | int] = {"limit": clamp(limit), "order": "desc"}
-        async for run in self._core.paginate("list_runs", path, params, _RUN_PAGE, thread_id=thread_id):
+        async for run in self._core.paginate(Endpoint.LIST_RUNS, path, params, _RUN_PAGE, thread_id=thread_id):
             yield run
 
     async def get_run(self, ref: UnitRef) -> Run:
         path = f"threads/{seg(ref.container_id)}/runs/{seg(ref.unit_id)}"
-        body = await self._core.get("get_run", path, {}, thread_id=ref.container_id, run_id=ref.unit_id)
+        body = await self._core.get(Endpoint.GET_RUN, path, {}, thread_id=ref.container_id, run_id=ref.unit_id)
         return self._core.parse_one(parse_run, body)
 
     async def list_steps(self, ref: UnitRef, *, after: str | None = None, limit: int = 100) -> AsyncIterator[RunStep]:
@@ -96,17 +93,17 @@ class AssistantsClient:
         if after:
             params["after"] = after
         async for step in self._core.paginate(
-            "list_steps", path, params, _STEP_PAGE, thread_id=ref.container_id, run_id=ref.unit_id
+            Endpoint.LIST_STEPS, path, params, _STEP_PAGE, thread_id=ref.container_id, run_id=ref.unit_id
         ):
             yield step
 
     async def get_step(self, ref: UnitRef, step_id: str) -> RunStep:
         path = f"threads/{seg(ref.container_id)}/runs/{seg(ref.unit_id)}/steps/{seg(step_id)}"
-        body = await self._core.get("get_step", path, {}, thread_id=ref.container_id, run_id=ref.unit_id)
+        body = await self._core.get(Endpoint.GET_STEP, path, {}, thread_id=ref.container_id, run_id=ref.unit_id)
         return self._core.parse_one(parse_step, body)
 
     async def get_assistant(self, assistant_id: str) -> Assistant:
-        body = await self._core.get("get_assistant", f"assistants/{seg(assistant_id)}", {})
+        body = await self._core.get(Endpoint.GET_ASSISTANT, f"assistants/{seg(assistant_id)}", {})
         return self._core.parse_one(parse_assistant, body)
 
 

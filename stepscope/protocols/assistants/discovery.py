@@ -24,25 +24,20 @@ Bounded against a flood of registrations:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from stepscope.contract.vocabulary import DropReason
-from stepscope.core.health import ApiHealth
+from stepscope.core.discovery import DISCOVERY_CONCURRENCY, DiscoverySeams, DiscoverySettings, PeriodicDiscovery
 from stepscope.core.records import UnitRef
-from stepscope.core.tracking import ApiOutcomes, RegistrationStore, RunTracker, shard_of
-from stepscope.errors import InvalidObject, NotFound, SourceError, StepscopeError, StoreError
+from stepscope.errors import InvalidObject, NotFound, SourceError, StoreError
 from stepscope.protocols.assistants.records import Run, StepSource
 from stepscope.protocols.assistants.threads import ThreadSource
+from stepscope.protocols.base import RegistrationFull
 
 log = logging.getLogger("stepscope.discovery")
 
-DISCOVERY_CONCURRENCY = 8
-DISCOVERY_BUDGET = 16 * DISCOVERY_CONCURRENCY
-"""Listings per pass at most: with 8 in flight, a pass lasts about 16 listing round trips whatever is registered."""
 DEFAULT_MAX_REGISTERED = 1000
 EMPTY_BACKOFF_MAX_S = 60.0
 """Slowest re-listing of a registered thread without runs: 1,000 such threads cost about 17 requests/s at most."""
@@ -52,59 +47,28 @@ MIN_EMPTY_TTL_S = 60.0
 _EMPTY, _RUNS, _MISSING, _FAILED = "empty", "runs", "missing", "failed"
 
 
-class RegistrationFull(StepscopeError):
-    """`watch()` refused a new registration: `limit` registrations exist already (counted as `watch_limit`)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"{limit} registrations, the maximum (STEPSCOPE_MAX_WATCHED)")
-        self.limit = limit
-
-
-def _no_drop(reason: str, n: int = 1) -> None:
-    """Default drop counter for callers that count nothing."""
-
-
-class Discovery:
-    """Finds runs on watched threads every `interval` seconds. `start()` returns at once.
-
-    `on_drop(reason, n)` counts registrations dropped or refused; `monotonic` times the per-thread backoff.
-    """
+class Discovery(PeriodicDiscovery):
+    """Finds runs on watched threads every `settings.interval_s` seconds (see the module docstring); a
+    `PeriodicDiscovery`. Registrations past `max_registered` are refused and counted (`watch_limit`)."""
 
     def __init__(
         self,
         source: StepSource,
-        store: RegistrationStore,
-        tracker: RunTracker,
+        settings: DiscoverySettings,
+        seams: DiscoverySeams,
         *,
         threads: Iterable[str] = (),
-        lookback_s: float = 3600.0,
-        interval_s: float = 5.0,
-        shard_index: int = 0,
-        shard_count: int = 1,
-        wall: Callable[[], float] = time.time,
         max_registered: int = DEFAULT_MAX_REGISTERED,
-        pass_budget: int = DISCOVERY_BUDGET,
-        on_drop: Callable[[str, int], None] = _no_drop,
-        health: ApiOutcomes | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
         thread_source: ThreadSource | None = None,
     ) -> None:
+        super().__init__(settings, seams)
         self._source = source
         self._thread_source = thread_source
         self._listed: dict[str, int] = {}  # thread id -> created_at, threads listed inside the lookback
-        self._store = store
-        self._tracker = tracker
-        self._api: ApiOutcomes = health if health is not None else ApiHealth()
         self._configured = list(dict.fromkeys(threads))
         self._configured_set = set(self._configured)
-        self._lookback = lookback_s
-        self._interval = interval_s
-        self._shard = (shard_index, shard_count)
-        self._wall = wall
-        self._monotonic = monotonic
         self._max_registered = max_registered
-        self._budget = max(1, pass_budget)
-        self._on_drop = on_drop
+        self._budget = max(1, settings.pass_budget)
         self._missing: set[str] = set()  # configured threads that answered 404 (registered ones are unwatched)
         self._registered: set[tuple[str, str]] | None = None  # (thread_id, run_id or ""), loaded on first use
         self._full_logged = False
@@ -114,18 +78,19 @@ class Discovery:
         self._backoff: dict[str, float] = {}  # current re-listing delay of an empty thread
         self._empty_since: dict[str, float] = {}  # wall time of the first listing in a row without a recent run
         self._active: set[str] = set()  # threads whose last listing had a run inside the lookback
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.last_pass: float | None = None
 
-    def owns(self, thread_id: str) -> bool:
-        index, count = self._shard
-        return count == 1 or shard_of(thread_id, count) == index
-
-    def threads(self) -> list[str]:
-        """Threads this replica watches: configured and registered ones in its shard."""
+    def watched(self) -> list[str]:
+        """Threads this replica watches: configured, listed and registered ones in its shard."""
         return self._threads(self._store.watched())
+
+    def idle_reason(self) -> str | None:
+        """None while a thread is watched or the project's threads are listed; else how to give it threads."""
+        if self._thread_source is not None or self._threads(self._store.watched()):
+            return None
+        return (
+            "set STEPSCOPE_THREADS=thread_a,thread_b, or register threads with POST /v1/watch "
+            '{"thread_id": ...}: runs are found on watched threads only'
+        )
 
     def _threads(self, rows: list[tuple[str, str | None]]) -> list[str]:
         registered = [t for t, run in rows if run is None]
@@ -144,7 +109,7 @@ class Discovery:
         """
         if self._thread_source is None:
             return
-        horizon = self._wall() - self._lookback
+        horizon = self._wall() - self.settings.lookback_s
         for thread_id in [t for t, created in self._listed.items() if created < horizon]:
             del self._listed[thread_id]
         found: dict[str, int] = {}
@@ -183,7 +148,7 @@ class Discovery:
         registered = self._registrations()
         new = key not in registered
         if new and len(registered) >= self._max_registered:
-            self._on_drop(DropReason.WATCH_LIMIT, 1)
+            self._drops.dropped(DropReason.WATCH_LIMIT, 1)
             if not self._full_logged:
                 log.warning(
                     "refusing /v1/watch registrations: %d held, the maximum (STEPSCOPE_MAX_WATCHED); "
@@ -200,41 +165,31 @@ class Discovery:
         if run_id is not None:
             self._tracker.track(UnitRef(thread_id, run_id))
         elif new:
-            self._wake.set()  # list the new thread now rather than after the interval
+            self.wake()  # list the new thread now rather than after the interval
         return True
 
     def unwatch(self, thread_id: str, run_id: str | None) -> None:
+        """Drop a registration; a run named in it is no longer tracked either."""
         self._store.unwatch(thread_id, run_id)
         self._registrations().discard((thread_id, run_id or ""))
+        if run_id is not None:
+            self._tracker.untrack(run_id)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._task is None:
+        """Track the runs registered before a restart, then start the loop."""
+        if not self.stopping:
             for thread_id, run_id in self._store.watched():
                 if run_id is not None and self.owns(thread_id):
                     self._tracker.track(UnitRef(thread_id, run_id))
-            self._task = asyncio.create_task(self._loop(), name="stepscope-discovery")
-
-    async def shutdown(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()  # before the pass: a wake that comes during it starts the next one at once
-            await self.run_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+        await super().start()
 
     async def run_once(self) -> int:
         """One discovery pass over the due threads (at most `pass_budget`); returns how many runs it started
         tracking."""
         try:
-            self._store.prune(self._wall() - 2 * self._lookback)
+            self._store.prune(self._wall() - 2 * self.settings.lookback_s)
             rows = self._store.watched()
         except StoreError:
             log.exception("checkpoint store error during discovery")
@@ -244,7 +199,7 @@ class Discovery:
         await self._list_threads()
         threads = self._threads(rows)
         self._prune_schedule(set(threads))
-        busy = self._tracker.busy_threads()
+        busy = self._tracker.busy_containers()
         now = self._monotonic()
         due = [t for t in threads if t not in busy and self._not_before.get(t, -math.inf) <= now]
         batch = self._pick(due)
@@ -253,7 +208,7 @@ class Discovery:
 
         async def discover(thread_id: str) -> tuple[int, str]:
             async with gate:
-                return (0, _FAILED) if self._stopping.is_set() else await self._discover_thread(thread_id)
+                return (0, _FAILED) if self.stopping else await self._discover_thread(thread_id)
 
         results = await asyncio.gather(*(discover(t) for t in batch))
         self._settle(dict(zip(batch, (outcome for _, outcome in results), strict=True)))
@@ -284,7 +239,7 @@ class Discovery:
     def _settle(self, outcomes: dict[str, str]) -> None:
         """Back off, expire or drop threads after a pass; count and log the drops once for the whole pass."""
         now, wall = self._monotonic(), self._wall()
-        ttl = max(self._lookback, MIN_EMPTY_TTL_S)
+        ttl = max(self.settings.lookback_s, MIN_EMPTY_TTL_S)
         missing = expired = 0
         for thread_id, outcome in outcomes.items():
             configured = thread_id in self._configured_set
@@ -308,13 +263,13 @@ class Discovery:
                 if wall - since >= ttl and self._drop_registered(thread_id):
                     expired += 1
                     continue
-                delay = min(max(2 * self._backoff.get(thread_id, 0.0), self._interval), EMPTY_BACKOFF_MAX_S)
+                delay = min(max(2 * self._backoff.get(thread_id, 0.0), self.settings.interval_s), EMPTY_BACKOFF_MAX_S)
                 self._backoff[thread_id] = delay
                 self._not_before[thread_id] = now + delay
         if missing:
-            self._on_drop(DropReason.NOT_FOUND, missing)
+            self._drops.dropped(DropReason.NOT_FOUND, missing)
         if expired:
-            self._on_drop(DropReason.WATCH_EXPIRED, expired)
+            self._drops.dropped(DropReason.WATCH_EXPIRED, expired)
         if missing or expired:
             log.warning(
                 "stopped watching %d registered thread(s): %d not found, %d without a run for %.0f s",
@@ -340,7 +295,7 @@ class Discovery:
         """Discovery's one-shot mode (`stepscope backfill`): list each thread down to the lookback horizon and track
         every finished run the store does not know; runs still going are left to `serve`. Returns how many were
         tracked. Raises the `SourceError` or `InvalidObject` of a thread that cannot be listed."""
-        horizon = self._wall() - self._lookback
+        horizon = self._wall() - self.settings.lookback_s
         found = 0
         for thread_id in thread_ids:
             async for run in self._recent_runs(thread_id, horizon):
@@ -357,7 +312,7 @@ class Discovery:
 
     async def _discover_thread(self, thread_id: str) -> tuple[int, str]:
         """List one thread's recent runs and track the new ones: (runs tracked, outcome)."""
-        horizon = self._wall() - self._lookback
+        horizon = self._wall() - self.settings.lookback_s
         new: list[UnitRef] = []
         recent = False
         self._listed_at[thread_id] = self._monotonic()

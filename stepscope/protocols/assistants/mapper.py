@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from stepscope.core.records import Telemetry
 from stepscope.mapping.attributes import MappingOptions
-from stepscope.mapping.metrics import run_observations, step_observations
+from stepscope.protocols.assistants.observations import run_observations, step_observations
 from stepscope.protocols.assistants.records import Run, RunStep
 from stepscope.protocols.assistants.spans import run_span, step_spans
 

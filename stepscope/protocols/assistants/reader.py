@@ -24,10 +24,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 from stepscope.contract.vocabulary import DropReason
-from stepscope.core.records import Commit, Committer, UnitRef
+from stepscope.core.poller import PollSchedule
+from stepscope.core.records import Commit, Committer, Drops, UnitRef
 from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError
 from stepscope.protocols.assistants.records import Run, RunStep, StepSource
 
@@ -43,31 +43,12 @@ STREAM_SILENCE_S = 30.0
 RunCommit = Commit[Run, RunStep, str]
 
 
-@dataclass(frozen=True, slots=True)
-class PollSchedule:
-    """When to poll a run next, as data.
-
-    `fast` while steps run. A run that waits (queued, requires_action) is polled `fast` for its first `grace` polls
-    in that status, then backs off by `backoff` per poll up to `slow`: an application usually submits tool outputs
-    within seconds, and the step that completes right after should not wait a `slow` interval to be seen, while a
-    run parked for minutes costs little. Errors use `slow`.
-    """
-
-    fast: float = 1.0
-    slow: float = 4.0
-    grace: int = 4
-    backoff: float = 1.5
-    final_sweeps: int = 3  # polls of a terminal run whose steps still look open before they are given up
-
-    def interval(self, run: Run | None, waiting_polls: int = 0) -> float:
-        """`waiting_polls`: consecutive polls that found the run in the same waiting status, this one included."""
-        if run is None or run.status not in WAITING:
-            return self.fast
-        return min(self.slow, self.fast * self.backoff ** max(0, waiting_polls - self.grace))
-
-
-class StepsHealth(Protocol):
-    def dropped(self, reason: str, n: int = 1) -> None: ...
+def _interval(schedule: PollSchedule, run: Run | None, waiting_polls: int = 0) -> float:
+    """Seconds to the next poll of a run: `fast` unless it waits (queued, requires_action); `waiting_polls` counts
+    consecutive polls that found it in the same waiting status, this one included."""
+    if run is None or run.status not in WAITING:
+        return schedule.fast
+    return schedule.waiting(waiting_polls)
 
 
 @dataclass(slots=True)
@@ -126,7 +107,7 @@ class StepReader:
         self,
         source: StepSource,
         committer: Committer[Run, RunStep, str],
-        health: StepsHealth,
+        drops: Drops,
         *,
         schedule: PollSchedule,
         names: AssistantNames | None = None,
@@ -134,7 +115,7 @@ class StepReader:
     ) -> None:
         self._source = source
         self._committer = committer
-        self._health = health
+        self._drops = drops
         self._schedule = schedule
         self._names = names or AssistantNames(source)
         self._monotonic = monotonic
@@ -168,14 +149,14 @@ class StepReader:
         if not run.is_terminal:
             same = run.status in WAITING and run.status == previous
             state.waiting_polls = state.waiting_polls + 1 if same else 1
-            return self._schedule.interval(run, state.waiting_polls)
+            return _interval(self._schedule, run, state.waiting_polls)
         if state.open:
             state.sweeps_after_end += 1
             if state.sweeps_after_end <= self._schedule.final_sweeps:
                 return self._schedule.fast
             log.warning("run %s ended but %d step(s) never finished; exporting the run without them",
                         run.id, len(state.open))  # fmt: skip
-            self._health.dropped(DropReason.STEP_UNFINISHED, len(state.open))
+            self._drops.dropped(DropReason.STEP_UNFINISHED, len(state.open))
             state.open.clear()
         name = await self._names.name(run.assistant_id)
         if not self._committer.commit(RunCommit(run.ref, run, finish=name, finished=True)):
@@ -193,13 +174,13 @@ class StepReader:
         if state.waiting_polls % self._schedule.grace == 0:
             state.run = self._with_parent(state, await self._source.get_run(state.ref))
             if state.run.status == "queued":
-                return self._schedule.interval(state.run, state.waiting_polls)
+                return _interval(self._schedule, state.run, state.waiting_polls)
             state.waiting_polls = 0
             return 0.0  # it moved on: the next poll handles it as any run in that status
         if not await self._read_steps(state, run):
             return self._schedule.slow
         if state.newest is None:
-            return self._schedule.interval(run, state.waiting_polls)
+            return _interval(self._schedule, run, state.waiting_polls)
         state.run = replace(run, status="in_progress")  # a step exists: it started (a later read tells the rest)
         state.waiting_polls = 0
         return self._schedule.fast

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from stepscope.core.records import AttrValue, SpanEvent, SpanSpec
+from stepscope.core.records import AttrValue, SpanSpec
 from stepscope.mapping import attributes as a
 from stepscope.mapping.ids import parse_traceparent, span_id_for, trace_id_for_run
+from stepscope.mapping.spans import NS, Invocation, Tokens, bounds, invocation_span
+from stepscope.protocols.assistants import vocabulary as v
 from stepscope.protocols.assistants.records import Run, RunStep, ToolCall
 
-_NS = 1_000_000_000
 STEP_SPAN_PREFIX = "run_step "
 """A step span's name is this prefix and the step type: `run_step tool_calls`."""
 
@@ -96,46 +97,29 @@ def run_span(run: Run, *, assistant_name: str | None, options: a.MappingOptions,
     if not run.is_terminal and not partial:
         raise ValueError(f"run {run.id} is {run.status}, not terminal")
     where = run_trace(run)
-    start_ns = run.created_at * _NS
-    ended = run.ended_at
-    end_ns = max(start_ns, ended * _NS) if ended is not None else start_ns
-    agent = assistant_name or (run.assistant_id if run.assistant_id != a.UNKNOWN else None)
-    attrs: dict[str, AttrValue] = {
-        a.GEN_AI_OPERATION_NAME: a.OPERATION_INVOKE_AGENT,
-        a.GEN_AI_PROVIDER_NAME: options.provider_name,
-        a.GEN_AI_AGENT_ID: run.assistant_id,
-    }
-    if assistant_name:
-        attrs[a.GEN_AI_AGENT_NAME] = assistant_name
-    attrs[a.GEN_AI_CONVERSATION_ID] = run.thread_id
-    if run.model:
-        attrs[a.GEN_AI_REQUEST_MODEL] = run.model
-    attrs[a.OPENAI_RUN_ID] = run.id
-    attrs[a.OPENAI_RUN_STATUS] = run.status
-    if run.usage is not None:
-        attrs[a.GEN_AI_USAGE_INPUT_TOKENS] = run.usage.prompt_tokens
-        attrs[a.GEN_AI_USAGE_OUTPUT_TOKENS] = run.usage.completion_tokens
-    error_type = run_error_type(run)
-    if error_type is not None:
-        attrs[a.ERROR_TYPE] = error_type
-    events: tuple[SpanEvent, ...] = ()
-    if run.started_at is not None:
-        events = (SpanEvent(a.RUN_STARTED_EVENT, min(max(start_ns, run.started_at * _NS), end_ns)),)
-    return SpanSpec(
+    start_ns, end_ns = bounds(run.created_at, run.ended_at)
+    usage = run.usage
+    invocation = Invocation(
         key=f"run:{run.id}",
-        name=f"{a.OPERATION_INVOKE_AGENT} {agent}" if agent else a.OPERATION_INVOKE_AGENT,
-        kind="client",
         trace_id=where.trace_id,
         span_id=where.run_span_id,
         parent_span_id=where.parent_span_id,
-        start_ns=start_ns,
-        end_ns=end_ns,
-        attributes=attrs,
-        error_type=error_type,
         parent_remote=where.parent_remote,
         trace_flags=where.trace_flags,
-        events=events,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        title=assistant_name or (run.assistant_id if run.assistant_id != a.UNKNOWN else None),
+        agent_id=run.assistant_id,
+        agent_name=assistant_name,
+        conversation_id=run.thread_id,
+        model=run.model,
+        tokens=Tokens(input=usage.prompt_tokens, output=usage.completion_tokens) if usage is not None else None,
+        error_type=run_error_type(run),
+        started_event=v.RUN_STARTED_EVENT,
+        started_ns=run.started_at * NS if run.started_at is not None else None,
+        attributes={v.OPENAI_RUN_ID: run.id, v.OPENAI_RUN_STATUS: run.status},
     )
+    return invocation_span(invocation, provider_name=options.provider_name)
 
 
 def step_spans(run: Run, step: RunStep, *, options: a.MappingOptions) -> list[SpanSpec]:
@@ -159,14 +143,12 @@ def step_spans(run: Run, step: RunStep, *, options: a.MappingOptions) -> list[Sp
     their raw type as `gen_ai.tool.type`. An end before the start (bad data) is clamped to the start.
     """
     where = run_trace(run)
-    start_ns = step.created_at * _NS
-    ended = step.ended_at
-    end_ns = max(start_ns, ended * _NS) if ended is not None else start_ns
+    start_ns, end_ns = bounds(step.created_at, step.ended_at)
     attrs: dict[str, AttrValue] = {
-        a.OPENAI_RUN_STEP_ID: step.id,
-        a.OPENAI_RUN_STEP_TYPE: step.type,
-        a.OPENAI_RUN_STEP_STATUS: step.status,
-        a.OPENAI_RUN_ID: step.run_id,
+        v.OPENAI_RUN_STEP_ID: step.id,
+        v.OPENAI_RUN_STEP_TYPE: step.type,
+        v.OPENAI_RUN_STEP_STATUS: step.status,
+        v.OPENAI_RUN_ID: step.run_id,
         a.GEN_AI_CONVERSATION_ID: step.thread_id,
         a.GEN_AI_AGENT_ID: step.assistant_id,
     }
@@ -176,7 +158,7 @@ def step_spans(run: Run, step: RunStep, *, options: a.MappingOptions) -> list[Sp
         attrs[a.GEN_AI_USAGE_INPUT_TOKENS] = step.usage.prompt_tokens
         attrs[a.GEN_AI_USAGE_OUTPUT_TOKENS] = step.usage.completion_tokens
     if step.message_id is not None:
-        attrs[a.OPENAI_MESSAGE_ID] = step.message_id
+        attrs[v.OPENAI_MESSAGE_ID] = step.message_id
     error_type = step_error_type(step)
     if error_type is not None:
         attrs[a.ERROR_TYPE] = error_type
@@ -223,7 +205,7 @@ def _tool_attributes(call: ToolCall, error_type: str | None, options: a.MappingO
     attrs: dict[str, AttrValue] = {
         a.GEN_AI_OPERATION_NAME: a.OPERATION_EXECUTE_TOOL,
         a.GEN_AI_TOOL_NAME: call.name or call.type,
-        a.GEN_AI_TOOL_TYPE: a.tool_type(call.type),
+        a.GEN_AI_TOOL_TYPE: v.tool_type(call.type),
         a.GEN_AI_TOOL_CALL_ID: call.id,
     }
     if options.capture_content:

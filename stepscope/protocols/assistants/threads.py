@@ -30,8 +30,9 @@ from stepscope.config import Config
 from stepscope.core.records import RequestObserver
 from stepscope.errors import InvalidObject
 from stepscope.protocols.assistants.client import BETA
+from stepscope.protocols.assistants.vocabulary import Endpoint
 
-ENDPOINT = "list_threads"
+ENDPOINT = Endpoint.LIST_THREADS
 _PAGE = 100
 
 

@@ -1,25 +1,20 @@
-"""Proxy mode: a reverse proxy in front of the Assistants API that sees runs the moment they are created.
+"""Proxy mode: a reverse proxy in front of the API that sees work the moment the application starts it.
 
-`ProxyServer(ProxyApp(upstream, feed), host, port)` relays the application's requests to `upstream` and tells
-`feed` (a `RunFeed`) about runs created or resumed through it and the events of streamed runs.
+`ProxyServer(ProxyApp(upstream, observer, drops=...), host, port)` relays the application's requests to `upstream`
+and shows the answers of the requests the protocol's `ProxyObserver` routes to the sinks it gives.
 """
 
 from __future__ import annotations
 
-from stepscope.receivers.proxy.feed import RecordingFeed, RunFeed, SafeFeed
-from stepscope.receivers.proxy.routes import RunRoute, classify, valid_traceparent
+from stepscope.receivers.proxy.guard import GuardedObserver, RareLog
 from stepscope.receivers.proxy.server import ProxyApp, ProxyServer, UpstreamCut, make_upstream_client, upstream_origin
 
 __all__ = [
+    "GuardedObserver",
     "ProxyApp",
     "ProxyServer",
-    "RecordingFeed",
-    "RunFeed",
-    "RunRoute",
-    "SafeFeed",
+    "RareLog",
     "UpstreamCut",
-    "classify",
     "make_upstream_client",
     "upstream_origin",
-    "valid_traceparent",
 ]

@@ -21,7 +21,6 @@ stepscope's own polling keeps its own credentials. The proxy holds no cookies.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.cookiejar
 import json
 import logging
@@ -32,11 +31,13 @@ from urllib.parse import urlsplit
 import httpx
 import uvicorn
 
+from stepscope.core.records import Drops
+from stepscope.mapping.ids import valid_traceparent
+from stepscope.protocols.base import AnswerSink, ProxyObserver, Route
 from stepscope.receivers.listener import Listener, Receive, Scope, Send
-from stepscope.receivers.proxy.feed import RareLog, RunFeed, SafeFeed, no_count
-from stepscope.receivers.proxy.observe import DEFAULT_MAX_BODY, AnswerObserver
+from stepscope.receivers.proxy.guard import GuardedObserver, RareLog
+from stepscope.receivers.proxy.observe import DEFAULT_MAX_BODY, AnswerReader
 from stepscope.receivers.proxy.protocol import ProxyHttpProtocol
-from stepscope.receivers.proxy.routes import SESSION_EVENTS, RunRoute, classify, valid_traceparent
 
 log = logging.getLogger("stepscope.receivers.proxy")
 
@@ -92,23 +93,35 @@ def _error_body(message: str, code: str) -> bytes:
     return json.dumps({"error": {"message": message, "type": "proxy_error", "param": None, "code": code}}).encode()
 
 
+class _RoutesNothing:
+    """The observer of a protocol that reads nothing from proxied traffic: every request is only relayed."""
+
+    def route(self, method: str, path: str) -> Route | None:
+        return None
+
+    def answer(self, route: Route, traceparent: str | None) -> AnswerSink | None:
+        return None
+
+
+_NOTHING = _RoutesNothing()
+
+
 class ProxyApp:
-    """ASGI application relaying to `upstream` (an origin, see `upstream_origin`) and reporting run routes to
-    `feed`.
+    """ASGI application relaying to `upstream` (an origin, see `upstream_origin`) and showing the answers of the
+    requests `observer` routes to the sinks it gives (guarded: see `GuardedObserver`).
 
     `http` is the upstream client (default `make_upstream_client()`; closed by `aclose()` only when made
-    here). `dropped(reason, n)` counts what the proxy could not observe or deliver (`proxy_feed_error`,
-    `proxy_body_too_large`, `proxy_unreadable`, `proxy_observer_error`); `max_observed_body` bounds what is
-    read of one run route's answer.
+    here). `drops` counts what the proxy could not observe (`proxy_body_too_large`, `proxy_unreadable`,
+    `proxy_observer_error`); `max_observed_body` bounds what is read of one routed answer.
     """
 
     def __init__(
         self,
         upstream: str,
-        feed: RunFeed,
+        observer: ProxyObserver | None,
         *,
+        drops: Drops,
         http: httpx.AsyncClient | None = None,
-        dropped: Callable[[str, int], None] = no_count,
         max_observed_body: int = DEFAULT_MAX_BODY,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -116,8 +129,11 @@ class ProxyApp:
         self._base = httpx.URL(self.upstream)
         self._owns_http = http is None
         self._http = http or make_upstream_client()
-        self._dropped = dropped
-        self._feed = feed if isinstance(feed, SafeFeed) else SafeFeed(feed, dropped=dropped, monotonic=monotonic)
+        self._drops = drops
+        chosen: ProxyObserver = observer if observer is not None else _NOTHING
+        self._observer = (
+            chosen if isinstance(chosen, GuardedObserver) else GuardedObserver(chosen, drops=drops, monotonic=monotonic)
+        )
         self._max_observed = max_observed_body
         self._rare = RareLog(log, monotonic)
 
@@ -166,12 +182,8 @@ class ProxyApp:
             await _respond(send, 502, _error_body(f"cannot reach upstream {self.upstream} ({reason})", "bad_gateway"))
             return
         try:
-            route = classify(method, raw_path.decode("latin-1"))
-            if route is not None and route.kind == SESSION_EVENTS:
-                if 200 <= response.status_code < 300 and route.thread_id:
-                    self._feed.session_active(route.thread_id)  # a SafeFeed: never raises
-                route = None
-            observer = self._observer(route, headers, response) if route is not None else None
+            route = self._observer.route(method, raw_path.decode("latin-1").partition("?")[0])
+            observer = self._reader(route, headers, response) if route is not None else None
             await self._pump(response, observer, send, receive, body_done)
         finally:
             await response.aclose()
@@ -207,30 +219,27 @@ class ProxyApp:
 
         return rest()
 
-    def _observer(
-        self, route: RunRoute, headers: list[tuple[bytes, bytes]], response: httpx.Response
-    ) -> AnswerObserver | None:
+    def _reader(
+        self, route: Route, headers: list[tuple[bytes, bytes]], response: httpx.Response
+    ) -> AnswerReader | None:
         if not 200 <= response.status_code < 300:
             return None
-        try:
-            traceparent = valid_traceparent(next((v for k, v in headers if k.lower() == b"traceparent"), None))
-            return AnswerObserver(
-                route,
-                self._feed,
-                content_type=response.headers.get("content-type", ""),
-                content_encoding=response.headers.get("content-encoding", ""),
-                traceparent=traceparent,
-                max_body=self._max_observed,
-                dropped=self._dropped,
-            )
-        except Exception as exc:  # fail-open
-            self._observer_failed(exc)
+        traceparent = valid_traceparent(next((v for k, v in headers if k.lower() == b"traceparent"), None))
+        sink = self._observer.answer(route, traceparent)
+        if sink is None:
             return None
+        return AnswerReader(
+            sink,
+            content_type=response.headers.get("content-type", ""),
+            content_encoding=response.headers.get("content-encoding", ""),
+            max_body=self._max_observed,
+            drops=self._drops,
+        )
 
     async def _pump(
         self,
         response: httpx.Response,
-        observer: AnswerObserver | None,
+        observer: AnswerReader | None,
         send: Send,
         receive: Receive,
         body_done: asyncio.Event,
@@ -258,7 +267,7 @@ class ProxyApp:
         if failure is not None:
             raise failure  # an UpstreamCut: uvicorn then closes the application's connection mid-answer
 
-    async def _relay_body(self, response: httpx.Response, observer: AnswerObserver | None, send: Send) -> None:
+    async def _relay_body(self, response: httpx.Response, observer: AnswerReader | None, send: Send) -> None:
         try:
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -272,7 +281,7 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._observe(observer, None, complete=True)
 
-    def _observe(self, observer: AnswerObserver | None, chunk: bytes | None, *, complete: bool = False) -> None:
+    def _observe(self, observer: AnswerReader | None, chunk: bytes | None, *, complete: bool = False) -> None:
         if observer is None:
             return
         try:
@@ -281,12 +290,7 @@ class ProxyApp:
             else:
                 observer.chunk(chunk)
         except Exception as exc:  # fail-open: the response goes on unobserved
-            self._observer_failed(exc)
-
-    def _observer_failed(self, exc: Exception) -> None:
-        with contextlib.suppress(Exception):
-            self._dropped("proxy_observer_error", 1)
-        self._rare.warning("observer", "proxy: reading a run answer failed: %s", type(exc).__name__)
+            self._observer.failed("read", exc)
 
 
 class _ClientGone(Exception):
@@ -358,6 +362,11 @@ class ProxyServer:
         logging.getLogger("uvicorn.error").addFilter(self._filter)
         await self._listener.start()
         log.info("proxy listening on %s, relaying to %s", self.url, self.app.upstream)
+
+    name = "proxy"
+
+    async def stop(self, budget_s: float = 2.0) -> None:
+        await self.shutdown()
 
     async def shutdown(self) -> None:
         await self._listener.shutdown()

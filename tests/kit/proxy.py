@@ -1,4 +1,5 @@
-"""Test helpers: the proxy on its own event loop in a thread, and a byte-counting upstream for big bodies."""
+"""Test helpers: the proxy on its own event loop in a thread, a recorder of what the Assistants observer reads,
+and a byte-counting upstream for big bodies."""
 
 from __future__ import annotations
 
@@ -6,22 +7,60 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import uvicorn
 
+from stepscope.core.records import Drops, UnitRef
+from stepscope.protocols.assistants.proxied import RunEvents, RunObserver
+from stepscope.protocols.base import ProxyObserver
 from stepscope.receivers.listener import Message, Receive, Scope, Send
-from stepscope.receivers.proxy import ProxyApp, ProxyServer, RunFeed
+from stepscope.receivers.proxy import ProxyApp, ProxyServer
+from tests.kit.fakes import Counters
+
+
+@dataclass
+class RecordingRuns:
+    """`RunEvents` that keeps every call, in order: `calls` holds `(method, args)`."""
+
+    calls: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+
+    def run_created(self, run: Mapping[str, Any], traceparent: str | None) -> None:
+        self.calls.append(("run_created", (dict(run), traceparent)))
+
+    def stream_event(self, event: str, data: Mapping[str, Any]) -> None:
+        self.calls.append(("stream_event", (event, dict(data))))
+
+    def stream_ended(self, ref: UnitRef, complete: bool) -> None:
+        self.calls.append(("stream_ended", (ref.container_id, ref.unit_id, complete)))
+
+    def of(self, method: str) -> list[tuple[Any, ...]]:
+        """The arguments of every call to `method`, in order."""
+        return [args for name, args in self.calls if name == method]
 
 
 class ProxyThread:
-    """`ProxyServer` for `upstream` on 127.0.0.1 (a free port), served from a daemon thread; a context manager."""
+    """`ProxyServer` for `upstream` on 127.0.0.1 (a free port), served from a daemon thread; a context manager.
 
-    def __init__(self, upstream: str, feed: RunFeed, *, dropped: Callable[[str, int], None] | None = None) -> None:
-        # Without a counter the app keeps its own default, so the argument is passed only when given.
-        self.app = ProxyApp(upstream, feed, dropped=dropped) if dropped else ProxyApp(upstream, feed)
+    `runs` are told what the Assistants observer reads of the answers (`observer` replaces that observer);
+    `drops` counts what the proxy drops (default: a fresh `Counters`).
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        runs: RunEvents | None = None,
+        *,
+        drops: Drops | None = None,
+        observer: ProxyObserver | None = None,
+    ) -> None:
+        self.drops = drops if drops is not None else Counters()
+        if observer is None and runs is not None:
+            observer = RunObserver(runs, drops=self.drops)
+        self.app = ProxyApp(upstream, observer, drops=self.drops)
         self.server = ProxyServer(self.app, "127.0.0.1", 0)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-proxy", daemon=True)
