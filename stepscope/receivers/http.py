@@ -1,4 +1,4 @@
-"""The sidecar's HTTP surface (ASGI, served by uvicorn on the event loop).
+"""The sidecar's HTTP surface (ASGI, served by `HttpServer`, stepscope's own server, on the event loop).
 
 - `GET /metrics`: Prometheus text, or OpenMetrics with exemplars when the scraper asks for it.
 - `GET /healthz`: 200 while the event loop and the poller are alive (liveness).
@@ -22,21 +22,20 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import uvicorn
 from prometheus_client import CollectorRegistry, make_asgi_app
 
 from stepscope.contract.vocabulary import DropReason
 from stepscope.core.records import NO_DROPS, Drops
 from stepscope.errors import StoreError
 from stepscope.protocols.base import InvalidRegistration, RegistrationFull, Registrations, WebhookHandler
-from stepscope.receivers.listener import Listener, Receive, Scope, Send
+from stepscope.receivers.asgi import Receive, Scope, Send, lifespan, respond
+from stepscope.receivers.server import AsgiServer, ServerLimits
 from stepscope.receivers.watch import DEFAULT_WATCH_RATE, InvalidWatchBody, TokenBucket, is_loopback, parse_watch_body
 from stepscope.receivers.webhooks import WebhookRefused, WebhookVerifier
 
@@ -58,18 +57,6 @@ class HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.headers = headers or []
-
-
-async def _respond(
-    send: Send, status: int, body: dict[str, Any] | str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    if isinstance(body, dict):
-        payload, ctype = json.dumps(body).encode(), b"application/json"
-    else:
-        payload, ctype = body.encode(), b"text/plain; charset=utf-8"
-    head = [(b"content-type", ctype), (b"content-length", str(len(payload)).encode()), *(headers or [])]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": payload})
 
 
 class HttpApp:
@@ -139,31 +126,31 @@ class HttpApp:
             if path == "/healthz":
                 self._only(method, "GET", "HEAD")
                 ok = self._service.alive()
-                await _respond(send, 200 if ok else 503, "ok\n" if ok else "poll loop stopped\n")
+                await respond(send, 200 if ok else 503, "ok\n" if ok else "poll loop stopped\n")
             elif path == "/readyz":
                 self._only(method, "GET", "HEAD")
                 ok = self._service.ready()
-                await _respond(send, 200 if ok else 503, "ready\n" if ok else "not ready\n")
+                await respond(send, 200 if ok else 503, "ready\n" if ok else "not ready\n")
             elif path == "/v1/status":
                 self._only(method, "GET")
-                await _respond(send, 200, self._service.status())
+                await respond(send, 200, self._service.status())
             elif path == "/v1/watch":
                 self._only(method, "POST", "DELETE")
-                await _respond(send, *(await self._watch(scope, receive, method)))
+                await respond(send, *(await self._watch(scope, receive, method)))
             elif path == "/v1/webhooks":
                 self._only(method, "POST")
-                await _respond(send, *(await self._webhook(scope, receive)))
+                await respond(send, *(await self._webhook(scope, receive)))
             else:
                 raise HttpError(404, "not found")
         except HttpError as exc:
-            await _respond(send, exc.status, {"error": str(exc)}, exc.headers)
+            await respond(send, exc.status, {"error": str(exc)}, exc.headers)
         except StoreError as exc:
             log.warning("checkpoint store error serving %s: %s", path, exc)
-            await _respond(send, 503, {"error": "checkpoint store unavailable"})
+            await respond(send, 503, {"error": "checkpoint store unavailable"})
         except Exception:
-            # A bug, not bad input (bad input is an HttpError): answer JSON rather than uvicorn's bare 500.
+            # A bug, not bad input (bad input is an HttpError): answer JSON rather than the server's own 500.
             log.exception("internal error serving %s", path)
-            await _respond(send, 500, {"error": "internal error"})
+            await respond(send, 500, {"error": "internal error"})
 
     @staticmethod
     def _only(method: str, *allowed: str) -> None:
@@ -186,9 +173,9 @@ class HttpApp:
         try:
             fields = parse_watch_body(await self._read_body(headers, receive))
             if method == "DELETE":
-                registrations.unwatch(fields)
+                await registrations.unwatch(fields)
                 return 200, {**fields, "watching": False}
-            accepted = registrations.watch(fields)
+            accepted = await registrations.watch(fields)
         except RegistrationFull as exc:  # counted and logged (once per episode) by discovery
             raise HttpError(429, f"{exc}; drop registrations with DELETE /v1/watch or raise the limit") from None
         except (HttpError, InvalidWatchBody, InvalidRegistration) as exc:
@@ -235,8 +222,10 @@ class HttpApp:
         raise HttpError(429, "too many /v1/watch requests; retry later", headers=[(b"retry-after", retry)])
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        # Required, not merely checked when present: a browser page can post text/plain (or nothing) cross-site
+        # without a preflight, but never application/json.
         ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-        if ctype and ctype != b"application/json":
+        if ctype != b"application/json":
             raise HttpError(415, "content-type must be application/json")
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self._max_body:
@@ -256,26 +245,26 @@ class HttpApp:
                 return b"".join(chunks)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if not self.registration_open:
-                    log.warning("POST /v1/watch answers 403: %s", self._closed_reason())
-                if self._webhooks is not None:
-                    log.info("POST /v1/webhooks accepts signed session events")
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send, startup=self._started)
+
+    def _started(self) -> None:
+        if not self.registration_open:
+            log.warning("POST /v1/watch answers 403: %s", self._closed_reason())
+        if self._webhooks is not None:
+            log.info("POST /v1/webhooks accepts signed webhook deliveries")
 
 
-class HttpServer(Listener):
-    """The HTTP surface under uvicorn on the running event loop (see `Listener`); a port in use names
-    `server.listen`."""
+class HttpServer(AsgiServer):
+    """The HTTP surface on stepscope's own server (`stepscope.receivers.server`) within `limits` (default: 64
+    connections, a 5 s header timeout; see `ServerLimits`); a port in use names `server.listen`. Upgrade requests
+    (WebSocket) get 501. Refused connections and timeouts are counted in `drops` (default: the app's)."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(
+        self, app: Any, host: str, port: int, *, limits: ServerLimits | None = None, drops: Drops | None = None
+    ) -> None:
         if isinstance(app, HttpApp) and app.listen_host is None:
             app.listen_host = host  # the address it serves on decides whether registration needs a token
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2)
-        super().__init__(config, host, port, setting="server.listen",
-                         fix="choose another address with --listen or STEPSCOPE_LISTEN")  # fmt: skip
+        counted = drops if drops is not None else app._drops if isinstance(app, HttpApp) else NO_DROPS
+        super().__init__(app, host, port, setting="server.listen", name="http",
+                         fix="choose another address with --listen or STEPSCOPE_LISTEN",
+                         limits=limits or ServerLimits(), drops=counted, backlog=128)  # fmt: skip

@@ -8,9 +8,10 @@ and forwarded, so all see the same machine load. Requests: get a run, list its s
 (a run route: its answer is read for the feed). Added latency is the difference of the medians and of the 99th
 percentiles. Targets: <= 2 ms at the median, <= 5 ms at p99.
 
-The bare forwarder is the floor for relaying: the same ASGI server (uvicorn with httptools) and httpx on aiohttp's
-transport upstream, relaying method, path, headers and body and streaming the answer back, nothing else (no route
-matching, no hop-by-hop policy, no reading of answers for the feed). CPU per request is each child's CPU time over
+The bare forwarder is the floor for relaying: uvicorn with httptools (the proxy runs on stepscope's own server,
+`stepscope.receivers.server`, on the same parser) and httpx on aiohttp's transport upstream, relaying method, path,
+headers and body and streaming the answer back, nothing else (no route matching, no hop-by-hop policy, no
+cancellation when the client leaves, no observation queue). CPU per request is each child's CPU time over
 the run divided by the requests it relayed; the proxy and the forwarder share one core, the simulator and this
 process the other. Target: the proxy's CPU per request at most 2.5x the forwarder's.
 """

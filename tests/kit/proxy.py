@@ -1,9 +1,11 @@
 """Test helpers: the proxy on its own event loop in a thread, a recorder of what the Assistants observer reads,
-and a byte-counting upstream for big bodies."""
+a byte-counting upstream for big bodies, and a raw HTTP/1.1 client for what a client library would not send."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
 import threading
 import time
@@ -17,7 +19,7 @@ import uvicorn
 from stepscope.core.records import Drops, UnitRef
 from stepscope.protocols.assistants.proxied import RunEvents, RunObserver
 from stepscope.protocols.base import ProxyObserver
-from stepscope.receivers.listener import Message, Receive, Scope, Send
+from stepscope.receivers.asgi import Message, Receive, Scope, Send
 from stepscope.receivers.proxy import ProxyApp, ProxyServer
 from tests.kit.fakes import Counters
 
@@ -36,6 +38,9 @@ class RecordingRuns:
 
     def stream_ended(self, ref: UnitRef, complete: bool) -> None:
         self.calls.append(("stream_ended", (ref.container_id, ref.unit_id, complete)))
+
+    def submit_sent(self, ref: UnitRef) -> None:
+        self.calls.append(("submit_sent", (ref.container_id, ref.unit_id)))
 
     def of(self, method: str) -> list[tuple[Any, ...]]:
         """The arguments of every call to `method`, in order."""
@@ -138,3 +143,79 @@ def serve_in_thread(app: Any) -> tuple[str, Callable[[], None]]:
         sock.close()
 
     return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+
+
+@dataclass
+class RawAnswer:
+    """One HTTP/1.1 answer as it came over the wire: status, headers (names lower-cased, in order), body, and
+    whether it was chunked."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    chunked: bool = False
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class RawClient:
+    """One raw TCP connection to 127.0.0.1:`port`, for what an HTTP client library would not send (half requests,
+    pipelines, absolute-form targets) or would hide (framing, the connection's end)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self, *, head: bool = False, within_s: float = 5.0) -> RawAnswer:
+        """Read one whole answer (`head`: to a HEAD request, so without a body)."""
+        return await asyncio.wait_for(self._answer(head), within_s)
+
+    async def _answer(self, head: bool) -> RawAnswer:
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:] if line)]
+        found = dict(headers)
+        if head or status in (204, 304) or status < 200:
+            return RawAnswer(status, headers, b"")
+        if "content-length" in found:
+            return RawAnswer(status, headers, await self.reader.readexactly(int(found["content-length"])))
+        if found.get("transfer-encoding") == "chunked":
+            body = b""
+            while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
+                body += await self.reader.readexactly(size)
+                await self.reader.readexactly(2)
+            await self.reader.readexactly(2)
+            return RawAnswer(status, headers, body, chunked=True)
+        return RawAnswer(status, headers, await self.reader.read())
+
+    async def closed(self, within_s: float = 5.0) -> bool:
+        """Whether the server closes the connection within `within_s` seconds (anything it sends is dropped); the
+        connection is closed on this side too then."""
+        try:
+            async with asyncio.timeout(within_s):
+                while await self.reader.read(65536):
+                    pass
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            pass
+        await self.close()
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
