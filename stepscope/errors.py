@@ -119,5 +119,14 @@ class InvalidObject(StepscopeError):
         self.object_id = object_id
 
 
+class UnitAbandoned(StepscopeError):
+    """A reader gives its unit up for good (a response stuck `queued` past its bound): the poller forgets the unit
+    and counts it by `reason`, a `stepscope_dropped_total` reason."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class StoreError(StepscopeError):
     """The checkpoint store could not be opened, read or written."""

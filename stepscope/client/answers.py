@@ -4,6 +4,7 @@ what a message may show (no credential, no URL userinfo). Pure helpers of `steps
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import ssl
@@ -95,13 +96,22 @@ def server_message(content: bytes | bytearray | None) -> str:
 
 
 def secrets_of(auth_headers: Mapping[str, str]) -> tuple[str, ...]:
-    values = []
+    """Every form in which a credential of these headers could come back in an answer: the header values, the
+    token after the scheme, and the base64 (standard and URL-safe) of each, longest first, so a server that echoes a
+    key, or its base64 the way Basic auth carries one, never gets it into a message."""
+    plain: list[str] = []
     for value in auth_headers.values():
-        values.append(value)
+        plain.append(value)
         scheme, _, token = value.partition(" ")
-        if token and scheme.lower() == "bearer":
-            values.append(token)
-    return tuple(v for v in values if len(v) >= 4)
+        if token and scheme.lower() in ("bearer", "basic"):
+            plain.append(token)
+    forms = set(plain)
+    for value in plain:
+        raw = value.encode()
+        for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+            forms.add(encoded.decode())
+            forms.add(encoded.decode().rstrip("="))
+    return tuple(sorted((v for v in forms if len(v) >= 4), key=len, reverse=True))
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:

@@ -113,10 +113,10 @@ class RequestCore:
     """GETs against one API endpoint with one credential, under every bound; see the module docstring.
 
     `http` is owned by the caller (tests pass one built on `httpx.MockTransport`). `base_url` includes any
-    version or project prefix. `beta` is the `OpenAI-Beta` header value (`assistants=v2`, `agents=v1`). `sleep`
-    defaults to a sleep that `stop` interrupts; once `stop` is set, a pending retry gives up with the last error.
-    `rng` draws the jitter in [0, 1). `max_body` (bytes), `deadline` (seconds per attempt; None: none) and
-    `max_pages` (per listing) bound what one server can cost; a value <= 0 is a `ConfigError`.
+    version or project prefix. `beta` is the `OpenAI-Beta` header value (`assistants=v2`, `agents=v1`; empty:
+    none). `sleep` defaults to a sleep that `stop` interrupts; once `stop` is set, a pending retry gives up with
+    the last error. `rng` draws the jitter in [0, 1). `max_body` (bytes), `deadline` (seconds per attempt; None:
+    none) and `max_pages` (per listing) bound what one server can cost; a value <= 0 is a `ConfigError`.
     """
 
     def __init__(
@@ -164,7 +164,9 @@ class RequestCore:
         self._stop = stop
         self._sleep = sleep or stop_aware_sleep(stop)
         self._budget = budget or RequestBudget()
-        headers = {"OpenAI-Beta": beta, "User-Agent": f"stepscope/{__version__}", "Accept": "application/json"}
+        headers = {"User-Agent": f"stepscope/{__version__}", "Accept": "application/json"}
+        if beta:  # the Responses API is no beta: it takes no such header
+            headers["OpenAI-Beta"] = beta
         if organization:
             headers["OpenAI-Organization"] = organization
         if project:
@@ -355,7 +357,7 @@ class RequestCore:
                 return _Outcome(error=LimitExceeded(message, reason="too_large", status_code=status, **ctx))
             try:
                 body = json.loads(content)
-            except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+            except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nesting past the interpreter's limit
                 # Counted apart from 200: a server answering garbage is an API error, not a success.
                 self._observe(endpoint, "invalid_body", started)
                 unreadable = Unavailable(f"{endpoint}: HTTP {status}: unreadable JSON body", status_code=status, **ctx)

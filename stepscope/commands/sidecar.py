@@ -1,10 +1,11 @@
 """One running stepscope: the built components under one lifecycle, and what the HTTP surface asks of them.
 
 `Sidecar.start()` starts, in order: the store, the HTTP listener, the API connection and one credential check,
-span delivery, the poller (which resumes what the store says is active), the protocol's discovery and components,
-the proxy, the heartbeat; it returns once everything runs. `shutdown()` stops them in reverse within
-`SHUTDOWN_BUDGET_S`; spans not delivered by then stay in the backlog for the next start, and the last log line says
-how many. `run_sidecar()` adds signal handling for `stepscope serve`. Nothing here knows which protocol runs.
+span delivery, OTLP metrics (when on), the poller (which resumes what the store says is active), the protocol's
+discovery and components, the proxy, the heartbeat; it returns once everything runs. `shutdown()` stops them in
+reverse within `SHUTDOWN_BUDGET_S`; spans not delivered by then stay in the backlog for the next start, and the last
+log line says how many. `run_sidecar()` adds signal handling for `stepscope serve`. Nothing here knows which
+protocol runs.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from stepscope import __version__
 from stepscope.commands.wiring import Components, Seams, build
 from stepscope.config import Config
 from stepscope.config.values import redact_url
+from stepscope.core.discovery import PeriodicDiscovery
 from stepscope.core.lifecycle import Component, Lifecycle
 from stepscope.core.supervision import Heartbeat
 from stepscope.errors import AuthError, ConfigError, SourceError, StoreError
@@ -30,6 +32,19 @@ log = logging.getLogger("stepscope")
 
 SHUTDOWN_BUDGET_S = 8.0  # inside the 10 s a sidecar gets; leaves room for the interpreter to exit
 PROBE_TIMEOUT_S = 10.0
+
+
+class Supervised(Protocol):
+    """A loop `/healthz` watches: its name (what it beats as), whether it runs, and how long it may go quiet."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def allowed_s(self) -> float: ...
 
 
 class CredentialCheck:
@@ -91,7 +106,10 @@ class Sidecar:
         components.append(p.api)
         if check_api:
             components.append(CredentialCheck(p.instance.probe, config.api.base_url))
-        components += [p.delivery, p.poller]
+        components.append(p.delivery)
+        if p.otlp_metrics is not None:  # after delivery, before the poller: it stops after the last commit is counted
+            components.append(p.otlp_metrics)
+        components.append(p.poller)
         if discover:
             components.append(finders.discovery)
         components += finders.components
@@ -103,6 +121,9 @@ class Sidecar:
         components.append(self.heartbeat)
         self._lifecycle = Lifecycle(components)
         self._discover = discover
+        self._supervised: list[Supervised] = [p.poller, p.delivery]
+        if discover and isinstance(finders.discovery, PeriodicDiscovery):
+            self._supervised.append(finders.discovery)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -114,6 +135,8 @@ class Sidecar:
         except StoreError as exc:
             raise ConfigError([f"state (STEPSCOPE_STATE): {exc}"]) from exc
         p, cfg = self.parts, self.config
+        for loop in self._supervised:
+            p.progress.supervise(loop.name, loop.allowed_s)
         where = f"listening on {cfg.server.host}:{self.http_server.port}" if self.http_server else "no HTTP listener"
         if self.proxy is not None:
             where += f", proxying {cfg.server.proxy_host}:{self.proxy.port} to the API"
@@ -151,11 +174,15 @@ class Sidecar:
     # --- what the HTTP server asks ------------------------------------------------------------------------------
 
     def alive(self) -> bool:
-        return self._lifecycle.started and self.heartbeat.alive() and self.parts.poller.running
+        """Started, the event loop beating, and every supervised loop running and making progress within what its
+        interval allows (a dead or stuck loop fails `/healthz`, so the orchestrator restarts the process)."""
+        if not (self._lifecycle.started and self.heartbeat.alive()):
+            return False
+        return all(loop.running for loop in self._supervised) and not self.parts.progress.stalled()
 
     def ready(self) -> bool:
         """Started, the store open and writable, the server up. Never depends on the API or the collector."""
-        store = self.parts.store
+        store = self.parts.store.sync
         server = self.http_server
         return self._lifecycle.started and store.is_open and store.healthy and server is not None and server.started
 
@@ -174,7 +201,11 @@ class Sidecar:
                 "pending_spans": p.delivery.pending,
                 "backlog_age_seconds": round(p.delivery.oldest_age(), 1),
             },
-            "store": {"path": p.store.path, "healthy": p.store.healthy, "last_error": p.store.last_error},
+            "store": {
+                "path": p.store.sync.path,
+                "healthy": p.store.sync.healthy,
+                "last_error": p.store.sync.last_error,
+            },
             "shard": f"{self.config.poll.shard_index}/{self.config.poll.shard_count}",
         }
 

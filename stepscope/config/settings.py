@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from stepscope.config.values import (
     EMPTY_SECRET,
@@ -20,6 +21,7 @@ from stepscope.config.values import (
     agent_ids,
     choice,
     enum_choice,
+    foundry_project_id,
     listen_address,
     parse_bool,
     parse_duration,
@@ -44,6 +46,9 @@ DEFAULT_AZURE_API_VERSION = "v1"
 DEFAULT_LISTEN = "127.0.0.1:9464"
 DEFAULT_STATE = "stepscope-state.db"
 TRACES_EXPORTERS = ("otlp", "console", "none")
+METRICS_EXPORTERS = ("otlp", "none")  # /metrics is served either way
+TEMPORALITIES = ("cumulative", "delta", "lowmemory")
+GENAI_LATEST_EXPERIMENTAL = "gen_ai_latest_experimental"
 OTLP_PROTOCOLS = ("http/protobuf", "grpc")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -55,6 +60,7 @@ class ApiConfig:
     api_key: Secret = EMPTY_SECRET
     org_id: str | None = None
     project_id: str | None = None
+    foundry_project_id: str | None = None  # the project's resource id, for `microsoft.foundry.project.id`
     flavor: Flavor = Flavor.OPENAI
     protocol: str = "assistants"  # a name registered in stepscope.protocols; checked by the commands
     api_version: str | None = None
@@ -104,6 +110,21 @@ class ExportConfig:
     # are dropped (counted). 500,000 spans is about 250 MB of disk and hours of a busy deployment's spans.
     backlog_max_spans: int = 500_000
     backlog_max_age: float = 86_400.0
+    # OTLP metrics beside /metrics, opt-in: the OTel SDK's periodic reader (docs/otlp-metrics.md).
+    metrics_exporter: str = "none"
+    otlp_metrics_endpoint: str | None = None
+    otlp_metrics_protocol: str | None = None  # None: OTEL_EXPORTER_OTLP_PROTOCOL's
+    otlp_metrics_headers: Secret = EMPTY_SECRET  # empty: OTEL_EXPORTER_OTLP_HEADERS
+    metric_export_interval_ms: float = 60_000.0
+    # 10 s, not the specification's 30 s: a hung backend then costs each export at most that, well inside an interval.
+    metric_export_timeout_ms: float = 10_000.0
+    metrics_temporality: str = "cumulative"
+    semconv_stability_opt_in: str = ""
+
+    @property
+    def genai_latest_experimental(self) -> bool:
+        """`OTEL_SEMCONV_STABILITY_OPT_IN` lists `gen_ai_latest_experimental`: the newest GenAI token counters."""
+        return GENAI_LATEST_EXPERIMENTAL in {item.strip().lower() for item in self.semconv_stability_opt_in.split(",")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +194,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api.base_url", "OPENAI_BASE_URL", parse_url, f"API base URL (default {DEFAULT_BASE_URL})"),
     Setting("api.org_id", "OPENAI_ORG_ID", stripped, "OpenAI-Organization header"),
     Setting("api.project_id", "OPENAI_PROJECT_ID", stripped, "OpenAI-Project header"),
+    Setting(
+        "api.foundry_project_id",
+        "STEPSCOPE_FOUNDRY_PROJECT_ID",
+        foundry_project_id,
+        "Foundry project resource id on response spans (/subscriptions/.../projects/NAME)",
+    ),
     Setting("api.flavor", "STEPSCOPE_FLAVOR", enum_choice(Flavor), " or ".join(FLAVORS)),
     Setting("api.protocol", "STEPSCOPE_PROTOCOL", protocol_name, "the API to read: a registered protocol's name"),
     Setting("api.api_version", "STEPSCOPE_API_VERSION", stripped, "api-version query parameter (Azure)"),
@@ -188,7 +215,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api.max_body", "STEPSCOPE_API_MAX_BODY", parse_size, "largest response body read, e.g. 8MiB"),
     Setting("api.max_pages", "STEPSCOPE_MAX_PAGES", positive_int, "pages of one listing at most"),
     Setting("poll.threads", "STEPSCOPE_THREADS", thread_ids, "comma-separated thread ids to watch"),
-    Setting("poll.agents", "STEPSCOPE_AGENTS", agent_ids, "comma-separated agent ids whose sessions to follow"),
+    Setting("poll.agents", "STEPSCOPE_AGENTS", agent_ids, "comma-separated agents to follow (ids; Foundry names)"),
     Setting("poll.interval", "STEPSCOPE_POLL_INTERVAL", positive_duration, "poll interval of active runs"),
     Setting("poll.max_interval", "STEPSCOPE_POLL_MAX_INTERVAL", positive_duration, "slowest poll interval"),
     Setting("poll.lookback", "STEPSCOPE_LOOKBACK", parse_duration, "history backfilled on first sight"),
@@ -211,6 +238,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("export.schedule_delay_ms", "OTEL_BSP_SCHEDULE_DELAY", positive_float, "span batch delay (ms)"),
     Setting("export.backlog_max_spans", "STEPSCOPE_BACKLOG_MAX_SPANS", positive_int, "undelivered spans kept at most"),
     Setting("export.backlog_max_age", "STEPSCOPE_BACKLOG_MAX_AGE", positive_duration, "undelivered spans kept for"),
+    Setting("export.metrics_exporter", "OTEL_METRICS_EXPORTER", choice(METRICS_EXPORTERS), "otlp or none"),
+    Setting("export.otlp_metrics_endpoint", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", parse_url, "OTLP metrics endpoint"),
+    Setting(
+        "export.otlp_metrics_protocol",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        choice(OTLP_PROTOCOLS),
+        "OTLP metrics protocol",
+    ),
+    Setting("export.otlp_metrics_headers", "OTEL_EXPORTER_OTLP_METRICS_HEADERS", secret, "OTLP metrics headers"),
+    Setting("export.metric_export_interval_ms", "OTEL_METRIC_EXPORT_INTERVAL", positive_float, "export interval (ms)"),
+    Setting("export.metric_export_timeout_ms", "OTEL_METRIC_EXPORT_TIMEOUT", positive_float, "export timeout (ms)"),
+    Setting(
+        "export.metrics_temporality",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        choice(TEMPORALITIES),
+        "cumulative, delta or lowmemory",
+    ),
+    Setting(
+        "export.semconv_stability_opt_in", "OTEL_SEMCONV_STABILITY_OPT_IN", stripped, "semantic conventions opt-in"
+    ),
     Setting("server.listen", "STEPSCOPE_LISTEN", listen_address, f"HTTP listen address (default {DEFAULT_LISTEN})"),
     Setting("server.watch_token", "STEPSCOPE_WATCH_TOKEN", secret, "bearer token protecting /v1/watch"),
     Setting("server.max_watched", "STEPSCOPE_MAX_WATCHED", positive_int, "/v1/watch registrations held at most"),
@@ -324,6 +371,9 @@ def validate(config: Config) -> list[str]:
         problems.append(f"OPENAI_API_KEY (api.api_key): required with STEPSCOPE_AUTH={api.auth}")
     if api.auth == AuthMode.TOKEN_FILE and not api.token_file:
         problems.append(f"STEPSCOPE_TOKEN_FILE (api.token_file): required with STEPSCOPE_AUTH={AuthMode.TOKEN_FILE}")
+    if "@" in urlsplit(api.base_url).netloc:
+        problems.append("OPENAI_BASE_URL (api.base_url): must not carry credentials (user:password@); they would be "
+                        "sent instead of the key: give the key with OPENAI_API_KEY")  # fmt: skip
     if api.flavor == Flavor.AZURE and api.base_url == DEFAULT_BASE_URL:
         problems.append(
             f"OPENAI_BASE_URL (api.base_url): set the Azure project endpoint with STEPSCOPE_FLAVOR={Flavor.AZURE}"

@@ -176,6 +176,22 @@ def agent_ids(text: str) -> tuple[str, ...]:
     return ids
 
 
+_FOUNDRY_PROJECT_RE = re.compile(
+    r"/subscriptions/[^/\s]+/resourceGroups/[^/\s]+/providers/Microsoft\.CognitiveServices/accounts/[^/\s]+"
+    r"/projects/[^/\s]+",
+    re.IGNORECASE,
+)
+
+
+def foundry_project_id(text: str) -> str:
+    """A Foundry project's Azure resource id, as the portal shows it (its JSON view)."""
+    value = text.strip()
+    if not _FOUNDRY_PROJECT_RE.fullmatch(value):
+        raise ValueError("must be /subscriptions/<id>/resourceGroups/<group>/providers/"
+                         "Microsoft.CognitiveServices/accounts/<account>/projects/<project>")  # fmt: skip
+    return value
+
+
 def webhook_secret(text: str) -> Secret:
     """A `whsec_<base64>` signing secret (or raw text, as the SDK accepts); never echoed in the error."""
     value = text.strip()

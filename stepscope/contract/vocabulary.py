@@ -64,9 +64,16 @@ class DropReason(StrEnum):
     PROXY_UNREADABLE = "proxy_unreadable"  # a run route's answer or event the proxy could not read
     PROXY_BODY_TOO_LARGE = "proxy_body_too_large"  # a run route's answer too large to observe (relayed anyway)
     PROXY_OBSERVER_ERROR = "proxy_observer_error"  # the proxy's own observation of an answer failed
+    PROXY_UPSTREAM_BUSY = "proxy_upstream_busy"  # a proxied request answered 503: upstream pool or route share full
+    LISTENER_FULL = "listener_full"  # a connection answered 503: its listener was at its connection limit
+    REQUEST_TIMEOUT = "request_timeout"  # a connection closed: its request head or body did not arrive in time
     WEBHOOK_INVALID = "webhook_invalid"  # a POST /v1/webhooks delivery refused: unsigned, forged, stale, bad body
     SESSIONS_FULL = "sessions_full"  # an Agents API session past the bound of followed sessions, not followed
-    DISCOVERY_FAILED = "discovery_failed"  # a discovery pass that raised (logged once per episode, retried)
+    TRACE_DROPPED = "trace_dropped"  # a published trace left out of its turn: too large, or its listing ran away
+    UNIT_ID_COLLISION = "unit_id_collision"  # a unit whose id another container's unit already has: not followed
+    LISTING_UNBOUNDED = "listing_unbounded"  # a unit given up: its listing broke a bound on many polls in a row
+    STUCK_QUEUED = "stuck_queued"  # a unit given up: queued far longer than the server ever queues (a server bug)
+    TASK_FAILED = "task_failed"  # a background loop's round that raised or hung (logged once per episode, retried)
 
 
 FLAVORS: tuple[str, ...] = tuple(Flavor)

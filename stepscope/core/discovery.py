@@ -26,6 +26,7 @@ from typing import Protocol
 
 from stepscope.contract.vocabulary import DropReason
 from stepscope.core.records import Drops, UnitRef
+from stepscope.core.supervision import Beats
 from stepscope.errors import SourceError
 
 log = logging.getLogger("stepscope.discovery")
@@ -36,6 +37,8 @@ DISCOVERY_BUDGET = 16 * DISCOVERY_CONCURRENCY
 """Listings per pass at most: with 8 in flight, a pass lasts about 16 listing round trips whatever is watched."""
 MAX_BACKOFF_S = 60.0
 """Longest wait after passes that raised, doubling from the interval."""
+PASS_DEADLINE_S = 300.0
+"""A pass still going after this long is abandoned (counted as `task_failed`); the next one starts over."""
 
 
 def shard_of(container_id: str, count: int) -> int:
@@ -59,17 +62,20 @@ class Tracker(Protocol):
 
 
 class RegistrationStore(Protocol):
-    """The checkpoint store as discovery uses it: registrations, and which units it knows. Raises `StoreError`."""
+    """The checkpoint store as discovery uses it, off the event loop (`AsyncStore`): registrations, and which units
+    it knows. Raises `StoreError`."""
 
-    def watched(self) -> list[tuple[str, str | None]]: ...
+    async def watched(self) -> list[tuple[str, str | None]]: ...
 
-    def watch(self, container_id: str, unit_id: str | None, now: float) -> None: ...
+    async def watch(self, container_id: str, unit_id: str | None, now: float) -> None: ...
 
-    def unwatch(self, container_id: str, unit_id: str | None) -> None: ...
+    async def unwatch(self, container_id: str, unit_id: str | None) -> None: ...
 
-    def known_runs(self, unit_ids: Iterable[str]) -> set[str]: ...
+    async def known_runs(self, unit_ids: Iterable[str]) -> set[str]: ...
 
-    def prune(self, finished_before: float) -> int: ...
+    async def known_units(self, unit_ids: Iterable[str]) -> dict[str, str]: ...
+
+    async def prune(self, finished_before: float) -> int: ...
 
 
 class ApiOutcomes(Protocol):
@@ -78,12 +84,6 @@ class ApiOutcomes(Protocol):
     def ok(self) -> None: ...
 
     def failed(self, exc: SourceError) -> None: ...
-
-
-class Beats(Protocol):
-    """Where a loop says it made progress (`supervision.Progress`). Must not block or raise."""
-
-    def beat(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +136,18 @@ class PeriodicDiscovery(abc.ABC):
         s = self.settings
         return s.shard_count == 1 or shard_of(container_id, s.shard_count) == s.shard_index
 
+    async def known(self, ref: UnitRef) -> bool:
+        """Whether the store knows the unit; an id it knows under another container is a collision (two units the
+        server gave one id), counted as `unit_id_collision` and logged, and is treated as known: one is followed."""
+        container = (await self._store.known_units([ref.unit_id])).get(ref.unit_id)
+        if container is None:
+            return False
+        if container != ref.container_id:
+            self._drops.dropped(DropReason.UNIT_ID_COLLISION)
+            log.warning("%s in %s has the id of a unit already seen in %s: only the first is followed",
+                        ref.unit_id, ref.container_id, container)  # fmt: skip
+        return True
+
     def wake(self) -> None:
         """Start the next pass now (or right after the current one)."""
         self._wake.set()
@@ -143,6 +155,16 @@ class PeriodicDiscovery(abc.ABC):
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    @property
+    def running(self) -> bool:
+        """True while the loop runs (False before start, after stop or if it was cancelled)."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def allowed_s(self) -> float:
+        """How long the loop may go without finishing a pass before it counts as stalled."""
+        return self.settings.interval_s + PASS_DEADLINE_S + MAX_BACKOFF_S
 
     @abc.abstractmethod
     async def run_once(self) -> int:
@@ -166,13 +188,13 @@ class PeriodicDiscovery(abc.ABC):
             self._wake.clear()  # before the pass: a wake that comes during it starts the next one at once
             wait = interval
             try:
-                await self.run_once()
+                await asyncio.wait_for(self.run_once(), timeout=PASS_DEADLINE_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a stage boundary: a pass that breaks is retried, never the end of discovery
                 failures += 1
                 wait = min(MAX_BACKOFF_S, interval * 2**failures)
-                self._drops.dropped(DropReason.DISCOVERY_FAILED)
+                self._drops.dropped(DropReason.TASK_FAILED)
                 if failures == 1:
                     log.error("%s pass failed (%s: %s); retrying with backoff", self.name, type(exc).__name__, exc,
                               exc_info=not isinstance(exc, RecursionError | MemoryError))  # fmt: skip

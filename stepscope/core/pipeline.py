@@ -34,13 +34,14 @@ log = logging.getLogger("stepscope.core.pipeline")
 
 
 class Checkpoints(Protocol):
-    """The store's side of a commit: progress and spans in one transaction. Raises `StoreError`."""
+    """The store's side of a commit: progress and spans in one transaction, off the event loop (`AsyncStore`).
+    Raises `StoreError`."""
 
-    def commit_steps(
+    async def commit_steps(
         self, ref: UnitRef, step_ids: Sequence[str], cursor: str | None, now: float, spans: Sequence[bytes] = ()
     ) -> None: ...
 
-    def finish_run(self, ref: UnitRef, now: float, spans: Sequence[bytes] = ()) -> None: ...
+    async def finish_run(self, ref: UnitRef, now: float, spans: Sequence[bytes] = ()) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ CommitListener = Callable[[Committed], None]
 
 
 class Pipeline(Generic[U, R, F]):
-    """Maps and commits one protocol's commits. Call from the event loop.
+    """Maps and commits one protocol's commits. Call from the event loop (commits of one unit one at a time).
 
     `on_spans(n)` is told after each commit that put `n` spans into the backlog (the delivery worker's `notify`);
     `traces=False` keeps spans out of the backlog altogether (`OTEL_TRACES_EXPORTER=none`).
@@ -83,13 +84,13 @@ class Pipeline(Generic[U, R, F]):
         self._traces = traces
         self._wall = wall
         self._listeners: list[CommitListener] = []
-        self._store_failing = False
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
-    def commit(self, commit: Commit[U, R, F]) -> bool:
-        """Map and durably commit `commit`; True when it is durable and counted, False when nothing was."""
+    async def commit(self, commit: Commit[U, R, F]) -> bool:
+        """Map and durably commit `commit`; True when it is durable and counted, False when nothing was. The
+        store's transaction runs off the event loop; mapping and counting run on it."""
         parts: list[Telemetry] = []
         for record in commit.records:
             telemetry = self._map(commit, partial(self._mapper.record, commit.unit, record))
@@ -107,15 +108,12 @@ class Pipeline(Generic[U, R, F]):
         try:
             now = self._wall()
             if commit.finished:
-                self._store.finish_run(commit.ref, now, spans)
+                await self._store.finish_run(commit.ref, now, spans)
             else:
-                self._store.commit_steps(commit.ref, commit.record_ids, commit.cursor, now, spans)
-        except StoreError as exc:
-            self._store_failed(exc, max(1, len(commit.records)))
+                await self._store.commit_steps(commit.ref, commit.record_ids, commit.cursor, now, spans)
+        except StoreError:  # logged once per episode by the store
+            self._drops.dropped(DropReason.STORE_ERROR, max(1, len(commit.records)))
             return False
-        if self._store_failing:
-            self._store_failing = False
-            log.info("checkpoint store writable again")
         if observations:
             self._metrics.record(observations)  # one call per commit: the sink merges increments of a series
         if spans:
@@ -148,10 +146,3 @@ class Pipeline(Generic[U, R, F]):
                 log.warning("span %s carries a value that cannot be stored; dropping the span", item.key)
                 self._drops.dropped(DropReason.SPAN_UNENCODABLE)
         return encoded
-
-    def _store_failed(self, exc: StoreError, n: int) -> None:
-        self._drops.dropped(DropReason.STORE_ERROR, n)
-        if not self._store_failing:
-            self._store_failing = True
-            log.error("%s; progress is not saved and is read again later (check the disk and the permissions of "
-                      "STEPSCOPE_STATE)", exc)  # fmt: skip

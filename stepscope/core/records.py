@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
 from stepscope.contract.vocabulary import DropReason
@@ -30,6 +31,8 @@ class UnitRef:
 
 AttrValue = str | bool | int | float
 """An OpenTelemetry attribute value as stepscope uses them (no arrays)."""
+NO_ATTRIBUTES: Mapping[str, AttrValue] = MappingProxyType({})
+"""No attributes, as a shared immutable default for functions that take them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,11 @@ class SpanSpec:
 class Observation:
     """One metric event: `value` added to a counter or observed by a histogram named `metric`.
 
-    `labels` are from small fixed sets (never ids); `trace_id`/`span_id` become the exemplar.
+    `labels` are from small fixed sets (never ids); `trace_id`/`span_id` become the exemplar. `attributes` are the
+    GenAI conventions' attributes of what is counted (`gen_ai.operation.name`, `gen_ai.provider.name`,
+    `gen_ai.agent.name`, `gen_ai.request.model`, `error.type`, ...: never ids of units or calls), and `duration_s`
+    the duration of a counted event that has one (a tool call): the OTLP sink's instruments read them, the
+    Prometheus families never do.
     """
 
     metric: str
@@ -78,6 +85,8 @@ class Observation:
     value: float
     trace_id: int | None = None
     span_id: int | None = None
+    attributes: Mapping[str, AttrValue] = field(default_factory=dict)
+    duration_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +151,7 @@ class Mapper(Protocol[U_contra, R_contra, F_contra]):
 class Committer(Protocol[U, R, F]):
     """The pipeline as a reader sees it. True when the commit is durable; never raises."""
 
-    def commit(self, commit: Commit[U, R, F]) -> bool: ...
+    async def commit(self, commit: Commit[U, R, F]) -> bool: ...
 
 
 class UnitReader(Protocol[S]):

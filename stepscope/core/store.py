@@ -17,6 +17,8 @@ silently reused, because reusing it would forget (or clobber) progress.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -27,6 +29,10 @@ from typing import Any
 from stepscope.core.records import UnitRef
 from stepscope.errors import StoreError
 
+log = logging.getLogger("stepscope.store")
+
+BUSY_TIMEOUT_S = 0.1
+"""Seconds a statement waits for a lock another connection holds before it fails (`StoreError`)."""
 SCHEMA_VERSION = 2
 APPLICATION_ID = 0x53545053  # "STPS": marks the file as a stepscope store (`PRAGMA application_id`)
 _SCHEMA = """
@@ -70,8 +76,10 @@ class RunProgress:
 class SqliteStore:
     """SQLite-backed checkpoint store and span backlog. All methods raise `StoreError` on I/O problems.
 
-    Calls are short transactions on the caller's thread; the lock makes the object safe to share with the delivery
-    thread. `healthy` is False from a failed write until the next successful one (readiness reads it).
+    Calls are short transactions on the caller's thread (the event loop reaches them through `AsyncStore`); the
+    lock makes the object safe to share with the delivery thread. `healthy` is False from a failed write until the
+    next successful one (readiness reads it). A run of failed writes is logged once when it starts and once when it
+    ends: callers count what a failure cost them and need not log it.
     """
 
     def __init__(self, path: str) -> None:
@@ -80,6 +88,8 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self.healthy = True
         self.last_error: str | None = None
+        self._failed_writes = 0  # in the current episode of failed writes
+        self._failed_reads = 0
 
     @property
     def path(self) -> str:
@@ -106,7 +116,9 @@ class SqliteStore:
             if file.exists() and file.stat().st_size == 0:
                 raise StoreError(f"{path} is an empty file, not a stepscope store; remove it or choose another path")
         try:
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            # A database another process holds locked fails a write after BUSY_TIMEOUT_S instead of sqlite3's 5 s:
+            # the caller retries later, and nothing waits on a lock it cannot get.
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {path}: {exc}") from exc
         try:
@@ -192,19 +204,41 @@ class SqliteStore:
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
-                    db.execute("ROLLBACK")
-                self.healthy = False
-                self.last_error = f"cannot write {self._path}: {exc}"
-                raise StoreError(self.last_error) from exc
+                    with contextlib.suppress(sqlite3.Error):  # a disk that refused the write may refuse this too
+                        db.execute("ROLLBACK")
+                self._failed_write(exc)
+                raise StoreError(self.last_error or str(exc)) from exc
+            if self._failed_writes:
+                log.info("checkpoint store %s writable again, after %d failed write(s)", self._path,
+                         self._failed_writes)  # fmt: skip
+                self._failed_writes = 0
             self.healthy = True
             return changed
+
+    def _failed_write(self, exc: sqlite3.Error) -> None:
+        """Record a failed write; the first of an episode is logged (one line), the rest only counted until a write
+        succeeds again, so a full disk is two log lines, not one per attempt."""
+        self.healthy = False
+        self.last_error = f"cannot write {self._path}: {exc}"
+        if not self._failed_writes:
+            log.error("checkpoint store: %s; nothing is lost: progress is read again and written once the store "
+                      "takes writes (check the disk and STEPSCOPE_STATE's permissions)", self.last_error)  # fmt: skip
+        self._failed_writes += 1
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
-                return self._conn().execute(sql, params).fetchall()
+                rows = self._conn().execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot read {self._path}: {exc}") from exc
+                problem = f"cannot read {self._path}: {exc}"
+                if not self._failed_reads:
+                    log.error("checkpoint store: %s; it is read again later", problem)
+                self._failed_reads += 1
+                raise StoreError(problem) from exc
+            if self._failed_reads:
+                log.info("checkpoint store %s readable again, after %d failed read(s)", self._path, self._failed_reads)
+                self._failed_reads = 0
+            return rows
 
     # --- runs -------------------------------------------------------------------------------------------------
 
@@ -219,6 +253,15 @@ class SqliteStore:
         ):
             progress[str(run_id)].committed.add(str(step_id))
         return list(progress.values())
+
+    def known_units(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """The units among `run_ids` the store has seen (active or done), each with its container (thread)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._read(f"SELECT run_id, thread_id FROM runs WHERE run_id IN ({marks})", tuple(ids))  # noqa: S608
+        return {str(run_id): str(thread_id) for run_id, thread_id in rows}
 
     def known_runs(self, run_ids: Iterable[str]) -> set[str]:
         """The subset of `run_ids` the store has seen (active or done)."""

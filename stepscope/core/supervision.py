@@ -12,11 +12,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 HEARTBEAT_S = 1.0
 """How often the heartbeat task beats."""
 MISSED_BEATS = 10
 """Beats that may be missed before the loop counts as stuck."""
+
+
+class Beats(Protocol):
+    """Where a loop says it made progress (`Progress`). Must not block or raise."""
+
+    def beat(self, name: str) -> None: ...
 
 
 class Progress:

@@ -15,6 +15,7 @@ shutdown deadline. What it has not delivered by then stays in the backlog for th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -31,6 +32,7 @@ from stepscope.client.retry import RetryPolicy
 from stepscope.contract.vocabulary import DropReason
 from stepscope.core import spancodec
 from stepscope.core.records import Drops, RelayedSpan
+from stepscope.core.supervision import Beats
 from stepscope.errors import StoreError
 from stepscope.export.otlp import readable_span
 from stepscope.export.relay import RelayError, relayed_readable
@@ -93,8 +95,10 @@ class SpanDelivery:
         batch_size: int = 512,
         delay_s: float = 0.1,
         wall: Callable[[], float] = time.time,
+        beats: Beats | None = None,
     ) -> None:
         self._backlog = backlog
+        self._beats = beats
         self._exporter = exporter
         self._resource = resource
         self._health = health
@@ -108,6 +112,9 @@ class SpanDelivery:
         self._idle = threading.Event()
         self._lock = threading.Lock()
         self._pending = 0
+        self._notified = 0  # notify() calls so far: an empty read clears the counts only if none came meanwhile
+        self._next_trim = 0.0
+        self._oldest: float | None = None
         self._failures = 0
         self._thread: threading.Thread | None = None
         self._done = False
@@ -122,18 +129,33 @@ class SpanDelivery:
             return self._pending
 
     def oldest_age(self) -> float:
-        """Seconds since the oldest waiting span was committed; 0 when none waits or the store cannot say."""
-        try:
-            oldest = self._backlog.oldest_backlog()  # read at every scrape: no count of the whole backlog
-        except StoreError:
-            return 0.0
+        """Seconds since the oldest waiting span was committed; 0 when none waits or the store cannot say.
+
+        Read at every scrape, on the event loop: it reads what the delivery thread last saw, never the store.
+        """
+        oldest = self._oldest
         return max(0.0, self._wall() - oldest) if oldest is not None else 0.0
+
+    def _see_oldest(self) -> None:
+        """Remember when the oldest waiting span was committed (the delivery thread's view, for `oldest_age`)."""
+        try:
+            self._oldest = self._backlog.oldest_backlog()
+        except StoreError:
+            self._oldest = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     name = "delivery"
+    allowed_s = 120.0
+    """How long the thread may go without a round before it counts as stalled: rounds end within an export's
+    timeout and `TRIM_EVERY_S`."""
     spans_kept = 0
     """Spans left in the backlog by the last `stop()`."""
+
+    @property
+    def running(self) -> bool:
+        """True while the delivery thread runs."""
+        return self._thread is not None and self._thread.is_alive()
 
     async def start(self) -> None:
         """The component's start: `begin()`."""
@@ -148,10 +170,8 @@ class SpanDelivery:
         """Count what an earlier process left in the backlog and start the thread."""
         if self._thread is not None:
             return
-        try:
-            self._pending = self._backlog.backlog_stats()[0]
-        except StoreError:
-            log.exception("cannot read the span backlog")
+        with contextlib.suppress(StoreError):  # logged by the store; the first trim corrects the count
+            self._pending, self._oldest = self._backlog.backlog_stats()
         if self._pending and self._exporter is not None:
             log.info("%d span(s) kept from an earlier start: delivering them first", self._pending)
         self._thread = threading.Thread(target=self._run, name="stepscope-delivery", daemon=True)
@@ -161,6 +181,9 @@ class SpanDelivery:
         """`n` spans were appended to the backlog; safe from any thread."""
         with self._lock:
             self._pending += n
+            self._notified += 1
+            if self._oldest is None:
+                self._oldest = self._wall()  # just committed: the thread reads the exact time on its next round
         self._wake.set()
 
     def shutdown(self, timeout_s: float) -> int:
@@ -194,42 +217,69 @@ class SpanDelivery:
     # --- the thread ---------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_trim = 0.0
+        """The thread: rounds of delivery until stopped. A round that raises (a bug) is logged once per episode,
+        counted as `task_failed` and retried after a second, so the thread never dies on its own."""
+        failures = 0
         while not self._stop.is_set():
-            if time.monotonic() >= next_trim:
-                self._trim()
-                next_trim = time.monotonic() + TRIM_EVERY_S
-            if self._exporter is None:
-                self._wait(TRIM_EVERY_S)
-                continue
             try:
-                rows = self._backlog.backlog(self._batch)
-            except StoreError:
-                if self._stop.is_set():
+                if self._round():
                     return
-                log.exception("cannot read the span backlog")
-                self._wait(TRIM_EVERY_S)
-                continue
-            if not rows:
-                with self._lock:
-                    self._pending = 0
-                self._idle.set()
-                self._wait(TRIM_EVERY_S)
-                if not self._flushing.is_set():
-                    self._pause(self._delay)  # let a batch gather after the first new span
-                continue
-            self._idle.clear()
-            if self._deliver(rows):
-                self._failures = 0
-                if len(rows) < self._batch:
-                    self._pause(self._delay)
-            elif self._flushing.is_set():
-                self._idle.set()  # shutting down and the backend still refuses: keep the rest for the next start
-                return
+            except Exception as exc:  # a stage boundary: delivery must outlive a bug
+                failures += 1
+                self._health.dropped(DropReason.TASK_FAILED)
+                if failures == 1:
+                    log.error("delivery round failed (%s: %s); retrying", type(exc).__name__, exc, exc_info=exc)
+                self._stop.wait(1.0)
             else:
-                delay = EXPORT_BACKOFF.backoff(self._failures, random.random())
-                self._failures += 1
-                self._flushing.wait(delay)  # a shutdown ends the wait and tries once more
+                failures = 0
+
+    def _round(self) -> bool:
+        """One round: trim when due, then deliver one batch (or wait for spans). True when delivery must end."""
+        if self._beats is not None:
+            self._beats.beat(self.name)
+        if time.monotonic() >= self._next_trim:
+            self._trim()
+            self._see_oldest()
+            self._next_trim = time.monotonic() + TRIM_EVERY_S
+        if self._exporter is None:
+            self._wait(TRIM_EVERY_S)
+            return False
+        with self._lock:
+            notified = self._notified
+        try:
+            rows = self._backlog.backlog(self._batch)
+        except StoreError:  # logged once per episode by the store
+            if self._stop.is_set():
+                return True
+            self._wait(TRIM_EVERY_S)
+            return False
+        if not rows:
+            with self._lock:
+                quiet = self._notified == notified  # else spans were committed after the read: they are pending
+                if quiet:
+                    self._pending, self._oldest = 0, None
+            if quiet:
+                self._idle.set()
+            self._wait(TRIM_EVERY_S)
+            if not self._flushing.is_set():
+                self._pause(self._delay)  # let a batch gather after the first new span
+            return False
+        self._idle.clear()
+        self._see_oldest()  # before the export, which may take a collector's whole timeout
+        delivered = self._deliver(rows)
+        self._see_oldest()
+        if delivered:
+            self._failures = 0
+            if len(rows) < self._batch:
+                self._pause(self._delay)
+        elif self._flushing.is_set():
+            self._idle.set()  # shutting down and the backend still refuses: keep the rest for the next start
+            return True
+        else:
+            delay = EXPORT_BACKOFF.backoff(self._failures, random.random())
+            self._failures += 1
+            self._flushing.wait(delay)  # a shutdown ends the wait and tries once more
+        return False
 
     def _wait(self, seconds: float) -> None:
         self._wake.wait(seconds)
@@ -281,16 +331,14 @@ class SpanDelivery:
         assert self._exporter is not None
         try:
             return self._exporter.export(spans) is SpanExportResult.SUCCESS
-        except Exception:
-            log.exception("span exporter raised; the batch stays in the backlog")
+        except Exception as exc:  # the state change to `failing` is the log line; every attempt is not
+            log.debug("span exporter raised; the batch stays in the backlog: %s", exc)
             return False
 
     def _remove(self, seqs: list[int], reason: DropReason | None) -> bool:
         try:
             self._backlog.delete_backlog(seqs)
-        except StoreError:
-            if not self._stop.is_set():
-                log.exception("cannot delete delivered spans from the backlog; they will be sent again")
+        except StoreError:  # logged once per episode by the store; the spans are sent again, with the same ids
             return False
         with self._lock:
             self._pending = max(0, self._pending - len(seqs))
@@ -302,8 +350,7 @@ class SpanDelivery:
         try:
             expired, over = self._backlog.trim_backlog(self._limits.max_spans, self._wall() - self._limits.max_age_s)
             count = self._backlog.backlog_stats()[0]
-        except StoreError:
-            log.exception("cannot trim the span backlog")
+        except StoreError:  # logged once per episode by the store; trimmed on a later round
             return
         with self._lock:
             self._pending = count

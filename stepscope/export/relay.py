@@ -49,7 +49,7 @@ def otlp_json_to_request(otlp: Mapping[str, Any]) -> ExportTraceServiceRequest:
         json_format.ParseDict(_convert_ids(otlp, ""), request, ignore_unknown_fields=True)
     except RelayError:
         raise
-    except (json_format.ParseError, TypeError, ValueError, AttributeError) as exc:
+    except (json_format.ParseError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RelayError(f"published trace is not OTLP JSON: {first_line[:200]}") from exc
     return request

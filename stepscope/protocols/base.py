@@ -64,12 +64,12 @@ class Discovery(Component, Protocol):
 class Registrations(Protocol):
     """`/v1/watch` for this protocol: `fields` are a flat JSON object of strings from the request body."""
 
-    def watch(self, fields: Mapping[str, str]) -> bool:
+    async def watch(self, fields: Mapping[str, str]) -> bool:
         """Register what `fields` name; False when another shard owns it. Raises `InvalidRegistration`,
         `RegistrationFull` or `StoreError`."""
         ...
 
-    def unwatch(self, fields: Mapping[str, str]) -> None:
+    async def unwatch(self, fields: Mapping[str, str]) -> None:
         """Drop a registration (and stop tracking a unit it names). Raises `InvalidRegistration` or `StoreError`."""
         ...
 

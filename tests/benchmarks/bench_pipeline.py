@@ -21,6 +21,7 @@ goes first; the median ratio of CPU times is reported, with the wall-clock rates
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import tempfile
@@ -38,6 +39,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from stepscope.core.asyncstore import AsyncStore
 from stepscope.core.pipeline import Pipeline
 from stepscope.core.records import Commit
 from stepscope.core.store import SqliteStore
@@ -95,15 +97,19 @@ def ours() -> tuple[float, float]:
                                 health=health, batch_size=512, delay_s=0.05)  # fmt: skip
         metrics = PrometheusMetrics(registry, overflow=health)
         pipeline: Pipeline[Run, RunStep, str] = Pipeline(
-            store, AssistantsMapper(MappingOptions()), metrics, health, on_spans=delivery.notify
+            AsyncStore(store), AssistantsMapper(MappingOptions()), metrics, health, on_spans=delivery.notify
         )
+
+        async def commit_all() -> None:
+            for i in range(0, N, BATCH):
+                batch = STEPS[i : i + BATCH]
+                ids = [s.id for s in batch]
+                if not await pipeline.commit(Commit(RUN.ref, RUN, records=batch, record_ids=ids, cursor=ids[-1])):
+                    raise RuntimeError("commit failed")
+
         delivery.begin()
         start, wall = time.process_time(), time.perf_counter()
-        for i in range(0, N, BATCH):
-            batch = STEPS[i : i + BATCH]
-            ids = [s.id for s in batch]
-            if not pipeline.commit(Commit(RUN.ref, RUN, records=batch, record_ids=ids, cursor=ids[-1])):
-                raise RuntimeError("commit failed")
+        asyncio.run(commit_all())
         while delivery.pending or store.backlog_stats()[0]:
             time.sleep(0.001)
         took = time.process_time() - start, time.perf_counter() - wall

@@ -10,6 +10,7 @@ import pytest
 
 from stepscope.client import BearerAuth
 from stepscope.core import spancodec
+from stepscope.core.asyncstore import AsyncStore
 from stepscope.core.health import ApiHealth
 from stepscope.core.pipeline import Pipeline
 from stepscope.core.poller import Poller, PollSchedule
@@ -66,9 +67,10 @@ async def test_terminal_turns_commit_once_with_items_and_their_published_trace(
     store = SqliteStore(":memory:")
     store.open()
     metrics, health = RecordingMetricSink(), Counters()
-    pipeline: Pipeline[Turn, Item, TurnContext] = Pipeline(store, AgentsMapper(MappingOptions()), metrics, health)
+    units = AsyncStore(store)
+    pipeline: Pipeline[Turn, Item, TurnContext] = Pipeline(units, AgentsMapper(MappingOptions()), metrics, health)
     reader = TurnReader(client, pipeline, schedule=PollSchedule(fast=0.01, slow=0.05))
-    poller: Poller[TurnState] = Poller(reader, store, health, ApiHealth("Agents API"), slow=0.05)
+    poller: Poller[TurnState] = Poller(reader, units, health, ApiHealth("Agents API"), slow=0.05)
     await poller.start()
     try:
         root_turns = [turn async for turn in client.list_turns(session.id)]

@@ -62,12 +62,14 @@ def test_serve_end_to_end(tmp_path: Path) -> None:
             assert (
                 httpx.post(f"{base}/v1/watch", json=good, headers={"Authorization": "Bearer nope"}).status_code == 401
             )
-            assert httpx.post(f"{base}/v1/watch", content=b"{not json", headers=auth).status_code == 400
+            as_json = {**auth, "Content-Type": "application/json"}
+            assert httpx.post(f"{base}/v1/watch", content=b"{not json", headers=as_json).status_code == 400
+            assert httpx.post(f"{base}/v1/watch", content=b"{}", headers=auth).status_code == 415  # not said JSON
             assert httpx.post(f"{base}/v1/watch", json={"thread_id": "../etc"}, headers=auth).status_code == 400
             bad_run = {"thread_id": threads[0], "run_id": "thread_x"}
             assert httpx.post(f"{base}/v1/watch", json=bad_run, headers=auth).status_code == 400
             huge = b'{"thread_id": "' + b"a" * 100_000 + b'"}'
-            assert httpx.post(f"{base}/v1/watch", content=huge, headers=auth).status_code == 413
+            assert httpx.post(f"{base}/v1/watch", content=huge, headers=as_json).status_code == 413
             assert httpx.get(f"{base}/v1/watch").status_code == 405
             assert httpx.request("DELETE", f"{base}/v1/watch", json=good, headers=auth).status_code == 200
             assert httpx.get(f"{base}/v1/status").json()["watched_threads"] == 30

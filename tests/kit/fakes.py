@@ -9,10 +9,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from stepscope.contract.vocabulary import DropReason
+from stepscope.core.asyncstore import AsyncStore
 from stepscope.core.discovery import DiscoverySeams, DiscoverySettings, PeriodicDiscovery, RegistrationStore, Tracker
 from stepscope.core.health import ApiHealth, state_of
 from stepscope.core.poller import Poller, PollSchedule, UnitStore
 from stepscope.core.records import Commit, Drops, UnitRef
+from stepscope.core.store import SqliteStore
 from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError, StoreError
 from stepscope.protocols.assistants.discovery import Discovery
 from stepscope.protocols.assistants.factory import thread_fields
@@ -143,18 +145,18 @@ class DiscoveryService:
     def status(self) -> dict[str, Any]:
         return {"watched_threads": len(self.discovery.watched())}
 
-    def watch(self, fields: Mapping[str, str]) -> bool:
+    async def watch(self, fields: Mapping[str, str]) -> bool:
         """Count a registration that got past validation, then register it (or fail as a broken store)."""
         ids = thread_fields(fields)
         self.calls += 1
         if self.fail_store:
             raise StoreError("checkpoint store write failed: disk I/O error")
-        return self.discovery.watch(*ids)
+        return await self.discovery.watch(*ids)
 
-    def unwatch(self, fields: Mapping[str, str]) -> None:
+    async def unwatch(self, fields: Mapping[str, str]) -> None:
         ids = thread_fields(fields)
         self.calls += 1
-        self.discovery.unwatch(*ids)
+        await self.discovery.unwatch(*ids)
 
 
 @dataclass
@@ -164,7 +166,7 @@ class RecordingCommits:
     commits: list[Commit[Run, RunStep, str]] = field(default_factory=list)
     fail: bool = False
 
-    def commit(self, commit: Commit[Run, RunStep, str]) -> bool:
+    async def commit(self, commit: Commit[Run, RunStep, str]) -> bool:
         if self.fail:
             return False
         self.commits.append(commit)
@@ -204,7 +206,7 @@ class Counters:
 
 def make_poller(
     source: FakeSource,
-    store: UnitStore,
+    store: UnitStore | SqliteStore,
     commits: RecordingCommits,
     health: Counters,
     *,
@@ -214,7 +216,8 @@ def make_poller(
 ) -> Poller[RunState]:
     """A poller over a `StepReader` of `source`, the way the composition root wires one."""
     reader = StepReader(source, commits, health, schedule=schedule)
-    return Poller(reader, store, health, api or ApiHealth(), slow=schedule.slow, **kw)
+    units = AsyncStore(store) if isinstance(store, SqliteStore) else store
+    return Poller(reader, units, health, api or ApiHealth(), slow=schedule.slow, **kw)
 
 
 class CallbackDrops:
@@ -235,7 +238,7 @@ _SEAMS = frozenset({"health", "beats", "wall", "monotonic"})
 def make_discovery(
     kind: Callable[..., _D],
     source: Any,
-    store: RegistrationStore,
+    store: RegistrationStore | SqliteStore,
     tracker: Tracker,
     *,
     on_drop: Callable[[str, int], None] | None = None,
@@ -244,12 +247,13 @@ def make_discovery(
 ) -> _D:
     """A discovery of class `kind` over `source`, `store` and `tracker`: keyword arguments naming a
     `DiscoverySettings` field or a seam (`health`, `beats`, `wall`, `monotonic`) go there, the rest to the class;
-    `drops` (or `on_drop(reason, n)`) receives the drops. Without `health`, the tracker takes the API outcomes if it
-    can."""
+    `drops` (or `on_drop(reason, n)`) receives the drops; a `SqliteStore` is used through an `AsyncStore`.
+    Without `health`, the tracker takes the API outcomes if it can."""
     settings = DiscoverySettings(**{k: kw.pop(k) for k in list(kw) if k in _SETTINGS})
     seams: dict[str, Any] = {k: kw.pop(k) for k in list(kw) if k in _SEAMS}
     seams.setdefault("health", tracker if hasattr(tracker, "failed") else ApiHealth())
     seams.setdefault("wall", time.time)
     if drops is None:
         drops = CallbackDrops(on_drop) if on_drop is not None else Counters()
-    return kind(source, settings, DiscoverySeams(store=store, tracker=tracker, drops=drops, **seams), **kw)
+    registrations = AsyncStore(store) if isinstance(store, SqliteStore) else store
+    return kind(source, settings, DiscoverySeams(store=registrations, tracker=tracker, drops=drops, **seams), **kw)

@@ -191,7 +191,8 @@ async def test_agents_restrict_the_sessions_followed(
 async def test_a_session_event_follows_an_old_session_and_wakes_the_loop(
     engine: AgentsEngine, clock: ManualClock, client: AgentsClient, store: SqliteStore
 ) -> None:
-    """A webhook's event for a session created before the lookback makes the running loop list it at once."""
+    """A webhook's event for a session created before the lookback makes the running loop list it at once; the
+    pass records the followed session in the store, off the event loop."""
     session = engine.create_session(clock.now())
     _turns(engine, clock, session, 1)
     clock.advance(2 * LOOKBACK)
@@ -205,7 +206,7 @@ async def test_a_session_event_follows_an_old_session_and_wakes_the_loop(
         discovery.session_event(session.id, "agent.session.idle")
         await eventually(lambda: len(tracker.refs) == 1, what="the announced session's new turn")
         assert [r.unit_id for r in tracker.refs] == new
-        assert store.watched() == [(session.id, None)]
+        await eventually(lambda: store.watched() == [(session.id, None)], what="the followed session recorded")
     finally:
         await discovery.stop()
         await discovery.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from pathlib import Path
@@ -377,3 +378,16 @@ class TestSecrets:
         assert SECRET not in text
         assert caplog.records
         assert all(SECRET not in r.getMessage() for r in caplog.records)
+
+    @pytest.mark.anyio
+    async def test_a_key_echoed_in_base64_is_redacted(self) -> None:
+        """A server that echoes the key base64-encoded (as Basic auth would carry it, or URL-safe) gets neither form
+        into the error's message."""
+        standard = base64.b64encode(SECRET.encode()).decode()
+        urlsafe = base64.urlsafe_b64encode(f"Bearer {SECRET}".encode()).decode().rstrip("=")
+        replies: list[Reply] = [reply(error_body(f"Basic {standard} refused; header was {urlsafe}"), 401)]
+        async with harness(replies, auth=BearerAuth(SECRET)) as h:
+            with pytest.raises(SourceError) as info:
+                await h.client.get_run(REF)
+        assert standard not in str(info.value) and urlsafe not in str(info.value)
+        assert str(info.value).count("<redacted>") == 2

@@ -111,10 +111,9 @@ class TestSecrets:
         assert repr(Secret("")) == "''"
 
     def test_url_userinfo_is_redacted(self) -> None:
-        """A user:password in the API base URL or an OTLP endpoint shows as *** in repr() and the summary."""
+        """A user:password in an OTLP endpoint shows as *** in repr() and the summary."""
         env = {
             **BASE_ENV,
-            "OPENAI_BASE_URL": "https://proxy-user:url-pass@proxy.example/v1",
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-user:otel-pass@collector:4318",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://:bare-pass@collector:4318/v1/traces",
         }
@@ -122,11 +121,19 @@ class TestSecrets:
         summary = config.summary()
         printed = "\n".join(f"{key}  {value}" for key, value in summary.items())  # as `stepscope config check`
         for text in (repr(config), str(summary), printed):
-            for secret in ("url-pass", "proxy-user", "otel-pass", "bare-pass"):
+            for secret in ("otel-pass", "otel-user", "bare-pass"):
                 assert secret not in text
-        assert summary["api.base_url"] == "https://***@proxy.example/v1"
         assert summary["export.otlp_traces_endpoint"] == "https://***@collector:4318/v1/traces"
-        assert config.api.base_url == "https://proxy-user:url-pass@proxy.example/v1"  # still usable as given
+
+    def test_credentials_in_the_api_base_url_are_refused(self) -> None:
+        """A user:password (or a lone token) in OPENAI_BASE_URL is one configuration problem that names the setting
+        and never echoes the credential: it would be sent as Basic auth instead of the key."""
+        for url in ("https://proxy-user:url-pass@proxy.example/v1", "https://sk-token-in-url@api.example/v1"):
+            with pytest.raises(ConfigError) as info:
+                load(env={**BASE_ENV, "OPENAI_BASE_URL": url})
+            (problem,) = info.value.problems
+            assert problem.startswith("OPENAI_BASE_URL (api.base_url): must not carry credentials")
+            assert "url-pass" not in problem and "sk-token" not in problem
 
     @pytest.mark.parametrize(
         ("url", "shown"),

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
 
 from stepscope.core import spancodec
+from stepscope.core.asyncstore import AsyncStore
 from stepscope.core.pipeline import Pipeline
 from stepscope.core.records import Commit, SpanEvent, SpanSpec, UnitRef
 from stepscope.core.store import SqliteStore
@@ -26,6 +27,8 @@ from stepscope.protocols.assistants.mapper import AssistantsMapper
 from stepscope.protocols.assistants.records import Run, RunStep, Usage
 from stepscope.testing import OtlpReceiver, RecordingMetricSink, RecordingSpanExporter
 from tests.kit.samples import make_run, make_step
+
+pytestmark = pytest.mark.anyio
 
 REF = UnitRef("thread_1", "run_1")
 RESOURCE = Resource.create({"service.name": "stepscope-test"})
@@ -341,15 +344,17 @@ class TestLimits:
         assert rig.dropped("backlog_expired") == 2
         assert span_ids(exporter) == Counter({3: 1})
 
-    def test_oldest_age_reads_the_store(self, rigs: list[Rig], exporter: RecordingSpanExporter) -> None:
-        """oldest_age() is the time since the oldest waiting span was committed, and 0 once none waits."""
+    def test_oldest_age_is_what_delivery_last_saw(self, rigs: list[Rig], exporter: RecordingSpanExporter) -> None:
+        """oldest_age() is the time since the oldest waiting span was committed as the delivery thread last read
+        the store (never a read on the caller's thread), and 0 once none waits."""
         now = 2_000_000.0
         exporter.fail = True
         rig = make_rig(rigs, exporter, wall=lambda: now)
         assert rig.delivery.oldest_age() == 0.0
         rig.commit([spancodec.encode(spec(1))], at=now - 42)
-        assert rig.delivery.oldest_age() == pytest.approx(42)
+        assert rig.delivery.oldest_age() == 0.0, "not read from the store on the caller's thread"
         rig.delivery.begin()
+        assert rig.delivery.oldest_age() == pytest.approx(42)
         exporter.fail = False
         wait_until(lambda: rig.waiting() == 0, "delivery")
         assert rig.delivery.oldest_age() == 0.0
@@ -363,9 +368,9 @@ def one_step() -> Commit[Run, RunStep, str]:
 class TestPipelineIndependence:
     def _pipeline(self, rig: Rig, sink: RecordingMetricSink, *, traces: bool = True) -> Pipeline[Run, RunStep, str]:
         mapper = AssistantsMapper(MappingOptions())
-        return Pipeline(rig.store, mapper, sink, rig.health, on_spans=rig.delivery.notify, traces=traces)
+        return Pipeline(AsyncStore(rig.store), mapper, sink, rig.health, on_spans=rig.delivery.notify, traces=traces)
 
-    def test_steps_are_counted_at_commit_while_the_exporter_fails(
+    async def test_steps_are_counted_at_commit_while_the_exporter_fails(
         self, rigs: list[Rig], exporter: RecordingSpanExporter
     ) -> None:
         """With the trace exporter failing, committed steps and runs are already counted and their spans wait."""
@@ -379,8 +384,10 @@ class TestPipelineIndependence:
             make_step(id="step_1", usage=Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15)),
             make_step(id="step_2", created_at=106, completed_at=110),
         ]
-        assert pipeline.commit(Commit(run.ref, run, records=steps, record_ids=[s.id for s in steps], cursor="step_2"))
-        assert pipeline.commit(Commit(run.ref, run, finish="helper", finished=True))
+        assert await pipeline.commit(
+            Commit(run.ref, run, records=steps, record_ids=[s.id for s in steps], cursor="step_2")
+        )
+        assert await pipeline.commit(Commit(run.ref, run, finish="helper", finished=True))
         assert sink.total("stepscope_run_steps_total") == 2
         assert sink.total("stepscope_runs_total", status="completed") == 1
         assert sink.total("stepscope_tokens_total") == 15
@@ -392,7 +399,7 @@ class TestPipelineIndependence:
         assert sink.total("stepscope_run_steps_total") == 2, "delivery must not count again"
         assert len(span_ids(exporter)) == 3
 
-    def test_failed_commit_counts_nothing_and_keeps_no_spans(
+    async def test_failed_commit_counts_nothing_and_keeps_no_spans(
         self, rigs: list[Rig], exporter: RecordingSpanExporter, tmp_path: Path
     ) -> None:
         """When the store cannot be written the step is neither counted nor queued, and store_error is counted."""
@@ -405,7 +412,7 @@ class TestPipelineIndependence:
         other = sqlite3.connect(path)
         other.execute("CREATE TRIGGER refuse BEFORE INSERT ON backlog BEGIN SELECT RAISE(ABORT, 'full disk'); END")
         other.commit()
-        assert not pipeline.commit(one_step())
+        assert not await pipeline.commit(one_step())
         assert sink.observations == []
         assert rig.waiting() == 0
         assert rig.store.active_runs() == []
@@ -414,14 +421,14 @@ class TestPipelineIndependence:
         other.execute("DROP TRIGGER refuse")
         other.commit()
         other.close()
-        assert pipeline.commit(one_step())
+        assert await pipeline.commit(one_step())
         assert sink.total("stepscope_run_steps_total") == 1
         assert rig.healthy()
 
-    def test_traces_off_counts_and_queues_nothing(self, rigs: list[Rig]) -> None:
+    async def test_traces_off_counts_and_queues_nothing(self, rigs: list[Rig]) -> None:
         """With traces off a commit counts its steps and leaves the backlog empty."""
         rig = make_rig(rigs, None)
         sink = RecordingMetricSink()
-        assert self._pipeline(rig, sink, traces=False).commit(one_step())
+        assert await self._pipeline(rig, sink, traces=False).commit(one_step())
         assert sink.total("stepscope_run_steps_total") == 1
         assert rig.waiting() == 0

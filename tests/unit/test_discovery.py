@@ -61,12 +61,12 @@ async def test_registered_threads_and_runs(store: SqliteStore) -> None:
     source, tracker = FakeSource(), Tracker()
     source.put_run(make_run(id="run_1", thread_id="thread_b", created_at=int(NOW) - 5, status="in_progress"))
     discovery = _discovery(source, store, tracker)
-    assert discovery.watch("thread_b", None)
-    assert discovery.watch("thread_c", "run_9")
+    assert await discovery.watch("thread_b", None)
+    assert await discovery.watch("thread_c", "run_9")
     assert tracker.refs == [UnitRef("thread_c", "run_9")]
     await discovery.run_once()
     assert UnitRef("thread_b", "run_1") in tracker.refs
-    discovery.unwatch("thread_b", None)
+    await discovery.unwatch("thread_b", None)
     assert "thread_b" not in discovery.watched()
 
 
@@ -98,7 +98,7 @@ async def test_registration_for_another_shard_is_refused(store: SqliteStore) -> 
     """watch() refuses a thread that another shard owns, so two replicas never export the same run."""
     thread = next(f"thread_{i}" for i in range(100) if shard_of(f"thread_{i}", 2) == 1)
     discovery = _discovery(FakeSource(), store, Tracker(), shard_index=0, shard_count=2)
-    assert not discovery.watch(thread, None)
+    assert not await discovery.watch(thread, None)
     assert discovery.watched() == []
 
 
@@ -208,8 +208,8 @@ async def test_registered_threads_that_answer_404_are_dropped_counted_and_logged
     source = KnownThreads({"thread_real"}, clocks)
     discovery = _bounded(source, store, Tracker(), clocks, drops)
     for i in range(50):
-        assert discovery.watch(f"thread_bogus{i}", None)
-    assert discovery.watch("thread_real", None)
+        assert await discovery.watch(f"thread_bogus{i}", None)
+    assert await discovery.watch("thread_real", None)
     caplog.set_level(logging.INFO, logger="stepscope.discovery")
     await discovery.run_once()
     assert store.watched() == [("thread_real", None)]
@@ -229,8 +229,8 @@ async def test_registered_thread_without_runs_expires_after_the_lookback(store: 
     clocks, drops = Clocks(), Counters()
     source = KnownThreads({"thread_empty", "thread_busy", "thread_conf"}, clocks)
     discovery = _bounded(source, store, Tracker(), clocks, drops, threads=["thread_conf"])
-    discovery.watch("thread_empty", None)
-    discovery.watch("thread_busy", None)
+    await discovery.watch("thread_empty", None)
+    await discovery.watch("thread_busy", None)
     for _ in range(3700 // 10):
         # A run every ten seconds keeps thread_busy active throughout.
         source.put_run(
@@ -251,7 +251,7 @@ async def test_empty_registered_thread_is_listed_less_and_less_often(store: Sqli
     clocks, drops = Clocks(), Counters()
     source = KnownThreads({"thread_reg", "thread_conf"}, clocks)
     discovery = _bounded(source, store, Tracker(), clocks, drops, threads=["thread_conf"])
-    discovery.watch("thread_reg", None)
+    await discovery.watch("thread_reg", None)
     for _ in range(300):
         await discovery.run_once()
         clocks.advance(1.0)
@@ -270,7 +270,7 @@ async def test_a_pass_lists_at_most_its_budget_round_robin(store: SqliteStore) -
     tracker = Tracker()
     discovery = _bounded(source, store, tracker, clocks, drops, threads=["thread_conf"])
     for thread in sorted(registered):
-        discovery.watch(thread, None)
+        await discovery.watch(thread, None)
     per_pass: list[int] = []
     found_in: int | None = None
     for n in range(40):
@@ -298,7 +298,7 @@ async def test_steady_request_rate_with_the_maximum_registered_is_bounded(store:
     source = KnownThreads(registered, clocks)
     discovery = _bounded(source, store, Tracker(), clocks, drops)
     for thread in sorted(registered):
-        discovery.watch(thread, None)
+        await discovery.watch(thread, None)
     for _ in range(300):  # 10 minutes of passes every 2 s; every thread is at the slowest pace after 5
         await discovery.run_once()
         clocks.advance(2.0)
@@ -313,15 +313,15 @@ async def test_registration_limit_counts_threads_and_runs(store: SqliteStore) ->
     slot on unwatch."""
     clocks, drops = Clocks(), Counters()
     discovery = _bounded(FakeSource(), store, Tracker(), clocks, drops, max_registered=3)
-    assert discovery.watch("thread_a", None)
-    assert discovery.watch("thread_a", "run_1")
-    assert discovery.watch("thread_b", None)
+    assert await discovery.watch("thread_a", None)
+    assert await discovery.watch("thread_a", "run_1")
+    assert await discovery.watch("thread_b", None)
     with pytest.raises(RegistrationFull):
-        discovery.watch("thread_c", None)
-    assert discovery.watch("thread_a", "run_1")
+        await discovery.watch("thread_c", None)
+    assert await discovery.watch("thread_a", "run_1")
     assert drops.counts == {"watch_limit": 1}
-    discovery.unwatch("thread_b", None)
-    assert discovery.watch("thread_c", None)
+    await discovery.unwatch("thread_b", None)
+    assert await discovery.watch("thread_c", None)
     assert discovery.registered_count == 3
 
 
@@ -335,7 +335,7 @@ async def test_a_bogus_registered_run_is_forgotten_after_its_first_404(store: Sq
     discovery = _bounded(source, store, poller, clocks, drops)  # type: ignore[arg-type]
     await poller.start()
     try:
-        assert discovery.watch("thread_a", "run_bogus")
+        assert await discovery.watch("thread_a", "run_bogus")
         assert poller.is_tracked("run_bogus")
         await eventually(lambda: not poller.is_tracked("run_bogus"), what="the bogus run to be dropped")
     finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from stepscope.core import spancodec
+from stepscope.core.asyncstore import AsyncStore
 from stepscope.core.pipeline import Pipeline
 from stepscope.core.records import Commit, Telemetry, UnitRef
 from stepscope.core.store import SqliteStore
@@ -18,6 +19,8 @@ from stepscope.protocols.assistants.records import Run, RunStep, ToolCall, Usage
 from stepscope.testing import RecordingMetricSink
 from tests.kit.fakes import Counters
 from tests.kit.samples import make_run, make_step
+
+pytestmark = pytest.mark.anyio
 
 RUN = make_run(model="m", started_at=100, completed_at=110)
 MESSAGE = make_step(RUN, id="step_a", created_at=101, completed_at=102, usage=Usage(5, 1, 6), message_id="msg_1")
@@ -41,7 +44,7 @@ Rig = tuple[Pipeline[Run, RunStep, str | None], RecordingMetricSink, Counters, l
 def _pipeline(store: SqliteStore, *, traces: bool = True) -> Rig:
     metrics, health, notified = RecordingMetricSink(), Counters(), list[int]()
     mapper = AssistantsMapper(OPTIONS)
-    pipeline = Pipeline(store, mapper, metrics, health, on_spans=notified.append, traces=traces)
+    pipeline = Pipeline(AsyncStore(store), mapper, metrics, health, on_spans=notified.append, traces=traces)
     return pipeline, metrics, health, notified
 
 
@@ -53,10 +56,10 @@ def finish(name: str | None) -> Commit[Run, RunStep, str | None]:
     return Commit(RUN.ref, RUN, finish=name, finished=True)
 
 
-def test_commit_keeps_spans_and_counts_at_once(store: SqliteStore) -> None:
+async def test_commit_keeps_spans_and_counts_at_once(store: SqliteStore) -> None:
     """Committed steps put their step and tool spans in the backlog and are counted before any export."""
     pipeline, metrics, _, notified = _pipeline(store)
-    assert pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
+    assert await pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
     names = [spancodec.decode(span).key for _, span in store.backlog(100)]
     assert names == ["step:step_a", "step:step_b", "call:step_b:call_1", "call:step_b:call_2"]
     assert notified == [4]
@@ -66,11 +69,11 @@ def test_commit_keeps_spans_and_counts_at_once(store: SqliteStore) -> None:
     assert progress.committed == {"step_a", "step_b"}
 
 
-def test_finish_run_commits_the_run_span_and_forgets_progress(store: SqliteStore) -> None:
+async def test_finish_run_commits_the_run_span_and_forgets_progress(store: SqliteStore) -> None:
     """Finishing a run appends its run span, counts the run and marks it done in the same transaction."""
     pipeline, metrics, _, _ = _pipeline(store)
-    pipeline.commit(steps(MESSAGE, cursor="step_a"))
-    assert pipeline.commit(finish("Helper"))
+    await pipeline.commit(steps(MESSAGE, cursor="step_a"))
+    assert await pipeline.commit(finish("Helper"))
     keys = [spancodec.decode(span).key for _, span in store.backlog(100)]
     assert keys[-1] == "run:run_1"
     assert store.active_runs() == []
@@ -78,16 +81,16 @@ def test_finish_run_commits_the_run_span_and_forgets_progress(store: SqliteStore
     assert metrics.total("stepscope_runs_total") == 1
 
 
-def test_traces_off_counts_without_a_backlog(store: SqliteStore) -> None:
+async def test_traces_off_counts_without_a_backlog(store: SqliteStore) -> None:
     """With traces off nothing enters the backlog, and the steps still count."""
     pipeline, metrics, _, notified = _pipeline(store, traces=False)
-    assert pipeline.commit(steps(MESSAGE, cursor="step_a"))
+    assert await pipeline.commit(steps(MESSAGE, cursor="step_a"))
     assert store.backlog(10) == []
     assert notified == []
     assert metrics.total("stepscope_tokens_total") == 6
 
 
-def test_failed_store_write_commits_and_counts_nothing(tmp_path: Path) -> None:
+async def test_failed_store_write_commits_and_counts_nothing(tmp_path: Path) -> None:
     """When the store cannot be written, the step is neither counted nor kept, and the failure is counted."""
     path = tmp_path / "state.db"
     store = SqliteStore(str(path))
@@ -96,25 +99,25 @@ def test_failed_store_write_commits_and_counts_nothing(tmp_path: Path) -> None:
         other.execute("BEGIN EXCLUSIVE")
         store._db.execute("PRAGMA busy_timeout = 0")  # type: ignore[union-attr]  # fail at once, not after 5 s
         pipeline, metrics, health, notified = _pipeline(store)
-        assert not pipeline.commit(steps(MESSAGE, cursor="step_a"))
+        assert not await pipeline.commit(steps(MESSAGE, cursor="step_a"))
         healthy_while_locked = store.healthy
         other.rollback()
     assert not healthy_while_locked
     assert metrics.observations == []
     assert notified == []
     assert health.counts == {"store_error": 1}
-    assert pipeline.commit(steps(MESSAGE, cursor="step_a"))
+    assert await pipeline.commit(steps(MESSAGE, cursor="step_a"))
     assert store.healthy
     assert metrics.total("stepscope_tokens_total") == 6
 
 
-def test_listeners_hear_committed_steps_and_runs(store: SqliteStore) -> None:
+async def test_listeners_hear_committed_steps_and_runs(store: SqliteStore) -> None:
     """Listeners are told of each committed step's telemetry, then of the finished run's, in order."""
     pipeline, _, _, _ = _pipeline(store)
     heard: list[tuple[str, bool]] = []
     pipeline.add_listener(lambda part: heard.append((part.telemetry.spans[0].key, part.finished)))
-    pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
-    pipeline.commit(finish(None))
+    await pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
+    await pipeline.commit(finish(None))
     assert heard == [("step:step_a", False), ("step:step_b", False), ("run:run_1", True)]
 
 
@@ -140,11 +143,11 @@ class BrokenMapper:
         return self.inner.finish(unit, finish)
 
 
-def test_a_record_that_cannot_be_mapped_is_committed_without_telemetry(store: SqliteStore) -> None:
+async def test_a_record_that_cannot_be_mapped_is_committed_without_telemetry(store: SqliteStore) -> None:
     """A mapping failure drops that record's telemetry (counted) and commits it, so its siblings go on."""
     metrics, health = RecordingMetricSink(), Counters()
-    pipeline: Pipeline[Run, RunStep, str | None] = Pipeline(store, BrokenMapper(), metrics, health)
-    assert pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
+    pipeline: Pipeline[Run, RunStep, str | None] = Pipeline(AsyncStore(store), BrokenMapper(), metrics, health)
+    assert await pipeline.commit(steps(MESSAGE, TOOLS, cursor="step_b"))
     keys = [spancodec.decode(span).key for _, span in store.backlog(100)]
     assert keys == ["step:step_b", "call:step_b:call_1", "call:step_b:call_2"]
     assert health.counts == {"mapping_error": 1}

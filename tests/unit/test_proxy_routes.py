@@ -10,9 +10,12 @@ from stepscope.protocols.assistants.proxied import (
     CREATE_THREAD_AND_RUN,
     CREATES,
     SUBMIT_TOOL_OUTPUTS,
+    RunObserver,
     classify,
 )
 from stepscope.protocols.base import Route
+from tests.kit.fakes import Counters
+from tests.kit.proxy import RecordingRuns
 
 
 @pytest.mark.parametrize("base", ["/v1", "/api/projects/p1", "/openai", ""])
@@ -55,3 +58,13 @@ def test_traceparent_validation() -> None:
     for bad in (good.upper(), "00-" + "0" * 32 + "-b7ad6b7169203331-01", good[:-1], "01" + good[2:], "", "x"):
         assert tp(bad.encode()) is None, bad
     assert tp(None) is None
+
+
+def test_sending_tool_outputs_is_told_when_routed() -> None:
+    """The observer tells the feed of a submit as soon as it routes the request, before any answer; creates are
+    told only by their answers."""
+    runs = RecordingRuns()
+    observer = RunObserver(runs, drops=Counters())
+    observer.route("POST", "/v1/threads/thread_a/runs/run_b/submit_tool_outputs")
+    observer.route("POST", "/v1/threads/thread_a/runs")
+    assert runs.calls == [("submit_sent", ("thread_a", "run_b"))]

@@ -4,15 +4,16 @@ prefix, bounded and error-tolerant."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
-from stepscope.core.poller import Poller, PollSchedule
+from stepscope.core.poller import BOUND_BREAKS_MAX, Poller, PollSchedule
 from stepscope.core.records import UnitRef
 from stepscope.core.store import RunProgress, SqliteStore
 from stepscope.errors import AuthError, NotFound, RateLimited
-from stepscope.protocols.assistants.reader import RunState
+from stepscope.protocols.assistants.reader import SUBMIT_HOLD_S, RunState, StepReader
 from stepscope.testing import FakeClock, eventually
 from tests.kit.fakes import Counters, FakeSource, RecordingCommits, make_poller
 from tests.kit.samples import make_run, make_step
@@ -147,6 +148,28 @@ async def test_listing_cut_at_the_page_cap_is_committed_as_far_as_it_went(rig: R
     assert poller.api.state != "unavailable"
 
 
+async def test_a_listing_that_keeps_breaking_its_bound_backs_off_then_is_given_up(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run whose every listing hits the page cap without progress is listed again after 1, 2, 4 and 8 times the
+    slow interval, then given up on the fifth, counted as `listing_unbounded` and logged in one line."""
+    source, _, health, poller = rig
+    run = make_run(status="in_progress")
+    source.put_run(run)
+    for i in range(1, 6):
+        source.put_step(make_step(run, id=f"step_{i}", status="in_progress", completed_at=None, created_at=1000 + i))
+    source.page_cap = 3
+    started = time.monotonic()
+    poller.track(REF)
+    await eventually(lambda: not poller.is_tracked("run_1"), 5.0, "the run given up")
+    took = time.monotonic() - started
+    listings = [c for c in source.calls if c.startswith("list_steps run_1")]
+    assert len(listings) == BOUND_BREAKS_MAX
+    assert took >= (1 + 2 + 4 + 8) * FAST.slow * 0.9, took
+    assert health.counts == {"listing_unbounded": 1}
+    assert sum("broke a bound on 5 polls in a row" in r.getMessage() for r in caplog.records) == 1
+
+
 async def test_run_that_stays_unreadable_is_given_up(rig: Rig) -> None:
     """A run that cannot be parsed on three polls in a row is dropped and counted, not re-read forever."""
     source, _, health, poller = rig
@@ -190,6 +213,23 @@ async def test_waiting_run_is_only_reread(rig: Rig) -> None:
     assert sum(c.startswith("list_steps") for c in source.calls) == 1
 
 
+async def test_tool_outputs_sent_through_the_proxy_hold_polls_for_the_answer(store: SqliteStore) -> None:
+    """Once the application sent a waiting run's tool outputs, polls wait for the answer to report the run
+    instead of racing it; without an answer they resume when the hold ends."""
+    source, sink, health, clock = FakeSource(), RecordingCommits(), Counters(), FakeClock()
+    reader = StepReader(source, sink, health, schedule=FAST, monotonic=clock.monotonic)
+    source.put_run(make_run(status="requires_action"))
+    state = reader.begin(REF, None, set())
+    assert await reader.poll(state) is not None
+    reads = len(source.calls)
+    reader.submit_sent(state)
+    assert await reader.poll(state) == pytest.approx(SUBMIT_HOLD_S)
+    assert len(source.calls) == reads
+    clock.advance(SUBMIT_HOLD_S)
+    await reader.poll(state)
+    assert len(source.calls) > reads
+
+
 async def test_resume_skips_committed_steps(store: SqliteStore) -> None:
     """After a restart, steps the store has committed are not committed again."""
     source, sink, health = FakeSource(), RecordingCommits(), Counters()
@@ -208,15 +248,19 @@ async def test_resume_skips_committed_steps(store: SqliteStore) -> None:
         await poller.stop()
 
 
-async def test_tracking_is_bounded(rig: Rig) -> None:
-    """Beyond max_tracked_runs new runs are refused and counted."""
+async def test_tracking_is_bounded_and_runs_past_the_bound_wait_their_turn(rig: Rig) -> None:
+    """Beyond max_tracked_runs new runs wait in a bounded queue (the same size) and are tracked as room frees; past
+    that queue they are refused and counted."""
     source, _, health, poller = rig
-    for i in range(4):
+    for i in range(7):
         source.put_run(make_run(id=f"run_{i}", status="queued"))
-    results = [poller.track(UnitRef("thread_a", f"run_{i}")) for i in range(4)]
-    assert results == [True, True, True, False]
+    results = [poller.track(UnitRef("thread_a", f"run_{i}")) for i in range(7)]
+    assert results == [True, True, True, False, False, False, False]
+    assert (poller.tracked_count, poller.waiting_count) == (3, 3)
     assert health.counts == {"tracked_runs_full": 1}
-    assert poller.tracked_count == 3
+    poller.untrack("run_0")
+    assert (poller.tracked_count, poller.waiting_count) == (3, 2)
+    assert poller.is_tracked("run_3") and not poller.is_tracked("run_4")
 
 
 async def test_not_found_run_is_dropped(rig: Rig, store: SqliteStore) -> None:

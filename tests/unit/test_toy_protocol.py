@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 from opentelemetry.sdk.resources import Resource
 
+from stepscope.core.asyncstore import AsyncStore
 from stepscope.core.health import ApiHealth
 from stepscope.core.pipeline import Pipeline
 from stepscope.core.poller import Poller
@@ -91,13 +92,13 @@ class ToyReader:
             commit: Commit[Job, Task, None] = Commit(
                 state.ref, job, finished, [t.id for t in finished], cursor=finished[-1].id
             )
-            if not self._committer.commit(commit):
+            if not await self._committer.commit(commit):
                 return 0.01
             state.cursor = finished[-1].id
             state.committed.update(t.id for t in finished)
         if not job.done:
             return 0.01
-        return None if self._committer.commit(Commit(state.ref, job, finished=True)) else 0.01
+        return None if await self._committer.commit(Commit(state.ref, job, finished=True)) else 0.01
 
 
 class ToyMapper:
@@ -153,8 +154,10 @@ def make_rig(api: ToyApi, store_path: str, exporter: RecordingSpanExporter) -> R
     store.open()
     metrics, health = RecordingMetricSink(), Counters()
     delivery = SpanDelivery(store, exporter, resource=Resource.create({}), health=health, delay_s=0.01)
-    pipeline: Pipeline[Job, Task, None] = Pipeline(store, ToyMapper(), metrics, health, on_spans=delivery.notify)
-    poller = Poller(ToyReader(api, pipeline), store, health, ApiHealth("toy API"), slow=0.02)
+    pipeline: Pipeline[Job, Task, None] = Pipeline(
+        AsyncStore(store), ToyMapper(), metrics, health, on_spans=delivery.notify
+    )
+    poller = Poller(ToyReader(api, pipeline), AsyncStore(store), health, ApiHealth("toy API"), slow=0.02)
     return Rig(api, store, metrics, exporter, delivery, poller)
 
 

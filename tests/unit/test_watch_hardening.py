@@ -66,12 +66,14 @@ def rig(
 async def call(
     app: HttpApp, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], Any]:
-    """One request through the ASGI interface: (status, response headers, decoded body)."""
+    """One request through the ASGI interface: (status, response headers, decoded body). A JSON content type is
+    sent unless `headers` name another (or none, as an empty string)."""
+    sent_headers = {"content-type": "application/json", **(headers or {})}
     scope = {
         "type": "http",
         "method": method,
         "path": path,
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "headers": [(k.lower().encode(), v.encode()) for k, v in sent_headers.items() if v],
     }
     sent = False
     out: list[MutableMapping[str, Any]] = []
@@ -283,11 +285,12 @@ class TestBodies:
         assert (await call(app, "POST", "/v1/watch", watch_body("thread_ok"), JSON))[0] == 202
         assert store.watched() == [("thread_ok", None)]
 
-    async def test_a_body_without_content_type_is_still_read(self) -> None:
-        """A JSON body sent without a content-type header is accepted, as older clients send it."""
-        app, _, store, _, _ = rig()
-        assert (await call(app, "POST", "/v1/watch", watch_body("thread_a", "run_b")))[0] == 202
-        assert store.watched() == [("thread_a", "run_b")]
+    async def test_a_body_without_content_type_is_refused(self) -> None:
+        """A JSON body sent without a content-type header (what a browser page can post cross-site without a
+        preflight) is a 415 and registers nothing."""
+        app, service, store, _, _ = rig()
+        assert (await call(app, "POST", "/v1/watch", watch_body("thread_a", "run_b"), {"content-type": ""}))[0] == 415
+        assert store.watched() == [] and service.calls == 0
 
     async def test_a_flood_of_bad_bodies_logs_a_few_lines(self) -> None:
         """1,000 malformed requests produce at most a handful of log lines under the duplicate filter."""

@@ -168,6 +168,23 @@ async def test_other_events_and_oversized_bodies(rig: Rig) -> None:
     assert rig.refused() == 1
 
 
+async def test_a_signed_delivery_without_a_json_content_type_is_refused(rig: Rig) -> None:
+    """A correctly signed delivery posted as text/plain, or with no content type (what a browser page can send
+    cross-site without a preflight), is a counted 415 and reaches nothing."""
+    body = _event()
+    async with httpx.AsyncClient() as http:
+        for index, ctype in enumerate(("text/plain", None)):
+            headers = _delivery(body, webhook_id=f"wh_ct_{index}")
+            if ctype is None:
+                del headers["content-type"]
+            else:
+                headers["content-type"] = ctype
+            answer = await http.post(rig.url, content=body, headers=headers)
+            assert answer.status_code == 415
+    assert rig.events == []
+    assert rig.refused() == 2
+
+
 async def test_without_a_secret_the_endpoint_says_how_to_enable_it() -> None:
     """With no secret configured, POST /v1/webhooks answers 404 naming STEPSCOPE_WEBHOOK_SECRET, counting nothing."""
     running = await _rig("")

@@ -97,10 +97,13 @@ class AgentsClient:
             yield item
 
     async def list_traces(
-        self, session_id: str, *, after: str | None = None, limit: int = 100
+        self, session_id: str, *, after: str | None = None, limit: int = 100, newest_first: bool = False
     ) -> AsyncIterator[SessionTrace]:
-        """Published root-turn traces of a session, oldest first; each trace's id is its root turn's id."""
+        """Published root-turn traces of a session, oldest first (or newest first); each trace's id is its root
+        turn's id."""
         params = _ascending(limit, after)
+        if newest_first:
+            params["order"] = "desc"
         path = f"agents/sessions/{seg(session_id)}/traces"
         async for trace in self._core.paginate(Endpoint.LIST_TRACES, path, params, _TRACE_PAGE, thread_id=session_id):
             yield trace

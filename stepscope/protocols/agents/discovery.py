@@ -26,6 +26,7 @@ the sessions whose stable hash falls in its shard.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Iterable
@@ -104,6 +105,7 @@ class SessionDiscovery(PeriodicDiscovery):
         self._max_followed = max(1, max_followed)
         self._followed: dict[str, _Followed] = {}
         self._loaded = False
+        self._unrecorded: dict[str, bool] = {}  # session -> followed (True) or unfollowed (False), not yet stored
         self._newest: dict[str | None, int] = {}  # agent filter -> newest created_at of its last complete listing
         self._full_logged = self._behind_logged = self._cap_logged = False
 
@@ -132,11 +134,9 @@ class SessionDiscovery(PeriodicDiscovery):
 
     async def run_once(self) -> int:
         """One pass: list sessions, forget idle ones, list the turns of the due ones; returns turns tracked."""
-        self._load()
-        try:
-            self._store.prune(self._wall() - 2 * self.settings.lookback_s)
-        except StoreError:
-            log.exception("checkpoint store error during discovery")
+        await self._load()
+        with contextlib.suppress(StoreError):  # logged once per episode by the store; pruned on a later pass
+            await self._store.prune(self._wall() - 2 * self.settings.lookback_s)
         for agent_id in self._agents:
             await self._list_sessions(agent_id)
         self._expire()
@@ -148,19 +148,19 @@ class SessionDiscovery(PeriodicDiscovery):
                 return 0 if self.stopping else await self._discover(session_id)
 
         found = sum(await asyncio.gather(*(discover(s) for s in batch)))
+        await self._record()
         self.last_pass = self._wall()
         return found
 
     # --- following ----------------------------------------------------------------------------------------------
 
-    def _load(self) -> None:
+    async def _load(self) -> None:
         """Follow the sessions a previous process followed (once)."""
         if self._loaded:
             return
         try:
-            rows = self._store.watched()
-        except StoreError:
-            log.exception("checkpoint store: cannot read the followed sessions")
+            rows = await self._store.watched()
+        except StoreError:  # logged once per episode by the store; loaded on a later pass
             return
         self._loaded = True
         for session_id, run_id in rows:
@@ -178,10 +178,7 @@ class SessionDiscovery(PeriodicDiscovery):
                                 "ones go idle past the lookback", self._max_followed)  # fmt: skip
                     self._full_logged = True
                 return None
-            try:
-                self._store.watch(session_id, None, self._wall())
-            except StoreError:  # followed all the same; only a restart forgets it
-                log.exception("checkpoint store: cannot record the followed session %s", session_id)
+            self._unrecorded[session_id] = True  # written by the pass, off the event loop: this runs in a webhook
             followed = self._followed[session_id] = _Followed()
         if followed.active_at is None or active_at > followed.active_at:
             followed.active_at = active_at
@@ -190,12 +187,23 @@ class SessionDiscovery(PeriodicDiscovery):
 
     def _unfollow(self, session_id: str) -> None:
         self._followed.pop(session_id, None)
-        try:
-            self._store.unwatch(session_id, None)
-        except StoreError:
-            log.exception("checkpoint store: cannot forget the followed session %s", session_id)
+        self._unrecorded[session_id] = False
         if self._full_logged and len(self._followed) < self._max_followed:
             self._full_logged = False
+
+    async def _record(self) -> None:
+        """Write the sessions followed and unfollowed since the last pass to the store, so a restart follows the
+        same ones; what fails (logged) is tried again next pass, and is only lost to a restart."""
+        for session_id, followed in list(self._unrecorded.items()):
+            try:
+                if followed:
+                    await self._store.watch(session_id, None, self._wall())
+                else:
+                    await self._store.unwatch(session_id, None)
+            except StoreError:  # logged once per episode by the store; written on a later pass
+                return
+            if self._unrecorded.get(session_id) is followed:
+                del self._unrecorded[session_id]
 
     async def _list_sessions(self, agent_id: str | None) -> None:
         """Follow the sessions created since the last complete listing, down to the horizon.
@@ -273,7 +281,7 @@ class SessionDiscovery(PeriodicDiscovery):
                 latest = _latest(turn)
                 followed.active_at = max(followed.active_at or latest, latest)
                 new = turn.created_at >= horizon and not self._tracker.is_tracked(turn.id)
-                if new and not self._store.known_runs([turn.id]):
+                if new and not await self.known(UnitRef(session_id, turn.id)):
                     if self._tracker.track(UnitRef(session_id, turn.id)):
                         found += 1
                     elif not self._tracker.is_tracked(turn.id):
@@ -296,8 +304,7 @@ class SessionDiscovery(PeriodicDiscovery):
         except InvalidObject as exc:
             log.debug("listing turns of %s failed: %s", session_id, exc)  # counted by the client
             return found
-        except StoreError:
-            log.exception("checkpoint store error while discovering turns of %s", session_id)
+        except StoreError:  # logged once per episode by the store; listed again next pass
             return found
         self._api.ok()
         if followed.active_at is None:  # no turn, and followed before a restart: ask the session itself
@@ -319,7 +326,7 @@ class SessionDiscovery(PeriodicDiscovery):
             after = followed.subagent_cursors.get(subagent.id)
             async for turn in self._source.list_subagent_turns(session_id, subagent.id, after=after):
                 new = turn.created_at >= horizon and not self._tracker.is_tracked(turn.id)
-                if new and not self._store.known_runs([turn.id]):
+                if new and not await self.known(UnitRef(container, turn.id)):
                     if self._tracker.track(UnitRef(container, turn.id)):
                         found += 1
                     elif not self._tracker.is_tracked(turn.id):

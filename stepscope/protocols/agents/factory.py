@@ -16,7 +16,7 @@ from stepscope.config import Config
 from stepscope.contract.vocabulary import Flavor
 from stepscope.core.discovery import DiscoverySeams, DiscoverySettings
 from stepscope.core.poller import PollSchedule
-from stepscope.core.records import Committer, SpanSpec
+from stepscope.core.records import NO_DROPS, Committer, SpanSpec
 from stepscope.errors import ConfigError, NotFound
 from stepscope.mapping.attributes import MappingOptions
 from stepscope.protocols.agents.client import AgentsClient
@@ -66,6 +66,7 @@ class AgentsInstance:
         self.client = AgentsClient(connection.http, base_url=self._config.api.base_url, auth=connection.auth,
                                    **context.options)  # fmt: skip
         self.mapper = AgentsMapper(MappingOptions(capture_content=self._config.export.capture_content))
+        self._drops = context.drops or NO_DROPS
 
     def reader(self, committer: Committer[Any, Any, Any], schedule: PollSchedule) -> TurnReader:
         return TurnReader(

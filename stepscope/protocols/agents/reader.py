@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from stepscope.contract.vocabulary import DropReason
 from stepscope.core.poller import PollSchedule
-from stepscope.core.records import Commit, Committer, UnitRef
-from stepscope.errors import InvalidObject, NotFound, SourceError
+from stepscope.core.records import NO_DROPS, Commit, Committer, Drops, UnitRef
+from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError
 from stepscope.protocols.agents.client import AgentsClient
 from stepscope.protocols.agents.mapping import TurnContext
 from stepscope.protocols.agents.records import Item, SessionTrace, Turn
@@ -56,8 +57,10 @@ class TurnReader:
         *,
         schedule: PollSchedule,
         capture_content: bool = False,
+        drops: Drops = NO_DROPS,
     ) -> None:
         self._client = client
+        self._drops = drops
         self._committer = committer
         self._schedule = schedule
         self._content = capture_content
@@ -84,14 +87,14 @@ class TurnReader:
             return self._schedule.fast
         published = None
         if turn.subagent_id is None and state.subagent_id is None:
-            published = await self._published(state.session_id, turn.id)
-            if published is None and state.trace_polls < TRACE_POLLS:
+            published, final = await self._published(state.session_id, turn)
+            if published is None and not final and state.trace_polls < TRACE_POLLS:
                 state.trace_polls += 1
                 return self._schedule.fast
         items = await self._items(state, turn)
         name, model = await self._agent(state.session_id)
         context = TurnContext(agent_name=name, model=model, items=items, published=published)
-        if not self._committer.commit(TurnCommit(state.ref, turn, finish=context, finished=True)):
+        if not await self._committer.commit(TurnCommit(state.ref, turn, finish=context, finished=True)):
             return self._schedule.slow
         return None
 
@@ -109,11 +112,23 @@ class TurnReader:
             listing = self._client.list_subagent_turn_items(state.session_id, subagent, turn.id, content=self._content)
         return [item async for item in listing]
 
-    async def _published(self, session_id: str, turn_id: str) -> SessionTrace | None:
-        async for trace in self._client.list_traces(session_id):
-            if trace.id == turn_id:
-                return trace
-        return None
+    async def _published(self, session_id: str, turn: Turn) -> tuple[SessionTrace | None, bool]:
+        """The trace the server published for a root turn, read newest first down to the turn's creation (never the
+        whole session from its oldest). A trace that cannot be had (over the body cap, behind a listing that does not
+        end, deeper than the depth cap: then the listing skips it) is left out, counted as `trace_dropped`, and the
+        turn is committed without it: an attachment never holds back its record. Returns the trace (or None) and
+        whether that answer is final (no use asking again)."""
+        try:
+            async for trace in self._client.list_traces(session_id, newest_first=True):
+                if trace.id == turn.id:
+                    return trace, True
+                if trace.created_at < turn.created_at:
+                    break
+        except LimitExceeded as exc:
+            log.warning("turn %s: its published trace is left out (%s)", turn.id, exc.reason)
+            self._drops.dropped(DropReason.TRACE_DROPPED)
+            return None, True
+        return None, False
 
     async def _agent(self, session_id: str) -> tuple[str | None, str | None]:
         cached = self._agents.get(session_id)

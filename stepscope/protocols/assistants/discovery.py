@@ -70,7 +70,7 @@ class Discovery(PeriodicDiscovery):
         self._max_registered = max_registered
         self._budget = max(1, settings.pass_budget)
         self._missing: set[str] = set()  # configured threads that answered 404 (registered ones are unwatched)
-        self._registered: set[tuple[str, str]] | None = None  # (thread_id, run_id or ""), loaded on first use
+        self._registered: set[tuple[str, str]] = set()  # (thread_id, run_id or ""), loaded at start, then each pass
         self._full_logged = False
         # Per-thread scheduling, pruned to the watched threads every pass.
         self._listed_at: dict[str, float] = {}  # monotonic time of the last listing
@@ -81,11 +81,11 @@ class Discovery(PeriodicDiscovery):
 
     def watched(self) -> list[str]:
         """Threads this replica watches: configured, listed and registered ones in its shard."""
-        return self._threads(self._store.watched())
+        return self._threads([(t, r or None) for t, r in self._registered])
 
     def idle_reason(self) -> str | None:
         """None while a thread is watched or the project's threads are listed; else how to give it threads."""
-        if self._thread_source is not None or self._threads(self._store.watched()):
+        if self._thread_source is not None or self.watched():
             return None
         return (
             "set STEPSCOPE_THREADS=thread_a,thread_b, or register threads with POST /v1/watch "
@@ -126,16 +126,11 @@ class Discovery(PeriodicDiscovery):
     @property
     def registered_count(self) -> int:
         """Registrations (threads and runs) held now, as counted against `max_registered`."""
-        return len(self._registrations())
-
-    def _registrations(self) -> set[tuple[str, str]]:
-        if self._registered is None:
-            self._registered = {(t, r or "") for t, r in self._store.watched()}
-        return self._registered
+        return len(self._registered)
 
     # --- registration (from the HTTP server) --------------------------------------------------------------------
 
-    def watch(self, thread_id: str, run_id: str | None) -> bool:
+    async def watch(self, thread_id: str, run_id: str | None) -> bool:
         """Register a thread (and optionally one run); False when another shard owns the thread.
 
         Raises `RegistrationFull` for a new registration past `max_registered` (re-registering is always
@@ -145,7 +140,7 @@ class Discovery(PeriodicDiscovery):
         if not self.owns(thread_id):
             return False
         key = (thread_id, run_id or "")
-        registered = self._registrations()
+        registered = self._registered
         new = key not in registered
         if new and len(registered) >= self._max_registered:
             self._drops.dropped(DropReason.WATCH_LIMIT, 1)
@@ -157,7 +152,7 @@ class Discovery(PeriodicDiscovery):
                 )
                 self._full_logged = True
             raise RegistrationFull(self._max_registered)
-        self._store.watch(thread_id, run_id, self._wall())
+        await self._store.watch(thread_id, run_id, self._wall())
         registered.add(key)
         if new and len(registered) < self._max_registered:
             self._full_logged = False
@@ -168,19 +163,22 @@ class Discovery(PeriodicDiscovery):
             self.wake()  # list the new thread now rather than after the interval
         return True
 
-    def unwatch(self, thread_id: str, run_id: str | None) -> None:
+    async def unwatch(self, thread_id: str, run_id: str | None) -> None:
         """Drop a registration; a run named in it is no longer tracked either."""
-        self._store.unwatch(thread_id, run_id)
-        self._registrations().discard((thread_id, run_id or ""))
+        await self._store.unwatch(thread_id, run_id)
+        self._registered.discard((thread_id, run_id or ""))
         if run_id is not None:
             self._tracker.untrack(run_id)
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Track the runs registered before a restart, then start the loop."""
+        """Load the registrations, track the runs registered before a restart, then start the loop. A store that
+        cannot be read raises `StoreError`."""
         if not self.stopping:
-            for thread_id, run_id in self._store.watched():
+            rows = await self._store.watched()
+            self._registered = {(t, r or "") for t, r in rows}
+            for thread_id, run_id in rows:
                 if run_id is not None and self.owns(thread_id):
                     self._tracker.track(UnitRef(thread_id, run_id))
         await super().start()
@@ -189,10 +187,9 @@ class Discovery(PeriodicDiscovery):
         """One discovery pass over the due threads (at most `pass_budget`); returns how many runs it started
         tracking."""
         try:
-            self._store.prune(self._wall() - 2 * self.settings.lookback_s)
-            rows = self._store.watched()
-        except StoreError:
-            log.exception("checkpoint store error during discovery")
+            await self._store.prune(self._wall() - 2 * self.settings.lookback_s)
+            rows = await self._store.watched()
+        except StoreError:  # logged once per episode by the store
             return 0
         # The store is the truth: the poller deletes the registration of a run it dropped.
         self._registered = {(t, r or "") for t, r in rows}
@@ -211,7 +208,7 @@ class Discovery(PeriodicDiscovery):
                 return (0, _FAILED) if self.stopping else await self._discover_thread(thread_id)
 
         results = await asyncio.gather(*(discover(t) for t in batch))
-        self._settle(dict(zip(batch, (outcome for _, outcome in results), strict=True)))
+        await self._settle(dict(zip(batch, (outcome for _, outcome in results), strict=True)))
         self.last_pass = self._wall()
         return sum(found for found, _ in results)
 
@@ -236,7 +233,7 @@ class Discovery(PeriodicDiscovery):
                 del table[thread_id]
         self._active &= watched
 
-    def _settle(self, outcomes: dict[str, str]) -> None:
+    async def _settle(self, outcomes: dict[str, str]) -> None:
         """Back off, expire or drop threads after a pass; count and log the drops once for the whole pass."""
         now, wall = self._monotonic(), self._wall()
         ttl = max(self.settings.lookback_s, MIN_EMPTY_TTL_S)
@@ -256,11 +253,11 @@ class Discovery(PeriodicDiscovery):
                 if configured and thread_id not in self._missing:
                     log.warning("configured thread %s not found; no longer watching it", thread_id)
                     self._missing.add(thread_id)
-                if self._drop_registered(thread_id):
+                if await self._drop_registered(thread_id):
                     missing += 1
             elif not self._pinned(thread_id):  # empty: back off, and drop once empty for the whole lookback
                 since = self._empty_since.setdefault(thread_id, wall)
-                if wall - since >= ttl and self._drop_registered(thread_id):
+                if wall - since >= ttl and await self._drop_registered(thread_id):
                     expired += 1
                     continue
                 delay = min(max(2 * self._backoff.get(thread_id, 0.0), self.settings.interval_s), EMPTY_BACKOFF_MAX_S)
@@ -276,17 +273,16 @@ class Discovery(PeriodicDiscovery):
                 missing + expired, missing, expired, ttl,
             )  # fmt: skip
 
-    def _drop_registered(self, thread_id: str) -> bool:
+    async def _drop_registered(self, thread_id: str) -> bool:
         """Forget a registered thread; False when it was not registered (configured only) or the store failed."""
         key = (thread_id, "")
-        if key not in self._registrations():
+        if key not in self._registered:
             return False
         try:
-            self._store.unwatch(thread_id, None)
-        except StoreError:
-            log.exception("checkpoint store: cannot drop the registration of %s", thread_id)
+            await self._store.unwatch(thread_id, None)
+        except StoreError:  # logged once per episode by the store; dropped on a later pass
             return False
-        self._registrations().discard(key)
+        self._registered.discard(key)
         for table in (self._not_before, self._backoff, self._empty_since):
             table.pop(thread_id, None)
         return True
@@ -299,7 +295,11 @@ class Discovery(PeriodicDiscovery):
         found = 0
         for thread_id in thread_ids:
             async for run in self._recent_runs(thread_id, horizon):
-                if run.is_terminal and not self._tracker.is_tracked(run.id) and not self._store.known_runs([run.id]):
+                if (
+                    run.is_terminal
+                    and not self._tracker.is_tracked(run.id)
+                    and not await self._store.known_runs([run.id])
+                ):
                     found += self._tracker.track(run.ref)
         return found
 
@@ -319,7 +319,7 @@ class Discovery(PeriodicDiscovery):
         try:
             async for run in self._recent_runs(thread_id, horizon):
                 recent = True
-                if self._tracker.is_tracked(run.id) or self._store.known_runs([run.id]):
+                if self._tracker.is_tracked(run.id) or await self._store.known_runs([run.id]):
                     break
                 new.append(run.ref)
         except NotFound:
@@ -330,8 +330,7 @@ class Discovery(PeriodicDiscovery):
         except InvalidObject as exc:
             log.debug("listing runs of %s failed: %s", thread_id, exc)  # counted by the source
             return 0, _FAILED
-        except StoreError:
-            log.exception("checkpoint store error while discovering runs of %s", thread_id)
+        except StoreError:  # logged once per episode by the store; listed again next pass
             return 0, _FAILED
         self._api.ok()
         # Oldest first, so a backfill exports history in order.

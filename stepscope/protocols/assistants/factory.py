@@ -47,7 +47,7 @@ class AssistantsFactory:
     def check(self, config: Config) -> list[str]:
         problems = []
         if config.poll.agents:
-            problems.append("STEPSCOPE_AGENTS (poll.agents): only with STEPSCOPE_PROTOCOL=agents")
+            problems.append("STEPSCOPE_AGENTS (poll.agents): only with STEPSCOPE_PROTOCOL=agents or responses")
         return problems
 
     def open(self, context: ApiContext) -> AssistantsInstance:
@@ -124,11 +124,11 @@ class ThreadRegistrations:
     def __init__(self, discovery: Discovery) -> None:
         self._discovery = discovery
 
-    def watch(self, fields: Mapping[str, str]) -> bool:
-        return self._discovery.watch(*thread_fields(fields))
+    async def watch(self, fields: Mapping[str, str]) -> bool:
+        return await self._discovery.watch(*thread_fields(fields))
 
-    def unwatch(self, fields: Mapping[str, str]) -> None:
-        self._discovery.unwatch(*thread_fields(fields))
+    async def unwatch(self, fields: Mapping[str, str]) -> None:
+        await self._discovery.unwatch(*thread_fields(fields))
 
 
 def thread_fields(fields: Mapping[str, str]) -> tuple[str, str | None]:

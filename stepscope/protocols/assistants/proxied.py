@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import re
 from collections.abc import Mapping
@@ -103,6 +104,9 @@ class ProxyFeed:
     def stream_ended(self, ref: UnitRef, complete: bool) -> None:
         self._put(("ended", ref, None))
 
+    def submit_sent(self, ref: UnitRef) -> None:
+        self._put(("submit", ref, None))
+
     def _put(self, item: _Event) -> None:
         if len(self._queue) >= self._queue_max:
             self._drops.dropped(DropReason.PROXY_FEED_FULL)
@@ -117,22 +121,25 @@ class ProxyFeed:
             self._task = asyncio.create_task(self._apply_forever(), name="stepscope-proxy-feed")
 
     async def stop(self, budget_s: float = 1.0) -> None:
-        self._apply_all()
+        """Apply what is queued (within `budget_s`), then stop. Idempotent."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._apply_all(), timeout=budget_s)
 
     async def _apply_forever(self) -> None:
         while True:
             await self._ready.wait()
             self._ready.clear()
-            self._apply_all()
+            await self._apply_all()
 
-    def _apply_all(self) -> None:
+    async def _apply_all(self) -> None:
         while self._queue:
             kind, data, extra = self._queue.popleft()
             try:
-                self._apply(kind, data, extra)
+                await self._apply(kind, data, extra)
             except InvalidObject as exc:
                 log.warning("proxy: %s", exc)
                 self._drops.dropped(DropReason.PROXY_UNREADABLE)
@@ -140,7 +147,12 @@ class ProxyFeed:
                 log.exception("proxy feed failed on a %s", kind)
                 self._drops.dropped(DropReason.PROXY_FEED_ERROR)
 
-    def _apply(self, kind: str, data: Any, extra: Any) -> None:
+    async def _apply(self, kind: str, data: Any, extra: Any) -> None:
+        if kind == "submit":
+            state = self._poller.state_of(data.unit_id)
+            if state is not None:
+                self._reader.submit_sent(state)
+            return
         if kind == "ended":
             ref: UnitRef = data
             state = self._poller.state_of(ref.unit_id)
@@ -152,7 +164,7 @@ class ProxyFeed:
             step = parse_step(data)
             state = self._poller.state_of(step.run_id)
             if state is not None:
-                self._reader.stream_step(state, step)
+                await self._reader.stream_step(state, step)
             return
         run = parse_run(data)
         state = self._poller.state_of(run.id)
@@ -173,6 +185,8 @@ class RunEvents(Protocol):
     `thread.run` object of a stream); `traceparent` is the request's on a create whose run carries none.
     `stream_event(event, data)`: each later `thread.run.*` / `thread.run.step.*` event of that run (no deltas).
     `stream_ended(ref, complete)`: the stream ended; `complete` only when it ended with `done`.
+    `submit_sent(ref)`: the application sent a run's tool outputs (told when the request is routed, before the
+    upstream answers, so that no poll races the answer).
     """
 
     def run_created(self, run: Mapping[str, Any], traceparent: str | None) -> None: ...
@@ -180,6 +194,8 @@ class RunEvents(Protocol):
     def stream_event(self, event: str, data: Mapping[str, Any]) -> None: ...
 
     def stream_ended(self, ref: UnitRef, complete: bool) -> None: ...
+
+    def submit_sent(self, ref: UnitRef) -> None: ...
 
 
 class RunObserver:
@@ -190,7 +206,10 @@ class RunObserver:
         self._drops = drops
 
     def route(self, method: str, path: str) -> Route | None:
-        return classify(method, path)
+        route = classify(method, path)
+        if route is not None and route.kind == SUBMIT_TOOL_OUTPUTS and route.container_id and route.unit_id:
+            self._feed.submit_sent(UnitRef(route.container_id, route.unit_id))
+        return route
 
     def answer(self, route: Route, traceparent: str | None) -> AnswerSink | None:
         return _RunAnswer(route, self._feed, self._drops, traceparent if route.kind in CREATES else None)

@@ -39,6 +39,9 @@ MAX_OPEN_READS = 8
 ASSISTANT_MISS_TTL_S = 600.0
 ASSISTANT_CACHE = 1000
 STREAM_SILENCE_S = 30.0
+SUBMIT_HOLD_S = 5.0
+"""After the application sent tool outputs through the proxy, polls of the run wait this long for the answer to
+report it (the answer's stream, or its JSON body), so a poll cannot race the answer's first event."""
 
 RunCommit = Commit[Run, RunStep, str]
 
@@ -159,7 +162,7 @@ class StepReader:
             self._drops.dropped(DropReason.STEP_UNFINISHED, len(state.open))
             state.open.clear()
         name = await self._names.name(run.assistant_id)
-        if not self._committer.commit(RunCommit(run.ref, run, finish=name, finished=True)):
+        if not await self._committer.commit(RunCommit(run.ref, run, finish=name, finished=True)):
             return self._schedule.slow
         return None
 
@@ -201,7 +204,7 @@ class StepReader:
         state.run_final = run.is_terminal
         state.streaming_until = self._monotonic() + STREAM_SILENCE_S
 
-    def stream_step(self, state: RunState, step: RunStep) -> None:
+    async def stream_step(self, state: RunState, step: RunStep) -> None:
         """A `thread.run.step.*` event: a terminal step is committed now, an open one remembered."""
         state.streaming_until = self._monotonic() + STREAM_SILENCE_S
         if not step.is_terminal:
@@ -211,10 +214,14 @@ class StepReader:
         if state.run is None or step.id in state.committed or step.id == state.cursor:
             return  # without the run the step cannot be mapped: the final check will list it
         commit = RunCommit(state.ref, state.run, records=[step], record_ids=[step.id], cursor=state.cursor)
-        if self._committer.commit(commit):
+        if await self._committer.commit(commit):
             state.committed.add(step.id)
             if step.id in state.open:
                 state.open.remove(step.id)
+
+    def submit_sent(self, state: RunState) -> None:
+        """The application sent the run's tool outputs through the proxy: its answer will report the run."""
+        state.streaming_until = max(state.streaming_until, self._monotonic() + SUBMIT_HOLD_S)
 
     def stream_ended(self, state: RunState) -> None:
         """The stream ended (whole or cut short): poll from now on, starting with the final check."""
@@ -259,7 +266,7 @@ class StepReader:
             )
         if fresh:
             commit = RunCommit(run.ref, run, records=fresh, record_ids=[s.id for s in fresh], cursor=cursor)
-            if not self._committer.commit(commit):
+            if not await self._committer.commit(commit):
                 return False
         if new:
             state.newest = new[-1].id
