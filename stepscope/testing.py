@@ -1,7 +1,8 @@
 """Test doubles shipped in the package: an exporter and a metric sink that record, a fake clock, a real OTLP receiver.
 
 `OtlpReceiver` is a real OTLP/HTTP server on 127.0.0.1 (and optionally OTLP/gRPC) that decodes what an exporter
-sends into plain `ReceivedSpan` records, so tests can check exported spans over the wire without a collector.
+sends into plain `ReceivedSpan` records (`/v1/traces`) and `ReceivedPoint` records (`/v1/metrics`), so tests can
+check exported spans and metrics over the wire without a collector.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.sdk.trace import ReadableSpan
@@ -25,6 +27,7 @@ from stepscope.simulator.scenario import ManualClock
 
 _KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 _STATUS_NAMES = {0: "unset", 1: "ok", 2: "error"}
+_TEMPORALITIES = {0: "unspecified", 1: "delta", 2: "cumulative"}
 
 
 class RecordingSpanExporter(SpanExporter):
@@ -142,16 +145,76 @@ def _spans_of(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Rece
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedPoint:
+    """One metric data point as an OTLP receiver decoded it, with its metric's name, unit and kind (`sum`,
+    `histogram`, `gauge`). `value` is a sum's or gauge's value, or a histogram's sum; `temporality` is `cumulative`,
+    `delta` or `""` (gauges); `exemplars` are `(trace_id, span_id)` in lowercase hex; `request` numbers the export
+    request it came in (from 1)."""
+
+    metric: str
+    unit: str
+    kind: str
+    attributes: dict[str, Any]
+    value: float
+    temporality: str = ""
+    monotonic: bool = False
+    count: int = 0
+    bounds: tuple[float, ...] = ()
+    bucket_counts: tuple[int, ...] = ()
+    exemplars: tuple[tuple[str, str], ...] = ()
+    resource: dict[str, Any] = field(default_factory=dict)
+    request: int = 0
+
+
+def decode_metrics(body: bytes, request: int = 0) -> list[ReceivedPoint]:
+    """Every data point in a serialized `ExportMetricsServiceRequest` (sums, histograms and gauges)."""
+    message = metrics_service_pb2.ExportMetricsServiceRequest()
+    message.ParseFromString(body)
+    out = []
+    for rm in message.resource_metrics:
+        resource = _attrs(rm.resource.attributes)
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                kind = m.WhichOneof("data") or ""
+                data = getattr(m, kind) if kind else None
+                for p in data.data_points if data is not None else ():
+                    which = p.WhichOneof("value") if kind != "histogram" else None
+                    out.append(
+                        ReceivedPoint(
+                            metric=m.name,
+                            unit=m.unit,
+                            kind=kind,
+                            attributes=_attrs(p.attributes),
+                            value=float(p.sum if kind == "histogram" else getattr(p, which or "as_double")),
+                            temporality=_TEMPORALITIES.get(getattr(data, "aggregation_temporality", -1), ""),
+                            monotonic=bool(getattr(data, "is_monotonic", False)),
+                            count=int(getattr(p, "count", 0)),
+                            bounds=tuple(getattr(p, "explicit_bounds", ())),
+                            bucket_counts=tuple(getattr(p, "bucket_counts", ())),
+                            exemplars=tuple((e.trace_id.hex(), e.span_id.hex()) for e in p.exemplars),
+                            resource=resource,
+                            request=request,
+                        )
+                    )
+    return out
+
+
 class OtlpReceiver:
     """A real OTLP receiver on 127.0.0.1: HTTP (`POST /v1/traces`, protobuf) always, gRPC with `grpc=True`.
 
     `refuse_status` set (e.g. 503, or 400 for a non-retryable refusal) makes HTTP answer that status and gRPC
     answer UNAVAILABLE, without keeping the spans. `requests` counts export requests received, refused ones too.
+    Metrics (`POST /v1/metrics`, HTTP only) land in `points`, their requests in `metric_requests`, refused alike.
+    `port` chooses the HTTP port (0: any free one), so a receiver can come back where another one was.
     Use as a context manager, or call `start()` and `shutdown()`.
     """
 
-    def __init__(self, *, grpc: bool = False) -> None:
+    def __init__(self, *, grpc: bool = False, port: int = 0) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.points: list[ReceivedPoint] = []
+        self.metric_requests = 0
+        self._port = port
         self.requests = 0
         self.headers: list[dict[str, str]] = []
         self.refuse_status: int | None = None
@@ -169,6 +232,11 @@ class OtlpReceiver:
         return f"http://127.0.0.1:{self._http.server_address[1]}/v1/traces"
 
     @property
+    def metrics_url(self) -> str:
+        """The full metrics URL, e.g. `http://127.0.0.1:41234/v1/metrics`."""
+        return self.url.removesuffix("/v1/traces") + "/v1/metrics"
+
+    @property
     def grpc_endpoint(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
@@ -182,12 +250,30 @@ class OtlpReceiver:
             self._cond.notify_all()
             return True
 
+    def _accept_metrics(self, body: bytes) -> bool:
+        with self._cond:
+            self.metric_requests += 1
+            points = decode_metrics(body, self.metric_requests)
+            if self.refuse_status is not None:
+                return False
+            self.points.extend(points)
+            self._cond.notify_all()
+            return True
+
     def start(self) -> OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path == "/v1/metrics":
+                    try:
+                        accepted = receiver._accept_metrics(body)
+                    except Exception:
+                        self._answer(400)
+                        return
+                    self._answer(200 if accepted else (receiver.refuse_status or 503), metrics=True)
+                    return
                 if self.path != "/v1/traces":
                     self._answer(404)
                     return
@@ -199,8 +285,12 @@ class OtlpReceiver:
                 ok = receiver._accept(spans, {k.lower(): v for k, v in self.headers.items()})
                 self._answer(200 if ok else (receiver.refuse_status or 503))
 
-            def _answer(self, status: int) -> None:
-                payload = trace_service_pb2.ExportTraceServiceResponse().SerializeToString() if status == 200 else b""
+            def _answer(self, status: int, *, metrics: bool = False) -> None:
+                payload = b""
+                if status == 200 and metrics:
+                    payload = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+                elif status == 200:
+                    payload = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", str(len(payload)))
@@ -210,7 +300,7 @@ class OtlpReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
         self._http.daemon_threads = True
         self._thread = threading.Thread(target=self._http.serve_forever, name="otlp-receiver", daemon=True)
         self._thread.start()
@@ -241,6 +331,17 @@ class OtlpReceiver:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not predicate(self.spans):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def wait_for_points(self, predicate: Callable[[list[ReceivedPoint]], bool], timeout: float = 5.0) -> bool:
+        """Block until `predicate(points)` holds or `timeout` seconds pass; returns whether it held."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(self.points):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False

@@ -29,15 +29,19 @@ DEFAULT_TEXT = {
     "poll.max_interval": "4 x `STEPSCOPE_POLL_INTERVAL`",
     "poll.shard": "`0/1`",
     "export.otlp_endpoint": "the SDK's (`http://localhost:4318`, `4317` for gRPC)",
+    "export.otlp_metrics_endpoint": "none (the SDK's `http://localhost:4318/v1/metrics` without any endpoint)",
+    "export.otlp_metrics_protocol": "`OTEL_EXPORTER_OTLP_PROTOCOL`'s",
 }
 
 # What a one-line `help` cannot say. Keyed by setting path; a test checks every key is a setting.
 NOTES = {
     "api.api_key": "Sent as `Authorization: Bearer`, or as an `api-key` header with `STEPSCOPE_AUTH=api-key`. "
     "Checked once at start: a rejected key is a configuration error (exit 2).",
-    "api.base_url": "For Azure AI Foundry Agents the project endpoint, "
-    "`https://<resource>.services.ai.azure.com/api/projects/<project>` (no `/v1`). A password in the URL is redacted "
-    "in every log line.",
+    "api.base_url": "For Azure AI Foundry Agents (classic) the project endpoint, "
+    "`https://<resource>.services.ai.azure.com/api/projects/<project>` (no `/v1`); for Foundry's Agent Service "
+    "(`STEPSCOPE_PROTOCOL=responses`) that endpoint followed by `/openai/v1`. Credentials in the URL are refused.",
+    "api.foundry_project_id": "Foundry's own Traces view shows only spans that carry it "
+    "(`microsoft.foundry.project.id`). With `STEPSCOPE_PROTOCOL=responses` and `STEPSCOPE_FLAVOR=azure` only.",
     "api.auth": "`token-file` re-reads `STEPSCOPE_TOKEN_FILE` when it changes; `azure-identity` needs the `azure` "
     "extra (`pip install 'stepscope[azure]'`).",
     "api.timeout": "From sending the request to the body's last byte, so a body that trickles in forever ends too "
@@ -45,6 +49,8 @@ NOTES = {
     "api.max_body": "Counted after decompression, enforced while reading; a larger body is abandoned "
     '(`code="too_large"`). Sizes: `65536`, `512KiB`, `8MiB`, `1MB`.',
     "api.max_pages": "100 steps per page; a listing also ends at a cursor it was already given.",
+    "poll.agents": "Agents API: root agent ids whose sessions are followed. Responses (Foundry): agent names; one "
+    "name filters the listing on the server, several are kept by name from one listing of the project.",
     "poll.threads": "The Assistants API cannot list threads: name them here, or register them with `POST /v1/watch`.",
     "poll.max_interval": "Runs that wait (`queued`, `requires_action`) back off by 1.5x per poll up to this.",
     "poll.lookback": "How far back a newly watched thread, or an empty store, is read.",
@@ -59,13 +65,23 @@ NOTES = {
     "export.max_series_per_metric": "Its `_other` overflow series aside; raise it past about 125 model x assistant "
     "pairs.",
     "export.traces_exporter": "`none` keeps spans out of the backlog altogether; metrics are the same either way.",
-    "export.otlp_endpoint": "Over HTTP `/v1/traces` is appended.",
+    "export.otlp_endpoint": "Over HTTP `/v1/traces` is appended (and `/v1/metrics` for OTLP metrics).",
     "export.otlp_protocol": "Also read from `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`.",
     "export.otlp_headers": "Redacted in logs.",
     "export.schedule_delay_ms": "How long the delivery thread lets a batch gather (the SDK's 5 s would add to "
     "export lag).",
     "export.backlog_max_spans": "Beyond it the oldest spans are dropped and counted (`backlog_full`).",
     "export.backlog_max_age": "Older spans are dropped and counted (`backlog_expired`).",
+    "export.metrics_exporter": "`otlp` sends the metrics over OTLP too, beside `/metrics` (which is served either "
+    "way): [otlp-metrics.md](otlp-metrics.md).",
+    "export.otlp_metrics_endpoint": "Used as is; unset: `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/metrics` appended "
+    "over HTTP.",
+    "export.otlp_metrics_headers": "Unset: `OTEL_EXPORTER_OTLP_HEADERS`. Redacted in logs.",
+    "export.metric_export_timeout_ms": "One export, retries included (the specification's default is 30 s).",
+    "export.metrics_temporality": "Prometheus's OTLP receiver refuses `delta`; with it, a failed export's increments "
+    "are lost.",
+    "export.semconv_stability_opt_in": "`gen_ai_latest_experimental`: the newest GenAI token counters instead of "
+    "`gen_ai.client.token.usage`.",
     "server.listen": "The container image uses `0.0.0.0:9464`.",
     "server.watch_token": "Without one, `/v1/watch` works only on a loopback-only `STEPSCOPE_LISTEN` (403 elsewhere).",
     "server.watch_rate": "Bursts of twice that; then 429 with `Retry-After` (`watch_rate`).",

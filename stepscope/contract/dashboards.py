@@ -3,7 +3,8 @@
 The committed files in ``grafana/dashboards/`` are the output of :func:`render_all`; a test asserts they are equal,
 so edit this module and run ``stepscope dashboards --write grafana/dashboards`` (or :func:`write`), never the JSON.
 
-Contract of the generated dashboards (classic JSON model, ``schemaVersion`` 39, fixed ``uid``s):
+Contract of the generated dashboards (classic JSON model, ``schemaVersion`` 39, fixed ``uid``s; for Grafana 11.6 and 12,
+whose JSON Schemas ``tests/ops/test_dashboard_schemas.py`` checks them against):
 
 - template variables ``datasource`` (type datasource, Prometheus), ``job`` (from ``stepscope_build_info``), and
   ``protocol`` / ``assistant_id`` / ``model`` (from ``stepscope_runs_total``, multi-value with an ``.*`` "All");
@@ -126,11 +127,16 @@ def _options(kind: str) -> JSON:
             "tooltip": {"mode": "multi", "sort": "desc"},
         }
     if kind == "table":
-        return {"cellHeight": "sm", "showHeader": True}
+        return {"cellHeight": "sm", "frameIndex": 0, "showHeader": True}
     reduce = {"calcs": ["lastNotNull"], "fields": "", "values": kind == "bargauge"}
     if kind == "bargauge":
-        return {"displayMode": "gradient", "orientation": "horizontal", "reduceOptions": reduce, "showUnfilled": True}
-    return {"colorMode": "value", "graphMode": "area", "justifyMode": "auto", "reduceOptions": reduce}
+        legend = {"calcs": [], "displayMode": "list", "placement": "bottom", "showLegend": False}
+        return {"displayMode": "gradient", "legend": legend, "maxVizHeight": 300, "minVizHeight": 16, "minVizWidth": 8,
+                "namePlacement": "auto", "orientation": "horizontal", "reduceOptions": reduce, "showUnfilled": True,
+                "sizing": "auto", "valueMode": "color"}  # fmt: skip
+    return {"colorMode": "value", "graphMode": "area", "justifyMode": "auto", "orientation": "auto",
+            "percentChangeColorMode": "standard", "reduceOptions": reduce, "showPercentChange": False,
+            "textMode": "auto", "wideLayout": True}  # fmt: skip
 
 
 def _panel(panel: Panel, panel_id: int, x: int, y: int) -> JSON:
@@ -160,9 +166,12 @@ _ANNOTATION = (
 )
 _LINK = (
     '{"asDropdown": false, "icon": "external link", "includeVars": true, "keepTime": true, "tags": ["stepscope"], '
-    '"targetBlank": false, "title": "stepscope", "type": "dashboards"}'
+    '"targetBlank": false, "title": "stepscope", "tooltip": "The other stepscope dashboards", "type": "dashboards"}'
 )
-_VARIABLE = '{"current": {}, "hide": 0, "options": [], "regex": ""}'
+_VARIABLE = '{"hide": 0, "options": [], "regex": ""}'
+# What a variable shows before Grafana has resolved it: the default data source, and "All" for the others.
+_DEFAULT_SOURCE = {"text": "default", "value": "default"}
+_ALL = {"selected": True, "text": ["All"], "value": ["$__all"]}
 
 
 def _layout(rows: Sequence[tuple[str, Sequence[Panel]]]) -> list[JSON]:
@@ -184,16 +193,17 @@ def _layout(rows: Sequence[tuple[str, Sequence[Panel]]]) -> list[JSON]:
 
 
 def _query_variable(name: str, label: str, query: str) -> JSON:
-    editor = {"qryType": 1, "query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"}
-    fields = {"allValue": ".*", "datasource": DATASOURCE, "definition": query, "includeAll": True, "label": label}
-    return {**json.loads(_VARIABLE), **fields, "multi": True, "name": name, "query": editor, "refresh": 2, "sort": 1,
+    # The query as PromQL text: Grafana's Prometheus data source turns it into its query editor's form on load, and
+    # both schemas (Grafana 11.6 and 12) accept it, where the editor's object has no schema that fits.
+    fields = {"allValue": ".*", "current": _ALL, "datasource": DATASOURCE, "includeAll": True, "label": label}
+    return {**json.loads(_VARIABLE), **fields, "multi": True, "name": name, "query": query, "refresh": 2, "sort": 1,
             "type": "query"}  # fmt: skip
 
 
 def _variables() -> list[JSON]:
     source = {"includeAll": False, "label": "Data source", "multi": False, "name": "datasource", "refresh": 1}
     return [
-        {**json.loads(_VARIABLE), **source, "query": "prometheus", "type": "datasource"},
+        {**json.loads(_VARIABLE), **source, "current": _DEFAULT_SOURCE, "query": "prometheus", "type": "datasource"},
         _query_variable("job", "Job", f"label_values({md.BUILD_INFO}, job)"),
         _query_variable("protocol", "Protocol", f"label_values({md.RUNS}{{{JOB}}}, {md.LABEL_PROTOCOL})"),
         _query_variable("assistant_id", "Assistant", f"label_values({md.RUNS}{{{JOB}}}, {md.LABEL_ASSISTANT_ID})"),
@@ -207,7 +217,6 @@ def _dashboard(uid: str, title: str, description: str, rows: Sequence[tuple[str,
         "description": description,
         "editable": False,
         "graphTooltip": 1,
-        "id": None,
         "links": [json.loads(_LINK)],
         "panels": _layout(rows),
         "refresh": "30s",
@@ -236,8 +245,9 @@ DESCRIPTIONS = {
     "Only protocols whose steps have times (Assistants): items have none, and the protocol variable does not apply.",
     "Tool calls per second by type": "Tool calls and tool-call items per second by tool type: function, extension "
     "(code interpreter, MCP, web search, command execution, computer use), datastore (file search) or the raw type.",
-    "Tokens per second by model and assistant": "Input plus output tokens per second from step and turn usage (each "
-    "counted once), by model and assistant (agent for turns).",
+    "Tokens per second by model and assistant": "Input plus output tokens per second from step, turn and response "
+    "usage (each counted once; the cached and reasoning parts are in them), by model and assistant (agent for turns "
+    "and responses).",
     "Top assistants by tokens": "The ten assistants that used the most tokens over the selected time range.",
     "API requests per second by endpoint and code": "Requests stepscope made to the API per second, "
     "by endpoint and HTTP status (`error` = transport failure).",
@@ -268,7 +278,8 @@ def _p(title: str, unit: str, *queries: Query, kind: str = "timeseries", width: 
 def _overview() -> JSON:
     failed_runs = md.matcher(md.LABEL_STATUS, md.RUN_FAILED_STATUSES)
     failed_steps = md.matcher(md.LABEL_STATUS, md.STEP_FAILED_STATUSES)
-    top_tokens = f"topk(10, sum by (assistant_id) (increase({md.TOKENS.name}{{{RUNS}}}[$__range])))"
+    totals = f"{RUNS},{md.matcher(md.LABEL_TOKEN_TYPE, md.TOKEN_TOTALS)}"  # the breakdowns are parts of these
+    top_tokens = f"topk(10, sum by (assistant_id) (increase({md.TOKENS.name}{{{totals}}}[$__range])))"
     runs = [
         _p("Runs per second by status", "ops", Query(_rate(md.RUNS.name, RUNS, "status"), "{{status}}")),
         _p(
@@ -289,7 +300,7 @@ def _overview() -> JSON:
             Query(_rate(md.TOOL_CALLS.name, DOMAIN, "tool_type"), "{{tool_type}}"),
         ),
     ]
-    by_model = Query(_rate(md.TOKENS.name, RUNS, "model, assistant_id"), "{{model}} {{assistant_id}}")
+    by_model = Query(_rate(md.TOKENS.name, totals, "model, assistant_id"), "{{model}} {{assistant_id}}")
     tokens = [
         _p("Tokens per second by model and assistant", "short", by_model, width=16),
         _p("Top assistants by tokens", "short", Query(top_tokens, "{{assistant_id}}", True), kind="bargauge", width=8),
@@ -347,8 +358,7 @@ def _health() -> JSON:
     return _dashboard(
         "stepscope-health",
         "stepscope health",
-        "stepscope's own health: API requests, span export and backlog, lag, dropped and invalid data, "
-        "versions.",
+        "stepscope's own health: API requests, span export and backlog, lag, dropped and invalid data, versions.",
         [("API", api), ("Export", export), ("Build", build)],
     )
 

@@ -14,8 +14,9 @@ add `_bucket`, `_count`, `_sum`).
   `stepscope_run_step_duration_seconds`, `stepscope_run_duration_seconds`, `stepscope_run_queue_seconds`,
   `stepscope_tool_calls_total`. Every one but the step duration (items have no times) has a last label
   `protocol` (`assistants` or `agents`), so one dashboard and one set of alerts serve both protocols.
-- Self metrics (stepscope's own health): API requests and latency, export lag, drops, invalid objects, span export
-  failures, the last successful poll, build info, and the gauges read at scrape time (tracked runs, span backlog).
+- Self metrics (stepscope's own health): API requests and latency, export lag, drops, invalid objects, span and
+  OTLP metric export failures, the last successful poll, build info, and the gauges read at scrape time (tracked
+  runs, span backlog).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ LABEL_STATUS = "status"
 LABEL_MODEL = "model"
 LABEL_ASSISTANT_ID = "assistant_id"
 LABEL_TOKEN_TYPE = "token_type"  # noqa: S105 - a label name, not a credential
+TOKEN_TOTALS = ("input", "output")
+"""The `token_type` values a token total sums: `cache_read` and `reasoning` are parts of them, not more tokens."""
 LABEL_TOOL_TYPE = "tool_type"
 LABEL_TOOL_NAME = "tool_name"
 LABEL_PROTOCOL = "protocol"  # which API the unit came from; set by the mapping, never by the server
@@ -149,6 +152,11 @@ INVALID_OBJECTS = MetricDef(
 SPAN_EXPORT_FAILURES = MetricDef(
     "stepscope_span_export_failures_total", "counter", "Spans the trace backend did not accept."
 )
+METRIC_EXPORT_FAILURES = MetricDef(
+    "stepscope_metric_export_failures_total",
+    "counter",
+    "OTLP metric exports the metrics backend did not accept (OTEL_METRICS_EXPORTER=otlp).",
+)
 LAST_SUCCESSFUL_POLL = MetricDef(
     "stepscope_last_successful_poll_timestamp_seconds",
     "gauge",
@@ -184,6 +192,7 @@ SELF_METRICS: tuple[MetricDef, ...] = (
     DROPPED,
     INVALID_OBJECTS,
     SPAN_EXPORT_FAILURES,
+    METRIC_EXPORT_FAILURES,
     LAST_SUCCESSFUL_POLL,
     BUILD_INFO,
 )

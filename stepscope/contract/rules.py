@@ -106,12 +106,16 @@ def _list(labels: Sequence[str]) -> str:
     return ", ".join(labels)
 
 
-def _rate(metric: MetricDef, keep: Sequence[str], comment: str = "", *, bucket: bool = False) -> Record:
-    """`level:metric:rate5m` of `metric` summed over everything but `job` and `keep` (plus `le` for buckets)."""
+def _rate(
+    metric: MetricDef, keep: Sequence[str], comment: str = "", *, bucket: bool = False, selector: str = ""
+) -> Record:
+    """`level:metric:rate5m` of `metric` (its series matching `selector`) summed over everything but `job` and
+    `keep` (plus `le` for buckets)."""
     suffix = "_bucket" if bucket else ""
     dropped = (*TARGET_LABELS, *(label for label in metric.labels if label not in (*keep, *KEPT_LABELS)))
     level = "_".join(("job", *keep))
-    expr = f"sum without ({_list(dropped)}) (rate({metric.name}{suffix}[{WINDOW}]))"
+    matching = f"{{{selector}}}" if selector else ""
+    expr = f"sum without ({_list(dropped)}) (rate({metric.name}{suffix}{matching}[{WINDOW}]))"
     return Record(f"{level}:{metric.name.removesuffix('_total')}{suffix}:rate{WINDOW}", expr, comment=comment)
 
 
@@ -156,7 +160,8 @@ STEPS_FAILED = _ratio(
 TOKENS_BY_ASSISTANT = _rate(
     md.TOKENS,
     (md.LABEL_MODEL, md.LABEL_ASSISTANT_ID),
-    "Token rates (input + output), per model, assistant and protocol, and per job (both protocols).",
+    "Token rates (input + output), per model, assistant and protocol, and per job (every protocol).",
+    selector=md.matcher(md.LABEL_TOKEN_TYPE, md.TOKEN_TOTALS),
 )
 TOKENS = Record(
     "job:stepscope_tokens:rate5m",

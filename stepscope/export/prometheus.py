@@ -73,8 +73,10 @@ _BUCKETS = {
 }
 
 
-class _LabelCap:
-    """Admits `known` values always and the first `limit` other values of one label; the rest become `_other`."""
+class LabelCap:
+    """Admits `known` values always and the first `limit` other values of one label; the rest become `_other`.
+
+    Shared with the OTLP sink (`export/genai_metrics.py`), so its attributes are bounded the same way."""
 
     __slots__ = ("_known", "_limit", "_seen")
 
@@ -90,6 +92,17 @@ class _LabelCap:
             self._seen.add(value)
             return value
         return a.OTHER
+
+
+def _known_values(labels: Sequence[KnownLabels]) -> dict[str, frozenset[str]]:
+    return {name: frozenset().union(*(p.values.get(name, ()) for p in labels)) for name in a.CAPPED_LABELS}
+
+
+def label_caps(limit: int, labels: Sequence[KnownLabels] = ()) -> dict[str, LabelCap]:
+    """One `LabelCap` per server-valued label (`attributes.CAPPED_LABELS`), admitting the values the protocols in
+    `labels` define and `limit` others."""
+    known = _known_values(labels)
+    return {name: LabelCap(limit, known[name]) for name in sorted(a.CAPPED_LABELS)}
 
 
 class _Family:
@@ -117,7 +130,7 @@ class _Family:
         name: str,
         metric: Any,
         names: tuple[str, ...],
-        caps: tuple[tuple[int, _LabelCap], ...],
+        caps: tuple[tuple[int, LabelCap], ...],
         bounds: tuple[float, ...] | None,
         *,
         budget: int,
@@ -238,8 +251,8 @@ class PrometheusMetrics:
             raise ValueError("max_series must be >= 1")
         self._overflow = overflow
         self._overflows = 0
-        known = {name: frozenset().union(*(p.values.get(name, ()) for p in labels)) for name in a.CAPPED_LABELS}
-        caps = {name: _LabelCap(label_cap, known[name]) for name in sorted(a.CAPPED_LABELS)}
+        known = _known_values(labels)
+        caps = label_caps(label_cap, labels)
         self._families: dict[str, _Family] = {}
         for definition in md.DOMAIN_METRICS:
             metric: Any

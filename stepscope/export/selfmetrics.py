@@ -7,7 +7,8 @@ rather than "no data":
 - `stepscope_api_requests_total{endpoint,code}`, `stepscope_api_request_duration_seconds{endpoint}`
 - `stepscope_tracked_runs`, `stepscope_span_backlog`, `stepscope_span_backlog_age_seconds`,
   `stepscope_export_lag_seconds`, `stepscope_dropped_total{reason}`,
-  `stepscope_invalid_objects_total{kind}`, `stepscope_span_export_failures_total`, `stepscope_build_info{version}`
+  `stepscope_invalid_objects_total{kind}`, `stepscope_span_export_failures_total`,
+  `stepscope_metric_export_failures_total`, `stepscope_build_info{version}`
 - `stepscope_last_successful_poll_timestamp_seconds` (0 until the first successful API request)
 """
 
@@ -97,6 +98,9 @@ class SelfMetrics:
             md.INVALID_OBJECTS.family, md.INVALID_OBJECTS.help, md.INVALID_OBJECTS.labels, registry=registry
         )
         self._export_failures = Counter(md.SPAN_EXPORT_FAILURES.family, md.SPAN_EXPORT_FAILURES.help, registry=registry)
+        self._metric_export_failures = Counter(
+            md.METRIC_EXPORT_FAILURES.family, md.METRIC_EXPORT_FAILURES.help, registry=registry
+        )
         self._last_poll = Gauge(md.LAST_SUCCESSFUL_POLL.family, md.LAST_SUCCESSFUL_POLL.help, registry=registry)
         build = Gauge(md.BUILD_INFO.family, md.BUILD_INFO.help, md.BUILD_INFO.labels, registry=registry)
         build.labels(version).set(1)
@@ -139,6 +143,11 @@ class SelfMetrics:
         """`n` spans the trace backend refused or never received."""
         if n > 0:
             self._export_failures.inc(n)
+
+    def metric_export_failed(self, n: int = 1) -> None:
+        """`n` OTLP metric exports the metrics backend refused or never received."""
+        if n > 0:
+            self._metric_export_failures.inc(n)
 
     def observe_export_lag(self, seconds: float) -> None:
         """Seconds from a step's terminal timestamp to the delivery of its span."""

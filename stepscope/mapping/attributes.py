@@ -32,8 +32,17 @@ GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
 GEN_AI_TOOL_CALL_RESULT = "gen_ai.tool.call.result"
 ERROR_TYPE = "error.type"
 
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+OPENAI_API_TYPE = "openai.api.type"
+STEPSCOPE_END_TIME_OBSERVED = "stepscope.end_time.observed"
+"""True on a span whose end is the moment stepscope first saw its unit terminal: the server recorded no end."""
+STEPSCOPE_TIME_OBSERVED = "stepscope.time.observed"
+"""True on a span whose start and end are moments the proxy saw, not server times."""
+
 OPERATION_INVOKE_AGENT = "invoke_agent"
 OPERATION_EXECUTE_TOOL = "execute_tool"
+OPERATION_CHAT = "chat"
 
 PROVIDER_OPENAI = "openai"
 
@@ -72,7 +81,12 @@ OTHER = "_other"
 """Label value past a capped label's limit, and of every label in a metric's overflow series."""
 MAX_LABEL_CHARS = 64
 """Longer label values read `_other`: function names and Azure deployment names are at most 64 characters."""
-TOKEN_TYPES = ("input", "output")
+TOKEN_INPUT, TOKEN_OUTPUT = "input", "output"
+TOKEN_CACHE_READ = "cache_read"  # noqa: S105 - a label value: input tokens read from the prompt cache
+TOKEN_REASONING = "reasoning"  # noqa: S105 - a label value: the reasoning part of the output tokens
+TOKEN_TYPES = (TOKEN_INPUT, TOKEN_OUTPUT)
+"""The `token_type` values every usage has; totals sum these two only, the breakdowns being parts of them."""
+TOKEN_BREAKDOWNS = (TOKEN_CACHE_READ, TOKEN_REASONING)
 
 CAPPED_LABELS = frozenset(
     {LABEL_STEP_TYPE, LABEL_STATUS, LABEL_TOOL_TYPE, LABEL_TOOL_NAME, LABEL_MODEL, LABEL_ASSISTANT_ID}

@@ -141,7 +141,9 @@ async def test_every_item_kind_maps_to_the_simulator_truth_and_relays(
         elif o.metric == "stepscope_tool_calls_total":
             tools[o.labels["tool_name"]] += 1
     usage = stats["usage"]["root"]
-    assert tokens == {"input": usage["input_tokens"], "output": usage["output_tokens"]}
+    want = {"input": "input_tokens", "output": "output_tokens", "cache_read": "cached_tokens",
+            "reasoning": "reasoning_tokens"}  # fmt: skip
+    assert tokens == +Counter({token_type: usage[key] for token_type, key in want.items()})
     assert {k: dict(v) for k, v in steps.items()} == stats["items"]["root"]
     expected_tools: Counter[str] = Counter()
     for names in stats["tool_calls"]["root"].values():

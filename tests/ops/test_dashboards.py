@@ -138,10 +138,10 @@ def test_job_protocol_assistant_and_model_variables() -> None:
     All."""
     for model in _models():
         variables = {v["name"]: v for v in model["templating"]["list"]}
-        assert variables["job"]["definition"] == "label_values(stepscope_build_info, job)"
+        assert variables["job"]["query"] == "label_values(stepscope_build_info, job)"
         for name in ("protocol", "assistant_id", "model"):
             var = variables[name]
-            assert var["definition"] == f'label_values(stepscope_runs_total{{job=~"$job"}}, {name})'
+            assert var["query"] == f'label_values(stepscope_runs_total{{job=~"$job"}}, {name})'
             assert (var["multi"], var["includeAll"], var["allValue"]) == (True, True, ".*")
         for name in ("job", "protocol", "assistant_id", "model"):
             assert variables[name]["datasource"] == {"type": "prometheus", "uid": "${datasource}"}

@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stepscope.client.parsing import TokenUsage
 from stepscope.core.records import Observation, SpanEvent
 from stepscope.errors import InvalidObject
 from stepscope.mapping.attributes import MappingOptions
 from stepscope.mapping.ids import trace_id_for_run
+from stepscope.mapping.items import MAX_ITEM_EVENTS
 from stepscope.protocols.agents import vocabulary as agents_vocabulary
 from stepscope.protocols.agents.mapping import (
-    MAX_ITEM_EVENTS,
     TurnContext,
     published_root,
     subagent_opener,
@@ -33,7 +34,6 @@ from stepscope.protocols.agents.records import (
     TURN_TERMINAL,
     Item,
     SessionTrace,
-    TokenUsage,
     Turn,
     TurnError,
 )
@@ -237,20 +237,49 @@ class TestLinks:
 
 class TestObservations:
     def test_turn_and_items_in_run_step_families(self) -> None:
-        """A turn counts once in the run families, its usage once in tokens, each item by type and status, each
-        tool call by type and name; every observation is labelled protocol=agents with the turn span's exemplar."""
+        """A turn counts once in the run families, its usage once in tokens (with its cached and reasoning parts),
+        each item by type and status, each tool call by type and name; every observation is labelled protocol=agents
+        with the turn span's exemplar."""
         trace, span = trace_id_for_turn("turn_1"), turn_span_id("turn_1")
         agents = {"protocol": "agents"}
         common = {"model": "gpt-5", "assistant_id": "agent_1", **agents}
+        unit = {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": "openai", "gen_ai.agent.id": "agent_1",
+                "gen_ai.agent.name": "Helper", "gen_ai.request.model": "gpt-5"}  # fmt: skip
         assert turn_observations(TURN, CTX) == [
-            Observation("stepscope_runs_total", {"status": "completed", **common}, 1.0, trace, span),
-            Observation("stepscope_run_duration_seconds", {"status": "completed", **agents}, 30.0, trace, span),
+            Observation("stepscope_runs_total", {"status": "completed", **common}, 1.0, trace, span, unit),
+            Observation("stepscope_run_duration_seconds", {"status": "completed", **agents}, 30.0, trace, span, unit),
             Observation("stepscope_run_queue_seconds", agents, 2.0, trace, span),
             Observation(
-                "stepscope_tokens_total", {"token_type": "input", "step_type": "turn", **common}, 120.0, trace, span
+                "stepscope_tokens_total",
+                {"token_type": "input", "step_type": "turn", **common},
+                120.0,
+                trace,
+                span,
+                unit,
             ),
             Observation(
-                "stepscope_tokens_total", {"token_type": "output", "step_type": "turn", **common}, 30.0, trace, span
+                "stepscope_tokens_total",
+                {"token_type": "output", "step_type": "turn", **common},
+                30.0,
+                trace,
+                span,
+                unit,
+            ),
+            Observation(
+                "stepscope_tokens_total",
+                {"token_type": "cache_read", "step_type": "turn", **common},
+                100.0,
+                trace,
+                span,
+                unit,
+            ),
+            Observation(
+                "stepscope_tokens_total",
+                {"token_type": "reasoning", "step_type": "turn", **common},
+                12.0,
+                trace,
+                span,
+                unit,
             ),
             Observation(
                 "stepscope_run_steps_total", {"step_type": "message", "status": "completed", **common}, 1.0, trace, span
@@ -307,7 +336,7 @@ class TestObservations:
         sub = replace(TURN, subagent_id="sa_1")
         metrics = [o.metric for o in turn_observations(sub, TurnContext())]
         assert "stepscope_run_queue_seconds" not in metrics
-        assert metrics.count("stepscope_tokens_total") == 2
+        assert metrics.count("stepscope_tokens_total") == 4  # input, output, cache_read, reasoning
 
     def test_no_usage_no_tokens_no_end_no_duration(self) -> None:
         """A cancelled turn without usage or completed_at adds a count only."""

@@ -7,13 +7,20 @@ from functools import partial
 from stepscope.core.records import Observation
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
 from stepscope.protocols.assistants.observations import run_observations, step_observations
-from stepscope.protocols.assistants.records import ToolCall, Usage
+from stepscope.protocols.assistants.records import LastError, ToolCall, Usage
 from tests.kit import samples
 
 TRACE = trace_id_for_run("run_1")
 STEP_SPAN = span_id_for("step", "step_1")
 RUN_SPAN = span_id_for("run", "run_1")
 ASSISTANTS = {"protocol": "assistants"}
+# The conventions' attributes the OTLP sink reads: on a run's own observations and on its tokens.
+GEN_AI = {
+    "gen_ai.operation.name": "invoke_agent",
+    "gen_ai.provider.name": "openai",
+    "gen_ai.agent.id": "asst_1",
+    "gen_ai.request.model": "gpt-4o",
+}
 
 
 make_run = partial(samples.make_run, usage=Usage(500, 70, 570))
@@ -35,8 +42,8 @@ class TestStepObservations:
         tok = {"step_type": "tool_calls", "model": "gpt-4o", "assistant_id": "asst_1", **ASSISTANTS}
         assert step_observations(make_run(), make_step(), span_id=STEP_SPAN) == [
             Observation("stepscope_run_steps_total", labels4, 1.0, TRACE, STEP_SPAN),
-            Observation("stepscope_tokens_total", {"token_type": "input", **tok}, 20.0, TRACE, STEP_SPAN),
-            Observation("stepscope_tokens_total", {"token_type": "output", **tok}, 3.0, TRACE, STEP_SPAN),
+            Observation("stepscope_tokens_total", {"token_type": "input", **tok}, 20.0, TRACE, STEP_SPAN, GEN_AI),
+            Observation("stepscope_tokens_total", {"token_type": "output", **tok}, 3.0, TRACE, STEP_SPAN, GEN_AI),
             Observation(
                 "stepscope_run_step_duration_seconds",
                 {"step_type": "tool_calls", "status": "completed"},
@@ -50,6 +57,7 @@ class TestStepObservations:
                 1.0,
                 TRACE,
                 span_id_for("call", "step_1", "call_1"),
+                duration_s=2.0,
             ),
             Observation(
                 "stepscope_tool_calls_total",
@@ -57,6 +65,7 @@ class TestStepObservations:
                 1.0,
                 TRACE,
                 span_id_for("call", "step_1", "call_2"),
+                duration_s=2.0,
             ),
         ]
 
@@ -99,8 +108,11 @@ class TestRunObservations:
                 1.0,
                 TRACE,
                 RUN_SPAN,
+                GEN_AI,
             ),
-            Observation("stepscope_run_duration_seconds", {"status": "completed", **ASSISTANTS}, 30.0, TRACE, RUN_SPAN),
+            Observation(
+                "stepscope_run_duration_seconds", {"status": "completed", **ASSISTANTS}, 30.0, TRACE, RUN_SPAN, GEN_AI
+            ),
             Observation("stepscope_run_queue_seconds", ASSISTANTS, 2.0, TRACE, RUN_SPAN),
         ]
 
@@ -118,3 +130,30 @@ class TestRunObservations:
         """Exemplars of a joined run point into the application's trace."""
         run = make_run(traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         assert {o.trace_id for o in run_observations(run)} == {0x0AF7651916CD43DD8448EB211C80319C}
+
+
+class TestConventionAttributes:
+    def test_failed_run_names_its_provider_agent_and_error(self) -> None:
+        """A failed run's own observations carry the provider, the agent's name, the model and error.type, never a
+        run, thread or step id."""
+        run = make_run(status="failed", completed_at=None, failed_at=130, last_error=LastError("server_error", "x"))
+        obs = run_observations(run, provider="azure.ai.agents", agent_name="Helper")
+        want = {**GEN_AI, "gen_ai.provider.name": "azure.ai.agents", "gen_ai.agent.name": "Helper"}
+        assert obs[0].attributes == obs[1].attributes == {**want, "error.type": "server_error"}
+        assert obs[2].attributes == {}  # the queue time is not a conventions instrument
+        ids = {run.id, run.thread_id}
+        assert not ids & {str(v) for o in obs for v in o.attributes.values()}
+
+    def test_failed_step_tool_calls_carry_error_and_duration(self) -> None:
+        """Tool calls of a failed step carry its error.type and its duration; without an end they have none."""
+        step = make_step(status="failed", completed_at=None, failed_at=107, last_error=LastError("boom", ""))
+        calls = [o for o in step_observations(make_run(), step) if o.metric == "stepscope_tool_calls_total"]
+        assert [(o.attributes, o.duration_s) for o in calls] == [({"error.type": "boom"}, 4.0)] * 2
+        open_step = make_step(status="weird", completed_at=None)
+        calls = [o for o in step_observations(make_run(), open_step) if o.metric == "stepscope_tool_calls_total"]
+        assert [(o.attributes, o.duration_s) for o in calls] == [({}, None)] * 2
+
+    def test_unknown_values_are_left_out(self) -> None:
+        """A run without model or assistant carries only the operation and the provider."""
+        obs = run_observations(make_run(model=None, assistant_id="_unknown"))
+        assert obs[0].attributes == {"gen_ai.operation.name": "invoke_agent", "gen_ai.provider.name": "openai"}

@@ -36,7 +36,24 @@ from typing import Any
 from stepscope.core.records import AttrValue, Observation, RelayedSpan, SpanEvent, SpanSpec, Telemetry
 from stepscope.mapping import attributes as a
 from stepscope.mapping.ids import span_id_for, trace_id_for_run
-from stepscope.mapping.metrics import RUN_STEPS_TOTAL, TOOL_CALLS_TOTAL, run_family_observations, token_observations
+from stepscope.mapping.items import (
+    ITEM_CONTENT,
+    ITEM_ERROR,
+    ITEM_ID,
+    ITEM_ROLE,
+    ITEM_SERVER_LABEL,
+    ITEM_STATUS,
+    MAX_ITEM_EVENTS,
+    item_identity,
+    with_content,
+)
+from stepscope.mapping.metrics import (
+    RUN_STEPS_TOTAL,
+    TOOL_CALLS_TOTAL,
+    run_family_observations,
+    token_observations,
+    unit_attributes,
+)
 from stepscope.mapping.spans import NS, Invocation, Tokens, bounds, invocation_span
 from stepscope.protocols.agents.records import Item, SessionTrace, Turn
 from stepscope.protocols.agents.vocabulary import ITEM_TOOL_TYPES, PROTOCOL, TURN_STEP_TYPE
@@ -47,21 +64,10 @@ OPENAI_SUBAGENT_ID = "openai.subagent.id"
 OPENAI_TURN_ITEMS_DROPPED = "openai.turn.items_dropped"
 TURN_STARTED_EVENT = "openai.turn.started"
 ITEM_EVENT = "openai.turn.item"
-ITEM_TYPE = "openai.item.type"
-ITEM_ID = "openai.item.id"
-ITEM_STATUS = "openai.item.status"
-ITEM_INDEX = "openai.item.index"
-ITEM_ROLE = "openai.item.role"
 ITEM_DURATION_MS = "openai.item.duration_ms"
 ITEM_EXIT_CODE = "openai.item.exit_code"
-ITEM_SERVER_LABEL = "openai.item.server_label"
 ITEM_RECIPIENTS = "openai.item.recipient_agent_ids"
-ITEM_CONTENT = "openai.item.content"
-ITEM_ERROR = "openai.item.error"
 ITEM_COMMAND = "openai.item.command"
-MAX_ITEM_EVENTS = 128
-"""Item events per turn span at most: the OpenTelemetry SDK's default event limit, which would drop the rest
-silently; the span says how many were left out (`openai.turn.items_dropped`)."""
 
 _OPENING_CALLS = frozenset({"send_subagent_input_call", "resume_subagent_call", "wait_for_subagents_call"})
 # Not close or interrupt calls: they end work, and a later turn closing a subagent must not make the link ambiguous.
@@ -160,11 +166,7 @@ def turn_span(turn: Turn, context: TurnContext, *, options: a.MappingOptions) ->
     shown = context.items[:MAX_ITEM_EVENTS]
     if len(context.items) > len(shown):
         attrs[OPENAI_TURN_ITEMS_DROPPED] = len(context.items) - len(shown)
-    usage = turn.usage
-    tokens = None
-    if usage is not None:
-        tokens = Tokens(input=usage.input_tokens, output=usage.output_tokens, cache_read=usage.cached_tokens,
-                        reasoning=usage.reasoning_tokens)  # fmt: skip
+    tokens = turn_tokens(turn)
     invocation = Invocation(
         key=f"turn:{turn.id}",
         trace_id=trace_id_for_turn(turn.id),
@@ -187,6 +189,15 @@ def turn_span(turn: Turn, context: TurnContext, *, options: a.MappingOptions) ->
     return invocation_span(invocation, provider_name=a.PROVIDER_OPENAI)
 
 
+def turn_tokens(turn: Turn) -> Tokens | None:
+    """A turn's usage in the conventions' terms, None without usage."""
+    usage = turn.usage
+    if usage is None:
+        return None
+    return Tokens(input=usage.input_tokens, output=usage.output_tokens, cache_read=usage.cached_tokens,
+                  reasoning=usage.reasoning_tokens)  # fmt: skip
+
+
 def item_attributes(item: Item, index: int, options: a.MappingOptions) -> dict[str, AttrValue]:
     """The attributes of one item's event: identity always, content (cut to 4,096 characters) only with capture.
 
@@ -194,7 +205,6 @@ def item_attributes(item: Item, index: int, options: a.MappingOptions) -> dict[s
     `{openai.item.type: function_call, openai.item.index: 2, openai.item.id: fc_1, openai.item.status: completed,
     gen_ai.tool.call.id: call_1, gen_ai.tool.name: get_weather, gen_ai.tool.type: function}`.
     """
-    attrs: dict[str, AttrValue] = {ITEM_TYPE: item.type, ITEM_INDEX: index}
     optional: tuple[tuple[str, AttrValue | None], ...] = (
         (ITEM_ID, item.id),
         (ITEM_STATUS, item.status),
@@ -205,22 +215,18 @@ def item_attributes(item: Item, index: int, options: a.MappingOptions) -> dict[s
         (ITEM_EXIT_CODE, item.exit_code),
         (ITEM_RECIPIENTS, ",".join(item.recipients) if item.recipients else None),
     )
-    attrs.update((key, value) for key, value in optional if value is not None)
-    if item.is_tool_call:
-        attrs[a.GEN_AI_TOOL_NAME] = item.name or item.type
-        attrs[a.GEN_AI_TOOL_TYPE] = ITEM_TOOL_TYPES.get(item.type, item.type)
-    elif item.name is not None:
-        attrs[a.GEN_AI_TOOL_NAME] = item.name
-    if options.capture_content:
-        content = (
-            (a.GEN_AI_TOOL_CALL_ARGUMENTS, item.arguments),
-            (a.GEN_AI_TOOL_CALL_RESULT, item.output),
-            (ITEM_ERROR, item.error),
-            (ITEM_CONTENT, item.text),
-            (ITEM_COMMAND, item.command),
-        )
-        attrs.update((key, a.truncate_content(value)) for key, value in content if value is not None)
-    return attrs
+    tool = (item.name or item.type, ITEM_TOOL_TYPES.get(item.type, item.type)) if item.is_tool_call else None
+    attrs = item_identity(item.type, index, optional, tool, item.name)
+    if not options.capture_content:
+        return attrs
+    content = (
+        (a.GEN_AI_TOOL_CALL_ARGUMENTS, item.arguments),
+        (a.GEN_AI_TOOL_CALL_RESULT, item.output),
+        (ITEM_ERROR, item.error),
+        (ITEM_CONTENT, item.text),
+        (ITEM_COMMAND, item.command),
+    )
+    return with_content(attrs, content)
 
 
 def turn_observations(turn: Turn, context: TurnContext) -> list[Observation]:
@@ -231,11 +237,14 @@ def turn_observations(turn: Turn, context: TurnContext) -> list[Observation]:
     - `stepscope_runs_total{status=failed,model=gpt-5,assistant_id=agent_1,protocol=agents}` +1
     - `stepscope_run_duration_seconds{status=failed,protocol=agents}` observes 30.0 (only with an end)
     - `stepscope_run_queue_seconds{protocol=agents}` observes 2.0 (root turns with `started_at` only)
-    - `stepscope_tokens_total{token_type=input|output,step_type=turn,model=gpt-5,assistant_id=agent_1,
-      protocol=agents}` +120 and +30 (with usage)
+    - `stepscope_tokens_total{token_type=input|output|cache_read|reasoning,step_type=turn,model=gpt-5,
+      assistant_id=agent_1,protocol=agents}` +120, +30, +100 and +12 (with usage; the breakdowns when reported)
     - `stepscope_run_steps_total{step_type=function_call,status=completed,model=gpt-5,assistant_id=agent_1,
       protocol=agents}` +1
     - `stepscope_tool_calls_total{tool_type=function,tool_name=get_weather,protocol=agents}` +1
+    The turn's and its tokens' observations carry its conventions attributes (`unit_attributes`: provider `openai`,
+    the agent's id and name, the model, `error.type`); a tool-call item its `duration_ms` as `duration_s` when the
+    API reports one, and `error.type=_OTHER` when it failed (items carry a message, never a code).
     """
     trace_id, span_id = trace_id_for_turn(turn.id), turn_span_id(turn.id)
     model = context.model or a.UNKNOWN
@@ -245,10 +254,12 @@ def turn_observations(turn: Turn, context: TurnContext) -> list[Observation]:
     started = turn.started_at if turn.subagent_id is None else None
     times = (turn.created_at, started, turn.ended_at)
     ids = {"trace_id": trace_id, "span_id": span_id}
-    out = run_family_observations(PROTOCOL, turn.status, model, agent, times, **ids)
-    if turn.usage is not None:
-        usage = (turn.usage.input_tokens, turn.usage.output_tokens)
-        out += token_observations(PROTOCOL, TURN_STEP_TYPE, model, agent, usage, **ids)
+    unit = unit_attributes(provider=a.PROVIDER_OPENAI, agent_id=agent, agent_name=context.agent_name,
+                           model=context.model, error_type=turn_error_type(turn))  # fmt: skip
+    out = run_family_observations(PROTOCOL, turn.status, model, agent, times, **ids, attributes=unit)
+    tokens = turn_tokens(turn)
+    if tokens is not None:
+        out += token_observations(PROTOCOL, TURN_STEP_TYPE, model, agent, tokens, **ids, attributes=unit)
     for item in context.items:
         labels = {
             a.LABEL_STEP_TYPE: item.type,
@@ -264,7 +275,9 @@ def turn_observations(turn: Turn, context: TurnContext) -> list[Observation]:
                 a.LABEL_TOOL_NAME: item.name or item.type,
                 **common,
             }
-            out.append(Observation(TOOL_CALLS_TOTAL, tool, 1.0, trace_id, span_id))
+            seconds = item.duration_ms / 1000 if item.duration_ms is not None else None
+            failed = {a.ERROR_TYPE: "_OTHER"} if item.status == "failed" else {}
+            out.append(Observation(TOOL_CALLS_TOTAL, tool, 1.0, trace_id, span_id, failed, seconds))
     return out
 
 

@@ -24,9 +24,13 @@ class AssistantsMapper:
         """A step span with one child per tool call, and the step's observations carrying their ids as exemplars."""
         specs = step_spans(unit, record, options=self.options)
         call_ids = [spec.span_id for spec in specs[1:]] if len(specs) > 1 else None
-        return Telemetry(specs, step_observations(unit, record, span_id=specs[0].span_id, call_span_ids=call_ids))
+        provider = self.options.provider_name
+        observations = step_observations(unit, record, span_id=specs[0].span_id, call_span_ids=call_ids,
+                                         provider=provider)  # fmt: skip
+        return Telemetry(specs, observations)
 
     def finish(self, unit: Run, finish: str | None) -> Telemetry:
         """The run span (named after the assistant `finish`, else its id) and the run's observations."""
         spec = run_span(unit, assistant_name=finish, options=self.options)
-        return Telemetry((spec,), run_observations(unit, span_id=spec.span_id))
+        provider = self.options.provider_name
+        return Telemetry((spec,), run_observations(unit, span_id=spec.span_id, provider=provider, agent_name=finish))

@@ -18,16 +18,23 @@ from stepscope.mapping.metrics import (
     TOOL_CALLS_TOTAL,
     run_family_observations,
     token_observations,
+    unit_attributes,
 )
+from stepscope.mapping.spans import Tokens
 from stepscope.protocols.assistants.records import Run, RunStep
-from stepscope.protocols.assistants.spans import run_trace
+from stepscope.protocols.assistants.spans import run_error_type, run_trace, step_error_type
 from stepscope.protocols.assistants.vocabulary import PROTOCOL, tool_type
 
 _PROTOCOL = PROTOCOL
 
 
 def step_observations(
-    run: Run, step: RunStep, *, span_id: int | None = None, call_span_ids: Sequence[int] | None = None
+    run: Run,
+    step: RunStep,
+    *,
+    span_id: int | None = None,
+    call_span_ids: Sequence[int] | None = None,
+    provider: str = a.PROVIDER_OPENAI,
 ) -> list[Observation]:
     """What one terminal step adds to the metrics. `span_id` is the step span's, `call_span_ids` its tool-call
     spans' in `tool_calls` order (`step_spans` already hashed them); each is derived when omitted.
@@ -45,7 +52,8 @@ def step_observations(
     - `stepscope_tool_calls_total{tool_type=function,tool_name=get_weather,protocol=assistants}` +1, exemplar on the
       tool span
     All carry the run's trace id; all but the tool-call ones the step span's id. A run without `model` reads
-    `_unknown`.
+    `_unknown`. The token observations carry the run's conventions attributes (`unit_attributes`, with `provider`);
+    each tool call its duration, the step's (`duration_s`, with an end), and the step's `error.type` if it failed.
     """
     trace_id = run_trace(run).trace_id
     if span_id is None:
@@ -70,9 +78,13 @@ def step_observations(
         )
     ]
     if step.usage is not None:
-        usage = (step.usage.prompt_tokens, step.usage.completion_tokens)
-        out += token_observations(_PROTOCOL, step_type, model, assistant, usage, trace_id=trace_id, span_id=span_id)
+        usage = Tokens(input=step.usage.prompt_tokens, output=step.usage.completion_tokens)
+        attrs = unit_attributes(provider=provider, agent_id=assistant, model=run.model)
+        out += token_observations(
+            _PROTOCOL, step_type, model, assistant, usage, trace_id=trace_id, span_id=span_id, attributes=attrs
+        )
     ended = step.ended_at
+    seconds = None
     if ended is not None:
         seconds = float(max(0, ended - step.created_at))
         labels = {a.LABEL_STEP_TYPE: step_type, a.LABEL_STATUS: status}
@@ -81,18 +93,24 @@ def step_observations(
     if calls:
         if call_span_ids is None or len(call_span_ids) != len(calls):
             call_span_ids = [span_id_for("call", step.id, call.id) for call in calls]
+        error_type = step_error_type(step)
+        failed = {a.ERROR_TYPE: error_type} if error_type else {}
         for call, call_span_id in zip(calls, call_span_ids, strict=True):
             labels = {
                 a.LABEL_TOOL_TYPE: tool_type(call.type),
                 a.LABEL_TOOL_NAME: call.name or call.type,
                 a.LABEL_PROTOCOL: _PROTOCOL,
             }
-            out.append(Observation(TOOL_CALLS_TOTAL, labels, 1.0, trace_id, call_span_id))
+            out.append(Observation(TOOL_CALLS_TOTAL, labels, 1.0, trace_id, call_span_id, failed, seconds))
     return out
 
 
-def run_observations(run: Run, *, span_id: int | None = None) -> list[Observation]:
-    """What one finished run adds to the metrics. `span_id` is the run span's (derived when omitted).
+def run_observations(
+    run: Run, *, span_id: int | None = None, provider: str = a.PROVIDER_OPENAI, agent_name: str | None = None
+) -> list[Observation]:
+    """What one finished run adds to the metrics. `span_id` is the run span's (derived when omitted); the first
+    two carry the run's conventions attributes (`unit_attributes`: `provider`, the assistant's id and
+    `agent_name` when known, the model, the run's `error.type`).
 
     Sample: `Run(id="run_1", assistant_id="asst_1", status="completed", model="gpt-4o", created_at=100,
     started_at=102, completed_at=130)` yields
@@ -114,4 +132,11 @@ def run_observations(run: Run, *, span_id: int | None = None) -> list[Observatio
         (run.created_at, run.started_at, run.ended_at),
         trace_id=trace_id,
         span_id=span_id,
+        attributes=unit_attributes(
+            provider=provider,
+            agent_id=run.assistant_id,
+            agent_name=agent_name,
+            model=run.model,
+            error_type=run_error_type(run),
+        ),
     )
