@@ -125,6 +125,19 @@ def as_text(value: object) -> str | None:
     return str(value)
 
 
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether JSON `value` nests objects and arrays more than `limit` levels deep (checked without recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping | list):
+            if depth > limit:
+                return True
+            children = node.values() if isinstance(node, Mapping) else node
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_page(obj: object, kind: str, parse: Callable[[object], Any], *, body_cursor: bool = False) -> Page:
     """Parse a list envelope `{"data": [...], "has_more": bool, ...}`; items that fail to parse are collected in
     `Page.invalid`, never raised.
@@ -151,3 +164,43 @@ def parse_page(obj: object, kind: str, parse: Callable[[object], Any], *, body_c
     if has_more and last_id is None:
         raise InvalidObject("list", f"{kind} list has_more without a readable last id")
     return Page(data=tuple(items), has_more=has_more, last_id=last_id, invalid=tuple(invalid))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """The `usage` object of the Agents and Responses APIs. `cached_tokens` is part of `input_tokens` and
+    `reasoning_tokens` of `output_tokens` (the API's breakdowns), None when the breakdown is missing."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+def parse_usage(value: object, kind: str = "usage", oid: str | None = None) -> TokenUsage | None:
+    """`TokenUsage` when both main counts are integers, else None; any count outside 0..10^9 is `InvalidObject`.
+
+    `{"input_tokens": 120, "input_tokens_details": {"cached_tokens": 100}, "output_tokens": 30,
+    "output_tokens_details": {"reasoning_tokens": 12}, "total_tokens": 150}` -> `TokenUsage(120, 30, 150, 100, 12)`.
+    """
+    if not isinstance(value, Mapping):
+        return None
+    input_tokens = token_count(value.get("input_tokens"), "input_tokens", kind, oid)
+    output_tokens = token_count(value.get("output_tokens"), "output_tokens", kind, oid)
+    in_details = value.get("input_tokens_details")
+    out_details = value.get("output_tokens_details")
+    cached = (
+        token_count(in_details.get("cached_tokens"), "cached_tokens", kind, oid)
+        if isinstance(in_details, Mapping)
+        else None
+    )
+    reasoning = (
+        token_count(out_details.get("reasoning_tokens"), "reasoning_tokens", kind, oid)
+        if isinstance(out_details, Mapping)
+        else None
+    )
+    if input_tokens is None or output_tokens is None:
+        return None
+    total = total_tokens(value.get("total_tokens"), (input_tokens, output_tokens))
+    return TokenUsage(input_tokens, output_tokens, total, cached, reasoning)

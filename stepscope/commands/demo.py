@@ -10,8 +10,15 @@ and pending spans from the service, so it shows what the exporters were given, n
 knows no protocol: it calls units and records what the service's protocol calls them (`factory.nouns`).
 
 `--protocol` chooses the simulated API and the service's `STEPSCOPE_PROTOCOL` together: any registered protocol
-the simulator serves (`protocol_choices()`). That choice, and the settings the service needs to find the
-simulator's units (`FINDING`), are the only things here that depend on the protocol.
+the simulator serves (`protocol_choices()`). That choice is the only thing here that depends on the protocol: the
+settings the service needs to find the simulator's units (`finding`) follow from what the simulator says of its
+workload.
+
+Where units can be found only by seeing their requests pass (Responses on OpenAI, which lists none), the simulator
+runs its workload outside (`Simulator(external_workload=True)`): `finding` turns the service's proxy on, and once
+the service is up the demo starts `simulator.application(...)` sending through the proxy (to the simulator when no
+proxy is configured), and stops it before the service. The first `--no-view` line and the view's footer show the
+proxy's URL then.
 """
 
 from __future__ import annotations
@@ -34,18 +41,24 @@ from stepscope import protocols
 from stepscope.commands.demoview import PLAIN_EVERY_S, DemoView, Tracking
 from stepscope.config import load
 from stepscope.errors import ConfigError
-from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
+from stepscope.simulator import SimApplication, SimClock, Simulator, SimulatorServer, scenario_named
 from stepscope.simulator.core import PROTOCOLS as SIMULATED
 
 if TYPE_CHECKING:
     from stepscope.commands.sidecar import Sidecar
 
-FINDING: Mapping[str, Callable[[Simulator], dict[str, str]]] = {
-    # The simulator's workload threads, known before any run exists; other protocols list their containers.
-    "assistants": lambda simulator: {"STEPSCOPE_THREADS": ",".join(simulator.thread_ids)},
-}
-"""Settings, beyond `STEPSCOPE_PROTOCOL`, the service needs to find the simulator's units, per protocol; a protocol
-without an entry finds them as in production (Agents API sessions by listing them)."""
+
+def finding(simulator: Simulator) -> dict[str, str]:
+    """Settings, beyond `STEPSCOPE_PROTOCOL`, the service needs to find the simulator's work where the API lists
+    none: the workload's threads (the Assistants API lists no threads), or the proxy an external workload sends
+    through (OpenAI lists no responses; the port is chosen when the proxy binds). Otherwise the service finds the
+    work as in production (Agents API sessions by listing them)."""
+    found = {}
+    if simulator.assistants_threads:
+        found["STEPSCOPE_THREADS"] = ",".join(simulator.assistants_threads)
+    if simulator.external_workload:
+        found["STEPSCOPE_PROXY_LISTEN"] = "127.0.0.1:0"
+    return found
 
 
 def protocol_choices() -> tuple[str, ...]:
@@ -89,7 +102,7 @@ def _service_env(
     protocol: str, listen: str, env: Mapping[str, str], simulator: Simulator, url: str, *, state: str, otlp: bool
 ) -> dict[str, str]:
     """The settings of the demo's service: `protocol` read from the simulator's URL with its key, fast polling, a
-    throwaway store, and what `FINDING` says the protocol needs to find the simulator's units."""
+    throwaway store, and what `finding` says the service needs to find the simulator's units."""
     demo_env = {k: v for k, v in env.items() if k.startswith("OTEL_")}
     demo_env.update(
         OPENAI_BASE_URL=url,
@@ -101,10 +114,23 @@ def _service_env(
         STEPSCOPE_STATE=state,
         OTEL_TRACES_EXPORTER="otlp" if otlp else "none",
     )
-    finding = FINDING.get(protocol)
-    if finding is not None:
-        demo_env.update(finding(simulator))
+    demo_env.update(finding(simulator))
     return demo_env
+
+
+def _report(
+    view: DemoView, console: Console, args: argparse.Namespace, *, metrics_url: str, nouns: tuple[str, str]
+) -> None:
+    """The end of a demo: the final frame under `--no-view` (the live view leaves its own), the `--svg` file, and the
+    `demo finished:` line in the protocol's `nouns`."""
+    console.print(view.render() if args.no_view else "")
+    if args.svg:
+        recorder = Console(record=True, width=80, file=io.StringIO())
+        recorder.print(view.render())
+        recorder.save_svg(args.svg, title="stepscope demo")
+    unit, record = nouns
+    exported = f"{view.records} {record}s and {view.finished} {unit}s"
+    print(f"demo finished: {exported} exported; metrics were at {metrics_url}", flush=True)
 
 
 async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_every: float = PLAIN_EVERY_S) -> int:
@@ -113,8 +139,10 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_ev
     from stepscope.commands.sidecar import Sidecar  # noqa: PLC0415
 
     protocol = _protocol(args)
-    simulator = Simulator(scenario_named(args.scenario), seed=args.seed, clock=SimClock(args.speed), protocol=protocol)
+    simulator = Simulator(scenario_named(args.scenario), seed=args.seed, clock=SimClock(args.speed), protocol=protocol,
+                          external_workload=True)  # fmt: skip
     server = SimulatorServer(simulator).start()
+    application: SimApplication | None = None
     otlp = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     with tempfile.TemporaryDirectory(prefix="stepscope-demo-") as tmp:
         demo_env = _service_env(protocol, args.listen, env, simulator, server.url, state=f"{tmp}/state.db", otlp=otlp)
@@ -127,17 +155,23 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_ev
             await service.start()
             assert service.http_server is not None
             metrics_url = f"http://{service.config.server.host}:{service.http_server.port}/metrics"
+            proxy_url = service.proxy.url + simulator.base_path if service.proxy is not None else None
             traces = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP") if otlp else "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"
-            unit, record = nouns = service.parts.protocol.nouns
-            view = DemoView(service_tracking(service), metrics_url=metrics_url, traces=traces, nouns=nouns)
+            nouns = service.parts.protocol.nouns
+            view = DemoView(service_tracking(service), metrics_url=metrics_url, traces=traces, nouns=nouns,
+                            proxy_url=proxy_url)  # fmt: skip
             service.parts.pipeline.add_listener(view)
+            application = simulator.application(proxy_url or server.url)
+            if application is not None:  # after the listener: the view hears every response it makes
+                await application.start()
             console = Console()
             started = time.monotonic()
             deadline = started + args.duration if args.duration else None
             next_line = started + plain_every
             if args.no_view:
                 # Plain print, not the console: a log line must not be wrapped at the terminal's width.
-                print(f"stepscope demo: simulator at {server.url}, metrics at {metrics_url}", flush=True)
+                through = f", the application through the proxy at {proxy_url}" if proxy_url else ""
+                print(f"stepscope demo: simulator at {server.url}, metrics at {metrics_url}{through}", flush=True)
             live = Live(view.render(console.height), console=console, refresh_per_second=4)
             with live if not args.no_view else contextlib.nullcontext():
                 while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -149,14 +183,10 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_ev
                         next_line += plain_every
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=0.25)
-            console.print(view.render() if args.no_view else "")
-            if args.svg:
-                recorder = Console(record=True, width=80, file=io.StringIO())
-                recorder.print(view.render())
-                recorder.save_svg(args.svg, title="stepscope demo")
-            exported = f"{view.records} {record}s and {view.finished} {unit}s"
-            print(f"demo finished: {exported} exported; metrics were at {metrics_url}", flush=True)
+            _report(view, console, args, metrics_url=metrics_url, nouns=nouns)
         finally:
+            if application is not None:
+                await application.stop()
             await service.shutdown()
             server.shutdown()
     return 0

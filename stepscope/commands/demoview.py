@@ -11,10 +11,11 @@ shows what the exporters were given, not what the simulator did.
 What it reads from a `Committed`:
 - a record (`finished` False): `spans[0]` is the record's span, the spans whose parent it is are its children
   (tool calls); its `stepscope_run_steps_total` observations count records by `status` (and name its type,
-  `step_type`), its `stepscope_tokens_total` observations are its tokens;
+  `step_type`), its `stepscope_tokens_total` input and output observations are its tokens;
 - a finished unit (`finished` True): `spans[0]` is the unit's span; its `stepscope_runs_total` observation counts
-  the unit by `status`; any run-steps and token observations it carries count as records and tokens too (a
-  protocol whose records have no telemetry of their own commits them with their unit).
+  the unit by `status`; any run-steps and token observations it carries count as records and tokens too, and any
+  further spans join its waterfall (a protocol whose records have no telemetry of their own commits them with their
+  unit: Responses API tool calls timed by the proxy).
 A status is a span's `*.status` attribute (else the observation's `status` label), a duration is the span's end
 minus its start in whole seconds, an error is the span's `error_type`.
 """
@@ -45,6 +46,7 @@ RESERVED = 4  # rows kept for the latest records that did not complete (at most 
 WATERFALL_ROWS = 14  # lines of the last unit's waterfall, at most
 FIXED_LINES = 14  # summary panel 5, two table titles and headers 6, footer 2, and one spare for the cursor
 WIDTH = 80  # the frame's width: titles longer than this are shortened, never wrapped
+PANEL_EDGES = 4  # the summary panel's borders and padding
 WINDOW_S = 10.0  # tokens per second are averaged over this window
 PLAIN_EVERY_S = 5.0  # --no-view prints a status line this often
 KEPT_RUNS = 2048  # units whose records are kept for the waterfall; the oldest are forgotten past this
@@ -96,6 +98,12 @@ class _Kept:
 
 def _sum(observations: Iterable[Observation], metric: str) -> int:
     return int(sum(o.value for o in observations if o.metric == metric))
+
+
+def _tokens(observations: Iterable[Observation]) -> int:
+    """Input plus output tokens: the cached and reasoning breakdowns are parts of them."""
+    return int(sum(o.value for o in observations
+                   if o.metric == md.TOKENS.name and o.labels.get(a.LABEL_TOKEN_TYPE) in a.TOKEN_TYPES))  # fmt: skip
 
 
 def _statuses(observations: Iterable[Observation], metric: str) -> list[tuple[str, int]]:
@@ -153,6 +161,7 @@ class DemoView:
 
     Called with each `Committed` on the event loop; rendering happens on the same thread. `nouns` are what the
     protocol calls its units and records (`("run", "step")`, `("turn", "item")`): the view's only words for them.
+    `proxy_url`, when the application goes through the service's proxy, is shown beside the metrics URL.
     """
 
     def __init__(
@@ -162,11 +171,13 @@ class DemoView:
         metrics_url: str,
         traces: str,
         nouns: tuple[str, str],
+        proxy_url: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tracking = tracking
         self._unit, self._record = nouns
         self._metrics_url = metrics_url
+        self._proxy_url = proxy_url
         self._traces = traces
         self._clock = clock
         self._seq = 0
@@ -186,7 +197,7 @@ class DemoView:
         telemetry = committed.telemetry
         observations = telemetry.observations
         self._count_records(observations)
-        tokens = _sum(observations, md.TOKENS.name)
+        tokens = _tokens(observations)
         self.tokens += tokens
         self._tokens.append((self._clock(), tokens))
         if committed.finished:
@@ -236,7 +247,7 @@ class DemoView:
         if span is not None:
             kept = kept or _Kept()
             records = kept.records + _sum(observations, md.RUN_STEPS.name)
-            self._last = _Waterfall(ref, span, kept.groups, records)
+            self._last = _Waterfall(ref, span, [*kept.groups, *([s] for s in spans[1:])], records)
 
     def _list(
         self, unit_id: str, label: str, status: str, duration: int | None, tokens: int, *, unit: bool = False
@@ -314,17 +325,19 @@ class DemoView:
 
     def _summary(self, tracking: Tracking) -> Panel:
         finished, unit, record = self.finished, self._unit, self._record
-        grid = Table.grid(padding=(0, 4))
-        grid.add_row(
-            f"{unit}s in flight [bold]{tracking.in_flight}[/]",
-            f"{unit}s finished [bold]{finished}[/]",
-            f"{unit} failure ratio [bold]{self.failed_units / finished if finished else 0:.1%}[/]",
-        )
-        grid.add_row(
-            f"{record}s exported [bold]{self.records}[/]",
-            f"tokens/s [bold]{self.tokens_per_second():.0f}[/]",
-            f"{record} failure ratio [bold]{self.failed_records / self.records if self.records else 0:.1%}[/]",
-        )
+        unit_ratio = self.failed_units / finished if finished else 0
+        record_ratio = self.failed_records / self.records if self.records else 0
+        rows = [
+            (f"{unit}s in flight [bold]{tracking.in_flight}[/]", f"{unit}s finished [bold]{finished}[/]",
+             f"{unit} failure ratio [bold]{unit_ratio:.1%}[/]"),
+            (f"{record}s exported [bold]{self.records}[/]", f"tokens/s [bold]{self.tokens_per_second():.0f}[/]",
+             f"{record} failure ratio [bold]{record_ratio:.1%}[/]"),
+        ]  # fmt: skip
+        # Four cells between columns, fewer when long nouns would otherwise wrap a cell inside the panel.
+        widest = sum(max(Text.from_markup(row[i]).cell_len for row in rows) for i in range(3))
+        grid = Table.grid(padding=(0, max(1, min(4, (WIDTH - PANEL_EDGES - widest) // 2))))
+        for row in rows:
+            grid.add_row(*row)
         by_count = sorted(tracking.by_status.items(), key=lambda kv: (-kv[1], kv[0]))
         states = ", ".join(f"{k} {v}" for k, v in by_count) or "none"
         line = Text(f"tracked {unit}s: {states}", no_wrap=True, overflow="ellipsis")
@@ -366,10 +379,14 @@ class DemoView:
         return table
 
     def _footer(self) -> list[Text]:
-        return [
-            Text(f"metrics: {self._metrics_url}   Ctrl-C to stop", style="dim", no_wrap=True, overflow="ellipsis"),
-            Text(f"traces: {self._traces}", style="dim", no_wrap=True, overflow="ellipsis"),
-        ]
+        """Two lines: where metrics are (and the proxy, beside them: then Ctrl-C moves to the traces line, so that
+        both URLs fit in 80 columns), and where traces go."""
+        first, second = f"metrics: {self._metrics_url}", f"traces: {self._traces}"
+        if self._proxy_url is None:
+            first += "   Ctrl-C to stop"
+        else:
+            first, second = f"{first}   proxy: {self._proxy_url}", f"{second}   Ctrl-C to stop"
+        return [Text(line, style="dim", no_wrap=True, overflow="ellipsis") for line in (first, second)]
 
     def plain_line(self, elapsed: float) -> str:
         """The periodic `--no-view` line: units finished, failed and in flight, records and failed records, tokens

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "assistants": "stepscope.protocols.assistants.factory:FACTORY",
     "agents": "stepscope.protocols.agents.factory:FACTORY",
+    "responses": "stepscope.protocols.responses.factory:FACTORY",
 }
 DEFAULT = "assistants"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -25,6 +25,7 @@ from stepscope.simulator.faults import FaultConfig, FaultInjector
 from stepscope.simulator.handlers import Handlers
 from stepscope.simulator.responses import ResponsesService, ResponsesWorkload
 from stepscope.simulator.responses.app import ResponsesApp
+from stepscope.simulator.responses.application import ResponsesApplication
 from stepscope.simulator.scenario import Scenario, SimClock, SimTime
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 FLAVORS = ("openai", "azure")
 PROTOCOLS = ("assistants", "agents", "both", "responses")
 AZURE_API_VERSIONS = ("2025-05-01", "v1", "2025-05-15-preview")
+
+
+class SimApplication(Protocol):
+    """The workload played from outside the simulator, over HTTP (`Simulator.application`). `start()` returns at
+    once; `stop()` cancels what is in flight, is idempotent and safe without `start()`; neither raises."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class Simulator:
@@ -46,6 +56,11 @@ class Simulator:
     `responses` serves only the Responses API (`/v1`, or Foundry's `/api/projects/{project}/openai/v1` on azure,
     which is then `base_path`), with `responses_workload` knobs (default: the scenario preset's); its `webhooks`
     deliver `response.*` events of background responses.
+
+    `external_workload` moves the workload out of the simulator where the units it creates could be found only by
+    seeing their requests pass (Responses on the openai flavour: OpenAI lists no responses): the in-simulator
+    workload stays off, and `application(base_url)` returns an application that sends the same workload over HTTP,
+    e.g. through a proxy. Elsewhere it changes nothing and `application` returns None.
     """
 
     def __init__(
@@ -64,6 +79,7 @@ class Simulator:
         protocol: str = "assistants",
         webhooks: WebhookTarget | None = None,
         responses_workload: ResponsesWorkload | None = None,
+        external_workload: bool = False,
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}")
@@ -102,8 +118,10 @@ class Simulator:
             self.agents = AgentsService(self.scenario, clock=self.clock, seed=self.seed, webhooks=webhooks)
             self.app = AgentsApp(self.app, self.agents.handlers, serve_assistants=protocol == "both", truth=self.truth)
         self.responses: ResponsesService | None = None
+        self.external_workload = external_workload and protocol == "responses" and flavor == "openai"
         if protocol == "responses":
-            self.responses = ResponsesService(self.scenario, clock=self.clock, seed=self.seed, azure=flavor == "azure",
+            inside = self.scenario.replace(runs_per_second=0.0) if self.external_workload else self.scenario
+            self.responses = ResponsesService(inside, clock=self.clock, seed=self.seed, azure=flavor == "azure",
                                               workload=responses_workload, webhooks=webhooks)  # fmt: skip
             self.app = ResponsesApp(self.app, self.responses.handlers, truth=self.truth)
         self._housekeeping_s = housekeeping_s
@@ -116,6 +134,12 @@ class Simulator:
     def thread_ids(self) -> list[str]:
         """The threads the workload creates runs on; fixed by the seed and known before any run exists."""
         return list(self.engine.workload_threads)
+
+    @property
+    def assistants_threads(self) -> list[str]:
+        """The threads the Assistants workload runs on, when it runs (the Assistants API lists no threads at
+        OpenAI, so a client is told them); empty for the other protocols."""
+        return self.thread_ids if self.protocol in ("assistants", "both") else []
 
     @property
     def faults(self) -> FaultConfig:
@@ -144,6 +168,15 @@ class Simulator:
         if self.responses is not None:
             truth["responses"] = self.responses.truth()
         return truth
+
+    def application(self, base_url: str) -> SimApplication | None:
+        """The workload as an application sending its requests to `base_url` (the API's base, with `base_path`,
+        e.g. a proxy's `http://127.0.0.1:8090/v1`) with `api_key`, not started; None without `external_workload`,
+        where the workload runs inside. Each call makes a new application."""
+        if not self.external_workload or self.responses is None:
+            return None
+        return ResponsesApplication(base_url, self.api_key, self.scenario, knobs=self.responses.engine.knobs,
+                                    clock=self.clock, seed=self.seed)  # fmt: skip
 
     def transport(self) -> httpx.AsyncBaseTransport:
         """An httpx transport that calls `app` in-process (base URL: `http://sim` + `base_path`)."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
 from stepscope.commands.demo import run_demo
@@ -15,6 +17,10 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 PLAIN = re.compile(
     r"demo \+(\d+)s: (\w+)s (\d+) finished \((\d+) failed\), (\d+) in flight; (\w+)s (\d+) \((\d+) failed\); "
     r"tokens (\d+) \((\d+)/s\); spans pending (\d+)"
+)
+FIRST = re.compile(
+    r"stepscope demo: simulator at (http://[\d.:]+)/v1, metrics at http://\S+/metrics, "
+    r"the application through the proxy at (http://[\d.:]+/v1)"
 )
 FINISHED = re.compile(r"demo finished: (\d+) (\w+)s and (\d+) (\w+)s exported; metrics were at http://\S+/metrics")
 
@@ -72,3 +78,34 @@ async def test_agents_no_view_prints_turn_lines(capsys: pytest.CaptureFixture[st
     assert int(finished.group(1)) >= items[-1] > 0, out
     assert any(line.startswith("recent turns") for line in out)
     assert any(line.startswith("last finished turn turn_") for line in out)
+
+
+async def test_responses_no_view_reads_responses_through_the_proxy(capsys: pytest.CaptureFixture[str]) -> None:
+    """--protocol responses --no-view runs the simulated application through the service's proxy (its URL on the
+    first line): the simulator holds only the responses the application created (`source` `client`, none of the
+    in-simulator workload), and the service exports responses and their items, which at OpenAI only the proxy shows."""
+    args = argparse.Namespace(
+        duration=3.0, listen="127.0.0.1:0", speed=20.0, seed=7, scenario="lively", no_view=True, svg=None,
+        protocol="responses",
+    )  # fmt: skip
+    demo = asyncio.create_task(run_demo(args, {}, plain_every=0.4))
+    out: list[str] = []
+    async with asyncio.timeout(10):
+        while not any(PLAIN.fullmatch(line) for line in out):  # the application is sending by now
+            await asyncio.sleep(0.05)
+            out += capsys.readouterr().out.splitlines()
+    first = FIRST.fullmatch(out[0])
+    assert first is not None, out
+    async with httpx.AsyncClient() as client:
+        truth = (await client.get(f"{first.group(1)}/_sim/truth")).json()["responses"]
+    assert await demo == 0
+    out += capsys.readouterr().out.splitlines()
+    assert truth["responses"] and {r["source"] for r in truth["responses"]} == {"client"}
+    plain = _plain_lines(out, ("response", "item"))
+    finished = FINISHED.fullmatch(next(line for line in out if line.startswith("demo finished:")))
+    assert finished is not None, out
+    assert (finished.group(2), finished.group(4)) == ("item", "response")
+    assert int(finished.group(3)) >= int(plain[-1].group(3)) > 0, out
+    assert int(finished.group(1)) > 0, out
+    assert any(line.startswith("recent responses") for line in out)
+    assert any(line.startswith("metrics: ") and f"proxy: {first.group(2)}" in line for line in out)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from stepscope.client.parsing import parse_page
+from stepscope.client.parsing import TokenUsage, parse_page, parse_usage
 from stepscope.errors import InvalidObject
 from stepscope.protocols.agents.parsers import (
     parse_agent,
@@ -16,9 +16,8 @@ from stepscope.protocols.agents.parsers import (
     parse_subagent,
     parse_trace,
     parse_turn,
-    parse_usage,
 )
-from stepscope.protocols.agents.records import Agent, TokenUsage, TurnError
+from stepscope.protocols.agents.records import Agent, TurnError
 
 USAGE = {
     "input_tokens": 120,

@@ -18,28 +18,36 @@ import pytest
 from rich.console import Console
 
 from stepscope import protocols
+from stepscope.client.parsing import TokenUsage
 from stepscope.commands import demoview
 from stepscope.commands.demo import _protocol, _service_env, protocol_choices
 from stepscope.commands.demoview import DemoView, Tracking
+from stepscope.core.asyncstore import AsyncStore
 from stepscope.core.pipeline import Committed, Pipeline
 from stepscope.core.records import Commit, UnitRef
 from stepscope.core.store import SqliteStore
 from stepscope.errors import ConfigError
 from stepscope.mapping.attributes import MappingOptions
 from stepscope.protocols.agents.mapping import AgentsMapper, TurnContext
-from stepscope.protocols.agents.records import Item, TokenUsage, Turn, TurnError
+from stepscope.protocols.agents.records import Item, Turn, TurnError
 from stepscope.protocols.assistants.mapper import AssistantsMapper
 from stepscope.protocols.assistants.records import LastError, Run, RunStep, ToolCall, Usage
+from stepscope.protocols.responses.mapping import ResponseContext, ResponsesMapper, ResponsesOptions
+from stepscope.protocols.responses.records import Item as ResponseItem
+from stepscope.protocols.responses.records import Response
 from stepscope.simulator import Simulator
 from stepscope.testing import FakeClock, RecordingMetricSink
 from tests.kit.fakes import Counters
 from tests.kit.samples import make_run, make_step
+
+pytestmark = pytest.mark.anyio
 
 RUN_A = "run_OLyhvbUbVMExd743DEehcdPT"  # simulator-length ids: 28 characters
 RUN_B = "run_YqT3dIqUfB2tImBgFS0xOPyh"
 OPTIONS = MappingOptions()
 RUNS = AssistantsMapper(OPTIONS)
 TURNS = AgentsMapper(OPTIONS)
+RESPONSES = ResponsesMapper(ResponsesOptions(mapping=OPTIONS))
 SESSION = "sess_YqT3dIqUfB2tImBgFS0xOPyh"
 AGENT = "agent_NhBCpWM97Wn63OQDD64xVoBT"
 
@@ -438,19 +446,79 @@ class TestAgentsTurns:
         )
 
 
-def test_view_hears_a_real_pipeline() -> None:
+class TestResponses:
+    S = 1_000_000_000
+    CALLS = (
+        ResponseItem("web_search_call", "ws_1", status="completed"),
+        ResponseItem("function_call", "fc_1", call_id="call_1", name="lookup_order", status="completed"),
+    )
+
+    def _done(self, view: DemoView, timed: bool) -> None:
+        """Tell `view` that a response with two tool calls finished; with `timed`, as the proxy saw them streamed."""
+        response = Response(id="resp_" + "a" * 48, status="completed", created_at=100, completed_at=108,
+                            model="gpt-5", usage=TokenUsage(900, 100, 1000, 0, 0),
+                            output=(*self.CALLS, ResponseItem("message", "msg_1", status="completed")))  # fmt: skip
+        times = {"ws_1": (101 * self.S, 103 * self.S), "fc_1": (103 * self.S, 107 * self.S)} if timed else {}
+        telemetry = RESPONSES.finish(response, ResponseContext(tool_times=times))
+        view(Committed(UnitRef("responses", response.id), telemetry, finished=True))
+
+    def _view(self) -> DemoView:
+        return DemoView(_tracking, metrics_url="http://127.0.0.1:49152/metrics", nouns=("response", "item"),
+                        traces="off (set OTEL_EXPORTER_OTLP_ENDPOINT)", proxy_url="http://127.0.0.1:49153/v1",
+                        clock=FakeClock().monotonic)  # fmt: skip
+
+    def test_a_response_is_one_row_and_its_proxy_timed_tool_calls_join_its_waterfall(self) -> None:
+        """A response is listed as one row; the tool calls the proxy timed are drawn under it in its waterfall
+        (without timings its waterfall is its own span alone), and the summary holds at 80 columns."""
+        view = self._view()
+        self._done(view, timed=True)
+        assert [(r.label, r.status, r.duration, r.unit) for r in view.recent_rows()] == [
+            ("chat gpt-5", "completed", 8, True)
+        ]
+        last = view.last_waterfall()
+        assert last is not None
+        assert [s.name for s in last[1]] == ["chat gpt-5", "execute_tool web_search_call", "execute_tool lookup_order"]
+        lines = _frame(view)
+        assert max(len(line) for line in lines) <= 80
+        # The long nouns close the summary's columns up rather than wrap them.
+        assert any("responses in flight 29" in line and "response failure ratio 0.0%" in line for line in lines)
+        assert any("items exported 3" in line and "item failure ratio 0.0%" in line for line in lines)
+        assert any(line.startswith("last finished response resp_") and line.endswith("3 items") for line in lines)
+        drawn = [line for line in lines if "█" in line]
+        assert [line.split()[:2] for line in drawn] == [["chat", "gpt-5"], ["execute_tool", "web_search_call"],
+                                                         ["execute_tool", "lookup_order"]]  # fmt: skip
+        untimed = self._view()
+        self._done(untimed, timed=False)
+        last = untimed.last_waterfall()
+        assert last is not None and [s.name for s in last[1]] == ["chat gpt-5"]
+
+    def test_the_footer_shows_the_proxy_beside_the_metrics_within_80_columns(self) -> None:
+        """With a proxy the footer's first line names it after the metrics URL, and Ctrl-C moves to the traces line,
+        so that five-digit ports fit 80 columns; without one the footer is unchanged."""
+        lines = _frame(self._view())
+        assert lines[-2:] == [
+            "metrics: http://127.0.0.1:49152/metrics   proxy: http://127.0.0.1:49153/v1",
+            "traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT)   Ctrl-C to stop",
+        ]
+        assert _frame(_view())[-2:] == [
+            "metrics: http://127.0.0.1:9464/metrics   Ctrl-C to stop",
+            "traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT)",
+        ]
+
+
+async def test_view_hears_a_real_pipeline() -> None:
     """Through a real pipeline, committed steps and then their run reach the view as records and a finished unit."""
     store = SqliteStore(":memory:")
     store.open()
-    pipeline = Pipeline(store, RUNS, RecordingMetricSink(), Counters())
+    pipeline = Pipeline(AsyncStore(store), RUNS, RecordingMetricSink(), Counters())
     view = _view()
     pipeline.add_listener(view)
     run = make_run(id=RUN_A)
     first = make_step(run, id="s1", usage=Usage(10, 5, 15))
     second = make_step(run, id="s2", type="tool_calls", created_at=105, completed_at=109,
                        tool_calls=(ToolCall("c1", "function", "lookup_order"),))  # fmt: skip
-    assert pipeline.commit(Commit(run.ref, run, records=(first, second), record_ids=("s1", "s2"), cursor="s2"))
-    assert pipeline.commit(Commit(run.ref, run, finish="Support Agent", finished=True))
+    assert await pipeline.commit(Commit(run.ref, run, records=(first, second), record_ids=("s1", "s2"), cursor="s2"))
+    assert await pipeline.commit(Commit(run.ref, run, finish="Support Agent", finished=True))
     assert (view.records, view.tokens, view.units) == (2, 15, {"completed": 1})
     assert [r.label for r in view.recent_rows()] == ["lookup_order", "message_creation"]
     last = view.last_waterfall()
@@ -484,11 +552,12 @@ class TestDemoProtocols:
             _protocol(argparse.Namespace(protocol="both"))
         assert _protocol(argparse.Namespace()) == protocols.DEFAULT
 
-    @pytest.mark.parametrize(("protocol", "threads"), [("assistants", True), ("agents", False)])
+    @pytest.mark.parametrize(("protocol", "threads"), [("assistants", True), ("agents", False), ("responses", False)])
     def test_service_reads_the_chosen_protocol(self, protocol: str, threads: bool) -> None:
         """The service reads the chosen protocol from the simulator; only Assistants is given the workload's threads
-        (Agents API sessions are found by listing them); OTEL_ settings pass through, others do not."""
-        simulator = Simulator(protocol=protocol)
+        (Agents API sessions are found by listing them) and only Responses the proxy (OpenAI lists no responses);
+        OTEL_ settings pass through, others do not."""
+        simulator = Simulator(protocol=protocol, external_workload=True)  # as the demo makes it
         env = {"OTEL_SERVICE_NAME": "demo", "STEPSCOPE_THREADS": "thread_x"}
         demo_env = _service_env(protocol, "127.0.0.1:0", env, simulator, "http://sim/v1", state="s.db", otlp=False)
         assert demo_env["STEPSCOPE_PROTOCOL"] == protocol
@@ -499,13 +568,14 @@ class TestDemoProtocols:
             assert demo_env["STEPSCOPE_THREADS"] == ",".join(simulator.thread_ids) != ""
         else:
             assert "STEPSCOPE_THREADS" not in demo_env
+        assert demo_env.get("STEPSCOPE_PROXY_LISTEN") == ("127.0.0.1:0" if protocol == "responses" else None)
 
 
 def test_readme_frame_holds_at_80_columns() -> None:
     """The README's text frame of the live view is a real frame: no line past 80 columns, with a waterfall."""
     readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### The live view") :]
-    block = section[section.index("The same frame as text:") :].split("```")[1]
+    block = section[section.index("The same frame as text") :].split("```")[1]
     lines = block.strip("\n").splitlines()
     assert lines[0].startswith("╭") and "stepscope demo" in lines[0]
     assert max(len(line) for line in lines) <= 80

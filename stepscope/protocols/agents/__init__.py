@@ -3,6 +3,7 @@ the shared request core."""
 
 from __future__ import annotations
 
+from stepscope.client.parsing import TokenUsage
 from stepscope.protocols.agents.client import AGENTS_ENDPOINTS, AgentsClient
 from stepscope.protocols.agents.records import (
     TOOL_CALL_ITEM_TYPES,
@@ -12,7 +13,6 @@ from stepscope.protocols.agents.records import (
     Item,
     SessionTrace,
     Subagent,
-    TokenUsage,
     Turn,
     TurnError,
 )

@@ -24,12 +24,12 @@ from stepscope.client.parsing import (
     as_text,
     created_at,
     integer,
+    nested_deeper_than,
     object_id,
     optional_str,
+    parse_usage,
     required_str,
     timestamp_field,
-    token_count,
-    total_tokens,
 )
 from stepscope.errors import InvalidObject
 from stepscope.protocols.agents.records import (
@@ -38,41 +38,15 @@ from stepscope.protocols.agents.records import (
     Item,
     SessionTrace,
     Subagent,
-    TokenUsage,
     Turn,
     TurnError,
 )
 
+MAX_TRACE_DEPTH = 32
+"""Levels of nesting a published OTLP JSON trace may have: spans, events and attributes take about 12; a deeper
+one is refused (its turn is committed without it) rather than risk the encoders' recursion limits."""
 MAX_DURATION_MS = 10**9 * 1000
 """A `command_execution.duration_ms` past ~31 years is dropped (None), not trusted."""
-
-
-def parse_usage(value: object, kind: str = "usage", oid: str | None = None) -> TokenUsage | None:
-    """`TokenUsage` when both main counts are integers, else None; any count outside 0..10^9 is `InvalidObject`.
-
-    `{"input_tokens": 120, "input_tokens_details": {"cached_tokens": 100}, "output_tokens": 30,
-    "output_tokens_details": {"reasoning_tokens": 12}, "total_tokens": 150}` -> `TokenUsage(120, 30, 150, 100, 12)`.
-    """
-    if not isinstance(value, Mapping):
-        return None
-    input_tokens = token_count(value.get("input_tokens"), "input_tokens", kind, oid)
-    output_tokens = token_count(value.get("output_tokens"), "output_tokens", kind, oid)
-    in_details = value.get("input_tokens_details")
-    out_details = value.get("output_tokens_details")
-    cached = (
-        token_count(in_details.get("cached_tokens"), "cached_tokens", kind, oid)
-        if isinstance(in_details, Mapping)
-        else None
-    )
-    reasoning = (
-        token_count(out_details.get("reasoning_tokens"), "reasoning_tokens", kind, oid)
-        if isinstance(out_details, Mapping)
-        else None
-    )
-    if input_tokens is None or output_tokens is None:
-        return None
-    total = total_tokens(value.get("total_tokens"), (input_tokens, output_tokens))
-    return TokenUsage(input_tokens, output_tokens, total, cached, reasoning)
 
 
 def parse_agent(obj: object) -> Agent:
@@ -216,4 +190,6 @@ def parse_trace(obj: object) -> SessionTrace:
     otlp = o.get("otlp")
     if not isinstance(otlp, Mapping):
         raise InvalidObject(kind, "field 'otlp' must be a JSON object", object_id=tid)
+    if nested_deeper_than(otlp, MAX_TRACE_DEPTH):
+        raise InvalidObject(kind, f"field 'otlp' nests deeper than {MAX_TRACE_DEPTH} levels", object_id=tid)
     return SessionTrace(id=tid, session_id=required_str(o, "session_id", kind, tid), created_at=created, otlp=otlp)

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# The Agents API's usage object is the Responses API's: the kit parses it for both.
+from stepscope.client.parsing import TokenUsage
+
 TURN_STATUSES = ("queued", "in_progress", "waiting", "completed", "failed", "cancelled")
 TURN_TERMINAL = frozenset({"completed", "failed", "cancelled"})
 SESSION_STATUSES = ("idle", "in_progress", "requires_action", "failed")
@@ -30,18 +33,6 @@ SUBAGENT_CALL_ITEM_TYPES = frozenset(
         "close_subagent_call",
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
-    """`usage` of a turn or session. `cached_tokens` is part of `input_tokens` and `reasoning_tokens` of
-    `output_tokens` (the API's breakdowns), None when the breakdown is missing."""
-
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
