@@ -32,8 +32,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 DROP_HEADER = b"x-sim-drop"
-_JSON = (b"content-type", b"application/json")
-_STATIC = [(b"openai-version", b"2020-10-01"), (b"openai-organization", b"stepscope-sim")]
+JSON_HEADER = (b"content-type", b"application/json")
+STATIC_HEADERS = [(b"openai-version", b"2020-10-01"), (b"openai-organization", b"stepscope-sim")]
 _TOKEN_HEADERS = [
     (b"x-ratelimit-limit-tokens", b"150000"),
     (b"x-ratelimit-remaining-tokens", b"149984"),
@@ -138,10 +138,10 @@ class SimApp:
         path: str = scope["path"]
         if path.startswith("/_sim/"):
             status, body = await self._control(scope["method"], path, receive)
-            await _respond(send, status, dumps(body), [_JSON])
+            await respond(send, status, dumps(body), [JSON_HEADER])
             return
         self._requests += 1
-        headers = [_JSON, (b"x-request-id", b"req_%024x" % self._requests), *_STATIC]
+        headers = [JSON_HEADER, (b"x-request-id", b"req_%024x" % self._requests), *STATIC_HEADERS]
         injector = self.injector
         endpoint = "unknown"
         try:
@@ -155,7 +155,7 @@ class SimApp:
             req_headers = dict(scope["headers"])
             self._authorize(req_headers, spec.auth_fail)
             self._spend_budget(headers, self.engine.clock.monotonic())
-            query, include = _query(scope["query_string"])
+            query, include = parse_query(scope["query_string"])
             if self.azure and not query.get("api-version"):
                 raise ApiError(400, "Missing required query parameter: api-version", param="api-version",
                                code="BadRequest")  # fmt: skip
@@ -163,7 +163,7 @@ class SimApp:
                 raise ApiError(400, _BETA_MESSAGE, code="invalid_beta")
             if spec.active and await self._inject(endpoint, spec, headers, send):
                 return
-            body = await _body(receive) if scope["method"] == "POST" else {}
+            body = await read_body(receive) if scope["method"] == "POST" else {}
             req = Request(ids, query, include, body, self.engine.now(), self.azure, as_dicts=spec.drift_rate > 0)
             reply: Reply = getattr(self.handlers, endpoint)(req)
             if reply.stream is not None:
@@ -181,7 +181,7 @@ class SimApp:
                                        "code": err.code}})  # fmt: skip
         ms = int((time.perf_counter() - started) * 1000)
         headers.append((b"openai-processing-ms", str(ms).encode()))
-        await _respond(send, status, payload, headers)
+        await respond(send, status, payload, headers)
 
     async def _stream(
         self, endpoint: str, spec: FaultSpec, run: SimRun, start: tuple[float, list[tuple[bytes, bytes]]],
@@ -209,7 +209,7 @@ class SimApp:
             raise ApiError(injector.error_status(spec), "The server had an error while processing your request. "
                            "Sorry about that!", type_="server_error")  # fmt: skip
         if injector.chance(spec.drop_rate):
-            await _respond(send, 500, b"", [(DROP_HEADER, b"1")])
+            await respond(send, 500, b"", [(DROP_HEADER, b"1")])
             return True
         return False
 
@@ -259,7 +259,7 @@ class SimApp:
         if path == "/_sim/faults":
             if method == "POST":
                 try:
-                    self.injector.replace(FaultConfig.from_dict(await _body(receive)))
+                    self.injector.replace(FaultConfig.from_dict(await read_body(receive)))
                 except (ValueError, TypeError, ApiError) as exc:
                     return 400, {"error": {"message": str(exc), "type": "invalid_request_error", "param": None,
                                            "code": None}}  # fmt: skip
@@ -278,7 +278,7 @@ def _rate_headers(limit: int, remaining: int, reset: float) -> list[tuple[bytes,
     ]
 
 
-def _query(raw: bytes) -> tuple[dict[str, str], list[str]]:
+def parse_query(raw: bytes) -> tuple[dict[str, str], list[str]]:
     if not raw:
         return {}, []
     query: dict[str, str] = {}
@@ -291,7 +291,7 @@ def _query(raw: bytes) -> tuple[dict[str, str], list[str]]:
     return query, include
 
 
-async def _body(receive: Receive) -> dict[str, Any]:
+async def read_body(receive: Receive) -> dict[str, Any]:
     chunks = []
     while True:
         message = await receive()
@@ -310,7 +310,7 @@ async def _body(receive: Receive) -> dict[str, Any]:
     return body
 
 
-async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -1,28 +1,42 @@
-"""A second protocol, defined only here, runs through the real poller, pipeline, store and span delivery.
+"""A protocol defined only here runs through the real poller, pipeline, store, span delivery and proxy.
 
 The toy protocol has *jobs* made of *tasks*. It plugs in the way any protocol does: a `UnitReader` (polls one
-job, commits tasks as they finish, finishes the job) and a `Mapper` (a task or a finished job to telemetry). Nothing
-outside this file knows it exists, which is the point: the seam is protocol-neutral.
+job, commits tasks as they finish, finishes the job), a `Mapper` (a task or a finished job to telemetry), and, for
+the whole sidecar, a `ProtocolFactory` registered by name whose finders include a proxy observer (a `POST /jobs`
+answer names the job to track). Nothing outside this file knows it exists, which is the point: the seams are
+protocol-neutral.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.sdk.resources import Resource
+from prometheus_client import CollectorRegistry
 
+from stepscope import protocols
+from stepscope.commands.sidecar import Sidecar
+from stepscope.commands.wiring import Seams
+from stepscope.config import Config, load
 from stepscope.core.asyncstore import AsyncStore
+from stepscope.core.discovery import DiscoverySeams, DiscoverySettings, PeriodicDiscovery
 from stepscope.core.health import ApiHealth
 from stepscope.core.pipeline import Pipeline
-from stepscope.core.poller import Poller
-from stepscope.core.records import Commit, Committer, Observation, SpanSpec, Telemetry, UnitRef
+from stepscope.core.poller import Poller, PollSchedule
+from stepscope.core.records import Commit, Committer, KnownLabels, Observation, SpanSpec, Telemetry, UnitRef
 from stepscope.core.store import SqliteStore
 from stepscope.export.delivery import SpanDelivery
+from stepscope.protocols.base import AnswerSink, ApiContext, Finders, Route
 from stepscope.testing import RecordingMetricSink, RecordingSpanExporter, eventually
 from tests.kit.fakes import Counters
+from tests.kit.proxy import serve_in_thread
 
 pytestmark = pytest.mark.anyio
 S = 1_000_000_000
@@ -227,3 +241,135 @@ async def test_toy_progress_survives_a_restart(
     assert time.monotonic() - started < 5
     assert second.metrics.total("toy_tasks_total") == 1  # t2 only: t1 was committed by the first process
     assert sorted(exporter.names()) == ["job job_1", "task t1", "task t2"]
+
+
+# --- the whole sidecar: the toy registered by name, its jobs found through the proxy ---------------------------
+
+
+class NoDiscovery(PeriodicDiscovery):
+    """The toy server lists nothing: jobs are found through the proxy only."""
+
+    name = "toy discovery"
+
+    async def run_once(self) -> int:
+        self.last_pass = self._wall()
+        return 0
+
+    def watched(self) -> list[str]:
+        return []
+
+    def idle_reason(self) -> str | None:
+        return None
+
+
+class JobAnswer:
+    """The answer to `POST /jobs`: its JSON body names the job to track."""
+
+    def __init__(self, discovery: NoDiscovery) -> None:
+        self._discovery = discovery
+
+    def wants(self, event: str) -> bool:
+        return False
+
+    def event(self, event: str, data: Mapping[str, Any] | None) -> None:
+        raise AssertionError("a job answer is no stream")
+
+    def body(self, data: object) -> None:
+        if isinstance(data, Mapping) and isinstance(data.get("id"), str):
+            self._discovery.seams.tracker.track(UnitRef(f"queue_{data['queue']}", data["id"]))
+
+    def ended(self, complete: bool, stream: bool) -> None:
+        pass
+
+
+class JobObserver:
+    def __init__(self, discovery: NoDiscovery) -> None:
+        self._discovery = discovery
+
+    def route(self, method: str, path: str) -> Route | None:
+        return Route("create_job") if (method, path) == ("POST", "/jobs") else None
+
+    def answer(self, route: Route, traceparent: str | None) -> AnswerSink | None:
+        return JobAnswer(self._discovery)
+
+
+class ToyInstance:
+    api_name = "toy API"
+
+    def __init__(self, api: ToyApi) -> None:
+        self._api = api
+        self.mapper = ToyMapper()
+
+    def reader(self, committer: Committer[Any, Any, Any], schedule: PollSchedule) -> ToyReader:
+        return ToyReader(self._api, committer)
+
+    def finders(self, settings: DiscoverySettings, seams: DiscoverySeams) -> Finders:
+        discovery = NoDiscovery(settings, seams)
+        return Finders(discovery=discovery, proxy=JobObserver(discovery))
+
+    async def probe(self) -> None:
+        return None
+
+    async def inspect(self, unit_id: str, container_id: str | None) -> Sequence[SpanSpec]:
+        return []
+
+
+@dataclass(frozen=True)
+class ToyFactory:
+    api: ToyApi
+    name: str = "toy"
+    nouns: tuple[str, str] = ("job", "task")
+    labels: KnownLabels = field(default_factory=lambda: KnownLabels(protocol="toy"))
+    endpoints: tuple[str, ...] = ()
+    invalid_kinds: tuple[str, ...] = ()
+    backfills: bool = False
+
+    def check(self, config: Config) -> list[str]:
+        return []
+
+    def open(self, context: ApiContext) -> ToyInstance:
+        return ToyInstance(self.api)
+
+
+async def toy_upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The toy server's HTTP face: `POST /jobs` answers the job it created."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    body = json.dumps({"id": "job_2", "queue": "slow"}).encode()
+    await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def test_a_registered_toy_runs_in_the_whole_sidecar_found_through_the_proxy(api: ToyApi, tmp_path: Path) -> None:
+    """Registered by name, the toy protocol runs in a whole sidecar: a job the application creates through the
+    proxy is tracked from the answer, polled, committed and exported, with no code outside this file
+    knowing the protocol."""
+    api.jobs["job_2"] = Job("job_2", "slow", [Task("t9", 200, 201)], done=True)
+    protocols.register(ToyFactory(api))
+    upstream, stop_upstream = serve_in_thread(toy_upstream)
+    exporter = RecordingSpanExporter()
+    env = {
+        "STEPSCOPE_PROTOCOL": "toy",
+        "OPENAI_BASE_URL": upstream,
+        "OPENAI_API_KEY": "sk-toy",
+        "STEPSCOPE_LISTEN": "127.0.0.1:0",
+        "STEPSCOPE_PROXY_LISTEN": "127.0.0.1:0",
+        "STEPSCOPE_STATE": str(tmp_path / "state.db"),
+        "STEPSCOPE_POLL_INTERVAL": "0.05",
+    }
+    service = Sidecar(load(env=env), Seams(registry=CollectorRegistry(), span_exporter=exporter))
+    try:
+        await service.start()
+        assert service.proxy is not None
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(f"http://127.0.0.1:{service.proxy.port}/jobs", json={"queue": "slow"})
+        assert answer.status_code == 201 and answer.json()["id"] == "job_2"
+        await eventually(lambda: sorted(exporter.names()) == ["job job_2", "task t9"], what="the toy's spans")
+        assert service.parts.store.sync.known_runs(["job_2"]) == {"job_2"}
+    finally:
+        await service.shutdown()
+        stop_upstream()
+        protocols.unregister("toy")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stepscope.simulator.agents.handlers import AgentsHandlers
-from stepscope.simulator.api import _JSON, _STATIC, Receive, Scope, Send, SimApp, _query, _respond
+from stepscope.simulator.api import JSON_HEADER, STATIC_HEADERS, Receive, Scope, Send, SimApp, parse_query, respond
 from stepscope.simulator.faults import FaultInjector
 from stepscope.simulator.handlers import ApiError, Request
 from stepscope.simulator.serializers import dumps
@@ -81,7 +81,7 @@ class AgentsApp(SimApp):
         path: str = scope["path"]
         base = self.prefix + "/agents"
         if path == "/_sim/truth" and scope["method"] == "GET":
-            await _respond(send, 200, dumps(self._truth()), [_JSON])
+            await respond(send, 200, dumps(self._truth()), [JSON_HEADER])
         elif path == base or path.startswith(base + "/"):
             await self._agents_http(scope, send)
         elif self.serve_assistants or path.startswith("/_sim/"):
@@ -89,12 +89,12 @@ class AgentsApp(SimApp):
         else:
             body = {"error": {"message": f"Invalid URL ({scope['method']} {path})", "type": "invalid_request_error",
                               "param": None, "code": None}}  # fmt: skip
-            await _respond(send, 404, dumps(body), [_JSON, *_STATIC])
+            await respond(send, 404, dumps(body), [JSON_HEADER, *STATIC_HEADERS])
 
     async def _agents_http(self, scope: Scope, send: Send) -> None:
         started = time.perf_counter()
         self._agent_requests += 1
-        headers = [_JSON, (b"x-request-id", b"req_ag%022x" % self._agent_requests), *_STATIC]
+        headers = [JSON_HEADER, (b"x-request-id", b"req_ag%022x" % self._agent_requests), *STATIC_HEADERS]
         injector = self.injector
         path: str = scope["path"]
         try:
@@ -110,7 +110,7 @@ class AgentsApp(SimApp):
                 raise ApiError(400, _BETA_MESSAGE, code="invalid_beta")
             if spec.active and await self._inject(endpoint, spec, headers, send):
                 return
-            query, include = _query(scope["query_string"])
+            query, include = parse_query(scope["query_string"])
             req = Request(ids, query, include, {}, self.agents.engine.now(), False, as_dicts=True)
             obj = getattr(self.agents, endpoint)(req).obj
             payload = dumps(_drifted(obj, spec.drift_rate, injector) if spec.drift_rate > 0 else obj)
@@ -124,7 +124,7 @@ class AgentsApp(SimApp):
             payload = dumps({"error": {"message": err.message, "type": err.type, "param": err.param,
                                        "code": err.code}})  # fmt: skip
         headers.append((b"openai-processing-ms", str(int((time.perf_counter() - started) * 1000)).encode()))
-        await _respond(send, status, payload, headers)
+        await respond(send, status, payload, headers)
 
 
 def _drifted(obj: Any, rate: float, injector: FaultInjector) -> Any:

@@ -18,7 +18,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stepscope.simulator.api import _JSON, _STATIC, Receive, Scope, Send, SimApp, _body, _query, _respond
+from stepscope.simulator.api import (
+    JSON_HEADER,
+    STATIC_HEADERS,
+    Receive,
+    Scope,
+    Send,
+    SimApp,
+    parse_query,
+    read_body,
+    respond,
+)
 from stepscope.simulator.faults import FaultInjector
 from stepscope.simulator.handlers import ApiError
 from stepscope.simulator.responses import serializers as ser
@@ -85,17 +95,17 @@ class ResponsesApp(SimApp):
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         if path == "/_sim/truth" and scope["method"] == "GET":
-            await _respond(send, 200, dumps(self._truth()), [_JSON])
+            await respond(send, 200, dumps(self._truth()), [JSON_HEADER])
         elif path.startswith((self.prefix + "/responses", self.prefix + "/conversations")):
             await self._responses_http(scope, receive, send)
         elif path.startswith("/_sim/"):
             await super()._http(scope, receive, send)
         else:
-            await _respond(send, 404, _invalid_url(scope["method"], path), [_JSON, *_STATIC])
+            await respond(send, 404, _invalid_url(scope["method"], path), [JSON_HEADER, *STATIC_HEADERS])
 
     async def _responses_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        headers = [_JSON, (b"x-request-id", self.request_id()), *_STATIC]
+        headers = [JSON_HEADER, (b"x-request-id", self.request_id()), *STATIC_HEADERS]
         injector, engine = self.injector, self.responses.engine
         path: str = scope["path"]
         try:
@@ -108,8 +118,8 @@ class ResponsesApp(SimApp):
             self._spend_budget(headers, engine.clock.monotonic())
             if spec.active and await self._inject(endpoint, spec, headers, send):
                 return
-            query, _ = _query(scope["query_string"])
-            body = await _body(receive) if scope["method"] == "POST" else {}
+            query, _ = parse_query(scope["query_string"])
+            body = await read_body(receive) if scope["method"] == "POST" else {}
             answer = getattr(self.responses, endpoint)(Call(ids, query, body, engine.now()))
             if answer.stream is not None:
                 cut = 2 if spec.active and injector.chance(spec.truncate_rate) else None
@@ -128,7 +138,7 @@ class ResponsesApp(SimApp):
         except ApiError as err:
             status, payload = err.status, error_body(err)
         headers.append((b"openai-processing-ms", str(int((time.perf_counter() - started) * 1000)).encode()))
-        await _respond(send, status, payload, headers)
+        await respond(send, status, payload, headers)
 
 
 def _invalid_url(method: str, path: str) -> bytes:

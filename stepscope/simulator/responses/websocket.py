@@ -17,7 +17,7 @@ import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from stepscope.simulator.api import _JSON, Receive, Scope, Send
+from stepscope.simulator.api import JSON_HEADER, Receive, Scope, Send
 from stepscope.simulator.handlers import ApiError
 from stepscope.simulator.responses.handlers import Call, error_body
 from stepscope.simulator.responses.streaming import follow
@@ -39,7 +39,7 @@ async def _deny(scope: Scope, send: Send, err: ApiError, headers: list[tuple[byt
         await send({"type": "websocket.close", "code": 1008})
         return
     body = error_body(err)
-    head = [_JSON, *headers, (b"content-length", str(len(body)).encode())]
+    head = [JSON_HEADER, *headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "websocket.http.response.start", "status": err.status, "headers": head})
     await send({"type": "websocket.http.response.body", "body": body})
 
