@@ -97,8 +97,14 @@ def expected_counters(stats: dict[str, Any], part: str = "root") -> dict[str, Co
     usage = stats["usage"][part]
     return {
         "runs": Counter({(s,): n for s, n in stats["terminal_turns"][part].items() if n}),
-        "tokens": +Counter({("input",): usage["input_tokens"], ("output",): usage["output_tokens"],
-                            ("cache_read",): usage["cached_tokens"], ("reasoning",): usage["reasoning_tokens"]}),
+        "tokens": +Counter(
+            {
+                ("input",): usage["input_tokens"],
+                ("output",): usage["output_tokens"],
+                ("cache_read",): usage["cached_tokens"],
+                ("reasoning",): usage["reasoning_tokens"],
+            }
+        ),
         "items": items,
         "tools": tools,
     }
