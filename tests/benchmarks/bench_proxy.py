@@ -50,6 +50,9 @@ class _NullRuns:
     def stream_ended(self, ref: UnitRef, complete: bool) -> None:
         pass
 
+    def submit_sent(self, ref: UnitRef) -> None:
+        pass
+
 
 def _pin(cpu: int) -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:

@@ -95,16 +95,14 @@ def expected_counters(stats: dict[str, Any], part: str = "root") -> dict[str, Co
         for name, n in by_name.items():
             tools[(name,)] += n
     usage = stats["usage"][part]
+    tokens: Counter[tuple[str, ...]] = Counter()
+    for token_type, key in (("input", "input_tokens"), ("output", "output_tokens"), ("cache_read", "cached_tokens"),
+                            ("reasoning", "reasoning_tokens")):  # fmt: skip
+        if usage[key]:
+            tokens[(token_type,)] = usage[key]
     return {
         "runs": Counter({(s,): n for s, n in stats["terminal_turns"][part].items() if n}),
-        "tokens": +Counter(
-            {
-                ("input",): usage["input_tokens"],
-                ("output",): usage["output_tokens"],
-                ("cache_read",): usage["cached_tokens"],
-                ("reasoning",): usage["reasoning_tokens"],
-            }
-        ),
+        "tokens": tokens,
         "items": items,
         "tools": tools,
     }

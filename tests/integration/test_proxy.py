@@ -288,6 +288,9 @@ class _Broken:
     def stream_ended(self, ref: UnitRef, complete: bool) -> None:
         raise RuntimeError("exporter down")
 
+    def submit_sent(self, ref: UnitRef) -> None:
+        raise RuntimeError("exporter down")
+
 
 def test_failing_feed_fails_open_and_the_key_never_shows(
     sim: SimulatorServer, caplog: pytest.LogCaptureFixture

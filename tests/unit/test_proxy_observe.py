@@ -159,6 +159,9 @@ class _Failing:
     def stream_ended(self, ref: UnitRef, complete: bool) -> None:
         raise ValueError("nope")
 
+    def submit_sent(self, ref: UnitRef) -> None:
+        raise ValueError("nope")
+
 
 def test_guarded_observer_counts_and_logs_rarely(caplog: Any) -> None:
     """Every failing sink call is counted and goes no further; the log says so once per minute with the number left
