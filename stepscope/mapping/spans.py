@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from stepscope.core.records import AttrValue, SpanEvent, SpanSpec
 from stepscope.mapping import attributes as a
@@ -35,6 +36,30 @@ class Tokens:
     output: int
     cache_read: int | None = None
     reasoning: int | None = None
+
+
+class Usage(Protocol):
+    """A usage record with the OpenAI breakdowns (the Agents and Responses APIs' `usage`)."""
+
+    @property
+    def input_tokens(self) -> int: ...
+
+    @property
+    def output_tokens(self) -> int: ...
+
+    @property
+    def cached_tokens(self) -> int | None: ...
+
+    @property
+    def reasoning_tokens(self) -> int | None: ...
+
+
+def tokens_of(usage: Usage | None) -> Tokens | None:
+    """A usage in the conventions' terms (cached tokens are cache reads), None without usage."""
+    if usage is None:
+        return None
+    return Tokens(input=usage.input_tokens, output=usage.output_tokens, cache_read=usage.cached_tokens,
+                  reasoning=usage.reasoning_tokens)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

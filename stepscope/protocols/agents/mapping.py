@@ -54,7 +54,7 @@ from stepscope.mapping.metrics import (
     token_observations,
     unit_attributes,
 )
-from stepscope.mapping.spans import NS, Invocation, Tokens, bounds, invocation_span
+from stepscope.mapping.spans import NS, Invocation, bounds, invocation_span, tokens_of
 from stepscope.protocols.agents.records import Item, SessionTrace, Turn
 from stepscope.protocols.agents.vocabulary import ITEM_TOOL_TYPES, PROTOCOL, TURN_STEP_TYPE
 
@@ -166,7 +166,7 @@ def turn_span(turn: Turn, context: TurnContext, *, options: a.MappingOptions) ->
     shown = context.items[:MAX_ITEM_EVENTS]
     if len(context.items) > len(shown):
         attrs[OPENAI_TURN_ITEMS_DROPPED] = len(context.items) - len(shown)
-    tokens = turn_tokens(turn)
+    tokens = tokens_of(turn.usage)
     invocation = Invocation(
         key=f"turn:{turn.id}",
         trace_id=trace_id_for_turn(turn.id),
@@ -187,15 +187,6 @@ def turn_span(turn: Turn, context: TurnContext, *, options: a.MappingOptions) ->
     )
     # The Agents API is OpenAI's alone: the provider is `openai` whatever the options say.
     return invocation_span(invocation, provider_name=a.PROVIDER_OPENAI)
-
-
-def turn_tokens(turn: Turn) -> Tokens | None:
-    """A turn's usage in the conventions' terms, None without usage."""
-    usage = turn.usage
-    if usage is None:
-        return None
-    return Tokens(input=usage.input_tokens, output=usage.output_tokens, cache_read=usage.cached_tokens,
-                  reasoning=usage.reasoning_tokens)  # fmt: skip
 
 
 def item_attributes(item: Item, index: int, options: a.MappingOptions) -> dict[str, AttrValue]:
@@ -257,7 +248,7 @@ def turn_observations(turn: Turn, context: TurnContext) -> list[Observation]:
     unit = unit_attributes(provider=a.PROVIDER_OPENAI, agent_id=agent, agent_name=context.agent_name,
                            model=context.model, error_type=turn_error_type(turn))  # fmt: skip
     out = run_family_observations(PROTOCOL, turn.status, model, agent, times, **ids, attributes=unit)
-    tokens = turn_tokens(turn)
+    tokens = tokens_of(turn.usage)
     if tokens is not None:
         out += token_observations(PROTOCOL, TURN_STEP_TYPE, model, agent, tokens, **ids, attributes=unit)
     for item in context.items:

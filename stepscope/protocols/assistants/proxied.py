@@ -21,26 +21,19 @@ final check forward. What does not fit the queue is dropped and counted (`proxy_
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import logging
 import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 from stepscope.contract.vocabulary import DropReason
+from stepscope.core.feed import QUEUE_MAX, Feed
 from stepscope.core.poller import Poller
 from stepscope.core.records import Drops, UnitRef
-from stepscope.errors import InvalidObject
 from stepscope.protocols.assistants.reader import RunState, StepReader
 from stepscope.protocols.assistants.records import parse_run, parse_step
 from stepscope.protocols.base import AnswerSink, Route
 
-log = logging.getLogger("stepscope.proxied")
-
-QUEUE_MAX = 10_000
 CREATE_RUN = "create_run"
 CREATE_THREAD_AND_RUN = "create_thread_and_run"
 SUBMIT_TOOL_OUTPUTS = "submit_tool_outputs"
@@ -76,76 +69,40 @@ def classify(method: str, path: str) -> Route | None:
 
 
 class ProxyFeed:
-    """Applies what answers say to the poller and the reader, on one task; a component.
-
-    The `run_created`, `stream_event` and `stream_ended` calls only queue (bounded by `queue_max`); `start()` runs
-    the applying task and `stop()` applies what is queued, then ends it. Idempotent.
-    """
+    """Applies what answers say to the poller and the reader, in order, on one task (a `core.feed.Feed`); a
+    component. The `run_created`, `stream_event`, `stream_ended` and `submit_sent` calls only queue."""
 
     name = "proxy feed"
 
     def __init__(self, poller: Poller[RunState], reader: StepReader, *, drops: Drops, queue_max: int = QUEUE_MAX):
         self._poller = poller
         self._reader = reader
-        self._drops = drops
-        self._queue: collections.deque[_Event] = collections.deque()
-        self._queue_max = queue_max
-        self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._feed: Feed[_Event] = Feed(self.name, self._apply_one, drops=drops, queue_max=queue_max)
 
     # --- what answers say (queue only) --------------------------------------------------------------------------
 
     def run_created(self, run: Mapping[str, Any], traceparent: str | None) -> None:
-        self._put(("run", run, traceparent))
+        self._feed.put(("run", run, traceparent))
 
     def stream_event(self, event: str, data: Mapping[str, Any]) -> None:
-        self._put(("step" if event.startswith(_STEP_EVENT) else "run_event", data, None))
+        self._feed.put(("step" if event.startswith(_STEP_EVENT) else "run_event", data, None))
 
     def stream_ended(self, ref: UnitRef, complete: bool) -> None:
-        self._put(("ended", ref, None))
+        self._feed.put(("ended", ref, None))
 
     def submit_sent(self, ref: UnitRef) -> None:
-        self._put(("submit", ref, None))
-
-    def _put(self, item: _Event) -> None:
-        if len(self._queue) >= self._queue_max:
-            self._drops.dropped(DropReason.PROXY_FEED_FULL)
-            return
-        self._queue.append(item)
-        self._ready.set()
+        self._feed.put(("submit", ref, None))
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._apply_forever(), name="stepscope-proxy-feed")
+        await self._feed.start()
 
     async def stop(self, budget_s: float = 1.0) -> None:
-        """Apply what is queued (within `budget_s`), then stop. Idempotent."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._apply_all(), timeout=budget_s)
+        await self._feed.stop(budget_s)
 
-    async def _apply_forever(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            await self._apply_all()
-
-    async def _apply_all(self) -> None:
-        while self._queue:
-            kind, data, extra = self._queue.popleft()
-            try:
-                await self._apply(kind, data, extra)
-            except InvalidObject as exc:
-                log.warning("proxy: %s", exc)
-                self._drops.dropped(DropReason.PROXY_UNREADABLE)
-            except Exception:  # a stage boundary: one bad event never stops the feed
-                log.exception("proxy feed failed on a %s", kind)
-                self._drops.dropped(DropReason.PROXY_FEED_ERROR)
+    async def _apply_one(self, event: _Event) -> None:
+        await self._apply(*event)
 
     async def _apply(self, kind: str, data: Any, extra: Any) -> None:
         if kind == "submit":

@@ -2,8 +2,8 @@
 
 Four ways show a response: the proxy (a JSON answer or a stream's events), the project listing, a verified webhook
 and a `/v1/watch` registration. The proxy and webhooks only queue here (`seen`, `tool_timed`, `stream_ended`,
-`mentioned`; bounded by `queue_max`, past which an observation is dropped and counted as `proxy_feed_full`); one
-task applies the queue in order. The listing hands its responses over directly (`offer`).
+`mentioned`), in a `core.feed.Feed`: bounded, applied in order by one task, what applying raises counted. The
+listing hands its responses over directly (`offer`).
 
 Applying is where "committed once" is decided: a response the poller tracks gets the new copy; one the reader
 committed lately, or the store knows (committed before a restart, or tracked already), is left alone; any other
@@ -12,25 +12,16 @@ is tracked, with what was seen of it, so a terminal copy is committed without a 
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from stepscope.contract.vocabulary import DropReason
+from stepscope.core.feed import QUEUE_MAX, Feed
 from stepscope.core.poller import Poller
 from stepscope.core.records import Drops, UnitRef
-from stepscope.errors import InvalidObject, StoreError
 from stepscope.protocols.responses.parsers import parse_response
 from stepscope.protocols.responses.reader import ResponseReader, ResponseState
 from stepscope.protocols.responses.records import Response
 from stepscope.protocols.responses.vocabulary import CONTAINER
-
-log = logging.getLogger("stepscope.responses")
-
-QUEUE_MAX = 10_000
 
 
 class KnownUnits(Protocol):
@@ -61,35 +52,24 @@ class ResponseIntake:
         self._poller = poller
         self._reader = reader
         self._store = store
-        self._drops = drops
         self._content = content
-        self._queue: collections.deque[_Event] = collections.deque()
-        self._queue_max = queue_max
-        self._ready = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._feed: Feed[_Event] = Feed(self.name, self._apply_one, drops=drops, queue_max=queue_max)
 
     # --- what the proxy and webhooks show (queue only; never blocks or raises) ------------------------------------
 
     def seen(self, data: Mapping[str, Any], traceparent: str | None, *, at: float, streaming: bool) -> None:
         """A response object in a proxied answer (`streaming`: in a stream's lifecycle event), seen at `at`."""
-        self._put(("seen", data, traceparent, (at, streaming)))
+        self._feed.put(("seen", data, traceparent, (at, streaming)))
 
     def tool_timed(self, response_id: str, item_id: str, start_ns: int, end_ns: int) -> None:
-        self._put(("tool", response_id, item_id, (start_ns, end_ns)))
+        self._feed.put(("tool", response_id, item_id, (start_ns, end_ns)))
 
     def stream_ended(self, response_id: str) -> None:
-        self._put(("ended", response_id, None, None))
+        self._feed.put(("ended", response_id, None, None))
 
     def mentioned(self, response_id: str) -> None:
         """A verified webhook (or a registration) names the response: read it once."""
-        self._put(("mentioned", response_id, None, None))
-
-    def _put(self, event: _Event) -> None:
-        if len(self._queue) >= self._queue_max:
-            self._drops.dropped(DropReason.PROXY_FEED_FULL)
-            return
-        self._queue.append(event)
-        self._ready.set()
+        self._feed.put(("mentioned", response_id, None, None))
 
     # --- what the listing shows (direct) -------------------------------------------------------------------------
 
@@ -111,45 +91,18 @@ class ResponseIntake:
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._apply_forever(), name="stepscope-responses-intake")
+        await self._feed.start()
 
     async def stop(self, budget_s: float = 1.0) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._apply_all(), timeout=budget_s)
+        await self._feed.stop(budget_s)
 
     @property
     def pending(self) -> int:
         """Observations queued, not applied yet."""
-        return len(self._queue)
+        return self._feed.pending
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def _apply_forever(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            await self._apply_all()
-
-    async def _apply_all(self) -> None:
-        while self._queue:
-            event = self._queue.popleft()
-            try:
-                await self._apply(*event)
-            except InvalidObject as exc:
-                log.warning("proxy: %s", exc)
-                self._drops.dropped(DropReason.PROXY_UNREADABLE)
-            except StoreError:
-                self._drops.dropped(DropReason.PROXY_FEED_ERROR)  # logged by the store; polling or the listing retries
-            except Exception:  # a stage boundary: one bad observation never stops the intake
-                log.exception("responses intake failed on a %s", event[0])
-                self._drops.dropped(DropReason.PROXY_FEED_ERROR)
+    async def _apply_one(self, event: _Event) -> None:
+        await self._apply(*event)
 
     async def _apply(self, kind: str, first: Any, second: Any, third: Any) -> None:
         if kind == "seen":

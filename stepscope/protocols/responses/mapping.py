@@ -46,7 +46,7 @@ from stepscope.mapping.metrics import (
     token_observations,
     unit_attributes,
 )
-from stepscope.mapping.spans import NS, Invocation, Tokens, bounds, invocation_span
+from stepscope.mapping.spans import NS, Invocation, bounds, invocation_span, tokens_of
 from stepscope.protocols.responses.records import Item, Response
 from stepscope.protocols.responses.vocabulary import PROTOCOL, RESPONSE_STEP_TYPE, tool_type
 
@@ -166,20 +166,12 @@ def response_span(response: Response, context: ResponseContext, options: Respons
         agent_version=agent.version if agent else None,
         conversation_id=response.conversation_id,
         model=response.model,
-        tokens=response_tokens(response),
+        tokens=tokens_of(response.usage),
         error_type=error_type(response),
         attributes=attrs,
         events=tuple(SpanEvent(ITEM_EVENT, end_ns, item_attributes(item, i, mapping)) for i, item in enumerate(shown)),
     )
     return invocation_span(invocation, provider_name=mapping.provider_name)
-
-
-def response_tokens(response: Response) -> Tokens | None:
-    usage = response.usage
-    if usage is None:
-        return None
-    return Tokens(input=usage.input_tokens, output=usage.output_tokens, cache_read=usage.cached_tokens,
-                  reasoning=usage.reasoning_tokens)  # fmt: skip
 
 
 def item_attributes(item: Item, index: int, options: a.MappingOptions) -> dict[str, AttrValue]:
@@ -282,7 +274,7 @@ def response_observations(response: Response, context: ResponseContext, options:
     # Only the server's end gives a duration: an observed end measures stepscope, not the response.
     times = (response.created_at, None, response.server_end)
     out = run_family_observations(PROTOCOL, response.status, model, agent, times, **ids, attributes=unit)
-    tokens = response_tokens(response)
+    tokens = tokens_of(response.usage)
     if tokens is not None:
         out += token_observations(PROTOCOL, RESPONSE_STEP_TYPE, model, agent, tokens, **ids, attributes=unit)
     common = {a.LABEL_MODEL: model, a.LABEL_ASSISTANT_ID: agent, a.LABEL_PROTOCOL: PROTOCOL}
