@@ -104,9 +104,12 @@ def simulator(tmp: Path, *args: str) -> Iterator[Sim]:
 
 
 @contextlib.contextmanager
-def serve(tmp: Path, env: Mapping[str, str], name: str = "serve") -> Iterator[tuple[Proc, str]]:
-    """`stepscope serve` with `env`; yields the process and its base URL once /readyz answers 200."""
-    port = free_port()
+def serve(
+    tmp: Path, env: Mapping[str, str], name: str = "serve", *, port: int | None = None
+) -> Iterator[tuple[Proc, str]]:
+    """`stepscope serve` with `env` (on `port`, chosen beforehand when a simulator must know serve's URL first);
+    yields the process and its base URL once /readyz answers 200."""
+    port = port or free_port()
     full = {"STEPSCOPE_LISTEN": f"127.0.0.1:{port}", "STEPSCOPE_STATE": str(tmp / "state.db"), **env}
     proc = spawn(stepscope_cmd("serve"), tmp / f"{name}.log", full)
     base = f"http://127.0.0.1:{port}"

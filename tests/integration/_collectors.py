@@ -226,3 +226,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
+
+
+def status(base: str) -> dict[str, Any]:
+    """serve's `/v1/status` document."""
+    return httpx.get(f"{base}/v1/status", timeout=5).json()  # type: ignore[no-any-return]
+
+
+def quiet(base: str, figures: Callable[[Samples], object]) -> Samples:
+    """A scrape once two scrapes half a second apart agree on `figures` (nothing is being committed)."""
+    before = scrape(base)
+    while True:
+        time.sleep(0.5)
+        now = scrape(base)
+        if figures(now) == figures(before):
+            return now
+        before = now

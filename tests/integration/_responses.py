@@ -8,19 +8,14 @@ moment) can be compared with the moment the simulator ended the response.
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from stepscope.simulator import Scenario, scenario_named
 from stepscope.testing import ReceivedSpan
-from tests.integration._collectors import Samples, scrape
-from tests.procs import Proc, spawn, stepscope_cmd, wait_until
+from tests.integration._collectors import Samples
 
 NS = 1_000_000_000
 TERMINAL = ("completed", "failed", "cancelled", "incomplete")
@@ -56,23 +51,6 @@ def serve_env(api_url: str, traces_url: str, *, azure: bool, **extra: str) -> di
     if azure:
         env["STEPSCOPE_FLAVOR"] = "azure"
     return {**env, **extra}
-
-
-@contextlib.contextmanager
-def serve_on(port: int, tmp: Path, env: Mapping[str, str], name: str = "serve") -> Iterator[tuple[Proc, str]]:
-    """`tests.procs.serve` on a port chosen beforehand, for a simulator that must know serve's URL first."""
-    full = {"STEPSCOPE_LISTEN": f"127.0.0.1:{port}", "STEPSCOPE_STATE": str(tmp / "state.db"), **env}
-    proc = spawn(stepscope_cmd("serve"), tmp / f"{name}.log", full)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, 30, "serve to be ready", proc)
-        yield proc, base
-    finally:
-        proc.stop()
-
-
-def status(base: str) -> dict[str, Any]:
-    return httpx.get(f"{base}/v1/status", timeout=5).json()  # type: ignore[no-any-return]
 
 
 def requests_to(samples: Samples, endpoint: str, **labels: str) -> float:
@@ -149,17 +127,6 @@ def counters(samples: Samples) -> Counters:
 
 def plus(a: Counters, b: Counters) -> Counters:
     return {k: a[k] + b[k] for k in a}
-
-
-def quiet(base: str) -> Samples:
-    """A scrape once two scrapes half a second apart agree on the responses counters (nothing is being committed)."""
-    before = scrape(base)
-    while True:
-        time.sleep(0.5)
-        now = scrape(base)
-        if counters(now) == counters(before):
-            return now
-        before = now
 
 
 # --- what arrived at the receiver ---------------------------------------------------------------------------------

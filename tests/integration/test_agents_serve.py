@@ -12,7 +12,6 @@ signature is refused and makes serve read nothing, a correctly signed one has th
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -30,8 +29,8 @@ from stepscope.simulator import FaultConfig, FaultSpec, SimClock, Simulator, Sim
 from stepscope.simulator.agents import TurnKnobs
 from stepscope.simulator.agents.webhooks import WebhookTarget
 from stepscope.testing import OtlpReceiver, ReceivedSpan
-from tests.integration._collectors import Samples, scrape, total, wait_for
-from tests.procs import Proc, free_port, serve, spawn, stepscope_cmd, wait_until
+from tests.integration._collectors import Samples, quiet, scrape, status, total, wait_for
+from tests.procs import free_port, serve
 
 pytestmark = pytest.mark.slow
 
@@ -88,8 +87,8 @@ def expected_counters(stats: dict[str, Any], part: str = "root") -> dict[str, Co
     """The domain counters a correct stepscope reports for `part` ("root" or "subagent") turns, by label values."""
     items: Counter[tuple[str, ...]] = Counter()
     for item_type, by_status in stats["items"][part].items():
-        for status, n in by_status.items():
-            items[(item_type, "_unknown" if status == "none" else status)] += n
+        for item_status, n in by_status.items():
+            items[(item_type, "_unknown" if item_status == "none" else item_status)] += n
     tools: Counter[tuple[str, ...]] = Counter()
     for by_name in stats["tool_calls"][part].values():
         for name, n in by_name.items():
@@ -207,34 +206,6 @@ def receiver() -> Iterator[OtlpReceiver]:
         yield running
 
 
-@contextlib.contextmanager
-def serve_on(port: int, tmp: Path, env: dict[str, str]) -> Iterator[tuple[Proc, str]]:
-    """`tests.procs.serve` on a port chosen beforehand, for a simulator that must know serve's URL first."""
-    full = {"STEPSCOPE_LISTEN": f"127.0.0.1:{port}", "STEPSCOPE_STATE": str(tmp / "state.db"), **env}
-    proc = spawn(stepscope_cmd("serve"), tmp / "serve.log", full)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, 30, "serve to be ready", proc)
-        yield proc, base
-    finally:
-        proc.stop()
-
-
-def status(base: str) -> dict[str, Any]:
-    return httpx.get(f"{base}/v1/status", timeout=5).json()  # type: ignore[no-any-return]
-
-
-def quiet(base: str) -> Samples:
-    """A scrape once two scrapes half a second apart agree (nothing is being committed)."""
-    before = scrape(base)
-    while True:
-        time.sleep(0.5)
-        now = scrape(base)
-        if counters(now) == counters(before):
-            return now
-        before = now
-
-
 def test_every_turn_once_with_server_times_and_published_spans_relayed_once_across_kill_9(
     tmp_path: Path, receiver: OtlpReceiver
 ) -> None:
@@ -252,7 +223,7 @@ def test_every_turn_once_with_server_times_and_published_spans_relayed_once_acro
             # request failing, no commit can happen between the last scrape and the kill.
             assert wait_for(lambda: total(scrape(base), "stepscope_runs_total", **AGENTS) >= 2, 30), proc.output()
             simulator.set_faults(FROZEN)
-            first = quiet(base)
+            first = quiet(base, counters)
             assert wait_for(lambda: status(base)["exporter"]["pending_spans"] == 0, 20), proc.output()
             delivered_first = len(receiver.spans)
             assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -267,7 +238,7 @@ def test_every_turn_once_with_server_times_and_published_spans_relayed_once_acro
             exact = wait_for(lambda: plus(got_first, counters(scrape(base2))) == want, 30)
             assert exact, f"{plus(got_first, counters(scrape(base2)))} != {want}\n{proc2.output()}"
             assert wait_for(lambda: status(base2)["exporter"]["pending_spans"] == 0, 20), proc2.output()
-            got_second = counters(quiet(base2))
+            got_second = counters(quiet(base2, counters))
             assert proc2.stop() == 0, proc2.output()
         published = published_spans(server, [s["id"] for s in world["sessions"]])
 
@@ -370,7 +341,7 @@ def test_wrong_signature_changes_nothing_and_a_signed_session_event_is_read_at_o
     }
     with (
         SimulatorServer(simulator) as server,
-        serve_on(port, tmp_path, serve_env(server, receiver, **extra)) as (
+        serve(tmp_path, serve_env(server, receiver, **extra), port=port) as (
             proc,
             base,
         ),

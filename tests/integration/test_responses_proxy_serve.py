@@ -22,7 +22,7 @@ import pytest
 
 from stepscope.simulator import SimClock, Simulator, scenario_named
 from stepscope.testing import OtlpReceiver, ReceivedSpan
-from tests.integration._collectors import Samples, scrape, total, wait_for
+from tests.integration._collectors import Samples, scrape, status, total, wait_for
 from tests.integration._responses import (
     NS,
     RESPONSES,
@@ -32,7 +32,6 @@ from tests.integration._responses import (
     response_spans,
     responses_truth,
     serve_env,
-    status,
     tool_spans,
 )
 from tests.kit.proxy import serve_in_thread

@@ -25,7 +25,7 @@ from stepscope.simulator.responses import ResponseKnobs
 from stepscope.simulator.responses.params import CreateParams
 from stepscope.simulator.webhooks import WebhookTarget
 from stepscope.testing import OtlpReceiver
-from tests.integration._collectors import scrape, total, wait_for
+from tests.integration._collectors import quiet, scrape, status, total, wait_for
 from tests.integration._responses import (
     NOT_TOOL_CALLS,
     RESPONSES,
@@ -35,12 +35,9 @@ from tests.integration._responses import (
     expected_counters,
     one_span_each,
     plus,
-    quiet,
     requests_to,
     responses_truth,
     serve_env,
-    serve_on,
-    status,
     tool_spans,
     workload,
     workload_done,
@@ -151,7 +148,7 @@ def test_counters_equal_the_truth_across_kill_9_and_a_restart(tmp_path: Path, re
             # new is read, so no commit can happen between the last scrape and the kill.
             assert wait_for(lambda: total(scrape(base), "stepscope_runs_total", **RESPONSES) >= 3, 30), proc.output()
             sim.set_faults(FROZEN)
-            first = counters(quiet(base))
+            first = counters(quiet(base, counters))
             assert wait_for(lambda: status(base)["exporter"]["pending_spans"] == 0, 20), proc.output()
             delivered_first = len(receiver.spans)
             assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -164,7 +161,7 @@ def test_counters_equal_the_truth_across_kill_9_and_a_restart(tmp_path: Path, re
             exact = wait_for(lambda: plus(first, counters(scrape(base2))) == want, 30)
             assert exact, f"{plus(first, counters(scrape(base2)))} != {want}\n{proc2.output()}"
             assert wait_for(lambda: status(base2)["exporter"]["pending_spans"] == 0, 20), proc2.output()
-            second = counters(quiet(base2))
+            second = counters(quiet(base2, counters))
             assert proc2.stop() == 0, proc2.output()
         seen_by = time.time()
 
@@ -196,7 +193,7 @@ def test_a_response_seen_by_the_proxy_the_listing_and_a_webhook_is_committed_onc
         agent = responses_truth(server.root_url)["agents"][0]["name"]
         env = serve_env(server.url, receiver.url, azure=True, STEPSCOPE_WEBHOOK_SECRET=SECRET,
                         STEPSCOPE_PROXY_LISTEN=f"127.0.0.1:{proxy_port}")  # fmt: skip
-        with serve_on(port, tmp_path, env) as (proc, base):
+        with serve(tmp_path, env, port=port) as (proc, base):
             proxy = f"http://127.0.0.1:{proxy_port}{sim.base_path}"
             with openai.OpenAI(base_url=proxy, api_key="sk-sim", max_retries=0, timeout=30) as client:
                 created = [client.responses.create(model="gpt-5", input=f"task {k}", tools=TOOLS, background=True)
