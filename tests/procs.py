@@ -9,13 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.kit.waits import holds_within
 
 _URL = re.compile(r"url=(http://127\.0\.0\.1:(\d+)\S*)")
 
@@ -59,16 +60,16 @@ def spawn(args: list[str], log_path: Path, env: Mapping[str, str] | None = None)
     return Proc(popen, log_path)
 
 
-def wait_until(predicate: object, timeout: float, what: str, proc: Proc | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if predicate():  # type: ignore[operator]
-                return
-        if proc is not None and proc.popen.poll() is not None:
-            raise AssertionError(f"process exited ({proc.popen.returncode}) while waiting for {what}:\n{proc.output()}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}" + (f":\n{proc.output()}" if proc else ""))
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, proc: Proc | None = None) -> None:
+    """`AssertionError` naming `what` unless `predicate` holds within `timeout` (sooner when `proc` exits)."""
+
+    def alive() -> str | None:
+        if proc is None or proc.popen.poll() is None:
+            return None
+        return f"process exited ({proc.popen.returncode}) while waiting for {what}:\n{proc.output()}"
+
+    if not holds_within(predicate, timeout, alive=alive):
+        raise AssertionError(f"timed out waiting for {what}" + (f":\n{proc.output()}" if proc else ""))
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """CPU per API request: `stepscope serve` against a bare client on the same simulator in the same run, and where
 serve's CPU goes (a profile of its event loop).
 
-Workload (the issue's): the simulator's `steady` scenario with 200 threads and a run every 12 s on each (16.7 runs/s),
+Workload: the simulator's `steady` scenario with 200 threads and a run every 12 s on each (16.7 runs/s),
 its own process on one core; `stepscope serve` with those 200 threads configured, a 1 s poll and spans exported to a
 real OTLP receiver, pinned (`taskset`) to the other core, so that core's CPU is serve's. This process (receiver,
 scrapes) stays on the simulator's core.

@@ -1,7 +1,7 @@
-"""Issue 12's hostile API: `stepscope serve` against one healthy thread and one thread per misbehaviour at once.
+"""A hostile API: `stepscope serve` against one healthy thread and one thread per misbehaviour at once.
 
 One module-scoped run (`hostile`) watches every thread of `HostileApi` for `WINDOW_S` seconds while the test samples
-the process's memory, `/metrics` and `/healthz`; each test then checks one row of the issue's table against what was
+the process's memory, `/metrics` and `/healthz`; each test then checks one misbehaviour against what was
 recorded. Settings are the defaults except a 2 s request deadline (so the trickling body hits it within the window)
 and a 20-page listing cap (so a listing that never ends costs 20 requests a poll instead of 100, and the request
 rate bound stays well clear of the healthy load). The last test runs the CLI against unusable state paths.
@@ -65,8 +65,8 @@ OVERFLOW_LINES = 40  # a family's overflow label sets on top of its budget: a hi
 PEAK_RSS_MB = 200.0
 """About 60 MB at rest plus 16 requests in flight (STEPSCOPE_CONCURRENCY) with an 8 MiB body each; it was 899 MB."""
 REQUESTS_PER_S = 60.0
-"""About twice the steady load here (~30/s: 20 pages a second of the endless listing, polls, discovery); the issue
-saw 180/s and more, forever."""
+"""About twice the steady load here (~30/s: 20 pages a second of the endless listing, polls, discovery); without
+the bounds it was 180/s and more, forever."""
 LISTING_ITEMS = 60
 """Steps per listing of the forever run: ~10 a poll; a listing that restarted at its open first step would return
 100-step pages."""

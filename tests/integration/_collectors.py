@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stepscope.simulator import SimClock, Simulator, SimulatorServer, scenario_named
 from stepscope.testing import ReceivedSpan, decode_request
+from tests.kit.waits import holds_within
 
 TERMINAL_RUN = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})
 DOMAIN_SAMPLES = (
@@ -217,15 +218,8 @@ def mismatches(samples: Samples, want: Expected) -> list[str]:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    """Poll `predicate` every 0.1 s until it holds or `timeout` passes; whether it held."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if predicate():
-                return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
+    """Whether `predicate` held within `timeout` seconds (`tests.kit.waits.holds_within`)."""
+    return holds_within(predicate, timeout)
 
 
 def status(base: str) -> dict[str, Any]:

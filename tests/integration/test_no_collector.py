@@ -2,7 +2,7 @@
 
 Each case runs `serve` as a subprocess against a finite simulator workload, checks that the counters equal the
 simulator's truth while no span can be delivered, then lets a collector on the same address take the backlog and
-checks that every span arrives exactly once while no counter moves. The issue's one-minute outages are shortened to
+checks that every span arrives exactly once while no counter moves. One-minute outages are shortened to
 10 seconds: what matters is that the counters are exact *during* the outage and that the backlog drains after it.
 """
 
@@ -38,7 +38,7 @@ from tests.procs import Proc, serve, spawn, stepscope_cmd
 pytestmark = pytest.mark.slow
 
 RUNS = 8
-OUTAGE_S = 10.0  # the issue's "a minute", shortened
+OUTAGE_S = 10.0  # a minute's outage, shortened
 COUNTED_WITHIN_S = 10.0  # 50 poll intervals of 0.2 s: generous for a shared 2-core box
 DELIVERED_WITHIN_S = 40.0  # export retries back off up to several seconds once the collector is back
 STOPPED_LINE = re.compile(r"stepscope stopped in [0-9.]+ ?s: (\d+) span\(s\) kept in the backlog for the next start")

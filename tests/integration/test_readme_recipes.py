@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from stepscope.testing import OtlpReceiver
+from tests.kit.waits import holds_within
 from tests.procs import free_port
 
 pytestmark = pytest.mark.slow
@@ -89,17 +89,14 @@ class Terminals:
 
     def wait_for(self, what: str, probe: Callable[[], object]) -> None:
         """Poll ``probe`` until it is truthy; fail with every shell's output when a shell dies or time runs out."""
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:
+
+        def alive() -> str | None:
             if any(s.popen.poll() is not None for s in self.shells):
-                pytest.fail(f"a recipe's process exited while waiting for {what}\n{self.logs()}")
-            try:
-                if probe():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"timed out waiting for {what}\n{self.logs()}")
+                return f"a recipe's process exited while waiting for {what}\n{self.logs()}"
+            return None
+
+        if not holds_within(probe, DEADLINE_S, every=0.2, alive=alive):
+            pytest.fail(f"timed out waiting for {what}\n{self.logs()}")
 
     def close(self) -> None:
         """Stop every shell, last started first; idempotent."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.kit.waits import holds_within
 from tests.ops.test_deploy_common import COMPOSE_FILE, DEPLOY, load_yaml
 
 pytestmark = pytest.mark.slow
@@ -58,13 +59,16 @@ def localise(command: list[str], replacements: dict[str, str]) -> list[str]:
 
 def wait_until_ok(command: list[str], env: dict[str, str], process: subprocess.Popen[bytes]) -> None:
     """Run a health-check command until it exits 0; fail early if the checked process died."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"process exited with {process.returncode} before becoming healthy"
-        if subprocess.run(command, env=env, capture_output=True, timeout=10, check=False).returncode == 0:
-            return
-        time.sleep(0.3)
-    pytest.fail(f"health check never passed: {command}")
+
+    def healthy() -> bool:
+        return subprocess.run(command, env=env, capture_output=True, timeout=10, check=False).returncode == 0
+
+    def alive() -> str | None:
+        exited = process.poll()
+        return None if exited is None else f"process exited with {exited} before becoming healthy"
+
+    if not holds_within(healthy, START_TIMEOUT_S, every=0.3, alive=alive):
+        pytest.fail(f"health check never passed: {command}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:

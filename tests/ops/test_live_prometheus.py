@@ -24,6 +24,7 @@ import yaml
 from stepscope.contract import dashboards
 from tests.kit.contract import REPO
 from tests.kit.processes import ProcessGroup
+from tests.kit.waits import holds_within
 from tests.procs import free_port as pick_free_port
 
 pytestmark = pytest.mark.slow
@@ -55,19 +56,20 @@ class Stack:
 
     def wait_for(self, what: str, probe: Callable[[], T | None], timeout: float = DEADLINE_S) -> T:
         """Poll ``probe`` until it returns something truthy; fail with every process' log otherwise."""
-        deadline, last_error = time.monotonic() + timeout, ""
-        while time.monotonic() < deadline:
+        found: list[T | None] = [None]
+
+        def holds() -> bool:
+            found[0] = probe()
+            return bool(found[0])
+
+        def alive() -> str | None:
             dead = [p.name for p in self.group.started if not p.running()]
-            if dead:
-                pytest.fail(f"{dead} exited while waiting for {what}\n{self.group.logs()}")
-            try:
-                value = probe()
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
-                value, last_error = None, repr(exc)
-            if value:
-                return value
-            time.sleep(0.5)
-        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} {last_error}\n{self.group.logs()}")
+            return f"{dead} exited while waiting for {what}\n{self.group.logs()}" if dead else None
+
+        errors = (httpx.HTTPError, ValueError, KeyError)
+        if not holds_within(holds, timeout, every=0.5, alive=alive, ignoring=errors) or found[0] is None:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{self.group.logs()}")
+        return found[0]
 
     def api(self, path: str, **params: Any) -> Any:
         response = self.client.get(f"{self.prometheus}/api/v1/{path}", params=params)

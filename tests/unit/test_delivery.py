@@ -27,6 +27,7 @@ from stepscope.protocols.assistants.mapper import AssistantsMapper
 from stepscope.protocols.assistants.records import Run, RunStep, Usage
 from stepscope.testing import OtlpReceiver, RecordingMetricSink, RecordingSpanExporter
 from tests.kit.samples import make_run, make_step
+from tests.kit.waits import holds_within
 
 pytestmark = pytest.mark.anyio
 
@@ -54,11 +55,7 @@ def spec(i: int, **kw: object) -> SpanSpec:
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+    assert holds_within(predicate, timeout, every=0.005), f"timed out waiting for {what}"
 
 
 class HangingExporter(SpanExporter):

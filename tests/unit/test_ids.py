@@ -39,7 +39,7 @@ class TestDerivedIds:
         ]
         assert len(set(ids)) == len(ids)
         assert all(0 < value < 2**64 for value in ids)
-        assert span_id_for("step", "x") == span_id_for("step", "x")
+        assert span_id_for("step", "x") == 0xC7A29522316D5B2E  # the same in every process: a re-export is a duplicate
 
     @given(st.text(min_size=1, max_size=40))
     def test_ids_never_zero(self, text: str) -> None:

@@ -129,7 +129,9 @@ class TestTurnSpan:
 
     def test_ids_are_deterministic_and_apart_from_runs(self) -> None:
         """The same turn always yields the same ids, and a turn's trace id never equals a run's with the same id."""
-        assert turn_span(TURN, CTX, options=OFF) == turn_span(TURN, CTX, options=OFF)
+        span = turn_span(TURN, CTX, options=OFF)
+        assert (span.trace_id, span.span_id) == (trace_id_for_turn("turn_1"), turn_span_id("turn_1"))
+        assert trace_id_for_turn("turn_1") == 0x285FD95C2BD6AD9FB324F130DADE33EA
         assert trace_id_for_turn("x") != trace_id_for_run("x")
         assert trace_id_for_turn("turn_1") != trace_id_for_turn("turn_2")
 

@@ -46,6 +46,7 @@ from stepscope.protocols.assistants.observations import step_observations
 from stepscope.protocols.assistants.records import Usage
 from tests.kit.fakes import Counters
 from tests.kit.samples import make_run, make_step
+from tests.kit.waits import holds_within
 
 pytestmark = pytest.mark.anyio
 RESOURCE = Resource.create({"service.name": "stepscope-test"})
@@ -243,12 +244,7 @@ def _points(reader: InMemoryMetricReader) -> list[tuple[str, dict[str, Any], Any
 
 
 def _wait(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
+    return holds_within(predicate, timeout, every=0.01)
 
 
 def _token_labels(token_type: str) -> dict[str, str]:

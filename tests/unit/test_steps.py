@@ -3,7 +3,6 @@ prefix, bounded and error-tolerant."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -286,9 +285,10 @@ async def test_rate_limit_delays_the_run(store: SqliteStore) -> None:
         poller.track(REF)
         await eventually(lambda: poller.api.state == "rate_limited")
         clock.advance(0.29)
-        # The loop sleeps on real time until the due time it computed (0.3 s) and then re-reads the clock, so wait
-        # past that: whatever the load, the run is not due at 0.29 on the poller's clock.
-        await asyncio.sleep(0.4)
+        # Tracking another run wakes the loop, which re-reads the clock: at 0.29 the rate-limited run is not due.
+        source.put_run(make_run(id="run_2", thread_id="thread_2", status="queued"))
+        poller.track(UnitRef("thread_2", "run_2"))
+        await eventually(lambda: "get_run run_2" in source.calls)
         assert source.calls.count("get_run run_1") == 1
         clock.advance(0.02)
         await eventually(lambda: source.calls.count("get_run run_1") == 2)
