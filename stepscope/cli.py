@@ -4,26 +4,31 @@ The only module that calls `sys.exit`. Exit codes: 0 success, 1 runtime failure,
 Every failure an operator can cause prints plain lines on stderr, never a traceback: a bad flag value is one
 `stepscope CMD: error: argument --flag: reason (see ...)` line; a `ConfigError` (bad settings, an address that
 cannot be bound) is one `stepscope: <problem>` line per problem; any other stepscope or OS error is one line too.
+A `STEPSCOPE_*` variable that names no setting is one warning line, with the nearest known name, from every command
+that reads the configuration.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from stepscope import __version__
-from stepscope.commands.flags import CAPTURE_CONTENT, COMMAND_FLAGS, SETTING_FLAGS
+from stepscope.commands.flags import CAPTURE_CONTENT, COMMAND_FLAGS, CONTAINER_FLAGS, SETTING_FLAGS
 from stepscope.commands.logs import setup_logging
-from stepscope.config import SETTINGS_BY_PATH, Config, env_help, load
+from stepscope.config import SETTINGS_BY_PATH, Config, env_help, load, shown, unknown_env
 from stepscope.config.values import OBJECT_ID, parse_duration
 from stepscope.errors import ConfigError, StepscopeError
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+log = logging.getLogger("stepscope")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
@@ -41,8 +46,22 @@ def _add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error: the reason and where to find the usage, not the usage itself.
 
-    Subcommand parsers inherit the class, so `stepscope simulate --speed -1` fails the same way.
+    Subcommand parsers inherit the class, so `stepscope simulate --speed -1` fails the same way. `arguments` holds
+    what `add_argument` made, in order; a parser made with `commands=` enters itself there under its command line
+    (`stepscope demo`), so the root's `commands` lists every subcommand (the help tests read both).
     """
+
+    def __init__(self, *args: Any, commands: dict[str, _Parser] | None = None, **kwargs: Any) -> None:
+        self.arguments: list[argparse.Action] = []  # before argparse's own __init__, which adds --help
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*args, **kwargs)
+        if commands is not None:
+            commands[self.prog] = self
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.arguments.append(action)
+        return action
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
@@ -109,52 +128,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"stepscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command = functools.partial(sub.add_parser, commands=parser.commands)
 
-    serve = sub.add_parser("serve", help="run the sidecar: poll runs, export spans and metrics")
+    serve = command("serve", help="run the sidecar: poll runs, export spans and metrics")
     _add_setting_flags(serve, "serve")
 
-    demo = sub.add_parser("demo", help="the simulator plus the bridge, with a live terminal view")
+    demo = command("demo", help="the simulator plus the bridge, with a live terminal view")
     positive = simulator_cli.number(float, above=0)
     demo.add_argument("--duration", type=positive, metavar="SECONDS", help="stop after this many seconds")
     demo.add_argument("--listen", type=_listen_arg, default="127.0.0.1:9464",
                       help="where /metrics is served (default %(default)s)")  # fmt: skip
     demo.add_argument("--speed", type=positive, default=10.0, help="simulated seconds per real second")
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=int, default=7,
+                      help="workload seed: the same seed gives the same workload (default %(default)s)")  # fmt: skip
     demo.add_argument("--scenario", default="lively", choices=sorted(SCENARIOS), help="workload preset")
     demo.add_argument("--protocol", default="assistants", choices=protocol_choices(),
                       help="the simulated API the demo reads (default %(default)s)")  # fmt: skip
     demo.add_argument("--no-view", action="store_true", help="plain log lines instead of the live view")
     demo.add_argument("--svg", type=_output_file_arg, metavar="FILE", help="save the final frame of the view as SVG")
 
-    simulate = sub.add_parser("simulate", help="run the Assistants v2 simulator on its own")
+    simulate = command("simulate", help="run the Assistants v2 simulator on its own")
     simulator_cli.add_arguments(simulate)
 
-    inspect = sub.add_parser("inspect", help="a waterfall of one run (turn, response) and what it is made of")
+    inspect = command("inspect", help="a waterfall of one run (turn, response) and what it is made of")
     inspect.add_argument("unit_id", type=_unit_arg, metavar="ID",
                          help="the run, turn or response id (run_..., turn_..., resp_...)")  # fmt: skip
-    inspect.add_argument("--thread", "--session", dest="container", type=_unit_arg, metavar="ID",
+    inspect.add_argument(*CONTAINER_FLAGS, dest="container", type=_unit_arg, metavar="ID",
                          help="the run's thread (Assistants) or the turn's session (Agents API)")  # fmt: skip
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     _add_setting_flags(inspect, "inspect")
 
-    backfill = sub.add_parser("backfill", help="export a thread's finished runs once and exit")
+    backfill = command("backfill", help="export a thread's finished runs once and exit")
     backfill.add_argument("--thread", type=_thread_arg, action="append", required=True, metavar="THREAD_ID",
-                          dest="backfill_threads")  # fmt: skip
+                          dest="backfill_threads", help="a thread whose runs to export (repeat it)")  # fmt: skip
     backfill.add_argument("--since", type=_duration_arg, default="24h",
                           help="how far back, e.g. 2h or 7d (default %(default)s)")  # fmt: skip
     _add_setting_flags(backfill, "backfill")
 
-    config = sub.add_parser("config", help="configuration tools")
+    config = command("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    check = config_sub.add_parser("check", help="validate the configuration and print the effective values")
+    config_command = functools.partial(config_sub.add_parser, commands=parser.commands)
+    check = config_command("check", help="validate the configuration and print the effective values")
     _add_setting_flags(check, "check")
 
-    dashboards = sub.add_parser("dashboards", help="render the Grafana dashboards")
+    dashboards = command("dashboards", help="render the Grafana dashboards")
     group = dashboards.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", metavar="DIR", help="write dashboard JSON files into DIR")
     group.add_argument("--check", metavar="DIR", help="exit 1 if DIR differs from the generated dashboards")
 
-    rules = sub.add_parser("rules", help="render the Prometheus rules file and the PrometheusRule manifest")
+    rules = command("rules", help="render the Prometheus rules file and the PrometheusRule manifest")
     group = rules.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", metavar="DIR", help="write DIR/prometheus/stepscope.rules.yml and the manifest")
     group.add_argument("--check", metavar="DIR", help="exit 1 if the files under DIR differ from the generated ones")
@@ -167,8 +189,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace, env: Mapping[str, str], extra: Mapping[str, str] | None = None) -> Config:
-    return load(env=env, file=args.config, overrides={**_overrides(args), **(extra or {})})
+def _load(
+    args: argparse.Namespace, env: Mapping[str, str], extra: Mapping[str, str] | None = None, *, logs: bool = False
+) -> Config:
+    """The configuration, with a warning line per unknown `STEPSCOPE_*` variable first. With `logs` (serve,
+    backfill) logging is set up from the configuration and the warnings go through it, in its format; otherwise,
+    or when the configuration is invalid, they are plain `stepscope: warning:` lines before the problems."""
+    unknown = unknown_env(env)
+    try:
+        config = load(env=env, file=args.config, overrides={**_overrides(args), **(extra or {})})
+    except ConfigError:
+        _print_warnings(unknown)
+        raise
+    if not logs:
+        _print_warnings(unknown)
+        return config
+    setup_logging(config.log_level, config.log_format)
+    for warning in unknown:
+        log.warning("%s", warning)
+    return config
+
+
+def _print_warnings(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"stepscope: warning: {warning}", file=sys.stderr)
 
 
 def _print_problems(exc: ConfigError) -> None:
@@ -196,8 +240,8 @@ def run(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None)
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"stepscope: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handlers were in place: the shell's convention
+        return EXIT_INTERRUPTED
 
 
 def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -217,10 +261,13 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return asyncio.run(run_demo(args, env))
     if command == "config":
         config = _load(args, env)
-        width = max(len(k) for k in config.summary())
-        for key, value in config.summary().items():
+        values = shown(config)
+        width = max(len(k) for k in values)
+        for key, value in values.items():
             print(f"{key:<{width}}  {value}")
-        print("configuration OK", file=sys.stderr)
+        unknown = len(unknown_env(env))
+        ignored = f"; {unknown} unknown STEPSCOPE_* variable(s) ignored (see the warnings above)" if unknown else ""
+        print(f"configuration OK{ignored}", file=sys.stderr)
         return EXIT_OK
     if command == "inspect":
         from stepscope.commands.inspect import inspect_unit  # noqa: PLC0415
@@ -231,14 +278,12 @@ def _dispatch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from stepscope.commands.backfill import run_backfill  # noqa: PLC0415
 
         threads = ",".join(args.backfill_threads)
-        config = _load(args, env, {"poll.threads": threads, "poll.lookback": args.since})
-        setup_logging(config.log_level, config.log_format)
+        config = _load(args, env, {"poll.threads": threads, "poll.lookback": args.since}, logs=True)
         return asyncio.run(run_backfill(config))
     # serve
     from stepscope.commands.sidecar import run_sidecar  # noqa: PLC0415
 
-    config = _load(args, env)
-    setup_logging(config.log_level, config.log_format)
+    config = _load(args, env, logs=True)
     return asyncio.run(run_sidecar(config))
 
 

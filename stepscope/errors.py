@@ -11,6 +11,7 @@ StepscopeError
 │   └── FatalSourceError     retrying the same request cannot help
 │       ├── AuthError        401/403: the credential is wrong; stop polling until it changes
 │       ├── NotFound         404: the thread or run is gone; forget it
+│       │   └── UnknownRoute 404 for the path itself: the base URL does not serve this API; fix it, forget nothing
 │       └── BadRequest       other 4xx: our request is wrong for this server
 ├── InvalidObject            one API object could not be parsed; it is counted and skipped
 └── StoreError               the checkpoint store could not be read or written
@@ -98,7 +99,22 @@ class AuthError(FatalSourceError):
 
 
 class NotFound(FatalSourceError):
-    """404: the thread, run or step does not exist (any more)."""
+    """404: the thread, run or step does not exist (any more); or, as `UnknownRoute`, the path itself is unknown."""
+
+
+class UnknownRoute(NotFound):
+    """A 404 for a path the server does not serve at all, told apart from a missing object by its body: the base URL
+    is wrong (no `/v1`, another server, another API), so nothing the path names may be forgotten for it.
+
+    `request` is the method and path below the base URL (`GET /assistants/asst_x`); `evidence` is what showed it in
+    a few words (`Invalid URL`, `an HTML page`, the start of a body without an API error). A `NotFound` of its own,
+    so code that only knows 404s treats it as before.
+    """
+
+    def __init__(self, message: str, *, request: str, evidence: str, **context: object) -> None:
+        super().__init__(message, **context)  # type: ignore[arg-type]
+        self.request = request
+        self.evidence = evidence
 
 
 class BadRequest(FatalSourceError):
@@ -130,3 +146,8 @@ class UnitAbandoned(StepscopeError):
 
 class StoreError(StepscopeError):
     """The checkpoint store could not be opened, read or written."""
+
+
+def reason_of(error: BaseException) -> str:
+    """An error's message for a log line, or its type's name when the message is empty (`ReadTimeout`)."""
+    return str(error) or type(error).__name__

@@ -14,15 +14,26 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from stepscope.errors import AuthError, BadRequest, NotFound, RateLimited, SourceError, Unavailable
+from stepscope.errors import AuthError, BadRequest, NotFound, RateLimited, SourceError, Unavailable, UnknownRoute
 
 MESSAGE_LIMIT = 200
 """Characters of the server's `error.message` (or a transport problem) kept in an exception's message."""
+ROUTE_MARKERS = ("invalid url", "unknown request url", "resource not found")
+"""How OpenAI-style servers begin the `error.message` of a 404 for a path they do not serve: OpenAI and the
+simulator `Invalid URL (GET /path)`, OpenAI's newer `Unknown request URL: GET /path. ...`, Azure `Resource not
+found` (an unknown path, deployment or api-version). Compared in lower case."""
+_EVIDENCE_LIMIT = 60
 
 
-def status_error(status: int, message: str, retry_after: float | None, ctx: dict[str, Any]) -> SourceError:
+def status_error(
+    status: int, message: str, retry_after: float | None, ctx: dict[str, Any], *, route: tuple[str, str] | None = None
+) -> SourceError:
+    """The exception for an HTTP error status; `route` is `(request, evidence)` when a 404 is for the path itself
+    (`unknown_route`), which makes it an `UnknownRoute`."""
     if status in (401, 403):
         return AuthError(message, status_code=status, **ctx)
+    if status == 404 and route is not None:
+        return UnknownRoute(message, request=route[0], evidence=route[1], status_code=status, **ctx)
     if status == 404:
         return NotFound(message, status_code=status, **ctx)
     if status == 429:
@@ -93,6 +104,43 @@ def server_message(content: bytes | bytearray | None) -> str:
     if isinstance(code, str) and code:
         text = f"{text} ({code})" if text else code
     return text
+
+
+def unknown_route(content: bytes | bytearray | None, secrets: tuple[str, ...] = ()) -> str | None:
+    """What shows that a 404 is for the path itself rather than for an object the path names, in a few words; None
+    when the body is an API error, which is how a missing object is answered.
+
+    OpenAI-style servers (the simulator too) answer a missing object with `{"error": {"message": "No thread found
+    with id ..."}}`. Anything else is a route the server does not have: an `error.message` starting with one of
+    `ROUTE_MARKERS` (or `error.code` `unknown_url`), a JSON body without an `error.message` (a web framework's
+    `{"detail": "Not Found"}`), or no JSON at all (a web server's HTML page, a line of text, an empty body). Text
+    quoted from the body has `secrets` redacted before it is cut short.
+    """
+    if content is None:
+        return "a body too large for an API error"
+    text = bytes(content).decode("utf-8", "replace").strip()
+    if not text:
+        return "an empty body"
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return "an HTML page" if text.startswith("<") else _snippet(redact(text, secrets))
+    err = body.get("error") if isinstance(body, dict) else None
+    message = err.get("message") if isinstance(err, dict) else None
+    if not isinstance(message, str) or not message.strip():
+        return _snippet(redact(text, secrets))
+    lowered = message.strip().lower()
+    for marker in ROUTE_MARKERS:
+        if lowered.startswith(marker):
+            return message.strip()[: len(marker)]
+    if isinstance(err, dict) and err.get("code") == "unknown_url":
+        return _snippet(redact(message, secrets))
+    return None
+
+
+def _snippet(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= _EVIDENCE_LIMIT else line[: _EVIDENCE_LIMIT - 3] + "..."
 
 
 def secrets_of(auth_headers: Mapping[str, str]) -> tuple[str, ...]:

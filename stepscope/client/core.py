@@ -8,7 +8,9 @@ endpoints, builds paths and picks parsers.
 
 HTTP outcome -> exception, after retries for the retried ones (`x-should-retry: true|false` overrides):
 401/403 `AuthError`, 404 `NotFound`, other 3xx/4xx `BadRequest` (none retried); 429 `RateLimited`; 408, 409,
-5xx, transport errors, timeouts and unreadable bodies `Unavailable` (all retried).
+5xx, transport errors, timeouts and unreadable bodies `Unavailable` (all retried). A 404 whose body is not an API
+error naming a missing object (`Invalid URL (GET /...)`, an HTML page; `answers.unknown_route`) is `UnknownRoute`,
+a `NotFound` for the path itself: the base URL does not serve this API.
 
 Every read is bounded, so a hostile or broken server costs a known amount of memory and time: a body is read
 while streaming up to `max_body` bytes (after decompression) and abandoned past it (`LimitExceeded`
@@ -52,6 +54,7 @@ from stepscope.client.answers import (
     size_text,
     status_error,
     strip_userinfo,
+    unknown_route,
 )
 from stepscope.client.auth import Auth
 from stepscope.client.parsing import Page
@@ -369,7 +372,10 @@ class RequestCore:
         said = redact(server_message(content), secrets)
         if said:
             message += f": {said}"
-        error = status_error(status, message, retry_after, ctx)
+        route = None
+        if status == 404 and (evidence := unknown_route(content, secrets)) is not None:
+            route = (f"GET /{path}", evidence)
+        error = status_error(status, message, retry_after, ctx, route=route)
         if status == 401:
             self.auth.invalidate()
         return _Outcome(

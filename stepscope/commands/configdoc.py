@@ -21,7 +21,7 @@ from typing import Any
 
 from stepscope.commands.flags import CAPTURE_CONTENT, SETTING_FLAGS
 from stepscope.config import SETTINGS, Config, Setting
-from stepscope.config.values import parse_duration, parse_size
+from stepscope.config.values import duration_text, parse_duration, parse_size, size_text
 
 # Defaults that are not a plain value: `None` meaning "derived" or "the SDK's own", and the two-field shard.
 DEFAULT_TEXT = {
@@ -99,8 +99,10 @@ stepscope/config/settings.py. Do not edit by hand. -->
 # Configuration
 
 Precedence: command-line flags > environment > TOML file (`--config FILE`) > defaults. Every problem is reported at
-once, each naming its setting, and the process exits 2. `stepscope config check` prints the effective values with
-secrets redacted; `serve` logs the same summary at start-up.
+once, each naming its setting, and the process exits 2. `stepscope config check` prints the effective values as
+they are written, with secrets redacted; `serve` logs the same summary at start-up. A `STEPSCOPE_*` variable that
+names no setting is ignored with a warning naming the nearest setting (`STEPSCOPE_POLL_INTERVALL`: did you mean
+`STEPSCOPE_POLL_INTERVAL`?).
 
 Durations accept `250ms`, `30s`, `5m`, `1h`, `2d` or plain seconds. Sizes accept `65536`, `512KiB`, `8MiB` or `1MB`.
 """
@@ -136,20 +138,6 @@ def _default_value(path: str) -> Any:
     raise KeyError(path)
 
 
-def _seconds(value: float) -> str:
-    for unit, size in (("h", 3600), ("m", 60)):
-        if value >= size and value % size == 0:
-            return f"{int(value // size)}{unit}"
-    return f"{value:g}s" if value >= 1 else f"{value * 1000:g}ms"
-
-
-def _bytes(value: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if value % size == 0:
-            return f"{value // size}{unit}"
-    return str(value)
-
-
 def default_text(setting: Setting) -> str:
     """The default as a reader would type it: `30s`, `8MiB`, `500000`, or a sentence for derived defaults."""
     if setting.path in DEFAULT_TEXT:
@@ -158,9 +146,9 @@ def default_text(setting: Setting) -> str:
     if value is None or value in ((), ""):
         return "none"
     if setting.parse is parse_size:
-        return f"`{_bytes(int(value))}`"
+        return f"`{size_text(int(value))}`"
     if isinstance(value, float) and _is_duration(setting):
-        return f"`{_seconds(value)}`"
+        return f"`{duration_text(value)}`"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, float) and value.is_integer():

@@ -32,3 +32,6 @@ COMMAND_FLAGS: dict[str, tuple[str, ...]] = {
     "inspect": ("--base-url", "--protocol", "--flavor"),
 }
 """The setting flags each command takes (`check` is `config check`)."""
+CONTAINER_FLAGS = ("--thread", "--session")
+"""`inspect`'s flags for the container of the unit it reads: one option under the name of each protocol's
+container (`ProtocolFactory.container`)."""

@@ -8,9 +8,10 @@ The standard `OTEL_*` variables are read here too, so the exporters never touch 
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from stepscope.config.values import (
     Secret,
     agent_ids,
     choice,
+    duration_text,
     enum_choice,
     foundry_project_id,
     listen_address,
@@ -34,6 +36,7 @@ from stepscope.config.values import (
     redact_url,
     secret,
     shard,
+    size_text,
     stripped,
     thread_ids,
     webhook_secret,
@@ -165,19 +168,11 @@ class Config:
     log_format: str = "text"
 
     def summary(self) -> dict[str, Any]:
-        """The effective settings as a flat dict with secrets redacted, for the start-up log line."""
-        out: dict[str, Any] = {}
-        for section in ("api", "poll", "export", "server"):
-            obj = getattr(self, section)
-            for f in fields(obj):
-                value = getattr(obj, f.name)
-                if isinstance(value, Secret):
-                    value = "***" if value else ""
-                elif isinstance(value, str):
-                    value = redact_url(value)
-                out[f"{section}.{f.name}"] = value
-        out.update(state=self.state, log_level=self.log_level, log_format=self.log_format)
+        """The effective settings for the start-up log line: `shown()`, but thread and agent ids counted, not
+        listed (there may be thousands)."""
+        out: dict[str, Any] = shown(self)
         out["poll.threads"] = len(self.poll.threads)
+        out["poll.agents"] = len(self.poll.agents)
         return out
 
 
@@ -273,6 +268,61 @@ SETTINGS_BY_PATH = {s.path: s for s in SETTINGS}
 ENV_SHARD_INDEX = "STEPSCOPE_SHARD_INDEX"
 ENV_SHARD_COUNT = "STEPSCOPE_SHARD_COUNT"
 ENV_TRACES_PROTOCOL = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+
+
+ENV_PREFIX = "STEPSCOPE_"
+OTHER_ENV = ("STEPSCOPE_SIM_WEBHOOK_SECRET",)
+"""`STEPSCOPE_*` variables that are no setting but are read elsewhere (`stepscope simulate`): never warned about."""
+KNOWN_ENV = frozenset({s.env for s in SETTINGS} | {ENV_SHARD_INDEX, ENV_SHARD_COUNT, *OTHER_ENV})
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """One warning per `STEPSCOPE_*` variable of `env` that stepscope does not read, sorted, each with the nearest
+    known name: `STEPSCOPE_POLL_INTERVALL is not a stepscope setting and is ignored; did you mean
+    STEPSCOPE_POLL_INTERVAL?`. Values are never shown (one may be a secret)."""
+    # Compared without the prefix, which every name shares and would make any two look alike.
+    known = {n.removeprefix(ENV_PREFIX): n for n in sorted(KNOWN_ENV)}
+    warnings = []
+    for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in KNOWN_ENV):
+        nearest = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), list(known), n=1, cutoff=0.6)
+        hint = f"did you mean {known[nearest[0]]}?" if nearest else "`stepscope --help` lists every setting"
+        warnings.append(f"{name} is not a stepscope setting and is ignored; {hint}")
+    return warnings
+
+
+def shown(config: Config) -> dict[str, str]:
+    """Every setting's effective value, keyed by its path, as a user writes it: durations `1s`, `4s`, `1h`, sizes
+    `8MiB`, lists comma-separated, the shard `0/1`, secrets `***`, URLs without their userinfo; `none` when unset.
+    `poll.max_interval` shows the interval in force (4 x `poll.interval` unless set)."""
+    out: dict[str, str] = {}
+    for setting in SETTINGS:
+        if setting.path == "poll.shard":
+            out[setting.path] = f"{config.poll.shard_index}/{config.poll.shard_count}"
+            continue
+        section, _, name = setting.path.rpartition(".")
+        value = getattr(getattr(config, section) if section else config, name)
+        if setting.path == "poll.max_interval":
+            value = config.poll.slow_interval
+        out[setting.path] = _text(setting, value)
+    return out
+
+
+def _text(setting: Setting, value: Any) -> str:
+    if isinstance(value, Secret):
+        return "***" if value else "none"
+    if value is None or value in ("", ()):
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if setting.parse in (parse_duration, positive_duration):
+        return duration_text(float(value))
+    if setting.parse is parse_size:
+        return size_text(int(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    return redact_url(str(value))
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

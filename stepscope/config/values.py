@@ -71,6 +71,22 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+def duration_text(seconds: float) -> str:
+    """A duration as a user writes it: `24h`, `5m`, `30s`, `1.5s`, `250ms`."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s" if seconds >= 1 or seconds == 0 else f"{seconds * 1000:g}ms"
+
+
+def size_text(n: int) -> str:
+    """A size as a user writes it: `8MiB`, `16KiB`, `1000` (bytes)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
 def positive_duration(text: str) -> float:
     """A duration > 0 seconds."""
     value = parse_duration(text)

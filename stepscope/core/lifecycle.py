@@ -4,9 +4,11 @@ A `Component` has two methods: `start()` returns quickly (it launches tasks or t
 and `stop(budget_s)` stops intake, flushes what it can within `budget_s` seconds and releases what it holds; `stop`
 is idempotent and safe without `start`. `Lifecycle(components)` starts them in list order; when one fails, the
 ones already started are stopped in reverse, within `ROLLBACK_BUDGET_S`, before the error propagates, so a
-half-started process leaves nothing running. `stop(budget_s)` stops every started component in reverse order, each
-within what is left of the budget (at least `MIN_STAGE_S`, so a slow early stop never leaves a later one nothing),
-and never raises: a stop that raises is logged and the others still stop.
+half-started process leaves nothing running. A start given a `stopping` predicate (a signal arrived) starts no
+component once it holds and returns early (`interrupted`), leaving those started to `stop`. `stop(budget_s)` stops
+every started component in reverse order, each within what is left of the budget (at least `MIN_STAGE_S`, so a slow
+early stop never leaves a later one nothing), and never raises: a stop that raises is logged and the others still
+stop.
 """
 
 from __future__ import annotations
@@ -48,15 +50,25 @@ class Lifecycle:
         self._monotonic = monotonic
         self._started: list[Component] = []
         self._stopped = False
+        self._interrupted = False
 
     @property
     def started(self) -> bool:
         """Every component started, and no stop yet."""
         return len(self._started) == len(self._components) and not self._stopped
 
-    async def start(self) -> None:
-        """Start every component in order; on a failure stop those started (in reverse), then re-raise."""
+    @property
+    def interrupted(self) -> bool:
+        """The last `start` returned early because `stopping()` held: not every component started."""
+        return self._interrupted
+
+    async def start(self, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Start every component in order; on a failure stop those started (in reverse), then re-raise. Once
+        `stopping()` holds, start no more and return (`interrupted`)."""
         for component in self._components:
+            if stopping():
+                self._interrupted = True
+                return
             try:
                 await component.start()
             except BaseException:

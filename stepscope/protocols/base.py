@@ -10,7 +10,8 @@ The instance provides, in the order the engine wires them:
 3. `finders(settings, seams)`: how units are found once the poller exists, as `Finders`: a discovery (a
    component), and optionally what it makes of traffic through the proxy, `/v1/watch` registrations and verified
    webhook events, plus components of its own;
-4. `probe()` for the start-up credential check, `inspect()` for `stepscope inspect`.
+4. `probe()` for the start-up credential check (`wrong_base_url` words its error for a base URL that does not
+   serve the protocol), `inspect()` for `stepscope inspect`.
 
 Everything crossing this seam is typed here or in `stepscope.core.records`; the receivers (HTTP surface, proxy)
 and the commands use these types and nothing of a protocol's package.
@@ -25,11 +26,12 @@ from typing import Any, Protocol
 from stepscope.client.connect import ApiConnection
 from stepscope.client.core import CoreOptions
 from stepscope.config import Config
+from stepscope.config.values import redact_url
 from stepscope.core.discovery import DiscoverySeams, DiscoverySettings
 from stepscope.core.lifecycle import Component
 from stepscope.core.poller import PollSchedule
 from stepscope.core.records import Committer, Drops, KnownLabels, Mapper, SpanSpec, UnitReader
-from stepscope.errors import StepscopeError
+from stepscope.errors import ConfigError, StepscopeError, UnknownRoute
 
 
 class RegistrationFull(StepscopeError):
@@ -153,8 +155,9 @@ class ProtocolInstance(Protocol):
     def finders(self, settings: DiscoverySettings, seams: DiscoverySeams) -> Finders: ...
 
     async def probe(self) -> None:
-        """One cheap authenticated request: raises `AuthError` when the credential is refused, another
-        `SourceError` when the API cannot say; returns when the credential was accepted."""
+        """One cheap authenticated request: raises `AuthError` when the credential is refused, `ConfigError`
+        (`wrong_base_url`) when the base URL does not serve the protocol, another `SourceError` when the API cannot
+        say; returns when the credential was accepted (a 404 for the made-up object it asks for is that answer)."""
         ...
 
     async def inspect(self, unit_id: str, container_id: str | None) -> Sequence[SpanSpec]:
@@ -188,6 +191,12 @@ class ProtocolFactory(Protocol):
         ...
 
     @property
+    def container(self) -> str | None:
+        """What a unit's container is called where a command must be told it (`stepscope inspect --thread`):
+        `thread`, `session`; None when a unit is read by its id alone."""
+        ...
+
+    @property
     def labels(self) -> KnownLabels:
         """The protocol's known label values, fan-outs and start-up series (see `KnownLabels`)."""
         ...
@@ -212,3 +221,20 @@ class ProtocolFactory(Protocol):
         ...
 
     def open(self, context: ApiContext) -> ProtocolInstance: ...
+
+
+def wrong_base_url(base_url: str, api_name: str, error: UnknownRoute, hint: str) -> ConfigError:
+    """The start-up error for a base URL that does not serve `api_name`, naming the setting to fix, the request, what
+    answered it, and `hint` (where the protocol's base URL usually ends):
+    `OPENAI_BASE_URL (api.base_url): http://host:8089 does not serve the Assistants API (GET /assistants/asst_x
+    answered 404 Invalid URL); the base URL usually ends in /v1`."""
+    answer = f"{error.request} answered 404 {error.evidence}"
+    return ConfigError([f"OPENAI_BASE_URL (api.base_url): {redact_url(base_url)} does not serve the {api_name} "
+                        f"({answer}); {hint}"])  # fmt: skip
+
+
+def v1_hint(base_url: str, api_name: str) -> str:
+    """`wrong_base_url`'s hint for an API served under `/v1` (OpenAI's and OpenAI-compatible servers')."""
+    if base_url.rstrip("/").endswith("/v1"):
+        return f"it ends in /v1 already: is it a server of the {api_name}?"
+    return "the base URL usually ends in /v1"

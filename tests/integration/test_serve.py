@@ -108,14 +108,15 @@ def test_config_check_prints_effective_values() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert re.search(r"poll.interval\s+2.0", result.stdout)
-    assert re.search(r"poll.lookback\s+1800.0", result.stdout)
+    assert re.search(r"poll.interval\s+2s\n", result.stdout)
+    assert re.search(r"poll.lookback\s+30m\n", result.stdout)
     assert "sk-verysecret" not in result.stdout + result.stderr
     assert re.search(r"api.api_key\s+\*\*\*", result.stdout)
 
 
 def test_demo_and_inspect(tmp_path: Path) -> None:
-    """demo runs for its duration and reports exported steps; inspect draws a finished run's waterfall."""
+    """demo runs for its duration and reports exported steps; inspect draws a finished run's waterfall, piped in 80
+    columns with every column."""
     result = subprocess.run(
         stepscope_cmd("demo", "--duration", "6", "--no-view", "--listen", "127.0.0.1:0"),
         capture_output=True, text=True, timeout=60, check=False,
@@ -140,6 +141,9 @@ def test_demo_and_inspect(tmp_path: Path) -> None:
         assert text.returncode == 0, text.stderr
         assert "invoke_agent" in text.stdout
         assert "completed" in text.stdout
+        lines = text.stdout.splitlines()  # piped: 80 columns, every column still there
+        assert max(len(line) for line in lines) <= 80, text.stdout
+        assert any(re.match(r"span\s+status\s+start\s+took\s+tokens in/out\s+0s", line) for line in lines)
         as_json = subprocess.run(
             stepscope_cmd(*args, "--json"), env=env, capture_output=True, text=True, timeout=30, check=False
         )
@@ -148,3 +152,19 @@ def test_demo_and_inspect(tmp_path: Path) -> None:
         assert len(data["spans"]) == 1 + len(run["steps"]) + calls
         assert data["spans"][0]["start"] == run["created_at"]
         assert data["spans"][0]["end"] == run["completed_at"]
+
+
+def test_with_the_proxy_each_lifecycle_line_is_printed_once(tmp_path: Path) -> None:
+    """With the proxy on, serve's start-up and shutdown lines each appear once, and no server library adds its own
+    (the HTTP surface and the proxy run on stepscope's server, not uvicorn)."""
+    with simulator(tmp_path, "--scenario", "quiet") as sim:
+        env = {"OPENAI_BASE_URL": sim.url, "OPENAI_API_KEY": "sk-sim", "STEPSCOPE_PROXY_LISTEN": "127.0.0.1:0",
+               "OTEL_TRACES_EXPORTER": "none"}  # fmt: skip
+        with serve(tmp_path, env) as (proc, _base):
+            pass
+        output = proc.output()
+    assert proc.popen.returncode == 0, output
+    lines = output.splitlines()
+    for said in ("proxy listening on", "stepscope 0.", "shutting down", "stepscope stopped in"):
+        assert sum(said in line for line in lines) == 1, f"{said!r}:\n{output}"
+    assert not re.search(r"Uvicorn running|Started server process|Application startup|Finished server", output)

@@ -246,6 +246,37 @@ class TestConfiguration:
             assert sum(name in line for line in lines) == 1
 
 
+class TestUnknownNames:
+    TYPO = (
+        "stepscope: warning: STEPSCOPE_POLL_INTERVALL is not a stepscope setting and is ignored; did you mean "
+        "STEPSCOPE_POLL_INTERVAL?"
+    )
+
+    def test_config_check_flags_them_and_shows_units(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """config check warns about a mistyped name with the nearest one, says so in its verdict, and prints values
+        as they are written: durations, sizes and the thread ids themselves."""
+        env = {**KEY_ENV, "STEPSCOPE_POLL_INTERVALL": "5s", "STEPSCOPE_THREADS": "thread_a,thread_b"}
+        assert cli.run(["config", "check"], env) == 0
+        out = capsys.readouterr()
+        assert out.err.splitlines() == [
+            self.TYPO,
+            "configuration OK; 1 unknown STEPSCOPE_* variable(s) ignored (see the warnings above)",
+        ]
+        values = dict(line.split(None, 1) for line in out.out.splitlines())
+        assert values["poll.interval"] == "1s"
+        assert values["poll.max_interval"] == "4s"
+        assert values["api.max_body"] == "8MiB"
+        assert values["poll.threads"] == "thread_a,thread_b"
+
+    def test_they_come_before_the_problems(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """With an invalid configuration too, the warning comes first and every problem after it, exit 2."""
+        assert cli.run(["serve"], {"STEPSCOPE_POLL_INTERVALL": "5s"}) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            self.TYPO,
+            "stepscope: OPENAI_API_KEY (api.api_key): required with STEPSCOPE_AUTH=bearer",
+        ]
+
+
 def test_unwritable_output_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """An OS error while writing (here: the target directory is a file) is one line naming the path, exit 1."""
     blocker = tmp_path / "dashboards"

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from stepscope.config import Config, load
+from stepscope.config import ENV_SHARD_COUNT, ENV_SHARD_INDEX, SETTINGS, Config, load, shown, unknown_env
 from stepscope.config.values import Secret, Url, parse_duration, parse_size, redact_url
 from stepscope.errors import ConfigError
+from stepscope.simulator import cli as simulator_cli
 
 BASE_ENV = {"OPENAI_API_KEY": "sk-test-123"}
 
@@ -279,3 +280,64 @@ def test_configured_thread_ids_are_matched_whole() -> None:
     assert load(env={**BASE_ENV, "STEPSCOPE_THREADS": "thread_a,\nthread_b\n"}).poll.threads == ("thread_a", "thread_b")
     with pytest.raises(ConfigError, match="invalid thread id"):
         load(env={**BASE_ENV, "STEPSCOPE_THREADS": "thread_a\nINFO forged"})
+
+
+class TestUnknownNames:
+    def test_a_typo_is_named_with_the_nearest_setting(self) -> None:
+        """A STEPSCOPE_ variable that names no setting gets one warning with the nearest known name, not its value."""
+        assert unknown_env({"STEPSCOPE_POLL_INTERVALL": "5s-secret-looking"}) == [
+            "STEPSCOPE_POLL_INTERVALL is not a stepscope setting and is ignored; did you mean STEPSCOPE_POLL_INTERVAL?"
+        ]
+
+    def test_a_name_like_none_points_to_the_help(self) -> None:
+        """A name close to no setting points to the list of settings instead of a far-fetched guess."""
+        assert unknown_env({"STEPSCOPE_FOO": "1"}) == [
+            "STEPSCOPE_FOO is not a stepscope setting and is ignored; `stepscope --help` lists every setting"
+        ]
+
+    def test_known_and_foreign_names_are_left_alone(self) -> None:
+        """Settings, the shard aliases, the simulator's own variable and other programs' variables are no warning."""
+        env = {s.env: "x" for s in SETTINGS}
+        env.update({ENV_SHARD_INDEX: "0", ENV_SHARD_COUNT: "2", simulator_cli.ENV_WEBHOOK_SECRET: "whsec_x"})
+        env.update({"OPENAI_API_KEYS": "x", "OTEL_SERVICE": "x", "PATH": "/bin"})
+        assert unknown_env(env) == []
+
+    def test_one_line_each_sorted(self) -> None:
+        """Several unknown names give one line each, in name order."""
+        lines = unknown_env({"STEPSCOPE_THREAD": "thread_a", "STEPSCOPE_LISTEN_ADDR": "x"})
+        assert [line.split()[0] for line in lines] == ["STEPSCOPE_LISTEN_ADDR", "STEPSCOPE_THREAD"]
+        assert lines[1].endswith("did you mean STEPSCOPE_THREADS?")
+
+
+class TestShownValues:
+    def test_values_in_the_units_a_user_writes(self) -> None:
+        """Durations, sizes, lists, the shard and secrets read as they are written, not as numbers or counts."""
+        env = {
+            **BASE_ENV,
+            "STEPSCOPE_THREADS": "thread_a,thread_b",
+            "STEPSCOPE_API_MAX_BODY": "16MiB",
+            "STEPSCOPE_API_TIMEOUT": "250ms",
+            "STEPSCOPE_SHARD": "1/3",
+        }
+        values = shown(load(env=env))
+        assert values["poll.threads"] == "thread_a,thread_b"
+        assert values["poll.interval"] == "1s"
+        assert values["poll.max_interval"] == "4s"  # the default: 4 x the interval
+        assert values["poll.lookback"] == "1h"
+        assert values["export.backlog_max_age"] == "24h"
+        assert values["api.timeout"] == "250ms"
+        assert values["api.max_body"] == "16MiB"
+        assert values["poll.shard"] == "1/3"
+        assert values["api.api_key"] == "***"
+        assert values["export.capture_content"] == "false"
+        assert values["poll.agents"] == "none"
+        assert list(values) == [s.path for s in SETTINGS]
+
+    def test_every_shown_value_loads_back_to_itself(self) -> None:
+        """Each value shown, fed back as the setting's text, shows the same again: the text is the value, not a
+        rounding of it (secrets and unset settings aside)."""
+        config = load(env={**BASE_ENV, "STEPSCOPE_THREADS": "thread_a", "STEPSCOPE_POLL_INTERVAL": "1.5s"})
+        values = shown(config)
+        secret = {"api.api_key", "export.otlp_headers", "export.otlp_metrics_headers", "server.watch_token"}
+        again = {p: v for p, v in values.items() if v != "none" and p not in secret | {"server.webhook_secret"}}
+        assert shown(load(env=BASE_ENV, overrides=again)) == values

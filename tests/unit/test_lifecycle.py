@@ -79,6 +79,25 @@ async def test_a_half_start_is_rolled_back_and_the_error_raised() -> None:
     assert not life.started
 
 
+async def test_a_stop_requested_during_start_starts_nothing_more() -> None:
+    """Once `stopping()` holds, no further component starts and `start` returns without raising; `stop` then stops
+    the ones started, in reverse."""
+    journal, requested = Journal(), []
+
+    @dataclass
+    class Signalled(Part):
+        async def start(self) -> None:
+            await super().start()
+            requested.append(True)  # a signal arrives while this component starts
+
+    life = Lifecycle([Part("store", journal), Signalled("check", journal), Part("poller", journal)])
+    await life.start(lambda: bool(requested))
+    assert life.interrupted
+    assert not life.started
+    await life.stop(5.0)
+    assert journal.entries == ["start store", "start check", "stop check", "stop store"]
+
+
 async def test_the_budget_is_shared_and_each_stop_gets_what_is_left() -> None:
     """Each stop is offered what is left of the overall budget on the injected clock, never less than the minimum,
     so a slow early stop cannot leave a later one nothing."""

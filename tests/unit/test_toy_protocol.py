@@ -319,6 +319,7 @@ class ToyFactory:
     api: ToyApi
     name: str = "toy"
     nouns: tuple[str, str] = ("job", "task")
+    container: str | None = None
     labels: KnownLabels = field(default_factory=lambda: KnownLabels(protocol="toy"))
     endpoints: tuple[str, ...] = ()
     invalid_kinds: tuple[str, ...] = ()

@@ -17,7 +17,7 @@ from stepscope.contract.vocabulary import Flavor
 from stepscope.core.discovery import DiscoverySeams, DiscoverySettings
 from stepscope.core.poller import PollSchedule
 from stepscope.core.records import NO_DROPS, Committer, SpanSpec
-from stepscope.errors import ConfigError, NotFound
+from stepscope.errors import ConfigError, NotFound, UnknownRoute
 from stepscope.mapping.attributes import MappingOptions
 from stepscope.protocols.agents.client import AgentsClient
 from stepscope.protocols.agents.discovery import SessionDiscovery
@@ -25,10 +25,11 @@ from stepscope.protocols.agents.mapping import AgentsMapper, TurnContext, turn_s
 from stepscope.protocols.agents.proxied import SessionObserver
 from stepscope.protocols.agents.reader import TurnReader
 from stepscope.protocols.agents.vocabulary import INVALID_KINDS, LABELS, PROTOCOL, Endpoint
-from stepscope.protocols.base import ApiContext, Finders
+from stepscope.protocols.base import ApiContext, Finders, v1_hint, wrong_base_url
 
 PROBE_SESSION = "sess_stepscope_credential_check"
-"""Fetched once at start: any answer but 401/403 proves the credentials; a 404 is the expected one."""
+"""Fetched once at start: any answer but 401/403 proves the credentials; a 404 naming the session is the expected
+one, a 404 for the path itself (`UnknownRoute`) a base URL that does not serve the API."""
 SESSION_EVENTS = frozenset(
     {"agent.session.in_progress", "agent.session.idle", "agent.session.failed", "agent.session.action_required"}
 )
@@ -41,6 +42,7 @@ class AgentsFactory:
 
     name = PROTOCOL
     nouns = ("turn", "item")
+    container = "session"
     labels = LABELS
     endpoints = tuple(Endpoint)
     invalid_kinds = INVALID_KINDS
@@ -69,9 +71,8 @@ class AgentsInstance:
         self._drops = context.drops or NO_DROPS
 
     def reader(self, committer: Committer[Any, Any, Any], schedule: PollSchedule) -> TurnReader:
-        return TurnReader(
-            self.client, committer, schedule=schedule, capture_content=self._config.export.capture_content
-        )
+        return TurnReader(self.client, committer, schedule=schedule,
+                          capture_content=self._config.export.capture_content, drops=self._drops)  # fmt: skip
 
     def finders(self, settings: DiscoverySettings, seams: DiscoverySeams) -> Finders:
         discovery = SessionDiscovery(self.client, settings, seams, agents=self._config.poll.agents)
@@ -85,6 +86,9 @@ class AgentsInstance:
     async def probe(self) -> None:
         try:
             await self.client.get_session(PROBE_SESSION)
+        except UnknownRoute as exc:
+            url = self._config.api.base_url
+            raise wrong_base_url(url, self.api_name, exc, v1_hint(url, self.api_name)) from exc
         except NotFound:
             return  # the expected answer: the credential was accepted
 

@@ -17,7 +17,7 @@ from stepscope.contract.vocabulary import Flavor
 from stepscope.core.discovery import DiscoverySeams, DiscoverySettings
 from stepscope.core.poller import Poller, PollSchedule
 from stepscope.core.records import NO_DROPS, Committer, Drops, SpanSpec, UnitRef
-from stepscope.errors import ConfigError, InvalidObject, NotFound, SourceError
+from stepscope.errors import ConfigError, InvalidObject, NotFound, SourceError, UnknownRoute
 from stepscope.mapping.attributes import PROVIDER_OPENAI, MappingOptions
 from stepscope.protocols.assistants.client import AssistantsClient
 from stepscope.protocols.assistants.discovery import Discovery
@@ -27,10 +27,11 @@ from stepscope.protocols.assistants.reader import StepReader
 from stepscope.protocols.assistants.spans import run_span, step_spans
 from stepscope.protocols.assistants.threads import ThreadLister
 from stepscope.protocols.assistants.vocabulary import INVALID_KINDS, LABELS, PROTOCOL, PROVIDER_AZURE, Endpoint
-from stepscope.protocols.base import ApiContext, Finders, InvalidRegistration
+from stepscope.protocols.base import ApiContext, Finders, InvalidRegistration, v1_hint, wrong_base_url
 
 PROBE_ASSISTANT = "asst_stepscope_credential_check"
-"""Fetched once at start: any answer but 401/403 proves the credentials; a 404 is the expected one."""
+"""Fetched once at start: any answer but 401/403 proves the credentials; a 404 naming the assistant is the expected
+one, a 404 for the path itself (`UnknownRoute`) a base URL that does not serve the API."""
 WATCH_FIELDS = frozenset({"thread_id", "run_id"})
 
 
@@ -39,6 +40,7 @@ class AssistantsFactory:
 
     name = PROTOCOL
     nouns = ("run", "step")
+    container = "thread"
     labels = LABELS
     endpoints = tuple(Endpoint)
     invalid_kinds = INVALID_KINDS
@@ -99,6 +101,13 @@ class AssistantsInstance:
     async def probe(self) -> None:
         try:
             await self.client.get_assistant(PROBE_ASSISTANT)
+        except UnknownRoute as exc:
+            hint = (
+                "the base URL is the project endpoint, https://<resource>.services.ai.azure.com/api/projects/<project>"
+                if self._azure
+                else v1_hint(self._config.api.base_url, self.api_name)
+            )
+            raise wrong_base_url(self._config.api.base_url, self.api_name, exc, hint) from exc
         except NotFound:
             return  # the expected answer: the credential was accepted
 

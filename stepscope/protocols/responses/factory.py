@@ -19,9 +19,9 @@ from stepscope.contract.vocabulary import Flavor
 from stepscope.core.discovery import DiscoverySeams, DiscoverySettings
 from stepscope.core.poller import Poller, PollSchedule
 from stepscope.core.records import NO_DROPS, Committer, Drops, SpanSpec
-from stepscope.errors import NotFound
+from stepscope.errors import NotFound, UnknownRoute
 from stepscope.mapping.attributes import PROVIDER_OPENAI, MappingOptions
-from stepscope.protocols.base import ApiContext, Finders, InvalidRegistration
+from stepscope.protocols.base import ApiContext, Finders, InvalidRegistration, v1_hint, wrong_base_url
 from stepscope.protocols.responses.client import ResponsesClient
 from stepscope.protocols.responses.discovery import ResponseDiscovery
 from stepscope.protocols.responses.intake import ResponseIntake
@@ -37,7 +37,8 @@ from stepscope.protocols.responses.reader import ResponseReader
 from stepscope.protocols.responses.vocabulary import INVALID_KINDS, LABELS, PROTOCOL, PROVIDER_FOUNDRY, Endpoint
 
 PROBE_RESPONSE = "resp_stepscope_credential_check"
-"""Fetched once at start: any answer but 401/403 proves the credentials; a 404 is the expected one."""
+"""Fetched once at start: any answer but 401/403 proves the credentials; a 404 naming the response is the expected
+one, a 404 for the path itself (`UnknownRoute`) a base URL that does not serve the API."""
 RESPONSE_EVENTS = frozenset({"response.completed", "response.failed", "response.cancelled", "response.incomplete"})
 """The webhook event types that make stepscope read the response they name."""
 RESPONSE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -48,6 +49,7 @@ class ResponsesFactory:
 
     name = PROTOCOL
     nouns = ("response", "item")
+    container = None
     labels = LABELS
     endpoints = tuple(Endpoint)
     invalid_kinds = INVALID_KINDS
@@ -110,6 +112,13 @@ class ResponsesInstance:
     async def probe(self) -> None:
         try:
             await self.client.get_response(PROBE_RESPONSE)
+        except UnknownRoute as exc:
+            hint = (
+                "for Foundry it is the project endpoint followed by /openai/v1"
+                if self._config.api.flavor == Flavor.AZURE
+                else v1_hint(self._config.api.base_url, self.api_name)
+            )
+            raise wrong_base_url(self._config.api.base_url, self.api_name, exc, hint) from exc
         except NotFound:
             return  # the expected answer: the credential was accepted
 
