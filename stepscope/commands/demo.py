@@ -19,6 +19,9 @@ runs its workload outside (`Simulator(external_workload=True)`): `finding` turns
 the service is up the demo starts `simulator.application(...)` sending through the proxy (to the simulator when no
 proxy is configured), and stops it before the service. The first `--no-view` line and the view's footer show the
 proxy's URL then.
+
+While the live view draws, log records go into its frame (the newest warning) instead of over it, and logging is
+as before once the view ends (`commands.logs.diverted`); `--no-view` logs as `serve` does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import contextlib
 import io
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -38,7 +42,8 @@ from rich.console import Console
 from rich.live import Live
 
 from stepscope import protocols
-from stepscope.commands.demoview import PLAIN_EVERY_S, DemoView, Tracking
+from stepscope.commands.demoview import PLAIN_EVERY_S, Api, DemoView, Tracking
+from stepscope.commands.logs import LastWarning, diverted
 from stepscope.config import load
 from stepscope.errors import ConfigError
 from stepscope.simulator import SimApplication, SimClock, Simulator, SimulatorServer, scenario_named
@@ -87,9 +92,11 @@ def service_tracking(service: Sidecar) -> Callable[[], Tracking]:
 
 
 def _free_listen(listen: str) -> str:
-    """The requested address, or the same host on a free port when it is taken."""
+    """The requested address, or the same host on a free port when it is taken. Probed as the server binds it, with
+    `SO_REUSEADDR`: a connection in TIME_WAIT on the port (a scrape a moment ago) leaves it free."""
     host, _, port = listen.rpartition(":")
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, int(port)))
             return listen
@@ -133,6 +140,35 @@ def _report(
     print(f"demo finished: {exported} exported; metrics were at {metrics_url}", flush=True)
 
 
+async def _show(
+    view: DemoView,
+    console: Console,
+    args: argparse.Namespace,
+    stop: asyncio.Event,
+    warnings: LastWarning,
+    *,
+    plain_every: float,
+) -> None:
+    """Until `args.duration` passes or `stop` is set: the live view, log records diverted into it (`warnings`), or
+    under `--no-view` a plain line every `plain_every` seconds."""
+    started = time.monotonic()
+    deadline = started + args.duration if args.duration else None
+    next_line = started + plain_every
+    live = Live(view.render(console.height), console=console, refresh_per_second=4)
+    terminal = (console.file, sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    quiet = diverted(warnings, terminal) if not args.no_view else contextlib.nullcontext()
+    with quiet, live if not args.no_view else contextlib.nullcontext():
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            now = time.monotonic()
+            if not args.no_view:
+                live.update(view.render(console.height))
+            elif now >= next_line:
+                print(view.plain_line(now - started), flush=True)
+                next_line += plain_every
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.25)
+
+
 async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_every: float = PLAIN_EVERY_S) -> int:
     """Run the demo until `args.duration` passes or SIGINT/SIGTERM; `plain_every` paces the `--no-view` lines."""
     # Imported here so that the view (above) does not pull in the whole service with its exporters.
@@ -158,31 +194,21 @@ async def run_demo(args: argparse.Namespace, env: Mapping[str, str], *, plain_ev
             proxy_url = service.proxy.url + simulator.base_path if service.proxy is not None else None
             traces = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP") if otlp else "off (set OTEL_EXPORTER_OTLP_ENDPOINT)"
             nouns = service.parts.protocol.nouns
+            warnings = LastWarning()
             view = DemoView(service_tracking(service), metrics_url=metrics_url, traces=traces, nouns=nouns,
-                            proxy_url=proxy_url)  # fmt: skip
+                            api=Api(url=server.url, key=simulator.api_key, protocol=protocol,
+                                    container=service.parts.protocol.container), proxy_url=proxy_url,
+                            warnings=warnings)  # fmt: skip
             service.parts.pipeline.add_listener(view)
             application = simulator.application(proxy_url or server.url)
             if application is not None:  # after the listener: the view hears every response it makes
                 await application.start()
-            console = Console()
-            started = time.monotonic()
-            deadline = started + args.duration if args.duration else None
-            next_line = started + plain_every
             if args.no_view:
                 # Plain print, not the console: a log line must not be wrapped at the terminal's width.
                 through = f", the application through the proxy at {proxy_url}" if proxy_url else ""
                 print(f"stepscope demo: simulator at {server.url}, metrics at {metrics_url}{through}", flush=True)
-            live = Live(view.render(console.height), console=console, refresh_per_second=4)
-            with live if not args.no_view else contextlib.nullcontext():
-                while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                    now = time.monotonic()
-                    if not args.no_view:
-                        live.update(view.render(console.height))
-                    elif now >= next_line:
-                        print(view.plain_line(now - started), flush=True)
-                        next_line += plain_every
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=0.25)
+            console = Console()
+            await _show(view, console, args, stop, warnings, plain_every=plain_every)
             _report(view, console, args, metrics_url=metrics_url, nouns=nouns)
         finally:
             if application is not None:

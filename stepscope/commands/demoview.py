@@ -18,10 +18,16 @@ What it reads from a `Committed`:
   unit: Responses API tool calls timed by the proxy).
 A status is a span's `*.status` attribute (else the observation's `status` label), a duration is the span's end
 minus its start in whole seconds, an error is the span's `error_type`.
+
+Below the waterfall the frame shows the `stepscope inspect` command for the last finished unit against the
+simulated API, whole (ids are never cut there; it continues over lines ending in a backslash), then where the
+API, metrics and traces are, then the newest log warning, if any: while the view is live, log records come here
+instead of being written over the frame (`commands.logs.diverted`).
 """
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,6 +39,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from stepscope.commands.logs import LastWarning
 from stepscope.commands.views import GOING, STATUS_STYLE, span_status, waterfall_rows, waterfall_table
 from stepscope.contract import metricdefs as md
 from stepscope.core.pipeline import Committed
@@ -44,13 +51,25 @@ RECENT = 12  # rows of the recent list when the terminal is tall enough
 MIN_RECENT = 4  # ... and when it is not
 RESERVED = 4  # rows kept for the latest records that did not complete (at most half the list)
 WATERFALL_ROWS = 14  # lines of the last unit's waterfall, at most
-FIXED_LINES = 14  # summary panel 5, two table titles and headers 6, footer 2, and one spare for the cursor
+FIXED_LINES = 12  # summary panel 5, two table titles and headers 6, and one spare for the cursor (plus the footer)
 WIDTH = 80  # the frame's width: titles longer than this are shortened, never wrapped
 PANEL_EDGES = 4  # the summary panel's borders and padding
 WINDOW_S = 10.0  # tokens per second are averaged over this window
 PLAIN_EVERY_S = 5.0  # --no-view prints a status line this often
 KEPT_RUNS = 2048  # units whose records are kept for the waterfall; the oldest are forgotten past this
 COMPLETED = "completed"
+GAP = "   "  # between the footer's items on one line
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Api:
+    """The simulated API the demo reads, for the inspect command: its base URL and key, the protocol
+    `STEPSCOPE_PROTOCOL` names, and what the protocol calls a unit's container (None: units are read by id)."""
+
+    url: str
+    key: str
+    protocol: str
+    container: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +168,53 @@ def _ago(seconds: float) -> str:
 
 
 def _fit(prefix: str, unit_id: str, suffix: str) -> str:
-    """`prefix + unit_id + suffix`, the id cut short with `…` when the whole would pass `WIDTH` columns."""
+    """`prefix + unit_id + suffix`, the id cut short with `…` when the whole would pass `WIDTH` columns (the inspect
+    command below the waterfall carries the id whole, to copy)."""
     room = WIDTH - len(prefix) - len(suffix)
     if len(unit_id) > room:
         unit_id = unit_id[: max(1, room - 1)] + "…"
     return f"{prefix}{unit_id}{suffix}"
+
+
+def inspect_command(ref: UnitRef, api: Api) -> list[str]:
+    """The `stepscope inspect` command that reads `ref`'s unit from `api`, as groups of words a line must not
+    split (a flag and its value)."""
+    flag = f"--{api.container}" if api.container else None
+    groups = [
+        [f"OPENAI_API_KEY={api.key}"],
+        ["stepscope", "inspect"],
+        [ref.unit_id],
+        *([[flag, ref.container_id]] if flag is not None else []),
+        ["--protocol", api.protocol],
+        ["--base-url", api.url],
+    ]
+    return [" ".join(shlex.quote(word) for word in group) for group in groups]
+
+
+def shell_lines(words: Sequence[str], width: int = WIDTH, indent: str = "  ") -> list[str]:
+    """`words` as one shell command over lines of at most `width` columns, never splitting a word: every line but
+    the last ends in a backslash, every line but the first is indented (a word longer than a line gets a line
+    alone, and overflows it)."""
+    lines: list[str] = []
+    line = ""
+    for word in words:
+        if line and len(line) + 1 + len(word) + 2 > width:
+            lines.append(line + " \\")
+            line = indent + word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, line] if line else lines
+
+
+def packed(items: Sequence[str], width: int = WIDTH) -> list[str]:
+    """`items` on as few lines as fit `width` columns, in order, `GAP` between two on a line."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + len(GAP) + len(item) <= width:
+            lines[-1] += GAP + item
+        else:
+            lines.append(item)
+    return lines
 
 
 class DemoView:
@@ -161,7 +222,9 @@ class DemoView:
 
     Called with each `Committed` on the event loop; rendering happens on the same thread. `nouns` are what the
     protocol calls its units and records (`("run", "step")`, `("turn", "item")`): the view's only words for them.
-    `proxy_url`, when the application goes through the service's proxy, is shown beside the metrics URL.
+    `api`, the simulated API, is shown in the footer with the inspect command for the last finished unit;
+    `proxy_url`, when the application goes through the service's proxy, beside it; `warnings`, the log records
+    diverted from the terminal, as their newest line.
     """
 
     def __init__(
@@ -171,10 +234,14 @@ class DemoView:
         metrics_url: str,
         traces: str,
         nouns: tuple[str, str],
+        api: Api | None = None,
         proxy_url: str | None = None,
+        warnings: LastWarning | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tracking = tracking
+        self._api = api
+        self._warnings = warnings
         self._unit, self._record = nouns
         self._metrics_url = metrics_url
         self._proxy_url = proxy_url
@@ -308,10 +375,11 @@ class DemoView:
         tracking = self._tracking()
         last = self.last_waterfall()
         rows = waterfall_rows(last[1]) if last is not None else []
+        footer = self._inspect_lines(last[0] if last is not None else None) + self._footer()
         waterfall_lines = min(len(rows), WATERFALL_ROWS)
         recent_lines = RECENT
         if height is not None:
-            room = height - FIXED_LINES
+            room = height - FIXED_LINES - len(footer)
             recent_lines = max(MIN_RECENT, min(RECENT, room - waterfall_lines))
             waterfall_lines = max(3, min(waterfall_lines, room - recent_lines))
         waterfall: RenderableType = Text(f"last finished {self._unit}: none yet", style="dim")
@@ -321,7 +389,7 @@ class DemoView:
             summary = f": {rows[0].status}{took}, {records} {self._record}s"
             title = _fit(f"last finished {self._unit} ", ref.unit_id, summary)
             waterfall = waterfall_table(rows, title, compact=True, limit=waterfall_lines)
-        return Group(self._summary(tracking), self._recent_table(recent_lines), waterfall, *self._footer())
+        return Group(self._summary(tracking), self._recent_table(recent_lines), waterfall, *footer)
 
     def _summary(self, tracking: Tracking) -> Panel:
         finished, unit, record = self.finished, self._unit, self._record
@@ -378,15 +446,27 @@ class DemoView:
             )
         return table
 
+    def _inspect_lines(self, ref: UnitRef | None) -> list[Text]:
+        """The inspect command for the last finished unit, whole, over as many lines as it needs."""
+        if ref is None or self._api is None:
+            return []
+        return [Text(line, no_wrap=True, overflow="crop") for line in shell_lines(inspect_command(ref, self._api))]
+
     def _footer(self) -> list[Text]:
-        """Two lines: where metrics are (and the proxy, beside them: then Ctrl-C moves to the traces line, so that
-        both URLs fit in 80 columns), and where traces go."""
-        first, second = f"metrics: {self._metrics_url}", f"traces: {self._traces}"
-        if self._proxy_url is None:
-            first += "   Ctrl-C to stop"
-        else:
-            first, second = f"{first}   proxy: {self._proxy_url}", f"{second}   Ctrl-C to stop"
-        return [Text(line, style="dim", no_wrap=True, overflow="ellipsis") for line in (first, second)]
+        """Where the simulated API, metrics, the proxy and traces are, packed into as few 80-column lines as fit,
+        then the newest warning the log had (cut to the width), if any."""
+        items = [f"simulator: {self._api.url}"] if self._api is not None else []
+        items.append(f"metrics: {self._metrics_url}")
+        if self._proxy_url is not None:
+            items.append(f"proxy: {self._proxy_url}")
+        items += [f"traces: {self._traces}", "Ctrl-C to stop"]
+        lines = [Text(line, style="dim", no_wrap=True, overflow="ellipsis") for line in packed(items)]
+        warnings = self._warnings
+        line = warnings.line if warnings is not None else None
+        if warnings is not None and line is not None:
+            many = f"{warnings.count} log lines, the last: " if warnings.count > 1 else ""
+            lines.append(Text(many + line, style="yellow", no_wrap=True, overflow="ellipsis"))
+        return lines
 
     def plain_line(self, elapsed: float) -> str:
         """The periodic `--no-view` line: units finished, failed and in flight, records and failed records, tokens

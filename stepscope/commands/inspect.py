@@ -1,5 +1,7 @@
 """`stepscope inspect`: one unit of work, read from the API now, drawn as a waterfall (or printed as JSON).
 
+The waterfall fits the terminal, and 80 columns when piped (unless `$COLUMNS` says otherwise), with every column.
+
 The protocol `STEPSCOPE_PROTOCOL` names reads the unit (`ProtocolInstance.inspect`) and maps it as it exports it;
 `commands.views` draws the rows.
 """
@@ -37,10 +39,10 @@ async def inspect_unit(config: Config, unit_id: str, container_id: str | None, *
     if as_json:
         print(waterfall_json(unit_id, container_id, rows))
     else:
-        # Pipes get a wide fixed width so the timeline is not squeezed into 80 columns; a narrow terminal gets the
-        # compact table, whose timeline still has room.
-        console = Console() if sys.stdout.isatty() else Console(width=160)
+        # The terminal's width; piped, $COLUMNS or 80 (rich's rule). Below the full table's width the light table
+        # keeps every column and the timeline still has room.
+        console = Console()
         where = f" on {container_id}" if container_id else ""
         title = f"{unit_id}{where}: {rows[0].status}"
-        console.print(waterfall_table(rows, title, compact=console.width < FULL_TABLE_WIDTH))
+        console.print(waterfall_table(rows, title, compact=console.width < FULL_TABLE_WIDTH, details=True))
     return 0

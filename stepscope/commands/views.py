@@ -30,6 +30,7 @@ BAR_WIDTH = 40
 MIN_BAR_WIDTH = 10
 FULL_TABLE_WIDTH = 120  # narrower consoles get the compact waterfall: the full one would squeeze out the bars
 LABEL_WIDTH = 32  # the compact table's span column: room for "  execute_tool " and a tool name
+DETAIL_LABEL_WIDTH = 26  # ... and with start and tokens too, so the timeline keeps a dozen cells in 80 columns
 STATUS_STYLE = {
     "completed": "green",
     "failed": "red",
@@ -147,14 +148,18 @@ class _Axis:
         yield Text(text, no_wrap=True, overflow="crop")
 
 
-def waterfall_table(rows: list[Row], title: str, *, compact: bool = False, limit: int | None = None) -> Table:
+def waterfall_table(
+    rows: list[Row], title: str, *, compact: bool = False, details: bool | None = None, limit: int | None = None
+) -> Table:
     """The waterfall of `rows` (first row: the unit), one line per row and never wider than the console.
 
     The timeline column takes what the other columns leave, up to `BAR_WIDTH` cells (all of it when `compact`).
-    `compact` is the live view's form: light borders and only span, status, duration and timeline. With `limit`,
-    at most that many lines are drawn, the last one saying how many rows were left out; the time axis always
-    spans the whole unit.
+    `compact` is the form for 80 columns: light borders, the span column cut at a width. `details` (the default
+    unless `compact`) adds each row's start offset and tokens; the live view leaves them out, `inspect` keeps them
+    in any width. With `limit`, at most that many lines are drawn, the last one saying how many rows were left out;
+    the time axis always spans the whole unit.
     """
+    details = not compact if details is None else details
     origin = rows[0].start
     last = max([r.end for r in rows if r.end is not None] + [r.start for r in rows])
     span = max(1, last - origin)
@@ -162,25 +167,26 @@ def waterfall_table(rows: list[Row], title: str, *, compact: bool = False, limit
     if limit is not None and len(rows) > limit:
         shown = rows[: max(0, limit - 1)]
     if compact:
-        table = Table(
-            title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True, expand=True
-        )
+        # With details, one space between columns (the light box's divider) leaves the timeline its cells.
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True,
+                      expand=True, padding=(0, 0) if details else (0, 1))  # fmt: skip
     else:
         table = Table(title=title, title_justify="left", expand=False)
-    table.add_column("span", no_wrap=True, overflow="ellipsis", max_width=LABEL_WIDTH if compact else None)
+    label_width = (DETAIL_LABEL_WIDTH if details else LABEL_WIDTH) if compact else None
+    table.add_column("span", no_wrap=True, overflow="ellipsis", max_width=label_width)
     table.add_column("status", no_wrap=True)
-    if not compact:
+    if details:
         table.add_column("start", justify="right", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
-    if not compact:
+    table.add_column("took" if compact and details else "duration", justify="right", no_wrap=True)
+    if details:
         table.add_column("tokens in/out", justify="right", no_wrap=True)
     table.add_column(_Axis(span), ratio=1 if compact else None)
     for row in shown:
         cells: list[RenderableType] = [row.label, Text(row.status, style=STATUS_STYLE.get(row.status, "white"))]
-        if not compact:
+        if details:
             cells.append(f"+{row.start - origin}s")
         cells.append("…" if row.duration is None else f"{row.duration}s")
-        if not compact:
+        if details:
             cells.append("" if row.input_tokens is None else f"{row.input_tokens}/{row.output_tokens}")
         cells.append(_Bar(row, origin, span))
         table.add_row(*cells)

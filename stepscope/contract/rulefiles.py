@@ -114,9 +114,10 @@ def _header(runbook_url: str) -> list[str]:
     width = max(len(f"{t.name} = {t.shown}") for t in THRESHOLDS) + 2
     for t in THRESHOLDS:
         lines.append(f"#   {f'{t.name} = {t.shown}':<{width}}{t.alert:<30}({t.meaning})")
-    lines.append(
-        f'# StepscopeDown assumes the scrape job is named "{SCRAPE_JOB}"; edit the `job` matcher if yours differs.'
-    )
+    lines += [
+        f'# StepscopeDown and StepscopeTargetDown assume the scrape job is named "{SCRAPE_JOB}"; edit the `job`',
+        "# matcher if yours differs.",
+    ]
     return lines
 
 

@@ -299,6 +299,15 @@ ALERTS: tuple[Alert, ...] = (
         note=f'The scrape job must be named "{SCRAPE_JOB}"; absent() also fires when the target vanished entirely.',
     ),
     Alert(
+        "StepscopeTargetDown",
+        f'up{{job="{SCRAPE_JOB}"}} == 0',
+        "5m",
+        "A stepscope target is down.",
+        "{{ $labels.instance }} of job {{ $labels.job }} has not been scraped successfully for 5 minutes; the agent "
+        "work it watches is not observed.",
+        note="One alert per target: StepscopeDown cannot fire while another target of the job is up.",
+    ),
+    Alert(
         "StepscopeDataDropped",
         f"sum {_TARGETS} (rate({md.DROPPED.name}[{WINDOW}])) > 0\nor\n"
         f"sum {_TARGETS} (rate({md.INVALID_OBJECTS.name}[{WINDOW}])) > 0\n",

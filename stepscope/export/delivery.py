@@ -10,6 +10,10 @@ reached the backend just before a crash is sent again with the same ids, never a
 
 The thread is a daemon on purpose: an export stuck on a hanging collector must not hold the process past its
 shutdown deadline. What it has not delivered by then stays in the backlog for the next start.
+
+A backend that is down is one failure episode (`export/episodes.py`): the SDK exporter's own log records are kept
+off the log and give the reason, and delivery logs one line when exports start failing, at most one a minute while
+they fail (the attempts since the last line, the spans kept), and one when they recover.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from stepscope.core import spancodec
 from stepscope.core.records import Drops, RelayedSpan
 from stepscope.core.supervision import Beats
 from stepscope.errors import StoreError
-from stepscope.export.otlp import readable_span
+from stepscope.export.episodes import Episode, SdkLogGate, attempts, lasted
+from stepscope.export.otlp import TRACE_LOGGERS, readable_span
 from stepscope.export.relay import RelayError, relayed_readable
 
 log = logging.getLogger("stepscope.delivery")
@@ -81,7 +86,8 @@ class SpanDelivery:
     """Drains the backlog into `exporter` on its own thread. `exporter=None` (traces off) only trims the backlog.
 
     `start()` returns at once; `notify(n)` tells it `n` spans were committed; `shutdown(timeout_s)` delivers what
-    it can within the deadline, stops, and returns how many spans stay in the backlog. Idempotent.
+    it can within the deadline, stops, and returns how many spans stay in the backlog. Idempotent. `retry` paces
+    the attempts after a failed export; `monotonic` times the failure episodes' lines.
     """
 
     def __init__(
@@ -96,6 +102,8 @@ class SpanDelivery:
         delay_s: float = 0.1,
         wall: Callable[[], float] = time.time,
         beats: Beats | None = None,
+        retry: RetryPolicy = EXPORT_BACKOFF,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._backlog = backlog
         self._beats = beats
@@ -116,6 +124,10 @@ class SpanDelivery:
         self._next_trim = 0.0
         self._oldest: float | None = None
         self._failures = 0
+        self._retry = retry
+        self._episode = Episode(clock=monotonic)
+        self._gate = SdkLogGate(TRACE_LOGGERS)
+        self._reason: str | None = None  # why the last export raised, when it did
         self._thread: threading.Thread | None = None
         self._done = False
         self.state = "unknown" if exporter is not None else "off"
@@ -174,6 +186,8 @@ class SpanDelivery:
             self._pending, self._oldest = self._backlog.backlog_stats()
         if self._pending and self._exporter is not None:
             log.info("%d span(s) kept from an earlier start: delivering them first", self._pending)
+        if self._exporter is not None:
+            self._gate.attach()
         self._thread = threading.Thread(target=self._run, name="stepscope-delivery", daemon=True)
         self._thread.start()
 
@@ -209,6 +223,7 @@ class SpanDelivery:
                     log.exception("span exporter shutdown failed")
             if thread is not None:
                 thread.join(max(0.05, deadline - time.monotonic()))
+            self._gate.detach()
         try:
             return self._backlog.backlog_stats()[0]
         except StoreError:
@@ -276,7 +291,7 @@ class SpanDelivery:
             self._idle.set()  # shutting down and the backend still refuses: keep the rest for the next start
             return True
         else:
-            delay = EXPORT_BACKOFF.backoff(self._failures, random.random())
+            delay = self._retry.backoff(self._failures, random.random())
             self._failures += 1
             self._flushing.wait(delay)  # a shutdown ends the wait and tries once more
         return False
@@ -318,21 +333,23 @@ class SpanDelivery:
             now_ns = self._wall() * 1e9
             for end_ns in ends:
                 self._health.observe_export_lag(max(0.0, (now_ns - end_ns) / 1e9))
-            self._set_state("ok")
+            self._succeeded()
             return True
         if not _encodable(spans):  # isolate the span(s) the encoder rejects; the rest go out on the next pass
             return self._remove([seq for seq, span in zip(seqs, spans, strict=True) if not _encodable([span])],
                                 DROP_UNENCODABLE)  # fmt: skip
         self._health.export_failed(len(spans))
-        self._set_state("failing")
+        self._failed()
         return False
 
     def _export(self, spans: list[ReadableSpan]) -> bool:
         assert self._exporter is not None
+        self._reason = None
         try:
             return self._exporter.export(spans) is SpanExportResult.SUCCESS
-        except Exception as exc:  # the state change to `failing` is the log line; every attempt is not
+        except Exception as exc:  # the episode's lines say it; every attempt does not
             log.debug("span exporter raised; the batch stays in the backlog: %s", exc)
+            self._reason = type(exc).__name__
             return False
 
     def _remove(self, seqs: list[int], reason: DropReason | None) -> bool:
@@ -362,14 +379,28 @@ class SpanDelivery:
                 self._health.dropped(reason, n)
                 log.warning("dropped the %d oldest undelivered span(s): %s of the backlog", n, why)
 
-    def _set_state(self, state: str) -> None:
-        if state == self.state:
+    def _failed(self) -> None:
+        """An export failed: `failing`, and the episode's line when one is due."""
+        self.state = "failing"
+        report = self._episode.failed(self._gate.take() or self._reason)
+        if report is None:
             return
-        if state == "failing":
-            log.warning("span export failing: %d span(s) kept in the backlog and retried with backoff", self.pending)
-        elif self.state == "failing":
-            log.info("span export recovered; delivering the backlog (%d span(s))", self.pending)
-        self.state = state
+        why = f" ({report.reason})" if report.reason else ""
+        if report.first:
+            log.warning("span export failing%s: %d span(s) kept in the backlog, retried with backoff", why,
+                        self.pending)  # fmt: skip
+        else:
+            log.warning("span export failing: %s in the last %s, %d span(s) kept in the backlog%s",
+                        attempts(report.attempts), lasted(report.seconds), self.pending, why)  # fmt: skip
+
+    def _succeeded(self) -> None:
+        """An export succeeded: `ok`, and the recovery line when an episode ends."""
+        self._gate.take()  # a retry inside the export may have failed first: that is no reason for a later failure
+        self.state = "ok"
+        recovery = self._episode.succeeded()
+        if recovery is not None:
+            log.info("span export recovered after %s (%s failed); delivering the backlog (%d span(s))",
+                     lasted(recovery.seconds), attempts(recovery.attempts), self.pending)  # fmt: skip
 
 
 def _encodable(spans: list[ReadableSpan]) -> bool:

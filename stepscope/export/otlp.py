@@ -20,6 +20,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 
 from stepscope import __version__
 from stepscope.core.records import SpanSpec
+from stepscope.export.episodes import ANY_RECORD
 from stepscope.mapping.attributes import ERROR_TYPE
 
 _KINDS = {"client": SpanKind.CLIENT, "internal": SpanKind.INTERNAL, "server": SpanKind.SERVER}
@@ -27,6 +28,12 @@ _SCOPE = InstrumentationScope("stepscope", __version__)
 _OK = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
 MAX_NS = 2**64 - 1
+TRACE_LOGGERS = {
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter": ANY_RECORD,
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter": ANY_RECORD,
+    "opentelemetry.exporter.otlp.proto.grpc.exporter": frozenset({"traces"}),
+}
+"""The SDK span exporters' loggers, for `SdkLogGate`: the gRPC exporters share the last one, naming the signal."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,11 +10,12 @@ from the Prometheus registry at each collection (`SELF_INSTRUMENTS`), so both pa
 A metrics backend that is down, slow or refusing never blocks anything else: the reader collects and exports on
 its own daemon thread, each export bounded by `timeout_ms` (retries included), while `record` only updates
 in-memory aggregations (one per attribute set, bounded by the label caps and the SDK's cardinality limit). A
-failed export is counted (`stepscope_metric_export_failures_total`) and logged once per episode: our line when
-exports start failing and when they recover, the SDK exporter's own lines only for the first failure of an
-episode. With cumulative temporality the next successful export carries the totals, so an outage loses nothing;
-with delta, each failed export's increments are lost (never sent twice). `stop(budget_s)` makes one last export
-and shuts the provider down within `min(budget_s, STOP_BUDGET_S)`, abandoning a hung export to its daemon thread.
+failed export is counted (`stepscope_metric_export_failures_total`) and told as span delivery tells its failures
+(`export/episodes.py`): one line when exports start failing, at most one a minute while they fail, one when they
+recover, and none of the SDK exporter's own lines. With cumulative temporality the next successful export carries
+the totals, so an outage loses nothing; with delta, each failed export's increments are lost (never sent twice).
+`stop(budget_s)` makes one last export and shuts the provider down within `min(budget_s, STOP_BUDGET_S)`,
+abandoning a hung export to its daemon thread.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +54,7 @@ from prometheus_client import CollectorRegistry
 from stepscope import __version__
 from stepscope.contract import metricdefs as md
 from stepscope.core.records import KnownLabels, MetricSink, Observation
+from stepscope.export.episodes import ANY_RECORD, Episode, SdkLogGate, attempts, lasted
 from stepscope.export.genai_metrics import GenAiMetrics, Instrument
 from stepscope.export.otlp import parse_headers
 
@@ -60,10 +63,12 @@ log = logging.getLogger("stepscope.otlp_metrics")
 STOP_BUDGET_S = 2.0
 """Seconds the final export and shutdown may take of the sidecar's stop budget; span delivery gets the rest."""
 TEMPORALITIES = ("cumulative", "delta", "lowmemory")
-_SDK_LOGGERS = (
-    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-    "opentelemetry.exporter.otlp.proto.grpc.exporter",
-)
+METRIC_LOGGERS = {
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter": ANY_RECORD,
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter": ANY_RECORD,
+    "opentelemetry.exporter.otlp.proto.grpc.exporter": frozenset({"metrics"}),
+}
+"""The SDK metric exporters' loggers, for `SdkLogGate`: the gRPC exporters share the last one, naming the signal."""
 _C, _D = AggregationTemporality.CUMULATIVE, AggregationTemporality.DELTA
 
 SELF_INSTRUMENTS: dict[str, Instrument] = {
@@ -169,33 +174,59 @@ class ExportHealth(Protocol):
 
 
 class CountingExporter(MetricExporter):
-    """Wraps an exporter: counts each failed export on `health`, logs when exports start failing and when they
-    recover (once per episode), and never raises. `failing` is the current episode's state."""
+    """Wraps an exporter: counts each failed export on `health`, tells failure episodes in a few lines (the first
+    failure, at most one line a minute with the attempts since the last, the recovery) with the reason the SDK
+    exporter's own records gave (`gate`, which keeps them off the log), and never raises. `failing` is the current
+    episode's state; `monotonic` times the lines."""
 
-    def __init__(self, inner: MetricExporter, health: ExportHealth, *, temporality: str, where: str) -> None:
+    def __init__(
+        self,
+        inner: MetricExporter,
+        health: ExportHealth,
+        *,
+        temporality: str,
+        where: str,
+        gate: SdkLogGate | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(preferred_temporality=temporality_preference(temporality))
         self._inner = inner
         self._health = health
         self._where = where
+        self._gate = gate
+        self._episode = Episode(clock=monotonic)
         self._delta = temporality.strip().lower() != "cumulative"
-        self.failing = False
+
+    @property
+    def failing(self) -> bool:
+        return self._episode.failing
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        raised = None
         try:
             result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception as exc:  # an exporter bug must not stop the reader's thread
             log.debug("metric exporter raised: %s", exc, exc_info=exc)
-            result = MetricExportResult.FAILURE
+            result, raised = MetricExportResult.FAILURE, type(exc).__name__
+        reason = self._gate.take() if self._gate is not None else None
         if result is MetricExportResult.SUCCESS:
-            if self.failing:
-                self.failing = False
-                log.info("OTLP metric export to %s recovered", self._where)
+            recovery = self._episode.succeeded()
+            if recovery is not None:
+                log.info("OTLP metric export to %s recovered after %s (%s failed)", self._where,
+                         lasted(recovery.seconds), attempts(recovery.attempts))  # fmt: skip
             return result
         self._health.metric_export_failed()
-        if not self.failing:
-            self.failing = True
-            lost = "each failed export's increments are lost" if self._delta else "the next export carries the totals"
-            log.warning("OTLP metric export to %s failing; retried every interval (%s)", self._where, lost)
+        report = self._episode.failed(reason or raised)
+        if report is not None:
+            why = f" ({report.reason})" if report.reason else ""
+            if report.first:
+                lost = (
+                    "each failed export's increments are lost" if self._delta else "the next export carries the totals"
+                )
+                log.warning("OTLP metric export to %s failing%s; retried every interval (%s)", self._where, why, lost)
+            else:
+                log.warning("OTLP metric export to %s failing: %s in the last %s%s", self._where,
+                            attempts(report.attempts), lasted(report.seconds), why)  # fmt: skip
         return result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
@@ -203,18 +234,6 @@ class CountingExporter(MetricExporter):
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
-
-
-class _QuietWhileFailing(logging.Filter):
-    """Lets the SDK exporter's metric-export lines through only while no failure episode is under way."""
-
-    def __init__(self, exporter: CountingExporter) -> None:
-        super().__init__()
-        self._exporter = exporter
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        about_metrics = record.name == _SDK_LOGGERS[0] or "metrics" in str(record.args)
-        return not (self._exporter.failing and about_metrics)
 
 
 class FanOut:
@@ -259,7 +278,7 @@ class OtlpMetrics:
         self._reader = reader
         self._provider: MeterProvider | None = None
         self._counting: CountingExporter | None = None
-        self._filter: _QuietWhileFailing | None = None
+        self._gate: SdkLogGate | None = None
         self._metrics: GenAiMetrics | None = None
         self._stopped = False
 
@@ -279,10 +298,10 @@ class OtlpMetrics:
         if reader is None:
             inner = self._exporter if self._exporter is not None else build_metric_exporter(settings)
             where = settings.url or "the SDK's default endpoint"
-            self._counting = CountingExporter(inner, self._health, temporality=settings.temporality, where=where)
-            self._filter = _QuietWhileFailing(self._counting)
-            for name in _SDK_LOGGERS:
-                logging.getLogger(name).addFilter(self._filter)
+            self._gate = SdkLogGate(METRIC_LOGGERS)
+            self._gate.attach()
+            self._counting = CountingExporter(inner, self._health, temporality=settings.temporality, where=where,
+                                              gate=self._gate)  # fmt: skip
             reader = PeriodicExportingMetricReader(
                 self._counting, export_interval_millis=settings.interval_ms, export_timeout_millis=settings.timeout_ms
             )
@@ -319,9 +338,8 @@ class OtlpMetrics:
         threading.Thread(target=shut, name="otlp-metrics-stop", daemon=True).start()
         if not await asyncio.to_thread(done.wait, budget):
             log.warning("the final OTLP metric export did not finish in %.1fs; abandoning it", budget)
-        if self._filter is not None:
-            for name in _SDK_LOGGERS:
-                logging.getLogger(name).removeFilter(self._filter)
+        if self._gate is not None:
+            self._gate.detach()
 
 
 def _views(max_series: int) -> list[View]:

@@ -101,15 +101,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stuck-queued-rate", type=_RATE, default=None,
                         help="responses: share of background responses left queued forever (default: the "
                              "scenario's, 0.02 for faulty, else 0)")  # fmt: skip
-    parser.add_argument("--fault-latency-ms", type=_MS, default=0.0)
-    parser.add_argument("--fault-jitter-ms", type=_MS, default=0.0)
+    parser.add_argument("--fault-latency-ms", type=_MS, default=0.0, help="added to every answer, in milliseconds")
+    parser.add_argument("--fault-jitter-ms", type=_MS, default=0.0,
+                        help="the added latency varies by up to this much either way, in milliseconds")  # fmt: skip
     parser.add_argument("--fault-error-rate", type=_RATE, default=0.0, help="probability of a 5xx per request")
     parser.add_argument("--fault-rate-limit", type=_RATE, default=0.0, help="probability of starting a 429 burst")
     parser.add_argument("--fault-rate-limit-burst", type=_AT_LEAST_ONE, default=1, help="429s per burst")
     parser.add_argument("--fault-retry-after", type=_AT_LEAST_ONE, default=1, help="retry-after seconds on 429s")
     parser.add_argument("--fault-drop-rate", type=_RATE, default=0.0, help="probability of closing the connection")
-    parser.add_argument("--fault-truncate-rate", type=_RATE, default=0.0)
-    parser.add_argument("--fault-malformed-rate", type=_RATE, default=0.0)
+    parser.add_argument("--fault-truncate-rate", type=_RATE, default=0.0,
+                        help="probability of a successful answer's body cut in half")  # fmt: skip
+    parser.add_argument("--fault-malformed-rate", type=_RATE, default=0.0,
+                        help="probability of a successful answer's body not being JSON")  # fmt: skip
     parser.add_argument("--fault-drift-rate", type=_RATE, default=0.0, help="per-object schema drift probability")
     parser.add_argument("--request-budget", type=_AT_LEAST_ONE, default=None,
                         help="requests per --budget-window; then 429")  # fmt: skip

@@ -108,4 +108,5 @@ async def test_responses_no_view_reads_responses_through_the_proxy(capsys: pytes
     assert int(finished.group(3)) >= int(plain[-1].group(3)) > 0, out
     assert int(finished.group(1)) > 0, out
     assert any(line.startswith("recent responses") for line in out)
-    assert any(line.startswith("metrics: ") and f"proxy: {first.group(2)}" in line for line in out)
+    assert any(f"proxy: {first.group(2)}" in line for line in out)  # the frame's footer names the proxy
+    assert any(line.startswith(f"simulator: {first.group(1)}/v1") for line in out)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from stepscope.testing import OtlpReceiver
 from tests.kit.waits import holds_within
@@ -140,7 +141,7 @@ def test_quickstart_keeps_its_two_commands_and_leads_to_the_recipes() -> None:
     assert [line.split("#")[0].strip() for line in block.group(1).splitlines()] == ["make demo", "make test"]
     assert "](docs/recipes.md)" in quickstart
     found = recipes()
-    assert set(found) == {"simulate", "metrics-only", "with-traces", "prometheus-config"}
+    assert set(found) == {"simulate", "metrics-only", "with-traces", "prometheus-rules", "prometheus-config"}
     assert SIM_PORT in found["simulate"] and SIM_PORT in found["metrics-only"]
     assert OTLP_PORT in found["with-traces"]
 
@@ -176,11 +177,59 @@ def test_traces_recipe_delivers_spans_to_the_otlp_endpoint(terminals: Terminals)
         terminals.wait_for("stepscope_runs_total and stepscope_run_steps_total to count", lambda: _counting(base))
 
 
-def test_prometheus_config_recipe_loads_the_rules(tmp_path: Path) -> None:
-    """The recipe's prometheus.yml lines, with the rules path pointing at the shipped file, pass promtool."""
+def _promtool() -> str:
     promtool = shutil.which("promtool") or "/usr/bin/promtool"
     if not Path(promtool).exists():
         pytest.fail("promtool not found: install Debian's `prometheus` package (`make deps`)")
+    return promtool
+
+
+def test_prometheus_rules_recipe_writes_runbook_links(tmp_path: Path) -> None:
+    """The recipe's lines before `sudo install`, run as written but into a temporary directory, write rules whose
+    every `runbook_url` is the recipe's address plus the alert's anchor, and promtool accepts them."""
+    lines = recipes()["prometheus-rules"].splitlines()
+    assert lines[-1].startswith("sudo install ")
+    base = re.search(r"^RUNBOOK_BASE=(\S+)$", lines[0], re.MULTILINE)
+    assert base is not None, lines[0]
+    script = "\n".join(lines[:-1]).replace("/tmp/stepscope-rules", str(tmp_path / "rules"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = tmp_path / "rules" / "prometheus" / "stepscope.rules.yml"
+    groups = yaml.safe_load(written.read_text(encoding="utf-8"))["groups"]
+    alerts = [rule for group in groups for rule in group["rules"] if "alert" in rule]
+    assert alerts
+    assert all(a["annotations"]["runbook_url"] == f"{base.group(1)}#{a['alert'].lower()}" for a in alerts)
+    check = subprocess.run([_promtool(), "check", "rules", str(written)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_prometheus_config_recipe_merged_into_debians_file_loads_the_rules(tmp_path: Path) -> None:
+    """The recipe says to merge its lines; merged into Debian's default prometheus.yml (which already has
+    `rule_files` and `scrape_configs`) the file passes promtool with the rules loaded, where appended it fails."""
+    default = Path("/etc/prometheus/prometheus.yml")
+    if not default.exists():
+        pytest.fail("no /etc/prometheus/prometheus.yml: install Debian's `prometheus` package (`make deps`)")
+    recipe = recipes()["prometheus-config"]
+    assert recipe.startswith("# merge into /etc/prometheus/prometheus.yml")
+    rules_path = "/etc/prometheus/rules/stepscope.rules.yml"
+    ours = yaml.safe_load(recipe.replace(rules_path, str(RULES_FILE)))
+    theirs = yaml.safe_load(default.read_text(encoding="utf-8"))
+    merged = {**theirs, "rule_files": [*(theirs.get("rule_files") or []), *ours["rule_files"]],
+              "scrape_configs": [*theirs["scrape_configs"], *ours["scrape_configs"]]}  # fmt: skip
+    (tmp_path / "merged.yml").write_text(yaml.safe_dump(merged), encoding="utf-8")
+    (tmp_path / "appended.yml").write_text(default.read_text(encoding="utf-8") + "\n" + recipe, encoding="utf-8")
+    check = [_promtool(), "check", "config"]
+    merged_check = subprocess.run([*check, str(tmp_path / "merged.yml")], capture_output=True, text=True, check=False)
+    assert merged_check.returncode == 0, merged_check.stdout + merged_check.stderr
+    assert "SUCCESS: 1 rule files found" in merged_check.stdout + merged_check.stderr
+    appended = subprocess.run([*check, str(tmp_path / "appended.yml")], capture_output=True, text=True, check=False)
+    assert appended.returncode != 0, "appending the recipe was expected to fail: the recipe's advice would be moot"
+
+
+def test_prometheus_config_recipe_loads_the_rules(tmp_path: Path) -> None:
+    """The recipe's prometheus.yml lines, with the rules path pointing at the shipped file, pass promtool."""
+    promtool = _promtool()
     config = recipes()["prometheus-config"]
     assert "job_name: stepscope" in config
     rules_path = "/etc/prometheus/rules/stepscope.rules.yml"

@@ -117,7 +117,7 @@ def test_every_alert_has_a_firing_and_a_not_firing_case() -> None:
 
 
 def test_the_issue_alerts_all_exist() -> None:
-    """The eleven alerts docs/telemetry.md and deploy/runbook.md name are defined, and no others."""
+    """The twelve alerts docs/telemetry.md and deploy/runbook.md name are defined, and no others."""
     assert {a["alert"] for a in _alerts()} == {
         "StepscopeRunFailureRatioHigh",
         "StepscopeStepFailureRatioHigh",
@@ -129,6 +129,7 @@ def test_the_issue_alerts_all_exist() -> None:
         "StepscopeExportLagHigh",
         "StepscopeSpanBacklogGrowing",
         "StepscopeDown",
+        "StepscopeTargetDown",
         "StepscopeDataDropped",
     }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -15,17 +17,18 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from prometheus_client import CollectorRegistry
 
+from stepscope.client.retry import RetryPolicy
 from stepscope.core import spancodec
 from stepscope.core.asyncstore import AsyncStore
 from stepscope.core.pipeline import Pipeline
 from stepscope.core.records import Commit, SpanEvent, SpanSpec, UnitRef
 from stepscope.core.store import SqliteStore
-from stepscope.export.delivery import BacklogLimits, SpanDelivery
+from stepscope.export.delivery import EXPORT_BACKOFF, BacklogLimits, SpanDelivery
 from stepscope.export.selfmetrics import SelfMetrics
 from stepscope.mapping.attributes import MappingOptions
 from stepscope.protocols.assistants.mapper import AssistantsMapper
 from stepscope.protocols.assistants.records import Run, RunStep, Usage
-from stepscope.testing import OtlpReceiver, RecordingMetricSink, RecordingSpanExporter
+from stepscope.testing import FakeClock, OtlpReceiver, RecordingMetricSink, RecordingSpanExporter
 from tests.kit.samples import make_run, make_step
 from tests.kit.waits import holds_within
 
@@ -35,6 +38,7 @@ REF = UnitRef("thread_1", "run_1")
 RESOURCE = Resource.create({"service.name": "stepscope-test"})
 NS = 1_000_000_000
 WAIT_S = 10.0  # generous: the box is shared; the conditions normally hold within milliseconds
+FAST_RETRY = RetryPolicy(initial_delay=0.01, max_delay=0.02, jitter=0.0)  # retries without the seconds of backoff
 
 
 def spec(i: int, **kw: object) -> SpanSpec:
@@ -85,6 +89,8 @@ class Rig:
         limits: BacklogLimits | None = None,
         wall: Callable[[], float] = time.time,
         delay_s: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        retry: RetryPolicy = EXPORT_BACKOFF,
     ) -> None:
         self.wall = wall
         self.store = store or SqliteStore(":memory:")
@@ -99,6 +105,8 @@ class Rig:
             limits=limits or BacklogLimits(),
             delay_s=delay_s,
             wall=wall,
+            retry=retry,
+            monotonic=monotonic,
         )
 
     def commit(self, spans: Sequence[bytes], at: float | None = None, step: str = "s") -> None:
@@ -140,9 +148,11 @@ def make_rig(
     limits: BacklogLimits | None = None,
     wall: Callable[[], float] = time.time,
     delay_s: float = 0.0,
+    monotonic: Callable[[], float] = time.monotonic,
+    retry: RetryPolicy = EXPORT_BACKOFF,
 ) -> Rig:
     """A `Rig` that the `rigs` fixture shuts down after the test."""
-    rig = Rig(exporter, store=store, limits=limits, wall=wall, delay_s=delay_s)
+    rig = Rig(exporter, store=store, limits=limits, wall=wall, delay_s=delay_s, monotonic=monotonic, retry=retry)
     rigs.append(rig)
     return rig
 
@@ -185,6 +195,36 @@ class TestDelivery:
         assert rig.delivery.shutdown(2.0) == 0
         assert span_ids(exporter) == Counter(range(1, 6))
         assert rig.delivery.state == "ok"
+
+    def test_an_outage_is_one_line_a_minute_with_the_attempts_then_one_when_it_ends(
+        self, rigs: list[Rig], exporter: RecordingSpanExporter, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Refused attempts one after another give one line at the first, none more within the minute, then one
+        counting the attempts since the first line, and one line when exports recover."""
+        clock = FakeClock()
+        exporter.fail = True
+        rig = make_rig(rigs, exporter, monotonic=clock.monotonic, retry=FAST_RETRY)
+        with caplog.at_level(logging.INFO, logger="stepscope.delivery"):
+            rig.delivery.begin()
+            rig.commit([spancodec.encode(spec(i)) for i in range(1, 4)])
+            wait_until(lambda: exporter.batches >= 10, "ten refused attempts")
+            clock.advance(61)
+            at_the_minute = exporter.batches
+            wait_until(lambda: exporter.batches >= at_the_minute + 3, "attempts after the minute")
+            exporter.fail = False
+            wait_until(lambda: rig.waiting() == 0, "the backlog to drain after recovery")
+            rig.delivery.shutdown(2.0)
+        lines = [r.getMessage() for r in caplog.records if r.name == "stepscope.delivery"]
+        assert lines[0] == "span export failing: 3 span(s) kept in the backlog, retried with backoff"
+        counted = re.fullmatch(r"span export failing: (\d+) attempts in the last 1m01s, 3 span\(s\) kept in the "
+                               r"backlog", lines[1])  # fmt: skip
+        assert counted is not None, lines
+        assert int(counted.group(1)) >= 10  # every attempt since the first line, counted
+        recovered = re.fullmatch(r"span export recovered after 1m01s \((\d+) attempts failed\); delivering the "
+                                 r"backlog \(\d+ span\(s\)\)", lines[2])  # fmt: skip
+        assert recovered is not None, lines
+        assert int(recovered.group(1)) >= int(counted.group(1)) + 1
+        assert len(lines) == 3, lines
 
     def test_restart_delivers_what_an_earlier_process_kept(
         self, rigs: list[Rig], exporter: RecordingSpanExporter, tmp_path: Path

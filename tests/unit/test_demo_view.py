@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import io
+import logging
 import re
+import shlex
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,10 +22,12 @@ import pytest
 from rich.console import Console
 
 from stepscope import protocols
+from stepscope.cli import build_parser
 from stepscope.client.parsing import TokenUsage
 from stepscope.commands import demoview
-from stepscope.commands.demo import _protocol, _service_env, protocol_choices
-from stepscope.commands.demoview import DemoView, Tracking
+from stepscope.commands.demo import _free_listen, _protocol, _service_env, protocol_choices
+from stepscope.commands.demoview import Api, DemoView, Tracking, shell_lines
+from stepscope.commands.logs import LastWarning
 from stepscope.core.asyncstore import AsyncStore
 from stepscope.core.pipeline import Committed, Pipeline
 from stepscope.core.records import Commit, UnitRef
@@ -494,16 +500,116 @@ class TestResponses:
 
     def test_the_footer_shows_the_proxy_beside_the_metrics_within_80_columns(self) -> None:
         """With a proxy the footer's first line names it after the metrics URL, and Ctrl-C moves to the traces line,
-        so that five-digit ports fit 80 columns; without one the footer is unchanged."""
+        so that five-digit ports fit 80 columns; without one the traces line still takes Ctrl-C."""
         lines = _frame(self._view())
         assert lines[-2:] == [
             "metrics: http://127.0.0.1:49152/metrics   proxy: http://127.0.0.1:49153/v1",
             "traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT)   Ctrl-C to stop",
         ]
         assert _frame(_view())[-2:] == [
-            "metrics: http://127.0.0.1:9464/metrics   Ctrl-C to stop",
-            "traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT)",
+            "metrics: http://127.0.0.1:9464/metrics",
+            "traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT)   Ctrl-C to stop",
         ]
+
+
+SIM = Api(url="http://127.0.0.1:49154/v1", key="sk-sim", protocol="x")
+
+
+def _with_api(protocol: str, nouns: tuple[str, str] = ("run", "step"), warnings: LastWarning | None = None) -> DemoView:
+    """A view as the demo makes it: told where the simulated API is, and given the diverted log records."""
+    api = dataclasses.replace(SIM, protocol=protocol, container=protocols.get(protocol).container)
+    return DemoView(_tracking, metrics_url="http://127.0.0.1:49152/metrics", nouns=nouns,
+                    traces="off (set OTEL_EXPORTER_OTLP_ENDPOINT)", api=api, warnings=warnings,
+                    clock=FakeClock().monotonic)  # fmt: skip
+
+
+def _copied(lines: list[str]) -> argparse.Namespace:
+    """The inspect command among `lines`, copied as a user would (its lines joined at the backslashes), parsed
+    by stepscope's own command line; its environment prefix must be the simulator's key."""
+    start = next(i for i, line in enumerate(lines) if line.startswith("OPENAI_API_KEY="))
+    end = next(i for i in range(start, len(lines)) if not lines[i].endswith(" \\"))
+    words = shlex.split(" ".join(line.removesuffix("\\") for line in lines[start : end + 1]))
+    assert words[0] == "OPENAI_API_KEY=sk-sim" and words[1] == "stepscope"
+    return build_parser().parse_args(words[2:])
+
+
+class TestInspectCommand:
+    """Below the waterfall, the command that reads the last finished unit from the simulator, whole, in 80
+    columns; it names the container with the flag the protocol names it by, and none for Responses."""
+
+    def test_a_run_is_inspected_on_its_thread(self) -> None:
+        """For an Assistants run, the command carries the run id and `--thread` with the thread id, whole."""
+        view = _with_api("assistants")
+        run = _finished_run_a(view)
+        lines = _frame(view)
+        assert max(len(line) for line in lines) <= 80
+        args = _copied(lines)
+        assert (args.command, args.unit_id, args.container) == ("inspect", RUN_A, run.thread_id)
+        assert vars(args)["setting:api.protocol"] == "assistants"
+        assert vars(args)["setting:api.base_url"] == SIM.url
+        assert any(line.startswith("simulator: http://127.0.0.1:49154/v1   metrics: ") for line in lines)
+        assert "--thread " + run.thread_id in "\n".join(lines)
+
+    def test_a_turn_is_inspected_on_its_session(self) -> None:
+        """For an Agents API turn, the command carries the turn id and `--session` with the session id."""
+        view = _with_api("agents", ("turn", "item"))
+        _turn_done(view, _turn(1))
+        lines = _frame(view)
+        assert max(len(line) for line in lines) <= 80
+        args = _copied(lines)
+        assert (args.unit_id, args.container) == (_turn(1).id, SESSION)
+        assert "--session " + SESSION in "\n".join(lines)
+
+    def test_a_response_needs_no_container(self) -> None:
+        """For a response (container `project`, no id), the command carries the response id alone, whole though
+        the waterfall's title cuts it."""
+        view = _with_api("responses", ("response", "item"))
+        TestResponses()._done(view, timed=False)
+        lines = _frame(view)
+        assert max(len(line) for line in lines) <= 80
+        args = _copied(lines)
+        assert (args.unit_id, args.container) == ("resp_" + "a" * 48, None)
+
+    def test_nothing_to_inspect_before_a_unit_finished(self) -> None:
+        """Before any unit finished the frame has no command, only where the API, metrics and traces are."""
+        lines = _frame(_with_api("assistants"))
+        assert not any("stepscope inspect" in line for line in lines)
+        assert lines[-2:] == [
+            "simulator: http://127.0.0.1:49154/v1   metrics: http://127.0.0.1:49152/metrics",
+            "traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT)   Ctrl-C to stop",
+        ]
+
+    def test_shell_lines_never_split_a_word_and_keep_to_the_width(self) -> None:
+        """Words are packed into lines that end in a backslash and fit the width; a word is never split."""
+        words = [f"word{i:02d}-" + "x" * 10 for i in range(12)]
+        lines = shell_lines(words, width=40)
+        assert all(len(line) <= 40 for line in lines)
+        assert all(line.endswith(" \\") for line in lines[:-1])
+        assert " ".join(line.removesuffix(" \\").strip() for line in lines).split() == words
+
+
+class TestWarnings:
+    def test_the_newest_warning_is_the_last_line_cut_to_the_width(self) -> None:
+        """A record diverted to the view shows as the frame's last line, one line of at most 80 columns, with the
+        number of records when there were several."""
+        warnings = LastWarning()
+        logger = logging.getLogger("stepscope.test_demo_view")
+        logger.addHandler(warnings)
+        logger.propagate = False
+        try:
+            view = _with_api("assistants", warnings=warnings)
+            assert not any("WARNING" in line for line in _frame(view))
+            logger.warning("span export failing: %s", "x" * 200)
+            assert re.fullmatch(r"\d\d:\d\d:\d\d WARNING stepscope.test_demo_view: span export failing: x+…",
+                                _frame(view)[-1])  # fmt: skip
+            logger.error("second\nwith a second line")
+            last = _frame(view)[-1]
+            assert re.fullmatch(r"2 log lines, the last: \d\d:\d\d:\d\d ERROR stepscope.test_demo_view: second",
+                                last), last  # fmt: skip
+            assert max(len(line) for line in _frame(view)) <= 80
+        finally:
+            logger.removeHandler(warnings)
+            logger.propagate = True
 
 
 async def test_view_hears_a_real_pipeline() -> None:
@@ -580,3 +686,26 @@ def test_readme_frame_holds_at_80_columns() -> None:
     assert lines[0].startswith("╭") and "stepscope demo" in lines[0]
     assert max(len(line) for line in lines) <= 80
     assert any(line.startswith("last finished run run_") for line in lines)
+
+
+class TestPortProbe:
+    def test_a_port_left_in_time_wait_by_a_scrape_is_free(self) -> None:
+        """A connection the server closed (a finished scrape) leaves the port in TIME_WAIT: a plain bind is
+        refused, but the probe binds as the server does and keeps the requested port."""
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                accepted, _ = server.accept()
+                accepted.close()  # the server's side closes first: it is the one left in TIME_WAIT
+                client.recv(1)
+        with socket.socket() as plain, pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+        assert _free_listen(f"127.0.0.1:{port}") == f"127.0.0.1:{port}"
+
+    def test_a_port_something_listens_on_is_taken(self) -> None:
+        """A port another server listens on is taken: the probe returns another free port on the same host."""
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+            host, _, other = _free_listen(f"127.0.0.1:{port}").rpartition(":")
+        assert host == "127.0.0.1"
+        assert int(other) not in (0, port)

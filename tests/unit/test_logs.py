@@ -1,4 +1,4 @@
-"""Logging: flood suppression and the JSON format."""
+"""Logging: flood suppression, the JSON format, and records diverted from the terminal while a view is live."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from stepscope.commands.logs import DuplicateFilter, setup_logging
+from stepscope.commands.logs import DuplicateFilter, LastWarning, diverted, setup_logging
 
 
 class Clock:
@@ -63,3 +63,37 @@ def test_json_format_is_one_object_per_line() -> None:
     assert line["level"] == "info"
     assert line["logger"] == "stepscope.x"
     assert line["run_count"] == 3
+
+
+class TestDiverted:
+    def test_records_go_to_the_view_while_it_is_live_and_to_the_terminal_after(self) -> None:
+        """Inside `diverted`, a warning reaches neither the root's terminal handler nor a library's own one on a
+        logger that does not propagate (as uvicorn's); both go to the view's handler, and come back after."""
+        terminal = io.StringIO()
+        root_handler = logging.StreamHandler(terminal)
+        library = logging.getLogger("stepscope.test_logs.library")
+        library_handler = logging.StreamHandler(terminal)
+        library.addHandler(library_handler)
+        library.propagate = False
+        root = logging.getLogger()
+        root.addHandler(root_handler)
+        warnings = LastWarning()
+        try:
+            with diverted(warnings, [terminal]):
+                logging.getLogger("stepscope.test_logs").warning("from stepscope")
+                library.error("from a library")
+                logging.getLogger("stepscope.test_logs").info("below the view's level")
+            assert terminal.getvalue() == ""
+            assert warnings.count == 2
+            assert warnings.line is not None and warnings.line.endswith(
+                "ERROR stepscope.test_logs.library: from a library"
+            )
+            logging.getLogger("stepscope.test_logs").warning("after the view")
+            library.error("after the view too")
+            assert terminal.getvalue() == "after the view\nafter the view too\n"
+            assert warnings.count == 2
+            assert warnings not in root.handlers and warnings not in library.handlers
+        finally:
+            root.removeHandler(root_handler)
+            library.removeHandler(library_handler)
+            library.propagate = True

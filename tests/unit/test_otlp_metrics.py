@@ -31,7 +31,10 @@ from stepscope.core.asyncstore import AsyncStore
 from stepscope.core.pipeline import Pipeline
 from stepscope.core.records import Commit, UnitRef
 from stepscope.core.store import SqliteStore
+from stepscope.export.episodes import SdkLogGate
 from stepscope.export.otlp_metrics import (
+    METRIC_LOGGERS,
+    CountingExporter,
     FanOut,
     MetricSettings,
     OtlpMetrics,
@@ -44,6 +47,7 @@ from stepscope.mapping.attributes import MappingOptions
 from stepscope.protocols.assistants.mapper import AssistantsMapper
 from stepscope.protocols.assistants.observations import step_observations
 from stepscope.protocols.assistants.records import Usage
+from stepscope.testing import FakeClock
 from tests.kit.fakes import Counters
 from tests.kit.samples import make_run, make_step
 from tests.kit.waits import holds_within
@@ -178,6 +182,35 @@ async def test_failed_exports_are_counted_and_logged_once_per_episode(caplog: py
     assert sum("failing" in m for m in messages) == 1
     assert sum("recovered" in m for m in messages) == 1
     assert _failures(registry) >= 4
+
+
+def test_an_outage_is_one_line_a_minute_with_the_attempts_as_for_spans(caplog: pytest.LogCaptureFixture) -> None:
+    """As span delivery does: a line at the first refused export with the SDK exporter's reason, none more within
+    the minute, one after it counting the attempts since the first line, and one when exports recover."""
+    clock, registry, inner = FakeClock(), CollectorRegistry(), ScriptedExporter()
+    gate = SdkLogGate(METRIC_LOGGERS)
+    exporter = CountingExporter(inner, SelfMetrics(registry, version="0"), temporality="cumulative", where="x",
+                                gate=gate, monotonic=clock.monotonic)  # fmt: skip
+    data = MetricsData(resource_metrics=[])
+    sdk = logging.getLogger(next(iter(METRIC_LOGGERS)))
+    gate.attach()
+    try:
+        with caplog.at_level(logging.INFO):
+            for _ in range(6):  # the SDK exporter logs its reason on its own logger before it returns
+                sdk.error("Failed to export %s batch code: %s, reason: %s", "metrics", 503, "Service Unavailable")
+                exporter.export(data)
+                clock.advance(12)
+            inner.ok = True
+            exporter.export(data)
+    finally:
+        gate.detach()
+    assert [r.getMessage() for r in caplog.records] == [
+        "OTLP metric export to x failing (HTTP 503 Service Unavailable); retried every interval (the next export "
+        "carries the totals)",
+        "OTLP metric export to x failing: 5 attempts in the last 1m00s (HTTP 503 Service Unavailable)",
+        "OTLP metric export to x recovered after 1m12s (6 attempts failed)",
+    ]
+    assert _failures(registry) == 6
 
 
 async def test_stop_abandons_a_hung_export_within_its_budget() -> None:

@@ -122,6 +122,19 @@ class TestTable:
             assert re.search(rf"{row.status}\s+{row.duration}s\s+ *█", line), line
         assert _bar_cells(drawn[0]) > 20  # the timeline takes the room the dropped columns left
 
+    def test_inspect_table_keeps_every_column_at_80_columns(self) -> None:
+        """At 80 columns `inspect`'s table (compact with details) keeps start offsets and tokens, cuts long span
+        names, and leaves the timeline a dozen cells and more, with a bar on every row."""
+        run, steps = _sample()
+        rows = _rows(run, steps, "Research assistant with a long name")
+        lines = _text(waterfall_table(rows, "run run_1", compact=True, details=True), 80)
+        assert max(len(line) for line in lines) <= 80
+        assert re.match(r"span\s+status\s+start\s+took\s+tokens in/out\s+0s\s+timeline\s+40s$", lines[1]), lines
+        run_line = next(line for line in lines if "invoke_agent" in line)
+        assert re.search(r"…\s+failed\s+\+0s\s+40s\s+1200/340 █+$", run_line), run_line
+        assert _bar_cells(run_line) >= 12
+        assert sum("█" in line for line in lines) == len(rows)
+
     def test_limit_keeps_the_whole_time_axis(self) -> None:
         """With a limit, the last line counts the rows left out and the axis still spans the whole run."""
         run, steps = _sample()
