@@ -48,7 +48,8 @@ def shard_of(container_id: str, count: int) -> int:
 
 
 class Tracker(Protocol):
-    """The poller as discovery sees it: where new units go, and which it tracks already."""
+    """The poller as discovery sees it: where new units go, and which it tracks already. `track` of an id tracked
+    under another container returns False, counting and logging the collision (`unit_id_collision`)."""
 
     def track(self, ref: UnitRef) -> bool: ...
 
@@ -59,6 +60,11 @@ class Tracker(Protocol):
     def poll_soon(self, unit_id: str) -> None: ...
 
     def untrack(self, unit_id: str) -> None: ...
+
+    def state_of(self, unit_id: str) -> object | None:
+        """The reader's state of a tracked unit (None when untracked), for a discovery that hands it what a
+        listing showed."""
+        ...
 
 
 class RegistrationStore(Protocol):

@@ -17,7 +17,8 @@ def main() -> int:
     rows += bench_pipeline.main()
     print("CPU per API request: serve against a bare client, same simulator (~2 min) ...", flush=True)
     rows += bench_profile.main()
-    print("API efficiency and freshness (60 s, stepscope and a naive poller side by side) ...", flush=True)
+    print("API efficiency and freshness (4 workloads of 60 s + drain, stepscope and a naive poller side by side) ...",
+          flush=True)  # fmt: skip
     rows += bench_api.main()
     print("proxy added latency and CPU (2,000 requests of each kind: direct, proxied, bare forwarder) ...", flush=True)
     rows += bench_proxy.main()

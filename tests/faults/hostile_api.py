@@ -22,6 +22,9 @@ the default lookback. The threads, in `THREADS`:
   every 1/`FOREVER_RATE` s.
 - `thread_badjson`: one run whose `GET` body is cut-off JSON, one whose `GET` is JSON without a status.
 
+A run whose `GET` misbehaves (`run_fault`) is left out of its thread's listing: stepscope takes a listed run from
+the listing and never reads it by id, so the application registers these by id (`BY_ID`, `POST /v1/watch`).
+
 Every API request is recorded in `requests` (arrival time, run, endpoint, items returned), so a test can compute
 request rates and listing sizes. `shutdown()` also ends the bodies that would never end.
 """
@@ -219,7 +222,7 @@ class HostileApi:
     def _list_runs(
         self, h: BaseHTTPRequestHandler, at: float, thread_id: str, runs: list[Run], q: dict[str, str], now: float
     ) -> None:
-        newest_first = sorted(runs, key=lambda r: r.created, reverse=True)
+        newest_first = sorted((r for r in runs if r.run_fault is None), key=lambda r: r.created, reverse=True)
         page, more = _page([r.id for r in newest_first], q)
         self.requests.append(Request(at, "list_runs", thread_id, None, len(page), q.get("after")))
         _send(h, 200, _envelope([_run_json(self._by_id[i], now, self.started) for i in page], more))
@@ -475,3 +478,7 @@ def _send_chunked(h: BaseHTTPRequestHandler, chunks: Iterable[bytes], stop: thre
         if every:
             stop.wait(every)
     h.wfile.write(b"0\r\n\r\n")
+
+
+BY_ID = tuple((run.thread_id, run.id) for run in _scenario() if run.run_fault is not None)
+"""`(thread_id, run_id)` of the runs only a read by id reaches: register them through `/v1/watch`."""

@@ -26,6 +26,7 @@ import pytest
 from stepscope.testing import OtlpReceiver, ReceivedSpan
 from tests.faults.hostile_api import (
     ALTERNATE_STEPS,
+    BY_ID,
     FLOOD_RUNS,
     FLOOD_STEPS,
     FOREVER,
@@ -136,6 +137,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
         with serve(tmp, env) as (proc, base):
+            for thread_id, run_id in BY_ID:
+                httpx.post(f"{base}/v1/watch", json={"thread_id": thread_id, "run_id": run_id}).raise_for_status()
             process = psutil.Process(proc.popen.pid)
             rss: list[float] = []
             scrapes: list[tuple[int, int, int]] = []

@@ -119,6 +119,9 @@ class RecordingTracker:
     def untrack(self, unit_id: str) -> None:
         self.refs = [r for r in self.refs if r.unit_id != unit_id]
 
+    def state_of(self, unit_id: str) -> object | None:
+        return None  # a recorder holds no reader states: discovery hands it nothing
+
     def ok(self) -> None:
         self.states.append("ok")
 

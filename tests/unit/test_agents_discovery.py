@@ -61,6 +61,9 @@ class Tracker:
     def untrack(self, unit_id: str) -> None:
         self.active.discard(unit_id)
 
+    def state_of(self, unit_id: str) -> object | None:
+        return None
+
     def ok(self) -> None:
         pass
 

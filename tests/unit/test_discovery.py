@@ -12,7 +12,7 @@ from stepscope.core.discovery import DISCOVERY_BUDGET, DISCOVERY_CONCURRENCY, sh
 from stepscope.core.poller import PollSchedule
 from stepscope.core.records import UnitRef
 from stepscope.core.store import SqliteStore
-from stepscope.errors import AuthError, NotFound
+from stepscope.errors import AuthError, NotFound, Unavailable, UnknownRoute
 from stepscope.protocols.assistants.discovery import EMPTY_BACKOFF_MAX_S, Discovery
 from stepscope.protocols.assistants.records import Run, RunStep
 from stepscope.protocols.base import RegistrationFull
@@ -77,6 +77,34 @@ async def test_missing_thread_is_dropped(store: SqliteStore) -> None:
     discovery = _discovery(source, store, tracker, threads=["thread_gone"])
     await discovery.run_once()
     assert discovery.watched() == []
+
+
+async def test_a_wrong_base_url_never_drops_a_configured_thread(store: SqliteStore) -> None:
+    """A 404 for a route the server does not serve says the base URL is wrong, not that the thread is gone: the
+    thread stays watched and the API state says what happened."""
+    source, tracker = FakeSource(), Tracker()
+    source.fail_with = UnknownRoute("list_runs: HTTP 404: Invalid URL", request="GET /threads/thread_a/runs",
+                                    evidence="Invalid URL", status_code=404)  # fmt: skip
+    discovery = _discovery(source, store, tracker, threads=["thread_a"])
+    await discovery.run_once()
+    assert discovery.watched() == ["thread_a"]
+    assert tracker.states == ["unavailable"]  # with the reason kept for /v1/status
+
+
+async def test_an_unreadable_listing_is_the_threads_trouble_said_once(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 200 whose body cannot be read is logged once for its thread and leaves the API's state alone, so one odd
+    thread does not make the whole API flap between unavailable and recovered."""
+    source, tracker = FakeSource(), Tracker()
+    discovery = _discovery(source, store, tracker, threads=["thread_a"])
+    with caplog.at_level(logging.WARNING, logger="stepscope.discovery"):
+        for _ in range(3):
+            source.fail_with = Unavailable("list_runs: HTTP 200: unreadable JSON body", status_code=200)
+            await discovery.run_once()
+    assert tracker.states == []
+    assert len([r for r in caplog.records if "cannot be read" in r.getMessage()]) == 1
+    assert discovery.watched() == ["thread_a"]
 
 
 def test_shards_partition_threads(store: SqliteStore) -> None:

@@ -10,6 +10,11 @@ thread is configured, registered or seen by the proxy.
 A thread has at most one active run at a time, so older runs than a known one are known or finished already, and
 a thread whose run is still being tracked is skipped: it cannot have started another. That keeps discovery cheap
 enough to run every second on idle threads, which is what bounds the delay before a new run's first poll.
+A run a listing found is handed to its reader state with the object the listing carried (no read before its
+first poll), and followed: the reader learns of its end from one listing of the thread, whose newer runs come
+back here (`_adopt`) and are tracked the same way, so on a thread running one run after another neither a pass's
+listing nor a run read is spent between them. Runs tracked otherwise (the proxy, `/v1/watch` with a run id, a
+restart) are read by id, and their thread is listed once they end.
 With sharding (`INDEX/COUNT`) a replica owns only the threads whose stable hash falls in its shard.
 
 Bounded against a flood of registrations:
@@ -26,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 
 from stepscope.contract.vocabulary import DropReason
 from stepscope.core.discovery import DISCOVERY_CONCURRENCY, DiscoverySeams, DiscoverySettings, PeriodicDiscovery
 from stepscope.core.records import UnitRef
-from stepscope.errors import InvalidObject, NotFound, SourceError, StoreError
+from stepscope.errors import InvalidObject, NotFound, SourceError, StoreError, UnknownRoute
+from stepscope.protocols.assistants.reader import RunState
 from stepscope.protocols.assistants.records import Run, StepSource
 from stepscope.protocols.assistants.threads import ThreadSource
 from stepscope.protocols.base import RegistrationFull
@@ -74,23 +81,31 @@ class Discovery(PeriodicDiscovery):
         self._full_logged = False
         # Per-thread scheduling, pruned to the watched threads every pass.
         self._listed_at: dict[str, float] = {}  # monotonic time of the last listing
+        self._unreadable_threads: set[str] = set()  # threads whose unreadable listing was logged (once an episode)
         self._not_before: dict[str, float] = {}  # monotonic time before which an empty thread is not listed
         self._backoff: dict[str, float] = {}  # current re-listing delay of an empty thread
         self._empty_since: dict[str, float] = {}  # wall time of the first listing in a row without a recent run
         self._active: set[str] = set()  # threads whose last listing had a run inside the lookback
+        self._watching: frozenset[str] = frozenset()  # the threads of the last pass: where `_adopt` tracks runs
 
     def watched(self) -> list[str]:
         """Threads this replica watches: configured, listed and registered ones in its shard."""
         return self._threads([(t, r or None) for t, r in self._registered])
 
     def idle_reason(self) -> str | None:
-        """None while a thread is watched or the project's threads are listed; else how to give it threads."""
+        """None while a thread is watched or the project's threads are listed; else how to give it threads, after
+        which configured threads were dropped for answering 404, when some were."""
         if self._thread_source is not None or self.watched():
             return None
-        return (
+        how = (
             "set STEPSCOPE_THREADS=thread_a,thread_b, or register threads with POST /v1/watch "
             '{"thread_id": ...}: runs are found on watched threads only'
         )
+        gone = sorted(self._missing)
+        if not gone:
+            return how
+        more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
+        return f"the configured thread(s) {', '.join(gone[:3])}{more} answered 404 (not found); {how}"
 
     def _threads(self, rows: list[tuple[str, str | None]]) -> list[str]:
         registered = [t for t, run in rows if run is None]
@@ -195,7 +210,8 @@ class Discovery(PeriodicDiscovery):
         self._registered = {(t, r or "") for t, r in rows}
         await self._list_threads()
         threads = self._threads(rows)
-        self._prune_schedule(set(threads))
+        self._watching = frozenset(threads)
+        self._prune_schedule(self._watching)
         busy = self._tracker.busy_containers()
         now = self._monotonic()
         due = [t for t in threads if t not in busy and self._not_before.get(t, -math.inf) <= now]
@@ -227,7 +243,7 @@ class Discovery(PeriodicDiscovery):
         rest = [t for t in due if t not in chosen][: self._budget - len(preferred)]
         return preferred + rest
 
-    def _prune_schedule(self, watched: set[str]) -> None:
+    def _prune_schedule(self, watched: AbstractSet[str]) -> None:
         for table in (self._listed_at, self._not_before, self._backoff, self._empty_since):
             for thread_id in [t for t in table if t not in watched]:
                 del table[thread_id]
@@ -299,8 +315,10 @@ class Discovery(PeriodicDiscovery):
                     run.is_terminal
                     and not self._tracker.is_tracked(run.id)
                     and not await self._store.known_runs([run.id])
+                    and self._tracker.track(run.ref)
                 ):
-                    found += self._tracker.track(run.ref)
+                    found += 1
+                    self._hand_over(run, follow=False)  # ended already: nothing starts after it unseen
         return found
 
     async def _recent_runs(self, thread_id: str, horizon: float) -> AsyncIterator[Run]:
@@ -313,7 +331,7 @@ class Discovery(PeriodicDiscovery):
     async def _discover_thread(self, thread_id: str) -> tuple[int, str]:
         """List one thread's recent runs and track the new ones: (runs tracked, outcome)."""
         horizon = self._wall() - self.settings.lookback_s
-        new: list[UnitRef] = []
+        new: list[Run] = []
         recent = False
         self._listed_at[thread_id] = self._monotonic()
         try:
@@ -321,11 +339,18 @@ class Discovery(PeriodicDiscovery):
                 recent = True
                 if self._tracker.is_tracked(run.id) or await self._store.known_runs([run.id]):
                     break
-                new.append(run.ref)
+                new.append(run)
+        except UnknownRoute as exc:  # the base URL is wrong, not the thread: it stays watched
+            self._api.failed(exc)
+            return 0, _FAILED
         except NotFound:
             return 0, _MISSING
-        except SourceError as exc:  # the API health says which state it means
-            self._api.failed(exc)
+        except SourceError as exc:
+            if exc.status_code is not None and 200 <= exc.status_code < 300:
+                # The server answered, but not readably: this thread's trouble, not the API's (counted by the source).
+                self._unreadable(thread_id, exc)
+            else:
+                self._api.failed(exc)  # the API health says which state it means
             return 0, _FAILED
         except InvalidObject as exc:
             log.debug("listing runs of %s failed: %s", thread_id, exc)  # counted by the source
@@ -333,6 +358,45 @@ class Discovery(PeriodicDiscovery):
         except StoreError:  # logged once per episode by the store; listed again next pass
             return 0, _FAILED
         self._api.ok()
-        # Oldest first, so a backfill exports history in order.
-        found = sum(1 for ref in reversed(new) if self._tracker.track(ref))
-        return found, _RUNS if recent else _EMPTY
+        self._unreadable_threads.discard(thread_id)
+        return self._track(new), _RUNS if recent else _EMPTY
+
+    def _unreadable(self, thread_id: str, exc: SourceError) -> None:
+        """Say once per episode that a thread's runs listing cannot be read; it is listed again each pass."""
+        if thread_id not in self._unreadable_threads:
+            self._unreadable_threads.add(thread_id)
+            log.warning("the runs of %s cannot be read (%s); listing it again each pass", thread_id, exc)
+
+    def _track(self, new: Sequence[Run]) -> int:
+        """Track runs a listing found (newest first) oldest first, so a backfill exports history in order, each with
+        its listed object and followed; returns how many were tracked."""
+        found = 0
+        for run in reversed(new):
+            if self._tracker.track(run.ref):
+                found += 1
+                self._hand_over(run, follow=True)
+        return found
+
+    def _hand_over(self, run: Run, *, follow: bool) -> None:
+        """Give a just tracked run's reader state the object the listing carried and, with `follow`, `_adopt` for
+        the runs its thread starts after it. Nothing may be awaited between `track()` and this: the poller polls a
+        new unit on its next round."""
+        state = self._tracker.state_of(run.id)
+        if isinstance(state, RunState):
+            state.take_listed(run, self._adopt if follow else None)
+
+    async def _adopt(self, thread_id: str, runs: Sequence[Run]) -> None:
+        """A `Follow`: the runs a followed run's listing showed after it (newest first) are tracked like a pass's
+        findings, down to the first one tracked or known. Never raises: on a store error, or for a thread no
+        longer watched, they are left to the next pass."""
+        if self.stopping or thread_id not in self._watching:
+            return
+        new: list[Run] = []
+        try:
+            for run in runs:
+                if self._tracker.is_tracked(run.id) or await self._store.known_runs([run.id]):
+                    break
+                new.append(run)
+        except StoreError:  # logged once per episode by the store
+            return
+        self._track(new)

@@ -8,6 +8,12 @@ off per `PollSchedule`. Newly terminal steps are committed at once, so a step is
 the trace backend does. A terminal run gets up to `final_sweeps` more polls for steps still open, then its run span
 is committed and it is done.
 
+A run found by a thread listing comes with the object the listing carried (`RunState.take_listed`), so its first
+poll reads no run. Such a run is *followed*: a thread has at most one active run, so a new run can only appear on
+it once this one ended, and the re-read that would learn of the end is one listing of the thread instead,
+`GET /threads/{id}/runs?limit=RELIST_LIMIT` (newest first): it carries this run's state, and the runs started after
+it go to the `Follow` (discovery), which tracks them with their objects. A run not on that page is read by id.
+
 A run the application streams through the proxy reports its steps in the stream's events (`stream_run`,
 `stream_step`): they are committed as they arrive and the run is not polled while events flow; when the stream
 ends, one final check (the steps after the cursor, and the run only if the stream did not say it ended) catches
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from stepscope.contract.vocabulary import DropReason
@@ -42,8 +48,14 @@ STREAM_SILENCE_S = 30.0
 SUBMIT_HOLD_S = 5.0
 """After the application sent tool outputs through the proxy, polls of the run wait this long for the answer to
 report it (the answer's stream, or its JSON body), so a poll cannot race the answer's first event."""
+RELIST_LIMIT = 3
+"""Runs per listing that re-reads a followed run: the run and the (at most two) runs started after it since the
+last poll fit one page; a run further down is read by id, and discovery finds the others."""
 
 RunCommit = Commit[Run, RunStep, str]
+Follow = Callable[[str, Sequence[Run]], Awaitable[None]]
+"""Where the runs a followed run's listing shows after it go (`thread_id`, runs newest first): tracked like runs a
+discovery pass found. Must not raise: what it cannot track, discovery's next listing of the thread finds."""
 
 
 def _interval(schedule: PollSchedule, run: Run | None, waiting_polls: int = 0) -> float:
@@ -69,6 +81,15 @@ class RunState:
     streaming_until: float = 0.0  # a stream reports this run's steps until then (monotonic): no polling
     run_final: bool = False  # the stream said the run is terminal: the final check needs no run read
     seen_at: float = float("-inf")  # when the proxy saw the application create or resume it (monotonic)
+    fresh: bool = False  # `run` came from a listing just now: the next poll needs no run read
+    follow: Follow | None = None  # where runs after this one go; set, re-reads list the thread (module docstring)
+
+    def take_listed(self, run: Run, follow: Follow | None) -> None:
+        """Take the run object the listing that found the run carried (unless the run was read already), before the
+        first poll, and where the runs the thread starts after it go (None: re-reads read the run by id)."""
+        if self.run is None:
+            self.run, self.fresh = run, True
+        self.follow = follow
 
 
 class AssistantNames:
@@ -138,11 +159,14 @@ class StepReader:
         streaming_for = state.streaming_until - self._monotonic()
         if streaming_for > 0:
             return streaming_for  # the stream reports the steps; `stream_ended` brings the final check forward
+        fresh, state.fresh = state.fresh, False
         if state.run is not None and state.run.status == "queued" and not state.run_final:
-            return await self._poll_queued(state, state.run)
-        previous = state.run.status if state.run is not None else None
-        if not state.run_final and (state.run is None or not state.open or state.run.status != "in_progress"):
-            state.run = self._with_parent(state, await self._source.get_run(state.ref))
+            return await self._poll_queued(state, state.run, fresh)
+        # A run a listing just carried is handled as if just read: its steps are listed even if it waits.
+        previous = state.run.status if state.run is not None and not fresh else None
+        reread = state.run is None or not state.open or state.run.status != "in_progress"
+        if reread and not fresh and not state.run_final:
+            state.run = self._with_parent(state, await self._reread(state))
         run = state.run
         assert run is not None
         # A waiting run's steps cannot change until the application acts, so only the run is re-read; the steps
@@ -166,16 +190,19 @@ class StepReader:
             return self._schedule.slow
         return None
 
-    async def _poll_queued(self, state: RunState, run: Run) -> float:
+    async def _poll_queued(self, state: RunState, run: Run, fresh: bool) -> float:
         """A queued run has no steps until it starts, so a step listing answers both "has it started?" and "which
         steps?" in one request; the run itself is read every `grace`-th poll, for a run cancelled or expired while
-        queued. Right after the application created it (through the proxy), the answer is known: no request."""
+        queued. Right after the application created it (through the proxy) or a listing found it (`fresh`, which
+        counts as a read), the answer is known: no request."""
         since_seen = self._monotonic() - state.seen_at
         if since_seen < self._schedule.fast:
             return self._schedule.fast - since_seen
         state.waiting_polls += 1
+        if fresh:
+            return _interval(self._schedule, run, state.waiting_polls)
         if state.waiting_polls % self._schedule.grace == 0:
-            state.run = self._with_parent(state, await self._source.get_run(state.ref))
+            state.run = self._with_parent(state, await self._reread(state))
             if state.run.status == "queued":
                 return _interval(self._schedule, state.run, state.waiting_polls)
             state.waiting_polls = 0
@@ -226,6 +253,23 @@ class StepReader:
     def stream_ended(self, state: RunState) -> None:
         """The stream ended (whole or cut short): poll from now on, starting with the final check."""
         state.streaming_until = 0.0
+
+    async def _reread(self, state: RunState) -> Run:
+        """The run as the API has it now: from one page of its thread's runs when it is followed (handing the runs
+        started after it to `state.follow`), else, or when it is not on that page, read by id."""
+        ref, seen, follow = state.ref, state.run, state.follow
+        if seen is None or follow is None:
+            return await self._source.get_run(ref)
+        newer: list[Run] = []
+        async for listed in self._source.list_runs(ref.container_id, limit=RELIST_LIMIT):
+            if listed.id == ref.unit_id:
+                if newer:
+                    await follow(ref.container_id, newer)
+                return listed
+            newer.append(listed)
+            if len(newer) >= RELIST_LIMIT or listed.created_at < seen.created_at:
+                break  # past it, or not on the first page: no second request for what a read by id tells
+        return await self._source.get_run(ref)
 
     def _with_parent(self, state: RunState, run: Run) -> Run:
         if state.traceparent is None or run.traceparent is not None:
