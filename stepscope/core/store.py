@@ -78,8 +78,9 @@ class SqliteStore:
 
     Calls are short transactions on the caller's thread (the event loop reaches them through `AsyncStore`); the
     lock makes the object safe to share with the delivery thread. `healthy` is False from a failed write until the
-    next successful one (readiness reads it). A run of failed writes is logged once when it starts and once when it
-    ends: callers count what a failure cost them and need not log it.
+    next successful one that changed a row (readiness reads it; one that changed nothing wrote nothing). A run of
+    failed writes is logged once when it starts and once when it ends: callers count what a failure cost them and
+    need not log it.
     """
 
     def __init__(self, path: str) -> None:
@@ -208,11 +209,14 @@ class SqliteStore:
                         db.execute("ROLLBACK")
                 self._failed_write(exc)
                 raise StoreError(self.last_error or str(exc)) from exc
-            if self._failed_writes:
+            # A transaction that changed no row wrote nothing (a prune with nothing to prune), so it proves nothing:
+            # taken as a recovery, it would make readiness and the log flap on every such call during a full disk.
+            if self._failed_writes and changed:
                 log.info("checkpoint store %s writable again, after %d failed write(s)", self._path,
                          self._failed_writes)  # fmt: skip
                 self._failed_writes = 0
-            self.healthy = True
+            if not self._failed_writes:
+                self.healthy = True
             return changed
 
     def _failed_write(self, exc: sqlite3.Error) -> None:

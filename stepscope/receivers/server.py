@@ -12,7 +12,8 @@ It uses only httptools' public parser API (`connection.py`, `cycle.py`), and its
 (`listener.py`). `AsgiServer` is a component: `start()` binds first, so an address in use fails at once as a
 `ConfigError` naming the setting, runs the application's lifespan startup and returns once it serves; `stop()` is
 idempotent and safe without `start()`: it stops accepting, closes idle connections, lets answers in progress
-finish within the budget, then closes what is left, without a log line per connection.
+finish within the budget (at most `stop_timeout`, so an event stream that never ends cannot take the whole process's
+shutdown budget), then closes what is left, without a log line per connection.
 
 What the application raises is logged with its traceback at most once a minute (with the number left out) and
 the client gets a 500, or its connection closed when the answer had started.
@@ -64,6 +65,10 @@ class ServerLimits:
     """Bytes of one request head (request line and headers); past it 431 and closed."""
     tunnels: bool = False
     """Whether `Upgrade:` requests reach the application (the proxy relays them); otherwise they get 501."""
+    stop_timeout: float = 2.0
+    """The most a stop takes, whatever budget it is given: answers in progress get most of it to finish, then they
+    are cancelled and their connections closed. The rest of the process's shutdown budget goes to what stops after
+    the listener (polls in flight, span delivery)."""
 
 
 PROXY_LIMITS = ServerLimits(max_connections=512, descriptors_per_connection=2, tunnels=True)
@@ -228,9 +233,10 @@ class AsgiServer:
         )
 
     async def stop(self, budget_s: float = 2.0) -> None:
-        """Stop serving within `budget_s` seconds (see the module docstring). Idempotent."""
+        """Stop serving within `budget_s` seconds, at most `limits.stop_timeout` (see the module docstring).
+        Idempotent."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, budget_s)
+        deadline = loop.time() + max(0.0, min(budget_s, self.limits.stop_timeout))
         if self._accepting is not None:
             self._accepting.cancel()
             await asyncio.gather(self._accepting, return_exceptions=True)

@@ -6,9 +6,11 @@ Every pass lists the project's sessions newest first (`GET /agents/sessions`, on
 the client's page cap. Each session it finds is *followed*. For every followed session a pass lists the turns after
 the last turn it has seen (oldest first) and tracks each turn created inside the lookback that the store does not
 know yet, as `UnitRef(thread_id=session_id, run_id=turn_id)`; so a new turn on an old session is found as long as
-the session is followed. A session stops being followed once its last activity (the listing's `last_active_at`,
-its turns' times, a webhook) is older than the lookback and no turn of it is tracked. `session_event()` (a
-verified webhook) follows a session and wakes the loop so its turns are listed at once.
+the session is followed. A turn whose id is already tracked or known under another session is a collision: counted
+(`unit_id_collision`), logged once, and only the first is followed. A session stops being followed once its last
+activity (the listing's `last_active_at`, its turns' times, a webhook) is older than the lookback and no turn of it
+is tracked. `session_event()` (a verified webhook) follows a session and wakes the loop so its turns are listed at
+once.
 
 Sessions are listed by creation, so a session created before the lookback that becomes active again is found only
 while it is still followed, or through a webhook. The followed set is kept in the store's `watched` table (session
@@ -280,8 +282,7 @@ class SessionDiscovery(PeriodicDiscovery):
             async for turn in self._source.list_turns(session_id, after=followed.cursor):
                 latest = _latest(turn)
                 followed.active_at = max(followed.active_at or latest, latest)
-                new = turn.created_at >= horizon and not self._tracker.is_tracked(turn.id)
-                if new and not await self.known(UnitRef(session_id, turn.id)):
+                if turn.created_at >= horizon and await self._new(UnitRef(session_id, turn.id)):
                     if self._tracker.track(UnitRef(session_id, turn.id)):
                         found += 1
                     elif not self._tracker.is_tracked(turn.id):
@@ -311,6 +312,15 @@ class SessionDiscovery(PeriodicDiscovery):
             await self._read_activity(session_id, followed)
         return found
 
+    async def _new(self, ref: UnitRef) -> bool:
+        """Whether a listed turn is one to track: neither tracked nor known to the store. The same id tracked or known
+        under another container (the server gave two turns one id) is a collision, counted as
+        `unit_id_collision` and logged once by the poller's `track` or by `known`, and the first one stays followed."""
+        if self._tracker.is_tracked(ref.unit_id):
+            self._tracker.track(ref)  # the same unit: a no-op; the same id in another session: a counted collision
+            return False
+        return not await self.known(ref)
+
     async def _discover_subagents(self, session_id: str, followed: _Followed, horizon: float) -> int:
         """Track the new turns of the session's subagents, as `UnitRef(f"{session}/{subagent}", turn)`.
 
@@ -325,8 +335,7 @@ class SessionDiscovery(PeriodicDiscovery):
             container = f"{session_id}/{subagent.id}"
             after = followed.subagent_cursors.get(subagent.id)
             async for turn in self._source.list_subagent_turns(session_id, subagent.id, after=after):
-                new = turn.created_at >= horizon and not self._tracker.is_tracked(turn.id)
-                if new and not await self.known(UnitRef(container, turn.id)):
+                if turn.created_at >= horizon and await self._new(UnitRef(container, turn.id)):
                     if self._tracker.track(UnitRef(container, turn.id)):
                         found += 1
                     elif not self._tracker.is_tracked(turn.id):

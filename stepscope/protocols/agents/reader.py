@@ -6,7 +6,10 @@ the reader polls the turn (fast while in progress, backing off while queued or w
 reads its items, the session's root agent (name and model, cached per session) and, for a root turn, the trace the
 server published for it, then commits the turn with all of that as its finish context. The API publishes a turn's
 trace a little after the turn ends and its listing does not wait, so a finished root turn without one is read
-again up to `TRACE_POLLS` times before it is committed without it.
+again up to `TRACE_POLLS` times before it is committed without it. The trace is an attachment and never holds its
+turn back: one that cannot be had (over the body cap, behind a listing that does not end, or behind a listing that
+failed on every one of those reads: an unreadable body, a server error) is counted as `trace_dropped` and the turn is
+committed without it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from stepscope.contract.vocabulary import DropReason
 from stepscope.core.poller import PollSchedule
 from stepscope.core.records import NO_DROPS, Commit, Committer, Drops, UnitRef
-from stepscope.errors import InvalidObject, LimitExceeded, NotFound, SourceError
+from stepscope.errors import AuthError, InvalidObject, LimitExceeded, NotFound, RateLimited, SourceError
 from stepscope.protocols.agents.client import AgentsClient
 from stepscope.protocols.agents.mapping import TurnContext
 from stepscope.protocols.agents.records import Item, SessionTrace, Turn
@@ -87,7 +90,7 @@ class TurnReader:
             return self._schedule.fast
         published = None
         if turn.subagent_id is None and state.subagent_id is None:
-            published, final = await self._published(state.session_id, turn)
+            published, final = await self._published(state.session_id, turn, state.trace_polls)
             if published is None and not final and state.trace_polls < TRACE_POLLS:
                 state.trace_polls += 1
                 return self._schedule.fast
@@ -112,12 +115,15 @@ class TurnReader:
             listing = self._client.list_subagent_turn_items(state.session_id, subagent, turn.id, content=self._content)
         return [item async for item in listing]
 
-    async def _published(self, session_id: str, turn: Turn) -> tuple[SessionTrace | None, bool]:
+    async def _published(self, session_id: str, turn: Turn, tries: int) -> tuple[SessionTrace | None, bool]:
         """The trace the server published for a root turn, read newest first down to the turn's creation (never the
         whole session from its oldest). A trace that cannot be had (over the body cap, behind a listing that does not
         end, deeper than the depth cap: then the listing skips it) is left out, counted as `trace_dropped`, and the
-        turn is committed without it: an attachment never holds back its record. Returns the trace (or None) and
-        whether that answer is final (no use asking again)."""
+        turn is committed without it: an attachment never holds back its record. A listing that fails otherwise (an
+        unreadable body, a server error) counts as one of the turn's `TRACE_POLLS` reads, `tries` of which were made
+        before this one, and the trace is left out once they are spent; a rate limit or a rejected credential is the
+        API's state, not the trace's, and is raised for the poller. Returns the trace (or None) and whether that
+        answer is final (no use asking again)."""
         try:
             async for trace in self._client.list_traces(session_id, newest_first=True):
                 if trace.id == turn.id:
@@ -125,10 +131,20 @@ class TurnReader:
                 if trace.created_at < turn.created_at:
                     break
         except LimitExceeded as exc:
-            log.warning("turn %s: its published trace is left out (%s)", turn.id, exc.reason)
-            self._drops.dropped(DropReason.TRACE_DROPPED)
-            return None, True
+            return self._left_out(turn, exc.reason)
+        except (RateLimited, AuthError):
+            raise
+        except SourceError as exc:
+            if tries < TRACE_POLLS:
+                log.debug("turn %s: listing its published trace failed (%s); reading it again", turn.id, exc)
+                return None, False
+            return self._left_out(turn, f"{TRACE_POLLS + 1} listings failed, the last: {exc}")
         return None, False
+
+    def _left_out(self, turn: Turn, reason: str) -> tuple[None, bool]:
+        log.warning("turn %s: its published trace is left out (%s)", turn.id, reason)
+        self._drops.dropped(DropReason.TRACE_DROPPED)
+        return None, True
 
     async def _agent(self, session_id: str) -> tuple[str | None, str | None]:
         cached = self._agents.get(session_id)
