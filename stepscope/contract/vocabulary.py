@@ -7,7 +7,7 @@ are in its package's `vocabulary` module; metric names, kinds, help texts and la
 `stepscope.contract.metricdefs`.
 
 The simulator (`stepscope.simulator`) keeps its own copies on purpose: it plays a foreign server, so it must not
-learn the bridge's words from the bridge. `tests/unit/test_vocabulary_contract.py` checks that both agree.
+learn the bridge's words from the bridge. `tests/unit/contract/test_vocabulary_contract.py` checks that both agree.
 """
 
 from __future__ import annotations

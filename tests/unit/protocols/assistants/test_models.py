@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -24,9 +23,10 @@ from stepscope.protocols.assistants.records import (
     parse_step,
     parse_tool_call,
 )
+from tests.kit.contract import REPO
 
 T = TypeVar("T")
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def load(name: str) -> Any:

@@ -5,7 +5,6 @@ the Prometheus sink."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +34,7 @@ from stepscope.protocols.agents.mapping import TurnContext, trace_id_for_turn, t
 from stepscope.protocols.agents.records import Item, Turn, TurnError
 from stepscope.protocols.assistants.observations import run_observations, step_observations
 from stepscope.protocols.assistants.records import LastError, ToolCall, Usage
+from tests.kit.contract import REPO
 from tests.kit.samples import make_run, make_step
 
 Point = tuple[str, str, dict[str, Any], Any]  # metric name, unit, attributes, data point
@@ -237,7 +237,7 @@ def test_conventions_instruments_translate_as_documented() -> None:
 def test_docs_list_every_instrument_with_its_prometheus_name() -> None:
     """docs/otlp-metrics.md has a row for each conventions instrument naming its Prometheus translation, and names
     every stepscope.* instrument."""
-    text = (Path(__file__).parents[2] / "docs" / "otlp-metrics.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "otlp-metrics.md").read_text(encoding="utf-8")
     rows = {line.split("|")[1].strip(" `"): line for line in text.splitlines() if line.startswith("| `gen_ai.")}
     for instrument in (*GEN_AI_INSTRUMENTS, *LATEST_TOKEN_INSTRUMENTS.values()):
         assert f"`{prometheus_name(instrument)}`" in rows[instrument.name], instrument.name

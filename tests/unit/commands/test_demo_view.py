@@ -43,6 +43,7 @@ from stepscope.protocols.responses.records import Item as ResponseItem
 from stepscope.protocols.responses.records import Response
 from stepscope.simulator import Simulator
 from stepscope.testing import FakeClock, RecordingMetricSink
+from tests.kit.contract import REPO
 from tests.kit.fakes import Counters
 from tests.kit.samples import make_run, make_step
 
@@ -679,7 +680,7 @@ class TestDemoProtocols:
 
 def test_readme_frame_holds_at_80_columns() -> None:
     """The README's text frame of the live view is a real frame: no line past 80 columns, with a waterfall."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### The live view") :]
     block = section[section.index("The same frame as text") :].split("```")[1]
     lines = block.strip("\n").splitlines()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -12,9 +11,10 @@ from stepscope.export.prometheus import PrometheusMetrics
 from stepscope.export.selfmetrics import SelfMetrics
 from stepscope.protocols.assistants.observations import run_observations, step_observations
 from stepscope.protocols.assistants.records import ToolCall, Usage
+from tests.kit.contract import REPO
 from tests.kit.samples import make_run, make_step
 
-TELEMETRY = Path(__file__).parents[2] / "docs" / "telemetry.md"
+TELEMETRY = REPO / "docs" / "telemetry.md"
 _ROW = re.compile(r"^\| `(stepscope_[a-z_]+)` \| (\w+) \|([^|]*)\|", re.MULTILINE)
 
 
