@@ -198,8 +198,9 @@ def test_metrics_served_throughout(hostile: Observed) -> None:
 def test_huge_and_endless_bodies_keep_memory_bounded(hostile: Observed) -> None:
     """A 100 MB body (declared or chunked), an endless chunked body and a body trickling forever keep the peak RSS
     under 200 MB; they are counted as too_large and deadline, and their runs are retried only at the slow pace."""
+    # Both: the kernel updates VmHWM lazily (at unmaps), so a sample can exceed the mark read after it.
     assert hostile.peak_rss_mb < PEAK_RSS_MB, f"peak RSS {hostile.peak_rss_mb:.0f} MB"
-    assert max(hostile.rss_mb) <= hostile.peak_rss_mb
+    assert max(hostile.rss_mb) < PEAK_RSS_MB, f"sampled RSS {max(hostile.rss_mb):.0f} MB"
     m = hostile.metrics
     assert counted(m, "stepscope_api_requests_total", endpoint="list_steps", code="too_large") >= 4
     assert counted(m, "stepscope_api_requests_total", endpoint="get_run", code="too_large") >= 2
