@@ -251,10 +251,3 @@ async def proxy_to(upstream: str, **app: Any) -> AsyncIterator[tuple[ProxyServer
         yield server, drops
     finally:
         await server.stop(1.0)
-
-
-async def until(predicate: Callable[[], bool], within_s: float = 2.0) -> None:
-    """Wait until `predicate()` holds (what the observation task does happens soon, not at once)."""
-    async with asyncio.timeout(within_s):
-        while not predicate():  # noqa: ASYNC110 - the state lives in plain objects
-            await asyncio.sleep(0.005)

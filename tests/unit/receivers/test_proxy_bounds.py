@@ -12,9 +12,10 @@ import pytest
 from stepscope.protocols.base import Route
 from stepscope.receivers.proxy import GuardedObserver
 from stepscope.receivers.proxy.observations import ObservationQueue
+from stepscope.testing import eventually
 from tests.kit.fakes import Counters
 from tests.kit.proxy import RawClient
-from tests.unit.receivers.apps import Observer, RawUpstream, hang, ok, proxy_to, trickle, until
+from tests.unit.receivers.apps import Observer, RawUpstream, hang, ok, proxy_to, trickle
 
 pytestmark = pytest.mark.anyio
 
@@ -43,12 +44,12 @@ async def test_an_application_that_leaves_a_stream_frees_the_upstream_at_once() 
     ):  # fmt: skip
         client = await RawClient.open(proxy.port)
         await client.send(b"POST /v1/watched/stream HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
-        await asyncio.wait_for(client.reader.readuntil(b"tick"), 2)
+        await asyncio.wait_for(client.reader.readuntil(b"tick"), 5)
         started = time.monotonic()
         await client.close()
         await upstream.wait_open(0, within_s=1)
         freed = time.monotonic() - started
-        await until(lambda: any(name == "ended" for name, _ in observer.sink.calls))
+        await eventually(lambda: any(name == "ended" for name, _ in observer.sink.calls))
     assert freed < 0.3, freed
     assert observer.sink.calls[-1] == ("ended", (False, True))
     assert ("event", ("tick", {"n": 0})) in observer.sink.calls
@@ -120,6 +121,6 @@ async def test_a_routed_answer_reaches_the_sink_after_the_application_got_it() -
         await client.send(b"POST /v1/watched/runs HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
         answer = await client.answer()
         await client.close()
-        await until(lambda: any(name == "ended" for name, _ in observer.sink.calls))
+        await eventually(lambda: any(name == "ended" for name, _ in observer.sink.calls))
     assert answer.status == 200 and answer.body == body
     assert observer.sink.calls == [("body", {"id": "run_1", "status": "queued"}), ("ended", (True, False))]
