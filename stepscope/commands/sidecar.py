@@ -30,6 +30,7 @@ from stepscope.errors import AuthError, ConfigError, SourceError, StoreError, re
 from stepscope.protocols.base import Discovery
 from stepscope.receivers.http import HttpApp, HttpServer
 from stepscope.receivers.proxy import ProxyApp, ProxyServer
+from stepscope.receivers.server import raise_descriptor_limit
 
 log = logging.getLogger("stepscope")
 
@@ -327,6 +328,8 @@ class Sidecar:
 
 async def run_sidecar(config: Config) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the process exit code."""
+    if raised := raise_descriptor_limit():
+        log.info("open-file limit (ulimit -n) raised from %d to %d, as the hard limit allows", *raised)
     sidecar = Sidecar(config, log_config=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,7 +6,8 @@ between requests, by `body_timeout` while the application waits for request body
 the client does not read the answer, by `tunnel_idle_timeout` while a relayed WebSocket carries no byte either
 way, and otherwise by the application (the proxy's upstream timeouts). The connection limit is held under what
 the process's descriptor limit (`ulimit -n`) allows, so that the listener answers 503 before accept() would fail
-with EMFILE (`connection_cap()`).
+with EMFILE (`connection_cap()`); `stepscope serve` first raises that soft limit as far as the hard limit allows
+(`raise_descriptor_limit()`).
 
 It uses only httptools' public parser API (`connection.py`, `cycle.py`), and its own accept loop
 (`listener.py`). `AsgiServer` is a component: `start()` binds first, so an address in use fails at once as a
@@ -80,6 +81,24 @@ def descriptor_limit() -> int | None:
     with contextlib.suppress(OSError, ValueError):
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return None if soft == resource.RLIM_INFINITY else int(soft)
+    return None
+
+
+DESCRIPTOR_TARGET = 65_536
+"""The soft descriptor limit `raise_descriptor_limit()` asks for: far more than every listener's cap needs."""
+
+
+def raise_descriptor_limit(target: int = DESCRIPTOR_TARGET) -> tuple[int, int] | None:
+    """Raise the process's soft limit on open descriptors towards `target`, within its hard limit, as long-running
+    servers do: the usual soft default of 1,024 would hold the proxy to 384 connections. Returns (before, after)
+    when it was raised; None when it was high enough already, the hard limit allows nothing more, or the system
+    refused."""
+    with contextlib.suppress(OSError, ValueError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = target if hard == resource.RLIM_INFINITY else min(hard, target)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            return int(soft), int(wanted)
     return None
 
 

@@ -4,6 +4,7 @@ upstream route that hangs while the application gives up and retries."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -22,23 +23,23 @@ from tests.procs import Proc, free_port, spawn, wait_until
 pytestmark = pytest.mark.slow
 KEY = "sk-sim-fl00d"
 HEADER_TIMEOUT_S = 5.0  # the server's default (ServerLimits.header_timeout)
-_LIMITED = (
-    "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)); "
-    "sys.argv = ['stepscope', 'serve']; runpy.run_module('stepscope', run_name='__main__')"
-)
 
 
-@pytest.fixture
-def limited_serve(tmp_path: Path) -> Iterator[tuple[Proc, str, str]]:
-    """`stepscope serve` with its proxy in front of the simulator, under a 1,024-descriptor limit: (the process,
-    its HTTP surface's base URL, its proxy's base URL)."""
+@contextlib.contextmanager
+def serve_limited(tmp_path: Path, soft: int, hard: int) -> Iterator[tuple[Proc, str, str]]:
+    """`stepscope serve` with its proxy in front of the simulator, started with the descriptor limits `soft` and
+    `hard`: (the process, its HTTP surface's base URL, its proxy's base URL)."""
     sim = Simulator(scenario_named("quiet"), api_key=KEY, clock=SimClock(speed=20))
     port, proxy_port = free_port(), free_port()
+    limited = (
+        f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+        "sys.argv = ['stepscope', 'serve']; runpy.run_module('stepscope', run_name='__main__')"
+    )
     with SimulatorServer(sim) as server:
         env = {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": KEY, "STEPSCOPE_STATE": str(tmp_path / "state.db"),
                "STEPSCOPE_LISTEN": f"127.0.0.1:{port}", "STEPSCOPE_PROXY_LISTEN": f"127.0.0.1:{proxy_port}",
                "OTEL_TRACES_EXPORTER": "none"}  # fmt: skip
-        proc = spawn([sys.executable, "-c", _LIMITED], tmp_path / "serve.log", env)
+        proc = spawn([sys.executable, "-c", limited], tmp_path / "serve.log", env)
         base = f"http://127.0.0.1:{port}"
         try:
             wait_until(lambda: httpx.get(f"{base}/readyz", timeout=2).status_code == 200, 30, "serve", proc)
@@ -47,14 +48,36 @@ def limited_serve(tmp_path: Path) -> Iterator[tuple[Proc, str, str]]:
             proc.stop()
 
 
+def _open_files(pid: int) -> list[str]:
+    """The process's (soft, hard) limits on open files, as /proc shows them."""
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    return next(line.split()[3:5] for line in limits.splitlines() if line.startswith("Max open files"))
+
+
+@pytest.fixture
+def limited_serve(tmp_path: Path) -> Iterator[tuple[Proc, str, str]]:
+    """`serve_limited` under a 1,024-descriptor limit, soft and hard."""
+    with serve_limited(tmp_path, 1024, 1024) as serving:
+        yield serving
+
+
+def test_serve_raises_its_soft_descriptor_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """Started with a soft limit of 512 under a hard one of 1,024, serve runs with 1,024 and says so in one line;
+    the proxy's connection cap then follows the raised limit."""
+    with serve_limited(tmp_path, 512, 1024) as (proc, _, _):
+        limits = _open_files(proc.popen.pid)
+        output = proc.output()
+    assert limits == ["1024", "1024"]
+    assert output.count("open-file limit (ulimit -n) raised from 512 to 1024, as the hard limit allows") == 1, output
+    assert "at most 384 connections at once, not 512" in output, output
+
+
 def test_a_flood_of_half_requests_leaves_the_proxy_and_health_serving(limited_serve: tuple[Proc, str, str]) -> None:
     """1,100 connections that each send half a request, under a 1,024-descriptor limit: /healthz answers at once,
     a proxied request is answered within two seconds of the header timeout, and the log grows by a handful of
     lines."""
     proc, base, proxy = limited_serve
-    limits = Path(f"/proc/{proc.popen.pid}/limits").read_text()
-    assert any(line.startswith("Max open files") and line.split()[3:5] == ["1024", "1024"]
-               for line in limits.splitlines()), limits  # fmt: skip
+    assert _open_files(proc.popen.pid) == ["1024", "1024"]
     lines_before = len(proc.output().splitlines())
     port = int(proxy.rsplit(":", 1)[1])
     flood: list[socket.socket] = []
