@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stepscope.config import ENV_SHARD_COUNT, ENV_SHARD_INDEX, SETTINGS, Config, load, shown, unknown_env
-from stepscope.config.values import Secret, Url, parse_duration, parse_size, redact_url
+from stepscope.config.values import Secret, Url, parse_duration, parse_size, redact_url, size_text
 from stepscope.errors import ConfigError
 from stepscope.simulator import cli as simulator_cli
 
@@ -101,14 +101,16 @@ class TestLoad:
 
 class TestSecrets:
     def test_repr_and_summary_redact(self) -> None:
-        """Neither repr() nor the start-up summary shows the key, the OTLP headers or the watch token."""
-        env = {**BASE_ENV, "OTEL_EXPORTER_OTLP_HEADERS": "x-api=hdr-secret", "STEPSCOPE_WATCH_TOKEN": "tok-secret"}
+        """Neither repr() nor the start-up summary shows the key, the OTLP headers, the watch token or the webhook
+        secret."""
+        env = {**BASE_ENV, "OTEL_EXPORTER_OTLP_HEADERS": "x-api=hdr-secret", "STEPSCOPE_WATCH_TOKEN": "tok-secret",
+               "STEPSCOPE_WEBHOOK_SECRET": " whsec_aG9vay1zZWNyZXQ= "}  # fmt: skip
         config = load(env=env)
         for text in (repr(config), str(config.summary())):
-            assert "sk-test-123" not in text
-            assert "hdr-secret" not in text
-            assert "tok-secret" not in text
+            for secret in ("sk-test-123", "hdr-secret", "tok-secret", "aG9vay1zZWNyZXQ"):
+                assert secret not in text
         assert config.api.api_key == "sk-test-123"
+        assert config.server.webhook_secret == "whsec_aG9vay1zZWNyZXQ="
         assert repr(Secret("")) == "''"
 
     def test_url_userinfo_is_redacted(self) -> None:
@@ -174,8 +176,10 @@ def test_parse_duration_rejects_garbage() -> None:
     [("65536", 65536), ("8MiB", 8 * 2**20), ("512 kib", 512 * 2**10), ("1MB", 10**6), ("2GiB", 2 * 2**30)],
 )
 def test_parse_size(text: str, size: int) -> None:
-    """Sizes accept plain bytes and decimal or binary K/M/G units."""
+    """Sizes accept plain bytes and decimal or binary K/M/G units, and are shown in the largest binary unit that
+    divides them, which reads back as the same size."""
     assert parse_size(text) == size
+    assert parse_size(size_text(size)) == size
 
 
 def test_read_bounds_default_and_override() -> None:
@@ -199,6 +203,17 @@ def test_read_bounds_default_and_override() -> None:
         ({"STEPSCOPE_API_MAX_BODY": "lots"}, "STEPSCOPE_API_MAX_BODY (api.max_body): must be a size such as 8MiB"),
         ({"STEPSCOPE_API_MAX_BODY": "0"}, "STEPSCOPE_API_MAX_BODY (api.max_body): must be > 0"),
         ({"STEPSCOPE_MAX_PAGES": "0"}, "STEPSCOPE_MAX_PAGES (api.max_pages): must be > 0"),
+        ({"STEPSCOPE_PROTOCOL": "assistants-v2"}, "STEPSCOPE_PROTOCOL (api.protocol): must be a protocol name"),
+        ({"STEPSCOPE_AGENTS": "ok,not ok"}, "STEPSCOPE_AGENTS (poll.agents): invalid agent id(s) not ok"),
+        (
+            {"STEPSCOPE_FOUNDRY_PROJECT_ID": "my-project"},
+            "STEPSCOPE_FOUNDRY_PROJECT_ID (api.foundry_project_id): must be /subscriptions/<id>/resourceGroups/",
+        ),
+        (
+            {"STEPSCOPE_WEBHOOK_SECRET": "whsec_n0t~base64"},
+            "STEPSCOPE_WEBHOOK_SECRET (server.webhook_secret): must be whsec_ followed by base64",
+        ),
+        ({"STEPSCOPE_WEBHOOK_SECRET": "whsec_"}, "STEPSCOPE_WEBHOOK_SECRET (server.webhook_secret): must be whsec_"),
         (
             {"STEPSCOPE_POLL_INTERVAL": "5", "STEPSCOPE_POLL_MAX_INTERVAL": "2"},
             "STEPSCOPE_POLL_MAX_INTERVAL (poll.max_interval): must be >= STEPSCOPE_POLL_INTERVAL",
@@ -206,10 +221,12 @@ def test_read_bounds_default_and_override() -> None:
     ],
 )
 def test_each_bad_value_names_its_setting(env: dict[str, str], problem: str) -> None:
-    """Every parser rejects a bad value with a reason prefixed by the variable and the setting path."""
+    """Every parser rejects a bad value with a reason prefixed by the variable and the setting path; a secret's
+    value is never echoed."""
     with pytest.raises(ConfigError) as info:
         load(env={**BASE_ENV, **env})
     assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+    assert "n0t~base64" not in str(info.value.problems)
 
 
 def test_booleans_lists_and_protocol_overrides(tmp_path: Path) -> None:
