@@ -64,6 +64,7 @@ class HttpConnection(asyncio.Protocol):
         self._queue: collections.deque[RequestCycle] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._idle = False  # between requests on a keep-alive connection (the idle timer runs)
+        self._waiting_at: float | None = None  # loop time it began to wait for a request; None while it serves one
         self._upgraded = False  # an upgrade request's head was read: what follows is the new protocol's
         self._read_paused = False
         self._writable: asyncio.Future[None] | None = None  # set while the transport's buffer is full
@@ -80,6 +81,7 @@ class HttpConnection(asyncio.Protocol):
         self._peer = _address(transport.get_extra_info("peername"))
         self._local = _address(transport.get_extra_info("sockname"))
         self.state.connections.add(self)
+        self._waiting_at = self.loop.time()
         self._arm(self.state.limits.header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -146,6 +148,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_raw = 0
         if self._idle:
             # A new request on an idle keep-alive connection: its head now has header_timeout to arrive.
+            self._waiting_at = self.loop.time()
             self._arm(self.state.limits.header_timeout, self._head_timed_out)
 
     def on_url(self, url: bytes) -> None:
@@ -226,6 +229,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _start(self, cycle: RequestCycle) -> None:
         self.active = cycle
+        self._waiting_at = None
         task = self.loop.create_task(cycle.run(self.state.app))
         self.state.tasks.add(task)
         task.add_done_callback(self.state.tasks.discard)
@@ -254,8 +258,10 @@ class HttpConnection(asyncio.Protocol):
         if self._queue:
             self._start(self._queue.popleft())
         elif self._in_head:
+            self._waiting_at = self.loop.time()
             self._arm(self.state.limits.header_timeout, self._head_timed_out)
         else:
+            self._waiting_at = self.loop.time()
             self._arm(self.state.limits.idle_timeout, self.close)
             self._idle = True
         if not self._queue:
@@ -290,6 +296,31 @@ class HttpConnection(asyncio.Protocol):
             await asyncio.shield(waiter)
         finally:
             handle.cancel()
+
+    # --- room for others at the connection limit ----------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """Between requests on a keep-alive connection, with no byte of the next one yet."""
+        return self._idle
+
+    def waiting_since(self) -> float | None:
+        """Since when (loop time) this connection waits for a request, idle or with its head unfinished, with
+        nothing left to send; None while it serves a request, tunnels, drops a body, flushes or closes."""
+        transport = self.transport
+        if self._waiting_at is None or transport is None or transport.is_closing():
+            return None
+        return self._waiting_at if transport.get_write_buffer_size() == 0 else None
+
+    def reclaim(self) -> None:
+        """Give this waiting connection's place to a new one: closed quietly when idle (its client opens another
+        when it needs one), else answered 503 and counted as `listener_full`."""
+        self._waiting_at = None
+        if self._idle:
+            self.close()
+        else:
+            self.state.count(DropReason.LISTENER_FULL)
+            self.refuse(wire.FULL)
 
     # --- flow control, timers, closing -------------------------------------------------------------------------
 

@@ -4,9 +4,10 @@
 `ConfigError` naming the setting and the fix, in one line. `accept()` then runs its own accept loop rather than
 asyncio's, so that it can bound what it holds and say what went wrong once rather than once per attempt:
 
-- at its connection cap (`server.connection_cap`), a connection is answered 503 and closed at once, never
-  queued; the answer goes out before the close and what the client sent is read and dropped for up to a second,
-  so the client reads the 503 rather than a reset;
+- at its connection cap (`server.connection_cap`), a connection takes the place of one the server reclaims (one
+  that has waited long for a request: `ServerLimits.reclaim_after`); failing that it is answered 503 and closed
+  at once, never queued; the answer goes out before the close and what the client sent is read and dropped for up
+  to a second, so the client reads the 503 rather than a reset;
 - out of descriptors (EMFILE, ENFILE), it closes a spare descriptor it keeps for that moment, accepts, answers
   503 and closes, then takes the spare again, so waiting clients are answered rather than left in the backlog;
 - each of those is counted (`listener_full`) and logged as an episode: one warning when it starts (at most one a
@@ -120,8 +121,12 @@ class Listener:
         with contextlib.suppress(OSError):
             self._spare = os.open(os.devnull, os.O_RDONLY)
 
-    async def accept(self, protocol: Callable[[], asyncio.Protocol], open_count: Callable[[], int], cap: int) -> None:
-        """Accept until cancelled: a connection gets `protocol()` while fewer than `cap` are open, else a 503."""
+    async def accept(
+        self, protocol: Callable[[], asyncio.Protocol], open_count: Callable[[], int], cap: int,
+        reclaim: Callable[[], bool] = lambda: False,
+    ) -> None:  # fmt: skip
+        """Accept until cancelled: a connection gets `protocol()` while fewer than `cap` are open or `reclaim()`
+        closed one to make room, else a 503."""
         sock = self._sock
         assert sock is not None
         loop = asyncio.get_running_loop()
@@ -142,7 +147,7 @@ class Listener:
                     continue  # the client gave up before it was accepted
                 raise
             conn.setblocking(False)
-            if open_count() >= cap:
+            if open_count() >= cap and not reclaim():
                 self._begin("full", f"{cap} connections open, its limit: answering 503")
                 self._refuse(loop, conn)
                 continue

@@ -48,7 +48,13 @@ class ServerLimits:
     proxy). Times are seconds."""
 
     max_connections: int = 64
-    """Connections held at once; a connection beyond it is answered 503 (`listener_full`) and closed at once."""
+    """Connections held at once. A connection beyond it takes the place of the one that has waited longest for a
+    request (see `reclaim_after`), else it is answered 503 (`listener_full`) and closed at once."""
+    reclaim_after: float = 1.0
+    """At the connection limit, a connection that has waited this long for a request, idle between requests or
+    with its head unfinished, and has nothing left to send, makes room for a new one: an idle one is closed
+    quietly, an unfinished one answered 503 (`listener_full`). Idle ones go first, then the longest waiting; a
+    connection serving a request is never closed for another."""
     descriptors_per_connection: int = 1
     """Descriptors one connection costs (2 for the proxy: the application's and the upstream's)."""
     header_timeout: float = 5.0
@@ -130,6 +136,17 @@ class ServerState:
         self._drops = drops
         self._failed_at = float("-inf")
         self._unlogged = 0
+
+    def reclaim(self) -> bool:
+        """At the connection limit: close the connection that waited longest for a request (idle ones first), if
+        one waited `limits.reclaim_after`. Whether one was closed, so that a new connection can take its place."""
+        limit = self.loop.time() - self.limits.reclaim_after
+        waiting = [(not conn.idle, since, conn) for conn in self.connections
+                   if (since := conn.waiting_since()) is not None and since <= limit]  # fmt: skip
+        if not waiting:
+            return False
+        min(waiting, key=lambda entry: entry[:2])[2].reclaim()
+        return True
 
     def count(self, reason: DropReason) -> None:
         with contextlib.suppress(Exception):  # a broken counter must not break serving
@@ -247,7 +264,9 @@ class AsgiServer:
             self._listener.close()
             raise
         self._accepting = asyncio.create_task(
-            self._listener.accept(lambda: HttpConnection(state), lambda: len(state.connections), self.cap),
+            self._listener.accept(
+                lambda: HttpConnection(state), lambda: len(state.connections), self.cap, state.reclaim
+            ),
             name=f"{self.name}-accept",
         )
 

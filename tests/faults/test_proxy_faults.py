@@ -74,8 +74,8 @@ def test_serve_raises_its_soft_descriptor_limit_to_the_hard_one(tmp_path: Path) 
 
 def test_a_flood_of_half_requests_leaves_the_proxy_and_health_serving(limited_serve: tuple[Proc, str, str]) -> None:
     """1,100 connections that each send half a request, under a 1,024-descriptor limit: /healthz answers at once,
-    a proxied request is answered within two seconds of the header timeout, and the log grows by a handful of
-    lines."""
+    a proxied request is answered before the header timeout (in place of an unfinished head that waited), and the
+    log grows by a handful of lines."""
     proc, base, proxy = limited_serve
     assert _open_files(proc.popen.pid) == ["1024", "1024"]
     lines_before = len(proc.output().splitlines())
@@ -97,12 +97,14 @@ def test_a_flood_of_half_requests_leaves_the_proxy_and_health_serving(limited_se
             assert time.monotonic() - started < HEADER_TIMEOUT_S + 8, "the proxy never served again"
             time.sleep(0.1)
         served_s = time.monotonic() - started
+        print(f"\nflood: refused {refused}, served after {served_s:.2f} s, flood took {flooded - started:.2f} s")
     finally:
         for sock in flood:
             sock.close()
     assert health.status_code == 200 and health_s < 1.0, health_s
     assert answer.status_code == 200 and answer.json()["object"] == "thread"
-    assert refused > 0 and served_s <= HEADER_TIMEOUT_S + 2.0, (refused, served_s)
+    # Served before any header timeout freed a place: the flood's unfinished heads made room once they had waited.
+    assert refused > 0 and served_s < HEADER_TIMEOUT_S, (refused, served_s)
     new = proc.output().splitlines()[lines_before:]
     assert len(new) <= 6, new
     assert "Traceback" not in proc.output()

@@ -111,6 +111,77 @@ async def test_past_the_connection_limit_a_503_at_once() -> None:
     assert served.status == 200 and drops.counts == {"listener_full": 1}
 
 
+ROOMY = ServerLimits(max_connections=2, reclaim_after=0.2)
+
+
+async def test_at_the_limit_an_idle_connection_makes_room_quietly() -> None:
+    """With the limit reached by a connection still sending its head and an idle keep-alive one, a new connection
+    is served in place of the idle one (closed without a word or a count), even though the other waited longer."""
+    drops = Counters()
+    async with serving(Recorder(), ROOMY, drops) as port:
+        unfinished = await RawClient.open(port)
+        await unfinished.send(b"GET /x HTTP/1.1\r\nHost: t\r\n")
+        idle = await RawClient.open(port)
+        await idle.send(GET)
+        assert (await idle.answer()).status == 200
+        await asyncio.sleep(0.3)
+        newcomer = await RawClient.open(port)
+        await newcomer.send(GET)
+        served = await newcomer.answer()
+        idle_closed = await asyncio.wait_for(idle.reader.read(), 5)
+        await unfinished.send(b"\r\n")
+        finished = await unfinished.answer()
+        for client in (unfinished, idle, newcomer):
+            await client.close()
+    assert served.status == 200 and idle_closed == b"" and finished.status == 200
+    assert drops.counts == {}
+
+
+async def test_at_the_limit_the_longest_unfinished_head_makes_room_with_503() -> None:
+    """With the limit reached by two connections whose heads stay unfinished past `reclaim_after`, a new
+    connection is served in place of the one that waited longest, which is answered 503 and counted."""
+    drops = Counters()
+    async with serving(Recorder(), ROOMY, drops) as port:
+        older = await RawClient.open(port)
+        await older.send(b"GET /x HTTP/1.1\r\n")
+        await asyncio.sleep(0.05)
+        younger = await RawClient.open(port)
+        await younger.send(b"GET /x HTTP/1.1\r\n")
+        await asyncio.sleep(0.3)
+        newcomer = await RawClient.open(port)
+        await newcomer.send(GET)
+        served = await newcomer.answer()
+        reclaimed = await older.answer()
+        await younger.send(b"Host: t\r\n\r\n")
+        finished = await younger.answer()
+        for client in (older, younger, newcomer):
+            await client.close()
+    assert served.status == 200 and reclaimed.status == 503 and finished.status == 200
+    assert reclaimed.json()["error"]["code"] == "too_many_connections"
+    assert drops.counts == {"listener_full": 1}
+
+
+async def test_at_the_limit_busy_and_young_connections_keep_their_place() -> None:
+    """A connection whose request is being served is never reclaimed, however long it takes, nor one that has
+    waited less than `reclaim_after`: the newcomer gets the 503."""
+    drops = Counters()
+    app = Recorder()
+    async with serving(app, ROOMY, drops) as port:
+        busy = await RawClient.open(port)
+        await busy.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.sleep(0.3)
+        young = await RawClient.open(port)
+        await asyncio.sleep(0.05)
+        newcomer = await RawClient.open(port)
+        refused = await newcomer.answer()
+        app.release.set()
+        held = await busy.answer()
+        for client in (busy, young, newcomer):
+            await client.close()
+    assert refused.status == 503 and held.status == 200
+    assert drops.counts == {"listener_full": 1}
+
+
 def test_the_connection_cap_fits_the_descriptor_limit() -> None:
     """The proxy holds 512 connections, but 384 under a 1,024-descriptor limit (two descriptors each, 256 kept);
     the HTTP surface holds 64; never fewer than 8."""
