@@ -51,7 +51,7 @@ def test_retry_after_check_can_fail() -> None:
 def test_flaky_rate_limited_slow_api(tmp_path: Path, receiver: OtlpReceiver) -> None:
     """With 10% 5xx, 429 bursts with retry-after and jittered latency every terminal step is exported exactly once
     and no request reaches the API before a retry-after elapsed."""
-    flaky = FaultSpec(latency_ms=15, jitter_ms=15, error_rate=0.1, rate_limit_rate=0.01, rate_limit_burst=2,
+    flaky = FaultSpec(latency_ms=15, jitter_ms=15, error_rate=0.1, rate_limit_rate=0.03, rate_limit_burst=2,
                       retry_after_s=1)  # fmt: skip
     with RecordedSimulator("steady", seed=11, faults=FaultConfig(default=flaky)) as sim:
         env = serve_env(sim.url, receiver, sim.threads)
@@ -65,6 +65,7 @@ def test_flaky_rate_limited_slow_api(tmp_path: Path, receiver: OtlpReceiver) -> 
             received = step_spans(receiver.spans)
     log = list(sim.recorder.log)
     statuses = {e.status for e in log}
+    print(f"\nrequests {len(log)}, 429s {sum(e.status == 429 for e in log)}")
     assert {429, 200} <= statuses and statuses & {500, 502, 503}, statuses
     assert len(expected) > 40
     assert not missing, f"{len(missing)} of {len(expected)} terminal steps never exported"
