@@ -169,6 +169,7 @@ def build(config: Config, seams: Seams = Seams()) -> Components:
     if export.metrics_exporter == "otlp" or seams.metric_reader is not None:
         otlp_metrics = OtlpMetrics(metric_settings(cfg), resource=resource, registry=registry, health=metrics,
                                    labels=(factory.labels,), reader=seams.metric_reader)  # fmt: skip
+        metrics.mirror_to(otlp_metrics)
     sink = prometheus if otlp_metrics is None else FanOut(prometheus, otlp_metrics)
     pipeline: Pipeline[Any, Any, Any] = Pipeline(
         store, instance.mapper, sink, metrics, on_spans=delivery.notify, traces=exporter is not None, wall=wall

@@ -172,14 +172,14 @@ class GenAiMetrics:
         for definition in md.DOMAIN_METRICS:
             instrument = STEPSCOPE_INSTRUMENTS.get(definition.name)
             if instrument is not None:  # a family without one (a unit test says so) is left out, not fatal
-                made = _make(meter, instrument)
+                made = make_instrument(meter, instrument)
                 self._families[definition.name] = (made, definition.labels, definition.kind == "counter")
-        self._invoke_agent = _make(meter, INVOKE_AGENT_DURATION)
-        self._client_operation = _make(meter, CLIENT_OPERATION_DURATION)
-        self._execute_tool = _make(meter, EXECUTE_TOOL_DURATION)
-        self._token_usage = None if latest_experimental else _make(meter, TOKEN_USAGE)
+        self._invoke_agent = make_instrument(meter, INVOKE_AGENT_DURATION)
+        self._client_operation = make_instrument(meter, CLIENT_OPERATION_DURATION)
+        self._execute_tool = make_instrument(meter, EXECUTE_TOOL_DURATION)
+        self._token_usage = None if latest_experimental else make_instrument(meter, TOKEN_USAGE)
         self._token_counters = (
-            {t: _make(meter, i) for t, i in LATEST_TOKEN_INSTRUMENTS.items()} if latest_experimental else {}
+            {t: make_instrument(meter, i) for t, i in LATEST_TOKEN_INSTRUMENTS.items()} if latest_experimental else {}
         )
         self._warned: set[str] = set()
 
@@ -306,7 +306,8 @@ class _Batch:
         return found
 
 
-def _make(meter: Meter, instrument: Instrument) -> Any:
+def make_instrument(meter: Meter, instrument: Instrument) -> Any:
+    """`instrument` made on `meter`: a counter, or a histogram with its bucket boundaries as advice."""
     if instrument.kind == "counter":
         return meter.create_counter(instrument.name, unit=instrument.unit, description=instrument.description)
     return meter.create_histogram(

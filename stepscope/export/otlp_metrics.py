@@ -5,7 +5,8 @@
 or gRPC, the temporality `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` asks for), then the instruments:
 `GenAiMetrics` (`export/genai_metrics.py`), fed through `record` with the same observations as the Prometheus sink
 right after the same commit (`FanOut`), and observable instruments that read stepscope's own counters and gauges
-from the Prometheus registry at each collection (`SELF_INSTRUMENTS`), so both paths report the same numbers.
+from the Prometheus registry at each collection (`SELF_INSTRUMENTS`), so both paths report the same numbers, and the
+two health histograms, recorded as `SelfMetrics` observes them (`api_request`, `export_lag`).
 
 A metrics backend that is down, slow or refusing never blocks anything else: the reader collects and exports on
 its own daemon thread, each export bounded by `timeout_ms` (retries included), while `record` only updates
@@ -55,8 +56,9 @@ from stepscope import __version__
 from stepscope.contract import metricdefs as md
 from stepscope.core.records import KnownLabels, MetricSink, Observation
 from stepscope.export.episodes import ANY_RECORD, Episode, SdkLogGate, attempts, lasted
-from stepscope.export.genai_metrics import GenAiMetrics, Instrument
+from stepscope.export.genai_metrics import GenAiMetrics, Instrument, make_instrument
 from stepscope.export.otlp import parse_headers
+from stepscope.export.selfmetrics import API_BUCKETS, LAG_BUCKETS
 
 log = logging.getLogger("stepscope.otlp_metrics")
 
@@ -86,8 +88,13 @@ SELF_INSTRUMENTS: dict[str, Instrument] = {
         (md.BUILD_INFO, "stepscope.build_info", ""),
     )
 }
-"""Self `MetricDef` name -> the observable instrument that reads it from the registry. The two self histograms (API
-request duration, export lag) stay on /metrics only: an observable instrument cannot carry a histogram."""
+"""Self `MetricDef` name -> the observable instrument that reads it from the registry."""
+API_REQUEST_DURATION = Instrument("stepscope.api.request.duration", "histogram", "s", md.API_REQUEST_DURATION.help,
+                                  API_BUCKETS, md.API_REQUEST_DURATION.name)  # fmt: skip
+EXPORT_LAG = Instrument("stepscope.export.lag", "histogram", "s", md.EXPORT_LAG.help, LAG_BUCKETS, md.EXPORT_LAG.name)
+"""The two self histograms, recorded as `SelfMetrics` observes them (`HealthHistograms`): an observable instrument
+cannot carry a histogram. They count from this component's start: the start-up credential check's request is on
+/metrics only."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,6 +287,7 @@ class OtlpMetrics:
         self._counting: CountingExporter | None = None
         self._gate: SdkLogGate | None = None
         self._metrics: GenAiMetrics | None = None
+        self._health_histograms: tuple[Any, Any] | None = None  # API request duration, export lag
         self._stopped = False
 
     def record(self, observations: Sequence[Observation]) -> None:
@@ -288,6 +296,16 @@ class OtlpMetrics:
         poller and stops it after, so every commit falls in between."""
         if self._metrics is not None:
             self._metrics.record(observations)
+
+    def api_request(self, endpoint: str, seconds: float) -> None:
+        """`HealthHistograms`: one API request's duration, while started."""
+        if (histograms := self._health_histograms) is not None:
+            histograms[0].record(seconds, {md.LABEL_ENDPOINT: endpoint})
+
+    def export_lag(self, seconds: float) -> None:
+        """`HealthHistograms`: one span's export lag, while started."""
+        if (histograms := self._health_histograms) is not None:
+            histograms[1].record(seconds)
 
     async def start(self) -> None:
         """Build the provider, reader and instruments; the reader's thread starts exporting every interval."""
@@ -312,6 +330,7 @@ class OtlpMetrics:
         )
         meter = self._provider.get_meter("stepscope", __version__)
         _observe_self_metrics(meter, self._registry)
+        self._health_histograms = (make_instrument(meter, API_REQUEST_DURATION), make_instrument(meter, EXPORT_LAG))
         self._metrics = GenAiMetrics(meter, label_cap=settings.label_cap, labels=self._labels,
                                      latest_experimental=settings.latest_experimental)  # fmt: skip
 
@@ -320,6 +339,7 @@ class OtlpMetrics:
         safe without `start`."""
         self._stopped = True
         self._metrics = None
+        self._health_histograms = None
         provider, self._provider = self._provider, None
         if provider is None:
             return

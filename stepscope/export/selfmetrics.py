@@ -10,6 +10,9 @@ rather than "no data":
   `stepscope_invalid_objects_total{kind}`, `stepscope_span_export_failures_total`,
   `stepscope_metric_export_failures_total`, `stepscope_build_info{version}`
 - `stepscope_last_successful_poll_timestamp_seconds` (0 until the first successful API request)
+
+The two histograms are also handed, as they are observed, to a `HealthHistograms` set with `mirror_to` (the OTLP
+metrics component): a histogram cannot be read back from the registry as the counters and gauges are.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -65,6 +69,14 @@ class _ReadGauges(Collector):
         return families
 
 
+class HealthHistograms(Protocol):
+    """Where the health histograms' observations go besides /metrics. Must not block or raise."""
+
+    def api_request(self, endpoint: str, seconds: float) -> None: ...
+
+    def export_lag(self, seconds: float) -> None: ...
+
+
 class SelfMetrics:
     """Health metrics on `registry`; implements `RequestObserver` and the pipeline's and poller's health hooks.
 
@@ -107,6 +119,7 @@ class SelfMetrics:
         self._gauges = _ReadGauges()
         registry.register(self._gauges)
         self._request_children: dict[tuple[str, str], Counter] = {}
+        self._mirror: HealthHistograms | None = None
         for endpoint in endpoints:
             self._request_seconds.labels(endpoint)
         for reason in DROP_REASONS:
@@ -121,9 +134,16 @@ class SelfMetrics:
         if child is None:
             child = self._requests_child(key)
         child.inc()
-        self._request_seconds.labels(endpoint).observe(max(0.0, seconds))
+        seconds = max(0.0, seconds)
+        self._request_seconds.labels(endpoint).observe(seconds)
+        if self._mirror is not None:
+            self._mirror.api_request(endpoint, seconds)
         if code.startswith("2"):
             self._last_poll.set(self._clock())
+
+    def mirror_to(self, histograms: HealthHistograms) -> None:
+        """Hand every later API request duration and export lag to `histograms` too."""
+        self._mirror = histograms
 
     def _requests_child(self, key: tuple[str, str]) -> Counter:
         child = self._requests.labels(*key)
@@ -151,7 +171,10 @@ class SelfMetrics:
 
     def observe_export_lag(self, seconds: float) -> None:
         """Seconds from a step's terminal timestamp to the delivery of its span."""
-        self._lag.observe(max(0.0, seconds))
+        seconds = max(0.0, seconds)
+        self._lag.observe(seconds)
+        if self._mirror is not None:
+            self._mirror.export_lag(seconds)
 
     def set_tracked_runs_source(self, source: Callable[[], int]) -> None:
         """Read `stepscope_tracked_runs` from `source` at every scrape."""

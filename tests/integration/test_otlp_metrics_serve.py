@@ -19,6 +19,7 @@ import pytest
 
 from stepscope.export.genai_metrics import AGENT_DURATION_BUCKETS, TOKEN_BUCKETS
 from stepscope.export.prometheus import RUN_DURATION_BUCKETS
+from stepscope.export.selfmetrics import API_BUCKETS
 from stepscope.mapping.ids import trace_id_for_run
 from stepscope.simulator import SimulatorServer
 from stepscope.testing import OtlpReceiver, ReceivedPoint
@@ -146,6 +147,15 @@ def test_conventions_sums_and_an_outage_cumulative(tmp_path: Path) -> None:
     assert {(p.unit, p.kind, p.temporality, p.monotonic) for p in runs} == {("{run}", "sum", "cumulative", True)}
     assert {tuple(sorted(p.attributes)) for p in runs} == {("assistant_id", "model", "protocol", "status")}
     assert {p.bounds for p in now["stepscope.run.duration"]} == {RUN_DURATION_BUCKETS}
+    api = now["stepscope.api.request.duration"]
+    assert {(p.unit, p.kind, p.temporality, p.bounds) for p in api} == {("s", "histogram", "cumulative", API_BUCKETS)}
+    assert {"list_runs", "list_steps"} <= {p.attributes["endpoint"] for p in api}
+    # Counted since the component started, so at most what /metrics counted since the process did.
+    assert (
+        0
+        < counted(points, "stepscope.api.request.duration")
+        <= total(scraped, "stepscope_api_request_duration_seconds_count")
+    )
     assert "gen_ai.client.inference.usage.input_tokens" not in now
     assert {p.resource["service.name"] for p in points} == {"stepscope"}
     ids = {r["id"] for r in world["runs"]} | {r["thread_id"] for r in world["runs"]}

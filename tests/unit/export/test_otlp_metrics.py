@@ -16,6 +16,7 @@ from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExp
 from opentelemetry.sdk.metrics import Counter, Histogram, ObservableCounter, UpDownCounter
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
+    HistogramDataPoint,
     InMemoryMetricReader,
     MetricExporter,
     MetricExportResult,
@@ -42,7 +43,7 @@ from stepscope.export.otlp_metrics import (
     temporality_preference,
 )
 from stepscope.export.prometheus import PrometheusMetrics
-from stepscope.export.selfmetrics import SelfMetrics
+from stepscope.export.selfmetrics import API_BUCKETS, LAG_BUCKETS, SelfMetrics
 from stepscope.mapping.attributes import MappingOptions
 from stepscope.protocols.assistants.mapper import AssistantsMapper
 from stepscope.protocols.assistants.observations import step_observations
@@ -164,6 +165,37 @@ async def test_self_metrics_are_read_from_the_registry() -> None:
     assert data is not None
     assert dict(data.resource_metrics[0].resource.attributes)["service.name"] == "stepscope-test"
     await component.stop(1.0)
+
+
+async def test_the_health_histograms_reach_otlp_as_they_are_observed() -> None:
+    """API request durations (by endpoint) and export lags observed while the component runs reach OTLP as
+    histograms with the /metrics buckets, in seconds; one observed before its start stays on /metrics only, and
+    after its stop observing still works."""
+    registry, reader = CollectorRegistry(), InMemoryMetricReader()
+    health = SelfMetrics(registry, version="9.9", endpoints=("list_runs",))
+    component = _component(registry, health, reader=reader)
+    health.mirror_to(component)
+    health.observe_request("list_runs", "200", 0.2)
+    await component.start()
+    health.observe_request("list_runs", "200", 0.3)
+    health.observe_request("list_runs", "error", 7.0)
+    health.observe_export_lag(12.0)
+    data = reader.get_metrics_data()
+    assert data is not None
+    metrics = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    await component.stop(1.0)
+    health.observe_request("list_runs", "200", 0.1)
+    health.observe_export_lag(1.0)
+    requests, lag = metrics["stepscope.api.request.duration"], metrics["stepscope.export.lag"]
+    (request_point,), (lag_point,) = requests.data.data_points, lag.data.data_points
+    assert isinstance(request_point, HistogramDataPoint) and isinstance(lag_point, HistogramDataPoint)
+    assert (requests.unit, lag.unit) == ("s", "s")
+    assert dict(request_point.attributes or {}) == {"endpoint": "list_runs"}
+    assert request_point.count == 2 and request_point.sum == pytest.approx(7.3)
+    assert tuple(request_point.explicit_bounds) == API_BUCKETS
+    assert (lag_point.count, lag_point.sum, tuple(lag_point.explicit_bounds)) == (1, 12.0, LAG_BUCKETS)
+    assert registry.get_sample_value("stepscope_api_request_duration_seconds_count", {"endpoint": "list_runs"}) == 4
+    assert registry.get_sample_value("stepscope_export_lag_seconds_count") == 2
 
 
 async def test_failed_exports_are_counted_and_logged_once_per_episode(caplog: pytest.LogCaptureFixture) -> None:
