@@ -166,10 +166,11 @@ async def test_at_the_limit_busy_and_young_connections_keep_their_place() -> Non
     waited less than `reclaim_after`: the newcomer gets the 503."""
     drops = Counters()
     app = Recorder()
-    async with serving(app, ROOMY, drops) as port:
+    # A longer reclaim_after than ROOMY's: "young" must stay young even if a loaded machine stalls this loop.
+    async with serving(app, ServerLimits(max_connections=2, reclaim_after=0.6), drops) as port:
         busy = await RawClient.open(port)
         await busy.send(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.7)
         young = await RawClient.open(port)
         await asyncio.sleep(0.05)
         newcomer = await RawClient.open(port)
