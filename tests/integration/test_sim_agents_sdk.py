@@ -25,6 +25,7 @@ from stepscope.simulator import ManualClock, Simulator, SimulatorServer, scenari
 from stepscope.simulator.agents import UNKNOWN_ITEM_TYPE, TurnKnobs, WebhookTarget
 from stepscope.simulator.agents.state import SimSession
 from tests.kit.agents import EVERY_KIND, finished_session
+from tests.kit.waits import holds_within
 
 SECRET = "whsec_c2ltdWxhdG9yLXdlYmhvb2stc2VjcmV0LWtleQ=="
 
@@ -229,6 +230,9 @@ def test_webhook_failure_event_and_retries_keep_the_webhook_id(clock: ManualCloc
         with SimulatorServer(sim):
             clock.advance(30)
             deliveries = receiver.wait_for(3)
+            # The simulator counts a delivery once it has read the receiver's answer, a moment after the receiver
+            # got the request.
+            assert holds_within(lambda: sim.truth()["agents"]["webhooks"]["delivered"] == 2, 5)
             webhooks = sim.truth()["agents"]["webhooks"]
         sdk = openai.OpenAI(api_key="sk-sim", webhook_secret=SECRET)
         first, retry, last = deliveries

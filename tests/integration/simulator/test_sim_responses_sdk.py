@@ -27,6 +27,7 @@ from stepscope.simulator import ManualClock, SimClock, Simulator, SimulatorServe
 from stepscope.simulator.agents import WebhookTarget
 from stepscope.simulator.responses import ResponseKnobs
 from stepscope.simulator.responses.params import CreateParams
+from tests.kit.waits import holds_within
 
 SECRET = "whsec_c2ltdWxhdG9yLXdlYmhvb2stc2VjcmV0LWtleQ=="
 CALM: dict[str, Any] = {"failure_rate": 0.0, "incomplete_rate": 0.0, "cancel_rate": 0.0}
@@ -230,7 +231,9 @@ def test_webhooks_announce_background_responses_only_signed_as_openai_signs(cloc
             ends[late.id] = "cancelled"
             clock.advance(60)
             deliveries = receiver.wait_for(4)
-            time.sleep(0.2)
+            # The simulator counts a delivery once it has read the receiver's answer, a moment after the receiver
+            # got the request.
+            assert holds_within(lambda: sim.truth()["responses"]["webhooks"]["delivered"] == 4, 5)
             webhooks = sim.truth()["responses"]["webhooks"]
     finally:
         receiver.server.shutdown()
