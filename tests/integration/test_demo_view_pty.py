@@ -16,11 +16,10 @@ import subprocess
 import termios
 import time
 
+import pyte
 import pytest
 
 from tests.procs import free_port, stepscope_cmd
-
-pyte = pytest.importorskip("pyte")
 
 pytestmark = pytest.mark.slow
 
