@@ -16,6 +16,7 @@ from stepscope.protocols.assistants.observations import step_observations
 from stepscope.protocols.assistants.records import LastError, ToolCall, Usage, parse_step
 from stepscope.protocols.assistants.spans import run_span, run_trace, step_spans
 from tests.kit import samples
+from tests.kit.strategies import TIMESTAMPS, U64
 
 S = 1_000_000_000
 TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -291,19 +292,10 @@ class TestStepSpans:
         assert other[0].span_id != first[0].span_id
 
 
-_TIMESTAMP = st.one_of(
-    st.none(),
-    st.integers(min_value=-(10**13), max_value=10**13),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0, 4_102_444_799, 4_102_444_800, 10**12, -1]),
-)
-_U64 = 2**64
-
-
 @settings(max_examples=200, deadline=None)
 @given(
-    created=_TIMESTAMP,
-    ends=st.dictionaries(st.sampled_from(["completed_at", "failed_at", "cancelled_at", "expired_at"]), _TIMESTAMP),
+    created=TIMESTAMPS,
+    ends=st.dictionaries(st.sampled_from(["completed_at", "failed_at", "cancelled_at", "expired_at"]), TIMESTAMPS),
     status=st.sampled_from(["completed", "failed", "cancelled", "expired", "x_unknown"]),
     tokens=st.integers(min_value=-(10**31), max_value=10**31),
 )
@@ -329,7 +321,7 @@ def test_any_parsed_step_maps_to_encodable_spans_and_sane_metrics(
     except InvalidObject:
         return
     for spec in step_spans(make_run(), step, options=OFF):
-        assert 0 <= spec.start_ns <= spec.end_ns < _U64
+        assert 0 <= spec.start_ns <= spec.end_ns < U64
     for obs in step_observations(make_run(), step):
         limit = 10**9 if obs.metric == "stepscope_tokens_total" else 4_102_444_800
         assert 0 <= obs.value <= limit

@@ -38,6 +38,7 @@ from stepscope.protocols.agents.records import (
     TurnError,
 )
 from stepscope.protocols.agents.vocabulary import ITEM_TOOL_TYPES
+from tests.kit.strategies import TIMESTAMPS, U64
 
 S = 1_000_000_000
 OFF = MappingOptions()
@@ -346,20 +347,11 @@ class TestObservations:
         assert [o.metric for o in turn_observations(bare, TurnContext())] == ["stepscope_runs_total"]
 
 
-_TIMESTAMP = st.one_of(
-    st.none(),
-    st.integers(min_value=-(10**13), max_value=10**13),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0, 4_102_444_799, 4_102_444_800, 10**12, -1]),
-)
-_U64 = 2**64
-
-
 @settings(max_examples=200, deadline=None)
 @given(
-    created=_TIMESTAMP,
-    started=_TIMESTAMP,
-    completed=_TIMESTAMP,
+    created=TIMESTAMPS,
+    started=TIMESTAMPS,
+    completed=TIMESTAMPS,
     status=st.sampled_from(["completed", "failed", "cancelled", "queued", "x_unknown"]),
     tokens=st.integers(min_value=-(10**31), max_value=10**31),
     subagent=st.sampled_from([None, "sa_1"]),
@@ -389,7 +381,7 @@ def test_any_parsed_turn_maps_to_encodable_spans_and_sane_metrics(
             turn_span(turn, CTX, options=OFF)
         return
     spec = turn_span(turn, CTX, options=OFF)
-    assert 0 <= spec.start_ns <= spec.end_ns < _U64
+    assert 0 <= spec.start_ns <= spec.end_ns < U64
     assert all(spec.start_ns <= e.time_ns <= spec.end_ns for e in spec.events)
     for obs in turn_observations(turn, CTX):
         limit = 10**9 if obs.metric == "stepscope_tokens_total" else 4_102_444_800
