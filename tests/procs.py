@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from tests.kit.processes import stop_process
 from tests.kit.waits import holds_within
 
 _URL = re.compile(r"url=(http://127\.0\.0\.1:(\d+)\S*)")
@@ -40,14 +41,7 @@ class Proc:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return self.popen.returncode
+        return stop_process(self.popen, sig, timeout)
 
 
 def spawn(args: list[str], log_path: Path, env: Mapping[str, str] | None = None) -> Proc:

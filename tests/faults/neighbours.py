@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from stepscope.receivers.asgi import Receive, Scope, Send
+from tests.kit.processes import stop_process
 from tests.procs import free_port, stepscope_cmd
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -178,14 +179,7 @@ class PipedProc:
         return "".join(self.lines)
 
     def stop(self, timeout: float = 15.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        return self.popen.returncode
+        return stop_process(self.popen, timeout=timeout)
 
 
 @contextlib.contextmanager

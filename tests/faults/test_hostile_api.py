@@ -40,6 +40,7 @@ from tests.faults.hostile_api import (
     Request,
     forever_step_created,
 )
+from tests.faults.neighbours import counted
 from tests.procs import serve, stepscope_cmd
 
 pytestmark = pytest.mark.slow
@@ -98,16 +99,6 @@ class Observed:
         """API requests of the last `TAIL_S` seconds of the window."""
         end = self.window[1]
         return [r for r in self.api.requests if end - TAIL_S <= r.at < end]
-
-
-def counted(text: str, metric: str, **labels: str) -> float:
-    """Sum of the samples of `metric` whose labels include `labels`, whatever their order in the exposition."""
-    total = 0.0
-    for match in re.finditer(rf"^{metric}(?:\{{([^}}]*)\}})? (\S+)$", text, re.M):
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
 
 
 def series(text: str) -> list[str]:

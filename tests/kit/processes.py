@@ -7,6 +7,20 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+
+def stop_process(popen: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    """Send `sig` to a process still running and wait up to `timeout` seconds, then kill it; its exit code.
+    Idempotent."""
+    if popen.poll() is None:
+        popen.send_signal(sig)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+    return popen.returncode
 
 
 class ManagedProcess:
@@ -28,13 +42,7 @@ class ManagedProcess:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s; idempotent."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
+        stop_process(self.popen, timeout=5)
         self._log.close()
 
 
