@@ -31,13 +31,6 @@ TOOLS = make_step(
 OPTIONS = MappingOptions(provider_name="openai")
 
 
-@pytest.fixture
-def store() -> SqliteStore:
-    s = SqliteStore(":memory:")
-    s.open()
-    return s
-
-
 Rig = tuple[Pipeline[Run, RunStep, str | None], RecordingMetricSink, Counters, list[int]]
 
 

@@ -37,13 +37,6 @@ INSERT INTO watched VALUES ('thread_a', '', 40.0);
 
 
 @pytest.fixture
-def store() -> SqliteStore:
-    s = SqliteStore(":memory:")
-    s.open()
-    return s
-
-
-@pytest.fixture
 def file_store(tmp_path: Path) -> Iterator[SqliteStore]:
     s = SqliteStore(str(tmp_path / "state.db"))
     s.open()

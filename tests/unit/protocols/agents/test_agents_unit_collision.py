@@ -86,13 +86,6 @@ class Waiting:
         raise AssertionError("the poller is not started")
 
 
-@pytest.fixture
-def store() -> SqliteStore:
-    opened = SqliteStore(":memory:")
-    opened.open()
-    return opened
-
-
 def _wire(source: Sessions, store: SqliteStore) -> tuple[SessionDiscovery, Poller[UnitRef], Counters]:
     drops = Counters()
     poller: Poller[UnitRef] = Poller(Waiting(), _NoUnitStore(), drops, ApiHealth())

@@ -25,13 +25,6 @@ pytestmark = pytest.mark.anyio
 NOW = 10_000.0
 
 
-@pytest.fixture
-def store() -> SqliteStore:
-    s = SqliteStore(":memory:")
-    s.open()
-    return s
-
-
 def _discovery(source: FakeSource, store: SqliteStore, tracker: Tracker, **kw: object) -> Discovery:
     return make_discovery(Discovery, source, store, tracker, lookback_s=3600, wall=lambda: NOW, health=tracker, **kw)  # type: ignore[arg-type]
 

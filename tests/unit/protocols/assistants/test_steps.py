@@ -23,13 +23,6 @@ FAST = PollSchedule(fast=0.01, slow=0.03, final_sweeps=2)
 
 
 @pytest.fixture
-def store() -> SqliteStore:
-    s = SqliteStore(":memory:")
-    s.open()
-    return s
-
-
-@pytest.fixture
 async def rig(store: SqliteStore) -> AsyncIterator[tuple[FakeSource, RecordingCommits, Counters, Poller[RunState]]]:
     source, sink, health = FakeSource(), RecordingCommits(), Counters()
     poller = make_poller(source, store, sink, health, schedule=FAST, concurrency=4, max_tracked=3)

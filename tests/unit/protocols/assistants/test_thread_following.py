@@ -25,13 +25,6 @@ Rig = tuple[FakeSource, RecordingCommits, Poller[RunState], Discovery]
 
 
 @pytest.fixture
-def store() -> SqliteStore:
-    s = SqliteStore(":memory:")
-    s.open()
-    return s
-
-
-@pytest.fixture
 async def rig(store: SqliteStore) -> AsyncIterator[Rig]:
     """A poller over a reader of a `FakeSource`, and a discovery of `thread_a` whose passes the test runs itself."""
     source, sink, health = FakeSource(), RecordingCommits(), Counters()
