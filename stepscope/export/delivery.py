@@ -224,6 +224,11 @@ class SpanDelivery:
             if thread is not None:
                 thread.join(max(0.05, deadline - time.monotonic()))
             self._gate.detach()
+        return self._kept()
+
+    def _kept(self) -> int:
+        """The spans in the backlog as the store counts them: `pending` may not yet count spans committed a moment
+        ago (their `notify` comes after the commit). `pending` when the store cannot say."""
         try:
             return self._backlog.backlog_stats()[0]
         except StoreError:
@@ -388,10 +393,10 @@ class SpanDelivery:
         why = f" ({report.reason})" if report.reason else ""
         if report.first:
             log.warning("span export failing%s: %d span(s) kept in the backlog, retried with backoff", why,
-                        self.pending)  # fmt: skip
+                        self._kept())  # fmt: skip
         else:
             log.warning("span export failing: %s in the last %s, %d span(s) kept in the backlog%s",
-                        attempts(report.attempts), lasted(report.seconds), self.pending, why)  # fmt: skip
+                        attempts(report.attempts), lasted(report.seconds), self._kept(), why)  # fmt: skip
 
     def _succeeded(self) -> None:
         """An export succeeded: `ok`, and the recovery line when an episode ends."""
@@ -400,7 +405,7 @@ class SpanDelivery:
         recovery = self._episode.succeeded()
         if recovery is not None:
             log.info("span export recovered after %s (%s failed); delivering the backlog (%d span(s))",
-                     lasted(recovery.seconds), attempts(recovery.attempts), self.pending)  # fmt: skip
+                     lasted(recovery.seconds), attempts(recovery.attempts), self._kept())  # fmt: skip
 
 
 def _encodable(spans: list[ReadableSpan]) -> bool:
